@@ -1,0 +1,8 @@
+//! dcr-attest: decide, offline and deterministically, what confidential-VM evidence proves.
+//!
+//! For now this crate holds the reference-value document that `dcr-build image` writes and the
+//! key-release service loads: [`reference::Measurements`] (`measurements.json`). Evidence
+//! verifiers (SEV-SNP, TDX, TPM, Azure) build on it.
+#![forbid(unsafe_code)]
+
+pub mod reference;

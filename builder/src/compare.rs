@@ -1,0 +1,332 @@
+//! `dcr-build compare`: are two build outputs identical, and if not, what exactly differs —
+//! the cpio entry, the PE section, the measurement.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::fetch::sha256;
+use crate::{initrd, uki};
+
+/// Errors reading the directories.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The comparison: one line per difference.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub files: Vec<String>,
+    pub differences: Vec<String>,
+}
+
+impl Report {
+    pub fn identical(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+fn files_of(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, CompareError> {
+    let err = |source| CompareError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(err)? {
+            let p = e.map_err(err)?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                let bytes = std::fs::read(&p).map_err(|source| CompareError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                out.insert(rel, bytes);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compare two output directories file by file.
+pub fn compare_dirs(a: &Path, b: &Path) -> Result<Report, CompareError> {
+    let fa = files_of(a)?;
+    let fb = files_of(b)?;
+    let mut report = Report::default();
+    let names: BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    for name in names {
+        report.files.push(name.clone());
+        match (fa.get(name), fb.get(name)) {
+            (Some(x), Some(y)) => report.differences.extend(compare_file(name, x, y)),
+            (Some(_), None) => report
+                .differences
+                .push(format!("{name}: only in {}", a.display())),
+            (None, Some(_)) => report
+                .differences
+                .push(format!("{name}: only in {}", b.display())),
+            (None, None) => {}
+        }
+    }
+    Ok(report)
+}
+
+fn short(h: &dcr_attest::reference::Sha256) -> String {
+    h.to_hex()[..16].to_string()
+}
+
+/// Compare one file's two versions; explain by format where known.
+pub fn compare_file(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
+    if a == b {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "{name}: sha256 {} → {} (size {} → {})",
+        sha256(a),
+        sha256(b),
+        a.len(),
+        b.len()
+    )];
+    if name.ends_with(".cpio") {
+        out.extend(compare_cpio(name, a, b));
+    } else if name.ends_with(".efi") {
+        out.extend(compare_pe(name, a, b));
+    } else if name.ends_with(".json") {
+        out.extend(compare_json(name, a, b));
+    }
+    out
+}
+
+fn compare_cpio(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
+    let (la, lb) = match (initrd::list(a), initrd::list(b)) {
+        (Ok(x), Ok(y)) => (x, y),
+        (ra, rb) => {
+            return vec![format!(
+                "{name}: cannot list entries ({})",
+                ra.err()
+                    .or(rb.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            )]
+        }
+    };
+    let ma: BTreeMap<&str, &initrd::EntryInfo> = la.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mb: BTreeMap<&str, &initrd::EntryInfo> = lb.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut out = Vec::new();
+    let paths: BTreeSet<&str> = ma.keys().chain(mb.keys()).copied().collect();
+    for p in paths {
+        match (ma.get(p), mb.get(p)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let mut what = Vec::new();
+                if x.mode != y.mode {
+                    what.push(format!("mode {:o} → {:o}", x.mode, y.mode));
+                }
+                if x.size != y.size {
+                    what.push(format!("size {} → {}", x.size, y.size));
+                }
+                if x.sha256 != y.sha256 {
+                    what.push(format!(
+                        "sha256 {} → {}",
+                        short(&x.sha256),
+                        short(&y.sha256)
+                    ));
+                }
+                for (field, va, vb) in [
+                    ("uid", x.uid, y.uid),
+                    ("gid", x.gid, y.gid),
+                    ("mtime", x.mtime, y.mtime),
+                    ("ino", x.ino, y.ino),
+                    ("nlink", x.nlink, y.nlink),
+                ] {
+                    if va != vb {
+                        what.push(format!("{field} {va} → {vb}"));
+                    }
+                }
+                if x.rdev != y.rdev {
+                    what.push(format!("rdev {:?} → {:?}", x.rdev, y.rdev));
+                }
+                out.push(format!("{name}: cpio entry {p}: {}", what.join(", ")));
+            }
+            (Some(x), None) => out.push(format!(
+                "{name}: cpio entry {p}: removed (mode {:o}, size {}, sha256 {})",
+                x.mode,
+                x.size,
+                short(&x.sha256)
+            )),
+            (None, Some(y)) => out.push(format!(
+                "{name}: cpio entry {p}: added (mode {:o}, size {}, sha256 {})",
+                y.mode,
+                y.size,
+                short(&y.sha256)
+            )),
+            (None, None) => {}
+        }
+    }
+    if out.is_empty() {
+        out.push(format!("{name}: same entries, archive framing differs"));
+    }
+    out
+}
+
+fn compare_pe(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
+    let (sa, sb) = match (uki::sections(a), uki::sections(b)) {
+        (Ok(x), Ok(y)) => (x, y),
+        (ra, rb) => {
+            return vec![format!(
+                "{name}: cannot read PE sections ({})",
+                ra.err()
+                    .or(rb.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    let names: BTreeSet<&str> = sa
+        .iter()
+        .chain(sb.iter())
+        .map(|s| s.name.as_str())
+        .collect();
+    for n in names {
+        let x = sa.iter().find(|s| s.name == n);
+        let y = sb.iter().find(|s| s.name == n);
+        match (x, y) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let mut what = Vec::new();
+                if x.virtual_size != y.virtual_size {
+                    what.push(format!("size {} → {}", x.virtual_size, y.virtual_size));
+                }
+                if x.sha256 != y.sha256 {
+                    what.push(format!(
+                        "sha256 {} → {}",
+                        short(&x.sha256),
+                        short(&y.sha256)
+                    ));
+                }
+                if x.virtual_address != y.virtual_address {
+                    what.push(format!(
+                        "address {:#x} → {:#x}",
+                        x.virtual_address, y.virtual_address
+                    ));
+                }
+                if x.raw_offset != y.raw_offset {
+                    what.push(format!(
+                        "file offset {:#x} → {:#x}",
+                        x.raw_offset, y.raw_offset
+                    ));
+                }
+                if x.characteristics != y.characteristics {
+                    what.push(format!(
+                        "characteristics {:#x} → {:#x}",
+                        x.characteristics, y.characteristics
+                    ));
+                }
+                out.push(format!("{name}: PE section {n}: {}", what.join(", ")));
+            }
+            (Some(_), None) => out.push(format!("{name}: PE section {n}: removed")),
+            (None, Some(_)) => out.push(format!("{name}: PE section {n}: added")),
+            (None, None) => {}
+        }
+    }
+    if let (Ok((ca, _)), Ok((cb, _))) = (uki::checksum_status(a), uki::checksum_status(b)) {
+        if ca != cb {
+            out.push(format!("{name}: PE header CheckSum {ca:#x} → {cb:#x}"));
+        }
+    }
+    out
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&p, v, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+fn compare_json(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
+    let (Ok(va), Ok(vb)) = (
+        serde_json::from_slice::<serde_json::Value>(a),
+        serde_json::from_slice::<serde_json::Value>(b),
+    ) else {
+        return vec![format!("{name}: not JSON in one of the directories")];
+    };
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &va, &mut fa);
+    flatten("", &vb, &mut fb);
+    let keys: BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        match (fa.get(k), fb.get(k)) {
+            (Some(x), Some(y)) if x == y => {}
+            (x, y) => out.push(format!(
+                "{name}: {k}: {} → {}",
+                x.map(String::as_str).unwrap_or("(absent)"),
+                y.map(String::as_str).unwrap_or("(absent)")
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_leaf_differences_are_named() {
+        let a = br#"{"inputs":{"w":{"sha256":"aa"}},"recipe":"r"}"#;
+        let b = br#"{"inputs":{"w":{"sha256":"bb"}},"recipe":"r"}"#;
+        let d = compare_file("measurements.json", a, b);
+        assert!(
+            d.iter()
+                .any(|l| l.contains("inputs.w.sha256: \"aa\" → \"bb\"")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn cpio_entry_differences_are_named() {
+        let mut t = initrd::Tree::new();
+        t.add_file("workloads/w", vec![1, 2], 0o755).unwrap();
+        let a = t.to_cpio(0);
+        let mut t = initrd::Tree::new();
+        t.add_file("workloads/w", vec![1, 3], 0o755).unwrap();
+        let b = t.to_cpio(0);
+        let d = compare_file("initrd.cpio", &a, &b);
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("initrd.cpio: cpio entry workloads/w: sha256")),
+            "{d:?}"
+        );
+        assert!(compare_file("initrd.cpio", &a, &a).is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! Getting pinned inputs: Debian packages from the local cache or `apt-get download`, local
+//! files, each checked against its SHA-256 before use. This is the only module that runs
+//! apt-get; it never reads /boot or the host's installed packages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dcr_attest::reference::Sha256;
+use sha2::Digest;
+
+use crate::deb;
+use crate::recipe::DebPin;
+
+/// Errors getting an input.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("input {input}: sha256 mismatch: recipe pins {expected}, got {actual}")]
+    Mismatch {
+        input: String,
+        expected: Sha256,
+        actual: Sha256,
+    },
+    #[error("input {input}: {path}: {source}")]
+    Read {
+        input: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("input {input}: `apt-get download {spec}` failed ({status}): {stderr}")]
+    Apt {
+        input: String,
+        spec: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("input {input}: after apt-get download, no .deb for {spec} in {dir}")]
+    NotDownloaded {
+        input: String,
+        spec: String,
+        dir: PathBuf,
+    },
+    #[error("input {input}: {path}: {source}")]
+    Deb {
+        input: String,
+        path: PathBuf,
+        #[source]
+        source: deb::DebError,
+    },
+    #[error("input {input}: package {spec} has no file {path}")]
+    MissingInDeb {
+        input: String,
+        spec: String,
+        path: String,
+    },
+    #[error("cache directory {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// SHA-256 of bytes.
+pub fn sha256(bytes: &[u8]) -> Sha256 {
+    Sha256(sha2::Sha256::digest(bytes).into())
+}
+
+/// Fail unless `bytes` hash to `expected`.
+pub fn check(input: &str, bytes: &[u8], expected: Sha256) -> Result<(), FetchError> {
+    let actual = sha256(bytes);
+    if actual != expected {
+        return Err(FetchError::Mismatch {
+            input: input.to_string(),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Read a local input file.
+pub fn read_local(input: &str, path: &Path) -> Result<Vec<u8>, FetchError> {
+    std::fs::read(path).map_err(|source| FetchError::Read {
+        input: input.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The package cache: `$DCR_CACHE`, else `$XDG_CACHE_HOME/dcr`, else `~/.cache/dcr`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DCR_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("dcr");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("dcr")
+}
+
+/// A verified .deb in memory.
+pub struct DebPackage {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: Sha256,
+}
+
+fn spec(pin: &DebPin) -> String {
+    format!("{}={}", pin.package, pin.version)
+}
+
+/// Does this .deb file hold exactly the pinned package?
+fn matches(path: &Path, pin: &DebPin) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    let c = deb::control(&bytes).ok()?;
+    (c.package == pin.package && c.version == pin.version).then_some(bytes)
+}
+
+fn find_in(dir: &Path, pin: &DebPin) -> Option<(PathBuf, Vec<u8>)> {
+    let prefix = format!("{}_", pin.package);
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .find_map(|p| matches(&p, pin).map(|b| (p, b)))
+}
+
+/// Find the pinned package in the dcr cache or apt's archive cache, or download it with
+/// `apt-get download` into the dcr cache. The package's control fields must equal the pin,
+/// and its SHA-256 too where the recipe pins it.
+pub fn deb_package(input: &str, pin: &DebPin) -> Result<DebPackage, FetchError> {
+    let cache = cache_dir().join("debs");
+    let found = find_in(&cache, pin).or_else(|| find_in(Path::new("/var/cache/apt/archives"), pin));
+    let (path, bytes) = match found {
+        Some(f) => f,
+        None => {
+            std::fs::create_dir_all(&cache).map_err(|source| FetchError::Cache {
+                path: cache.clone(),
+                source,
+            })?;
+            eprintln!("+ apt-get download {} (in {})", spec(pin), cache.display());
+            let out = Command::new("apt-get")
+                .arg("download")
+                .arg(spec(pin))
+                .current_dir(&cache)
+                .output()
+                .map_err(|e| FetchError::Apt {
+                    input: input.to_string(),
+                    spec: spec(pin),
+                    status: "not started".into(),
+                    stderr: e.to_string(),
+                })?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let last = stderr
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .next_back()
+                    .unwrap_or("")
+                    .to_string();
+                return Err(FetchError::Apt {
+                    input: input.to_string(),
+                    spec: spec(pin),
+                    status: out.status.to_string(),
+                    stderr: last,
+                });
+            }
+            find_in(&cache, pin).ok_or_else(|| FetchError::NotDownloaded {
+                input: input.to_string(),
+                spec: spec(pin),
+                dir: cache.clone(),
+            })?
+        }
+    };
+    let digest = sha256(&bytes);
+    if let Some(expected) = pin.sha256 {
+        check(
+            &format!("{input} (.deb {})", path.display()),
+            &bytes,
+            expected.0,
+        )?;
+    }
+    Ok(DebPackage {
+        path,
+        bytes,
+        sha256: digest,
+    })
+}
+
+/// Extract files from a verified package.
+pub fn extract(
+    input: &str,
+    pkg: &DebPackage,
+    want: impl FnMut(&str) -> bool,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, FetchError> {
+    deb::extract(&pkg.bytes, want).map_err(|source| FetchError::Deb {
+        input: input.to_string(),
+        path: pkg.path.clone(),
+        source,
+    })
+}
+
+/// The `package=version` spec of a pin (for messages and `source` fields).
+pub fn pin_spec(pin: &DebPin) -> String {
+    spec(pin)
+}

@@ -1,0 +1,454 @@
+//! `dcr-build image`: recipe → initramfs + UKI + measurements.json.
+//!
+//! [`pack`] is pure (bytes in, bytes out) and is what the benchmark times; [`build`] gathers
+//! and verifies the inputs, builds the guest binaries, calls [`pack`] and writes the output
+//! directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dcr_attest::reference::{Artifact, Input, Measurements, Sha256, SCHEMA_VERSION};
+
+use crate::bzimage::{self, BzImageError};
+use crate::cargo::{self, CargoError};
+use crate::fetch::{self, sha256, FetchError};
+use crate::initrd::{InitrdError, Node, Tree};
+use crate::kmod::{KmodError, ModuleTree, PackedModule};
+use crate::recipe::{self, LoadedRecipe, RecipeError};
+use crate::uki::{self, UkiError};
+
+/// File names in the output directory.
+pub const INITRD: &str = "initrd.cpio";
+pub const UKI: &str = "image.efi";
+pub const MEASUREMENTS: &str = "measurements.json";
+
+/// Paths inside the initramfs.
+pub const CONTRACT_PATH: &str = "etc/dcr/contract.toml";
+pub const INIT_PATH: &str = "init";
+pub const WORKLOAD_DIR: &str = "workloads";
+
+/// Errors of an image build.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Cargo(#[from] CargoError),
+    #[error("kernel modules: {0}")]
+    Kmod(#[from] KmodError),
+    #[error("initramfs: {0}")]
+    Initrd(#[from] InitrdError),
+    #[error("UKI: {0}")]
+    Uki(#[from] UkiError),
+    #[error("input kernel: {0}")]
+    Kernel(#[from] BzImageError),
+    #[error("output directory {path}: {source}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SOURCE_DATE_EPOCH={0:?} is not a timestamp that fits a cpio mtime")]
+    Epoch(String),
+    #[error("measurements.json: {0}")]
+    Reference(#[from] dcr_attest::reference::ReferenceError),
+    #[error("input {input}: {reason}")]
+    Input { input: String, reason: String },
+}
+
+/// Everything [`pack`] needs, already verified.
+#[derive(Debug, Clone)]
+pub struct PackInputs {
+    pub name: String,
+    pub version: String,
+    pub mtime: u32,
+    pub kernel: Vec<u8>,
+    pub kernel_release: String,
+    pub modules: Vec<PackedModule>,
+    pub stub: Vec<u8>,
+    pub cmdline: String,
+    pub contract: Vec<u8>,
+    pub guest_init: Vec<u8>,
+    pub workloads: Vec<(String, Vec<u8>)>,
+}
+
+/// The two boot artifacts.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub initrd: Vec<u8>,
+    pub uki: Vec<u8>,
+}
+
+/// The `.osrel` section (os-release(5)).
+pub fn osrel(name: &str, version: &str) -> String {
+    format!(
+        "NAME=\"dcr\"\nID=dcr\nPRETTY_NAME=\"dcr image {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n"
+    )
+}
+
+/// The initramfs file tree.
+pub fn initrd_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
+    let mut t = Tree::new();
+    t.add_file(INIT_PATH, i.guest_init.clone(), 0o755)?;
+    // Mount points and the console node the kernel opens for PID 1's stdio.
+    for d in ["dev", "proc", "sys", "tmp"] {
+        t.add_dir(d)?;
+    }
+    t.add(
+        "dev/console",
+        Node::CharDev {
+            perm: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    t.add_file(CONTRACT_PATH, i.contract.clone(), 0o644)?;
+    let moddir = format!("lib/modules/{}", i.kernel_release);
+    if !i.modules.is_empty() {
+        for m in &i.modules {
+            t.add_file(&format!("{moddir}/{}", m.path), m.bytes.clone(), 0o644)?;
+        }
+        t.add_file(
+            &format!("{moddir}/modules.dep"),
+            crate::kmod::modules_dep(&i.modules).into_bytes(),
+            0o644,
+        )?;
+    }
+    for (name, bytes) in &i.workloads {
+        t.add_file(&format!("{WORKLOAD_DIR}/{name}"), bytes.clone(), 0o755)?;
+    }
+    Ok(t)
+}
+
+/// Pack the initramfs and the UKI. Pure and deterministic.
+pub fn pack(i: &PackInputs) -> Result<Packed, ImageError> {
+    let initrd = initrd_tree(i)?.to_cpio(i.mtime);
+    let osrel = osrel(&i.name, &i.version);
+    let uname = i.kernel_release.clone();
+    let sections: Vec<(&str, &[u8])> = vec![
+        (".osrel", osrel.as_bytes()),
+        (".cmdline", i.cmdline.as_bytes()),
+        (".uname", uname.as_bytes()),
+        (".initrd", &initrd),
+        (".linux", &i.kernel),
+    ];
+    let uki = uki::assemble(&i.stub, &sections)?;
+    Ok(Packed { initrd, uki })
+}
+
+/// Options of [`build`].
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out: PathBuf,
+    pub guest_target: String,
+    /// `SOURCE_DATE_EPOCH` from the environment, if set.
+    pub source_date_epoch: Option<String>,
+}
+
+fn input(source: String, bytes: &[u8]) -> Input {
+    Input {
+        source,
+        sha256: sha256(bytes),
+        size: bytes.len() as u64,
+    }
+}
+
+fn out_err(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Output {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Make sure the output directory exists and is writable, before any work is done.
+fn prepare_out(out: &Path) -> Result<(), ImageError> {
+    std::fs::create_dir_all(out).map_err(out_err(out))?;
+    let probe = out.join(".dcr-write-test");
+    std::fs::write(&probe, b"").map_err(out_err(out))?;
+    std::fs::remove_file(&probe).map_err(out_err(out))?;
+    Ok(())
+}
+
+/// Write a file atomically (temporary name, then rename).
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(out_err(dir))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(out_err(dir))?;
+    Ok(())
+}
+
+/// Gather the kernel, its module tree and the stub.
+fn kernel_inputs(
+    r: &LoadedRecipe,
+    inputs: &mut BTreeMap<String, Input>,
+) -> Result<(Vec<u8>, ModuleTree), ImageError> {
+    let k = &r.recipe.kernel;
+    if let Some(d) = &k.deb {
+        let pin = d.pin();
+        let pkg = fetch::deb_package("kernel", &pin)?;
+        inputs.insert(
+            format!("deb:{}", pin.package),
+            Input {
+                source: format!("deb:{}", fetch::pin_spec(&pin)),
+                sha256: pkg.sha256,
+                size: pkg.bytes.len() as u64,
+            },
+        );
+        eprintln!(
+            "+ extract {} and lib/modules from {}",
+            d.vmlinuz,
+            pkg.path.display()
+        );
+        let mut files = fetch::extract("kernel", &pkg, |p| {
+            p == d.vmlinuz || (p.starts_with("lib/modules/") || p.starts_with("usr/lib/modules/"))
+        })?;
+        let kernel = files
+            .remove(&d.vmlinuz)
+            .ok_or_else(|| FetchError::MissingInDeb {
+                input: "kernel".into(),
+                spec: fetch::pin_spec(&pin),
+                path: d.vmlinuz.clone(),
+            })?;
+        fetch::check("kernel", &kernel, k.sha256.0)?;
+        let release = bzimage::kernel_release(&kernel)?;
+        inputs.insert(
+            "kernel".into(),
+            input(
+                format!("deb:{}:{}", fetch::pin_spec(&pin), d.vmlinuz),
+                &kernel,
+            ),
+        );
+        let mut tree = ModuleTree {
+            release: release.clone(),
+            ..Default::default()
+        };
+        for prefix in [
+            format!("lib/modules/{release}/"),
+            format!("usr/lib/modules/{release}/"),
+        ] {
+            for (p, b) in files.iter().filter(|(p, _)| p.starts_with(&prefix)) {
+                let rel = &p[prefix.len()..];
+                if rel == "modules.builtin" {
+                    tree.builtin = String::from_utf8_lossy(b).into_owned();
+                } else if rel.starts_with("kernel/") {
+                    tree.files.insert(rel.to_string(), b.clone());
+                }
+            }
+        }
+        Ok((kernel, tree))
+    } else if let Some(l) = &k.local {
+        let path = r.resolve(&l.vmlinuz);
+        let kernel = fetch::read_local("kernel", &path)?;
+        fetch::check("kernel", &kernel, k.sha256.0)?;
+        let release = bzimage::kernel_release(&kernel)?;
+        inputs.insert(
+            "kernel".into(),
+            input(format!("file:{}", l.vmlinuz.display()), &kernel),
+        );
+        let mut tree = ModuleTree {
+            release,
+            ..Default::default()
+        };
+        if let Some(md) = &l.modules_dir {
+            let dir = r.resolve(md);
+            tree.builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+            let mut stack = vec![dir.join("kernel")];
+            while let Some(d) = stack.pop() {
+                let Ok(rd) = std::fs::read_dir(&d) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if let Ok(rel) = p.strip_prefix(&dir) {
+                        let bytes = fetch::read_local("kernel modules", &p)?;
+                        tree.files.insert(rel.to_string_lossy().into_owned(), bytes);
+                    }
+                }
+            }
+        } else if !k.modules.is_empty() {
+            return Err(ImageError::Input {
+                input: "kernel.modules".into(),
+                reason: "modules requested but kernel.local.modules_dir is not set".into(),
+            });
+        }
+        Ok((kernel, tree))
+    } else {
+        unreachable!("recipe validation requires kernel.deb or kernel.local")
+    }
+}
+
+fn stub_input(
+    r: &LoadedRecipe,
+    inputs: &mut BTreeMap<String, Input>,
+) -> Result<Vec<u8>, ImageError> {
+    let s = &r.recipe.stub;
+    let (bytes, source) = if let Some(d) = &s.deb {
+        let pin = d.pin();
+        let pkg = fetch::deb_package("stub", &pin)?;
+        inputs.insert(
+            format!("deb:{}", pin.package),
+            Input {
+                source: format!("deb:{}", fetch::pin_spec(&pin)),
+                sha256: pkg.sha256,
+                size: pkg.bytes.len() as u64,
+            },
+        );
+        let mut files = fetch::extract("stub", &pkg, |p| p == d.path)?;
+        let bytes = files
+            .remove(&d.path)
+            .ok_or_else(|| FetchError::MissingInDeb {
+                input: "stub".into(),
+                spec: fetch::pin_spec(&pin),
+                path: d.path.clone(),
+            })?;
+        (bytes, format!("deb:{}:{}", fetch::pin_spec(&pin), d.path))
+    } else if let Some(p) = &s.local {
+        (
+            fetch::read_local("stub", &r.resolve(p))?,
+            format!("file:{}", p.display()),
+        )
+    } else {
+        unreachable!("recipe validation requires stub.deb or stub.local")
+    };
+    fetch::check("stub", &bytes, s.sha256.0)?;
+    inputs.insert("stub".into(), input(source, &bytes));
+    Ok(bytes)
+}
+
+/// Build the image of a recipe into `opts.out`; returns the reference values written.
+pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, ImageError> {
+    let r = recipe::load(recipe_path)?;
+    let rec = &r.recipe;
+    let mtime = match &opts.source_date_epoch {
+        Some(s) => s
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| ImageError::Epoch(s.clone()))?,
+        None => rec.source_date_epoch as u32,
+    };
+    // Cheap checks first: local files and the output directory.
+    let contract_path = r.resolve(&rec.contract);
+    let contract = fetch::read_local("contract", &contract_path)?;
+    let mut local_workloads = Vec::new();
+    for w in &rec.workloads {
+        if let (Some(file), Some(sha)) = (&w.file, &w.sha256) {
+            let input_name = format!("workload:{}", w.name);
+            let bytes = fetch::read_local(&input_name, &r.resolve(file))?;
+            fetch::check(&input_name, &bytes, sha.0)?;
+            local_workloads.push((w.name.clone(), bytes, format!("file:{}", file.display())));
+        }
+    }
+    prepare_out(&opts.out)?;
+
+    let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
+    let recipe_bytes = fetch::read_local("recipe", &r.path)?;
+    inputs.insert(
+        "recipe".into(),
+        input("file:image.toml".into(), &recipe_bytes),
+    );
+    inputs.insert(
+        "contract".into(),
+        input(format!("file:{}", rec.contract.display()), &contract),
+    );
+
+    let (kernel, tree) = kernel_inputs(&r, &mut inputs)?;
+    let resolution = tree.resolve(&rec.kernel.modules)?;
+    for b in &resolution.builtin {
+        eprintln!(
+            "note: module {b} is built into {}; nothing to pack",
+            tree.release
+        );
+    }
+    for m in &resolution.modules {
+        inputs.insert(
+            format!("module:{}", m.name),
+            Input {
+                source: format!("kernel:lib/modules/{}/{}", tree.release, m.source_path),
+                sha256: sha256(&m.bytes),
+                size: m.bytes.len() as u64,
+            },
+        );
+    }
+    let stub = stub_input(&r, &mut inputs)?;
+
+    // Guest binaries from source.
+    let workspace = cargo::workspace_root(&r.dir)?;
+    let mut packages = vec!["guest-init".to_string()];
+    let mut crate_workloads = Vec::new();
+    for w in &rec.workloads {
+        if let Some(dir) = &w.krate {
+            let pkg = cargo::package_name(&r.resolve(dir))?;
+            crate_workloads.push((w.name.clone(), pkg.clone(), dir.clone()));
+            packages.push(pkg);
+        }
+    }
+    let mut built = cargo::build(&workspace, &packages, &opts.guest_target)?;
+    let guest_init = built.remove("guest-init").unwrap_or_default();
+    inputs.insert(
+        "guest-init".into(),
+        input("crate:guest-init".into(), &guest_init),
+    );
+    let mut workloads = Vec::new();
+    for w in &rec.workloads {
+        if let Some((_, pkg, dir)) = crate_workloads.iter().find(|(n, _, _)| *n == w.name) {
+            let bytes = built.get(pkg).cloned().unwrap_or_default();
+            inputs.insert(
+                format!("workload:{}", w.name),
+                input(format!("crate:{}", dir.display()), &bytes),
+            );
+            workloads.push((w.name.clone(), bytes));
+        } else if let Some((name, bytes, source)) =
+            local_workloads.iter().find(|(n, _, _)| *n == w.name)
+        {
+            inputs.insert(format!("workload:{name}"), input(source.clone(), bytes));
+            workloads.push((name.clone(), bytes.clone()));
+        }
+    }
+
+    let pack_inputs = PackInputs {
+        name: rec.name.clone(),
+        version: rec.version.clone(),
+        mtime,
+        kernel,
+        kernel_release: tree.release.clone(),
+        modules: resolution.modules,
+        stub,
+        cmdline: rec.cmdline.clone(),
+        contract: contract.clone(),
+        guest_init,
+        workloads,
+    };
+    let packed = pack(&pack_inputs)?;
+
+    let mut artifacts = BTreeMap::new();
+    for (name, bytes) in [(INITRD, &packed.initrd), (UKI, &packed.uki)] {
+        artifacts.insert(
+            name.to_string(),
+            Artifact {
+                sha256: sha256(bytes),
+                size: bytes.len() as u64,
+            },
+        );
+    }
+    let m = Measurements {
+        schema_version: SCHEMA_VERSION,
+        recipe: rec.name.clone(),
+        recipe_version: rec.version.clone(),
+        source_date_epoch: u64::from(mtime),
+        kernel_release: tree.release.clone(),
+        cmdline: rec.cmdline.clone(),
+        contract_digest: Sha256(sha256(&contract).0),
+        guest_target: opts.guest_target.clone(),
+        inputs,
+        artifacts,
+        measurements: BTreeMap::new(),
+    };
+    write_atomic(&opts.out, INITRD, &packed.initrd)?;
+    write_atomic(&opts.out, UKI, &packed.uki)?;
+    write_atomic(&opts.out, MEASUREMENTS, &m.to_canonical_json()?)?;
+    Ok(m)
+}

@@ -1,0 +1,35 @@
+//! dcr-build: reproducible, measured confidential-VM images.
+//!
+//! Pure libraries (bytes in, bytes out): [`recipe`] parsing, [`deb`] reading, [`kmod`]
+//! resolution, [`initrd`] (cpio newc), [`uki`] (PE assembly), [`bzimage`], [`compare`].
+//! The shell around them: [`fetch`] (apt-get, files), [`cargo`] (guest builds), [`image`]
+//! (orchestration), [`run`] (QEMU).
+#![forbid(unsafe_code)]
+
+pub mod bzimage;
+pub mod cargo;
+pub mod compare;
+pub mod deb;
+pub mod fetch;
+pub mod image;
+pub mod initrd;
+pub mod kmod;
+pub mod recipe;
+pub mod run;
+pub mod uki;
+
+/// Format an error with its cause chain on one line, skipping causes whose text the message
+/// already contains.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = e.source();
+    }
+    msg.replace('\n', " ")
+}

@@ -1,0 +1,182 @@
+//! dcr-build: the command-line shell around the dcr-build library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dcr_build::{compare, image, run};
+
+/// Reproducible, measured confidential-VM images for dcr clean rooms.
+#[derive(Parser)]
+#[command(name = "dcr-build", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a recipe (a directory with image.toml, or the file) into initrd.cpio, image.efi
+    /// and measurements.json.
+    Image {
+        recipe: PathBuf,
+        /// Output directory [default: out/<recipe name>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rust target for guest-init and crate workloads.
+        #[arg(long, default_value = dcr_build::cargo::DEFAULT_GUEST_TARGET)]
+        guest_target: String,
+    },
+    /// Compare two build outputs; exit 0 if identical, 1 if not (each difference named).
+    Compare { a: PathBuf, b: PathBuf },
+    /// Boot a build output in QEMU; exit 0 only if the guest reported success and powered off.
+    Run {
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "direct")]
+        mode: run::Mode,
+        /// TCG by default: KVM on this kind of host cannot boot standard kernels.
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: run::Accel,
+        /// Seconds before the VM is killed and the run fails.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: String,
+        #[arg(long, default_value = "/usr/share/OVMF/OVMF_CODE_4M.fd")]
+        ovmf_code: PathBuf,
+        #[arg(long, default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd")]
+        ovmf_vars: PathBuf,
+        #[arg(long, default_value = "swtpm")]
+        swtpm: String,
+        /// Append to the kernel command line (direct mode; experiments only).
+        #[arg(long)]
+        append: Option<String>,
+        /// Do not echo the console.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", dcr_build::error_chain(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Image {
+            recipe,
+            out,
+            guest_target,
+        } => {
+            let out = match out {
+                Some(o) => o,
+                None => {
+                    let r = dcr_build::recipe::load(&recipe)?;
+                    PathBuf::from("out").join(&r.recipe.name)
+                }
+            };
+            let opts = image::BuildOptions {
+                out: out.clone(),
+                guest_target,
+                source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+            };
+            let m = image::build(&recipe, &opts)?;
+            println!(
+                "built {} {} into {}",
+                m.recipe,
+                m.recipe_version,
+                out.display()
+            );
+            println!("  kernel     {}", m.kernel_release);
+            println!("  cmdline    {}", m.cmdline);
+            println!("  contract   sha256:{}", m.contract_digest);
+            for (name, a) in &m.artifacts {
+                println!("  {name:<12} sha256:{} ({} bytes)", a.sha256, a.size);
+            }
+            println!(
+                "  reference values: {}",
+                out.join(image::MEASUREMENTS).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare { a, b } => {
+            let report = compare::compare_dirs(&a, &b)
+                .with_context(|| format!("comparing {} with {}", a.display(), b.display()))?;
+            if report.identical() {
+                println!(
+                    "identical: {} files ({})",
+                    report.files.len(),
+                    report.files.join(", ")
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("different:");
+                for d in &report.differences {
+                    println!("  {d}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+        Cmd::Run {
+            out,
+            mode,
+            accel,
+            timeout,
+            memory,
+            qemu,
+            ovmf_code,
+            ovmf_vars,
+            swtpm,
+            append,
+            quiet,
+        } => {
+            let opts = run::RunOptions {
+                mode,
+                accel,
+                timeout: Duration::from_secs(timeout),
+                memory_mib: memory,
+                qemu,
+                ovmf_code,
+                ovmf_vars,
+                swtpm,
+                append,
+                echo: !quiet,
+            };
+            let r = run::run(&out, &opts)?;
+            let secs = r.elapsed.as_secs_f64();
+            match r.outcome {
+                run::Outcome::Success => {
+                    println!("run: success ({mode:?} boot, powered off after {secs:.1} s)");
+                    Ok(ExitCode::SUCCESS)
+                }
+                run::Outcome::GuestError(reason) => {
+                    println!("run: guest failed after {secs:.1} s: {reason}");
+                    Ok(ExitCode::from(1))
+                }
+                run::Outcome::Timeout => {
+                    println!("run: timeout after {timeout} s; VM killed");
+                    Ok(ExitCode::from(1))
+                }
+                run::Outcome::NoStatus { status, last_line } => {
+                    let err = r.qemu_stderr.lines().last().unwrap_or("").to_string();
+                    println!(
+                        "run: VM ended ({status}) without a guest status line after {secs:.1} s; last console line: {last_line:?}; qemu: {err}"
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The image recipe, `images/<name>/image.toml` (documented in docs/recipe.md).
+//!
+//! Parsing is strict: unknown fields are errors, every pinned input carries a SHA-256, and the
+//! kernel command line is validated here, before any work is done.
+
+use std::path::{Path, PathBuf};
+
+use dcr_attest::reference::Sha256;
+use serde::Deserialize;
+
+/// Errors in a recipe file. Each names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{path}: cannot read recipe: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: field {field}: {reason}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+}
+
+/// Longest kernel command line we accept (x86 COMMAND_LINE_SIZE is 2048 including the NUL).
+pub const MAX_CMDLINE: usize = 2047;
+
+/// A Debian package pinned by name and exact version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebPin {
+    /// Binary package name, e.g. `linux-image-6.12.95+deb12-cloud-amd64`.
+    pub package: String,
+    /// Exact Debian version, e.g. `6.12.95-1~bpo12+1`.
+    pub version: String,
+    /// Optional SHA-256 of the .deb file itself.
+    pub sha256: Option<HexSha256>,
+}
+
+/// A SHA-256 as written in TOML (64 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexSha256(pub Sha256);
+
+impl<'de> Deserialize<'de> for HexSha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Sha256::from_hex(&s).map(HexSha256).ok_or_else(|| {
+            serde::de::Error::custom(format!("not a SHA-256 (64 hex digits): {s:?}"))
+        })
+    }
+}
+
+/// The kernel: a Debian package or local files, and the modules to pack.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    /// The kernel from a Debian package: `vmlinuz` is the path inside it; modules come from
+    /// `lib/modules/<release>/` of the same package.
+    pub deb: Option<KernelDeb>,
+    /// The kernel from local files (relative to the recipe directory).
+    pub local: Option<KernelLocal>,
+    /// SHA-256 of the vmlinuz (bzImage).
+    pub sha256: HexSha256,
+    /// Modules to pack, by name (`virtio_net`, `sev-guest`); dependencies are added.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelDeb {
+    pub package: String,
+    pub version: String,
+    /// Optional SHA-256 of the .deb file itself.
+    pub sha256: Option<HexSha256>,
+    /// Path of the bzImage inside the package, e.g. `boot/vmlinuz-…`.
+    pub vmlinuz: String,
+}
+
+impl KernelDeb {
+    pub fn pin(&self) -> DebPin {
+        DebPin {
+            package: self.package.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelLocal {
+    /// Path of the bzImage, relative to the recipe directory.
+    pub vmlinuz: PathBuf,
+    /// Directory holding `modules.builtin` and `kernel/…`, i.e. a `lib/modules/<release>`.
+    pub modules_dir: Option<PathBuf>,
+}
+
+/// A pinned single file: from a Debian package or local.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub deb: Option<FileDeb>,
+    pub local: Option<PathBuf>,
+    pub sha256: HexSha256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDeb {
+    pub package: String,
+    pub version: String,
+    /// Optional SHA-256 of the .deb file itself.
+    pub sha256: Option<HexSha256>,
+    /// Path inside the package.
+    pub path: String,
+}
+
+impl FileDeb {
+    pub fn pin(&self) -> DebPin {
+        DebPin {
+            package: self.package.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256,
+        }
+    }
+}
+
+/// A workload: a crate built from source, or a pinned static binary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Name inside the image: `/workloads/<name>`.
+    pub name: String,
+    /// Cargo package directory inside the recipe directory (a workspace member).
+    #[serde(rename = "crate")]
+    pub krate: Option<PathBuf>,
+    /// A prebuilt static binary, relative to the recipe directory.
+    pub file: Option<PathBuf>,
+    /// Required with `file`.
+    pub sha256: Option<HexSha256>,
+}
+
+/// Platforms whose launch measurements the build predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Platform {
+    /// QEMU/OVMF with a (software) TPM: PCR 4, 9, 11, 12, 23.
+    Tpm,
+    /// AMD SEV-SNP, QEMU direct boot with kernel hashes.
+    Snp,
+    /// Intel TDX: MRTD, RTMR0..2.
+    Tdx,
+    /// Azure confidential VM (SNP or TDX with paravisor): vTPM PCRs.
+    Azure,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Tpm => "tpm",
+            Platform::Snp => "snp",
+            Platform::Tdx => "tdx",
+            Platform::Azure => "azure",
+        }
+    }
+}
+
+/// The recipe file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Image name (`[a-z0-9-]+`).
+    pub name: String,
+    /// Image version, written to `.osrel` as IMAGE_VERSION.
+    pub version: String,
+    /// Timestamp for every archive entry, unless SOURCE_DATE_EPOCH is set.
+    pub source_date_epoch: u64,
+    pub kernel: KernelSpec,
+    /// The systemd-stub (`linuxx64.efi.stub`).
+    pub stub: FileSpec,
+    /// Kernel command line (also the UKI `.cmdline`).
+    pub cmdline: String,
+    /// The contract, relative to the recipe directory.
+    pub contract: PathBuf,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadSpec>,
+    pub platforms: Vec<Platform>,
+}
+
+/// A recipe plus the directory its relative paths are resolved against.
+#[derive(Debug, Clone)]
+pub struct LoadedRecipe {
+    pub recipe: Recipe,
+    pub path: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl LoadedRecipe {
+    /// Resolve a recipe-relative path.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.dir.join(p)
+    }
+}
+
+/// Read a recipe from a directory (holding `image.toml`) or a file.
+pub fn load(path: &Path) -> Result<LoadedRecipe, RecipeError> {
+    let file = if path.is_dir() {
+        path.join("image.toml")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| RecipeError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    let recipe = parse(&text, &file)?;
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(LoadedRecipe {
+        recipe,
+        path: file,
+        dir,
+    })
+}
+
+/// Parse and validate recipe text; `path` only names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
+    let recipe: Recipe = toml::from_str(text).map_err(|e| RecipeError::Parse {
+        path: path.to_path_buf(),
+        // toml's message spans several lines (with a source excerpt): keep it on one.
+        message: one_line(&e.to_string()),
+    })?;
+    validate(&recipe, path)?;
+    Ok(recipe)
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn field(path: &Path, field: &str, reason: impl Into<String>) -> RecipeError {
+    RecipeError::Field {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+}
+
+/// Check a kernel command line: printable ASCII, no NUL, within the size limit.
+pub fn validate_cmdline(cmdline: &str) -> Result<(), String> {
+    if let Some(pos) = cmdline.bytes().position(|b| b == 0) {
+        return Err(format!("contains a NUL byte at offset {pos}"));
+    }
+    if let Some((pos, c)) = cmdline
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_graphic() || *c == ' '))
+    {
+        return Err(format!(
+            "contains a non-printable or non-ASCII character {c:?} at offset {pos}"
+        ));
+    }
+    if cmdline.len() > MAX_CMDLINE {
+        return Err(format!(
+            "is {} bytes, longer than {MAX_CMDLINE}",
+            cmdline.len()
+        ));
+    }
+    if cmdline.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(())
+}
+
+fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
+    if !valid_name(&r.name) {
+        return Err(field(path, "name", "must be 1-64 of [a-z0-9-_]"));
+    }
+    if r.version.is_empty() || r.version.contains(['\n', '"', '\\']) {
+        return Err(field(
+            path,
+            "version",
+            "must be a non-empty single line without quotes",
+        ));
+    }
+    if r.source_date_epoch > u64::from(u32::MAX) {
+        return Err(field(
+            path,
+            "source_date_epoch",
+            "does not fit a cpio mtime (u32)",
+        ));
+    }
+    match (&r.kernel.deb, &r.kernel.local) {
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => {
+            return Err(field(
+                path,
+                "kernel",
+                "give exactly one of kernel.deb or kernel.local",
+            ))
+        }
+    }
+    if let Some(d) = &r.kernel.deb {
+        check_pin(&d.pin(), path, "kernel.deb")?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &r.kernel.modules {
+        if !valid_name(&m.replace('-', "_")) {
+            return Err(field(
+                path,
+                "kernel.modules",
+                format!("bad module name {m:?}"),
+            ));
+        }
+        if !seen.insert(m.replace('-', "_")) {
+            return Err(field(
+                path,
+                "kernel.modules",
+                format!("module {m:?} listed twice"),
+            ));
+        }
+    }
+    match (&r.stub.deb, &r.stub.local) {
+        (Some(d), None) => check_pin(&d.pin(), path, "stub.deb")?,
+        (None, Some(_)) => {}
+        _ => {
+            return Err(field(
+                path,
+                "stub",
+                "give exactly one of stub.deb or stub.local",
+            ))
+        }
+    }
+    validate_cmdline(&r.cmdline).map_err(|reason| field(path, "cmdline", reason))?;
+    let mut names = std::collections::BTreeSet::new();
+    for (i, w) in r.workloads.iter().enumerate() {
+        let f = format!("workloads[{i}]");
+        if !valid_name(&w.name) {
+            return Err(field(
+                path,
+                &format!("{f}.name"),
+                "must be 1-64 of [a-z0-9-_]",
+            ));
+        }
+        if !names.insert(w.name.clone()) {
+            return Err(field(
+                path,
+                &format!("{f}.name"),
+                format!("duplicate workload {:?}", w.name),
+            ));
+        }
+        match (&w.krate, &w.file, &w.sha256) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            (None, Some(_), None) => {
+                return Err(field(path, &format!("{f}.sha256"), "required with file"))
+            }
+            _ => {
+                return Err(field(
+                    path,
+                    &f,
+                    "give exactly one of crate, or file + sha256",
+                ))
+            }
+        }
+    }
+    if r.platforms.is_empty() {
+        return Err(field(path, "platforms", "name at least one platform"));
+    }
+    Ok(())
+}
+
+fn check_pin(pin: &DebPin, path: &Path, at: &str) -> Result<(), RecipeError> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.~:_".contains(&b))
+    };
+    if !ok(&pin.package) {
+        return Err(field(
+            path,
+            &format!("{at}.package"),
+            "not a Debian package name",
+        ));
+    }
+    if !ok(&pin.version) {
+        return Err(field(
+            path,
+            &format!("{at}.version"),
+            "not a Debian version",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+version = "1"
+source_date_epoch = 1
+cmdline = "console=ttyS0"
+contract = "contract.toml"
+platforms = ["tpm"]
+[kernel]
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+modules = ["virtio_net"]
+[kernel.local]
+vmlinuz = "vmlinuz"
+[stub]
+local = "stub.efi"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[workloads]]
+name = "w"
+crate = "workloads/w"
+"#;
+
+    fn p(text: &str) -> Result<Recipe, RecipeError> {
+        parse(text, Path::new("image.toml"))
+    }
+
+    #[test]
+    fn good_recipe_parses() {
+        let r = p(GOOD).unwrap();
+        assert_eq!(r.name, "t");
+        assert_eq!(r.platforms, vec![Platform::Tpm]);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = p(&GOOD.replace("version = \"1\"", "version = \"1\"\ncolour = 1")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("colour") && !msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn nul_in_cmdline_is_refused() {
+        let e = p(&GOOD.replace("console=ttyS0", "console=ttyS0\\u0000x")).unwrap_err();
+        assert!(
+            e.to_string().contains("cmdline") && e.to_string().contains("NUL"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_sha_is_refused() {
+        let e = p(&GOOD.replacen(
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "00",
+            1,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("SHA-256"), "{e}");
+    }
+
+    #[test]
+    fn two_kernel_sources_refused() {
+        let text = GOOD.replace(
+            "[kernel.local]",
+            "[kernel.deb]\npackage = \"a\"\nversion = \"1\"\nvmlinuz = \"v\"\n[kernel.local]",
+        );
+        let e = p(&text).unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn unknown_platform_refused() {
+        let e = p(&GOOD.replace("[\"tpm\"]", "[\"sgx\"]")).unwrap_err();
+        assert!(e.to_string().contains("sgx"), "{e}");
+    }
+
+    #[test]
+    fn file_workload_needs_sha() {
+        let e = p(&GOOD.replace("crate = \"workloads/w\"", "file = \"w.bin\"")).unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+    }
+}

@@ -1,0 +1,360 @@
+//! `dcr-build run`: boot a build output in QEMU and report whether the guest succeeded.
+//!
+//! Two modes: `direct` (QEMU loads the UKI's `.linux` with `initrd.cpio` and the UKI's
+//! `.cmdline`) and `uefi` (OVMF boots the UKI from a FAT ESP, with an swtpm vTPM attached).
+//! The console is streamed to stdout; the run succeeds only if guest-init printed
+//! `dcr-init: power-off status=ok` and QEMU then exited by itself (power off) before the
+//! timeout.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::image::{INITRD, UKI};
+use crate::uki;
+
+/// How to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// QEMU direct kernel boot (-kernel/-initrd/-append).
+    Direct,
+    /// OVMF + UKI from an ESP, with an swtpm TPM 2.0.
+    Uefi,
+}
+
+/// QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub mode: Mode,
+    pub accel: Accel,
+    pub timeout: Duration,
+    pub memory_mib: u32,
+    pub qemu: String,
+    pub ovmf_code: PathBuf,
+    pub ovmf_vars: PathBuf,
+    pub swtpm: String,
+    /// Extra text appended to the kernel command line (direct boot only; it changes what the
+    /// guest runs, so it is for experiments, never for attested runs).
+    pub append: Option<String>,
+    /// Print the console as it arrives.
+    pub echo: bool,
+}
+
+/// Errors starting or supervising QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: UKI section {1} missing")]
+    Section(PathBuf, &'static str),
+    #[error("{0}")]
+    Uki(#[from] uki::UkiError),
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("temporary directory: {0}")]
+    Temp(#[source] std::io::Error),
+    #[error("swtpm did not create its socket {0} within 10 s")]
+    Swtpm(PathBuf),
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// guest-init reported success and the VM powered off.
+    Success,
+    /// guest-init reported an error (its reason).
+    GuestError(String),
+    /// QEMU exited without a status line from guest-init (exit status, last console line).
+    NoStatus { status: String, last_line: String },
+    /// The VM was still running at the deadline and was killed.
+    Timeout,
+}
+
+/// The outcome plus what was seen.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    pub console: Vec<String>,
+    pub elapsed: Duration,
+    pub qemu_stderr: String,
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, RunError> {
+        let base = std::env::temp_dir();
+        for n in 0..1000u32 {
+            let p = base.join(format!("dcr-run-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(RunError::Temp(e)),
+            }
+        }
+        Err(RunError::Temp(std::io::Error::other("no free name")))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills the child when dropped (swtpm, or QEMU on an early return).
+struct Reaper(Option<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, RunError> {
+    std::fs::read(path).map_err(|source| RunError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    std::fs::write(path, bytes).map_err(RunError::Temp)
+}
+
+/// Build the QEMU argument list for `out_dir` (files are staged in `tmp`).
+fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, RunError> {
+    let uki_path = out_dir.join(UKI);
+    let image = read(&uki_path)?;
+    let mut args: Vec<String> = vec![
+        "-machine".into(),
+        "q35".into(),
+        "-accel".into(),
+        match o.accel {
+            Accel::Tcg => "tcg".into(),
+            Accel::Kvm => "kvm".into(),
+        },
+        "-cpu".into(),
+        "max".into(),
+        "-smp".into(),
+        "1".into(),
+        "-m".into(),
+        format!("{}M", o.memory_mib),
+        "-display".into(),
+        "none".into(),
+        "-serial".into(),
+        "stdio".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-nic".into(),
+        "none".into(),
+    ];
+    match o.mode {
+        Mode::Direct => {
+            let kernel = uki::section(&image, ".linux")?
+                .ok_or_else(|| RunError::Section(uki_path.clone(), ".linux"))?;
+            let cmdline = uki::section(&image, ".cmdline")?
+                .ok_or_else(|| RunError::Section(uki_path.clone(), ".cmdline"))?;
+            let kpath = tmp.join("vmlinuz");
+            write(&kpath, kernel)?;
+            let mut cmdline = String::from_utf8_lossy(cmdline).into_owned();
+            if let Some(extra) = &o.append {
+                cmdline.push(' ');
+                cmdline.push_str(extra);
+            }
+            args.extend([
+                "-kernel".into(),
+                kpath.display().to_string(),
+                "-initrd".into(),
+                out_dir.join(INITRD).display().to_string(),
+                "-append".into(),
+                cmdline,
+            ]);
+        }
+        Mode::Uefi => {
+            let boot = tmp.join("esp/EFI/BOOT");
+            std::fs::create_dir_all(&boot).map_err(RunError::Temp)?;
+            write(&boot.join("BOOTX64.EFI"), &image)?;
+            let vars = tmp.join("OVMF_VARS.fd");
+            write(&vars, &read(&o.ovmf_vars)?)?;
+            // Fail early and clearly if the firmware is missing.
+            read(&o.ovmf_code)?;
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    o.ovmf_code.display()
+                ),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                "-drive".into(),
+                format!(
+                    "if=virtio,format=raw,readonly=on,file=fat:{}",
+                    tmp.join("esp").display()
+                ),
+                "-chardev".into(),
+                format!("socket,id=chrtpm,path={}", tmp.join("swtpm.sock").display()),
+                "-tpmdev".into(),
+                "emulator,id=tpm0,chardev=chrtpm".into(),
+                "-device".into(),
+                "tpm-crb,tpmdev=tpm0".into(),
+            ]);
+        }
+    }
+    Ok(args)
+}
+
+fn start_swtpm(tmp: &Path, o: &RunOptions) -> Result<Reaper, RunError> {
+    let state = tmp.join("tpm");
+    std::fs::create_dir_all(&state).map_err(RunError::Temp)?;
+    let sock = tmp.join("swtpm.sock");
+    let child = Command::new(&o.swtpm)
+        .args(["socket", "--tpm2", "--tpmstate"])
+        .arg(format!("dir={}", state.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", sock.display()))
+        .arg("--terminate")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: o.swtpm.clone(),
+            source,
+        })?;
+    let reaper = Reaper(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            return Err(RunError::Swtpm(sock));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(reaper)
+}
+
+/// The status line guest-init prints before powering off.
+pub const OK_LINE: &str = "dcr-init: power-off status=ok";
+const ERR_PREFIX: &str = "dcr-init: power-off status=error reason=";
+
+/// Boot the build in `out_dir`.
+pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
+    let tmp = TempDir::new()?;
+    let args = qemu_args(out_dir, &tmp.0, o)?;
+    let _swtpm = match o.mode {
+        Mode::Uefi => Some(start_swtpm(&tmp.0, o)?),
+        Mode::Direct => None,
+    };
+    eprintln!("+ {} {}", o.qemu, args.join(" "));
+    let start = Instant::now();
+    let child = Command::new(&o.qemu)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: o.qemu.clone(),
+            source,
+        })?;
+    let mut qemu = Reaper(Some(child));
+    let child = qemu.0.as_mut().expect("just set");
+    let stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel::<String>();
+    let echo = o.echo;
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    if echo {
+                        println!("{line}");
+                    }
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = start + o.timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let elapsed = start.elapsed();
+    let _ = reader.join();
+    let qemu_stderr = err_reader.join().unwrap_or_default();
+    qemu.0 = None;
+    let console: Vec<String> = rx.try_iter().collect();
+    // ANSI escapes from the firmware can precede a line: match anywhere in it.
+    let ok = console.iter().any(|l| l.contains(OK_LINE));
+    let err = console.iter().find_map(|l| {
+        l.find(ERR_PREFIX)
+            .map(|i| l[i + ERR_PREFIX.len()..].trim_matches('"').to_string())
+    });
+    let outcome = if timed_out {
+        Outcome::Timeout
+    } else if let Some(reason) = err {
+        Outcome::GuestError(reason)
+    } else if ok && status.is_some_and(|s| s.success()) {
+        Outcome::Success
+    } else {
+        Outcome::NoStatus {
+            status: status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            last_line: console.last().cloned().unwrap_or_default(),
+        }
+    };
+    Ok(RunResult {
+        outcome,
+        console,
+        elapsed,
+        qemu_stderr,
+    })
+}

@@ -1,0 +1,242 @@
+//! guest-init: dcr's PID 1.
+//!
+//! Minimal stage: mount /proc, /sys and /dev, load the kernel modules packed into the initramfs
+//! in dependency order, print one banner line with the version and the contract digest, and
+//! power off. Any error prints one line with the reason and powers off; nothing is ever
+//! started that would give interactive access.
+//!
+//! Console protocol (one line per step, parsed by `dcr-build run`):
+//! ```text
+//! dcr-init: banner version=<v> contract=sha256:<hex> kernel=<release>
+//! dcr-init: modules loaded=<n> [names] absent=<n> [names]
+//! dcr-init: power-off status=ok
+//! dcr-init: power-off status=error reason="<one line>"
+//! ```
+#![deny(unsafe_code)]
+
+mod sys;
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Where the image builder puts the contract.
+const CONTRACT_PATH: &str = "/etc/dcr/contract.toml";
+
+/// A failed step: what we were doing and why it failed.
+#[derive(Debug)]
+struct StepError {
+    step: &'static str,
+    detail: String,
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.detail)
+    }
+}
+
+fn step<T, E: fmt::Display>(step: &'static str, r: Result<T, E>) -> Result<T, StepError> {
+    r.map_err(|e| StepError {
+        step,
+        detail: e.to_string(),
+    })
+}
+
+fn say(line: &str) {
+    let mut out = io::stdout().lock();
+    // The console is our only channel; if it is gone there is nobody to tell.
+    let _ = writeln!(out, "dcr-init: {line}");
+    let _ = out.flush();
+}
+
+fn mount_api_filesystems() -> Result<(), StepError> {
+    let nosuid_noexec = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+    for (src, target, fstype, flags) in [
+        ("proc", "/proc", "proc", nosuid_noexec),
+        ("sysfs", "/sys", "sysfs", nosuid_noexec),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+        ),
+    ] {
+        step(
+            "mkdir",
+            fs::create_dir_all(target).map_err(|e| format!("{target}: {e}")),
+        )?;
+        match sys::mount(src, target, fstype, flags) {
+            Ok(()) => {}
+            // The kernel may already have mounted devtmpfs (CONFIG_DEVTMPFS_MOUNT).
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => {
+                return Err(StepError {
+                    step: "mount",
+                    detail: format!("{fstype} on {target}: {e}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line of modules.dep: a module path and the paths it depends on.
+#[derive(Debug, PartialEq)]
+struct DepLine {
+    module: String,
+    deps: Vec<String>,
+}
+
+/// Parse modules.dep (`path: dep dep …`). The builder writes it in load order.
+fn parse_modules_dep(text: &str) -> Result<Vec<DepLine>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (module, deps) = line
+            .split_once(':')
+            .ok_or_else(|| format!("modules.dep line {}: no ':'", n + 1))?;
+        if module.is_empty() || module.contains("..") {
+            return Err(format!(
+                "modules.dep line {}: bad module path {module:?}",
+                n + 1
+            ));
+        }
+        out.push(DepLine {
+            module: module.to_string(),
+            deps: deps.split_whitespace().map(str::to_string).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// What happened to the packed modules.
+#[derive(Debug, Default)]
+struct Loaded {
+    /// Loaded (or already present).
+    loaded: Vec<String>,
+    /// Refused with ENODEV: a driver for hardware this machine does not have (sev-guest off
+    /// SNP, tdx-guest off TDX). Platform detection decides later, explicitly, what is needed.
+    absent: Vec<String>,
+}
+
+/// Load every module of modules.dep in file order, checking that dependencies came first.
+fn load_modules(dir: &Path) -> Result<Loaded, StepError> {
+    let dep_path = dir.join("modules.dep");
+    let text = match fs::read_to_string(&dep_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(e) => return step("modules", Err(format!("{}: {e}", dep_path.display()))),
+    };
+    let lines = step("modules", parse_modules_dep(&text))?;
+    let mut out = Loaded::default();
+    for line in &lines {
+        if let Some(missing) = line.deps.iter().find(|d| !out.loaded.contains(d)) {
+            return step(
+                "modules",
+                Err(format!(
+                    "{} needs {missing}, which is not loaded before it",
+                    line.module
+                )),
+            );
+        }
+        let path: PathBuf = dir.join(&line.module);
+        let file = step(
+            "modules",
+            File::open(&path).map_err(|e| format!("{}: {e}", path.display())),
+        )?;
+        match sys::finit_module(&file) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                out.absent.push(line.module.clone());
+                continue;
+            }
+            Err(e) => return step("modules", Err(format!("{}: {e}", line.module))),
+        }
+        out.loaded.push(line.module.clone());
+    }
+    Ok(out)
+}
+
+fn module_name(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.strip_suffix(".ko").unwrap_or(file)
+}
+
+fn run() -> Result<(), StepError> {
+    mount_api_filesystems()?;
+    let release = step("uname", sys::kernel_release())?;
+    let contract = step(
+        "contract",
+        fs::read(CONTRACT_PATH).map_err(|e| format!("{CONTRACT_PATH}: {e}")),
+    )?;
+    let digest = Sha256::digest(&contract);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    say(&format!(
+        "banner version={} contract=sha256:{hex} kernel={release}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let mods = load_modules(&Path::new("/lib/modules").join(&release))?;
+    let names = |v: &[String]| {
+        v.iter()
+            .map(|m| module_name(m))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    say(&format!(
+        "modules loaded={} [{}] absent={} [{}]",
+        mods.loaded.len(),
+        names(&mods.loaded),
+        mods.absent.len(),
+        names(&mods.absent)
+    ));
+    Ok(())
+}
+
+fn main() {
+    // Refuse to act anywhere but as PID 1 of a dcr guest: never power off a developer's host.
+    if std::process::id() != 1 {
+        eprintln!("guest-init: not PID 1; this program only runs as init inside a dcr image");
+        std::process::exit(2);
+    }
+    match run() {
+        Ok(()) => say("power-off status=ok"),
+        Err(e) => {
+            let reason = e.to_string().replace(['\n', '\r', '"'], " ");
+            say(&format!("power-off status=error reason=\"{reason}\""));
+        }
+    }
+    let err = sys::power_off();
+    say(&format!("power-off failed: {err}"));
+    sys::pause_forever();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_dep_parses_in_order() {
+        let text = "kernel/a.ko:\nkernel/b.ko: kernel/a.ko\n\n";
+        let lines = parse_modules_dep(text).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].deps, vec!["kernel/a.ko".to_string()]);
+    }
+
+    #[test]
+    fn modules_dep_rejects_garbage() {
+        assert!(parse_modules_dep("no colon here\n").is_err());
+        assert!(parse_modules_dep("../x.ko:\n").is_err());
+    }
+
+    #[test]
+    fn module_names() {
+        assert_eq!(module_name("kernel/net/vsock.ko"), "vsock");
+    }
+}
