@@ -376,7 +376,15 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
     let stub = stub_input(&r, &mut inputs)?;
 
     // Guest binaries from source.
-    let workspace = cargo::workspace_root(&r.dir)?;
+    // The recipe's own workspace; a recipe outside any workspace (e.g. a test's temporary
+    // copy with only file workloads) builds guest-init from the current directory's.
+    let workspace = match cargo::workspace_root(&r.dir) {
+        Ok(w) => w,
+        Err(e) => {
+            let cwd = std::env::current_dir().map_err(out_err(&r.dir))?;
+            cargo::workspace_root(&cwd).map_err(|_| e)?
+        }
+    };
     let mut packages = vec!["guest-init".to_string()];
     let mut crate_workloads = Vec::new();
     for w in &rec.workloads {

@@ -234,21 +234,25 @@ pub fn load(path: &Path) -> Result<LoadedRecipe, RecipeError> {
 pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
     let recipe: Recipe = toml::from_str(text).map_err(|e| RecipeError::Parse {
         path: path.to_path_buf(),
-        // toml's message spans several lines (with a source excerpt): keep it on one.
         message: one_line(&e.to_string()),
     })?;
     validate(&recipe, path)?;
     Ok(recipe)
 }
 
+/// toml's message spans several lines with a source excerpt (`4 | text`, `  | ^^^`): keep
+/// the location and the message, drop the excerpt.
 fn one_line(s: &str) -> String {
     s.split('\n')
         .map(str::trim)
         .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+            let excerpt = l
+                .split_once('|')
+                .is_some_and(|(pre, _)| pre.trim().chars().all(|c| c.is_ascii_digit()));
+            !l.is_empty() && !excerpt
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(": ")
 }
 
 fn field(path: &Path, field: &str, reason: impl Into<String>) -> RecipeError {

@@ -1,1 +1,162 @@
-//! Helpers for the end-to-end tests (see tests/tests/).
+//! Helpers for the end-to-end tests in `tests/tests/`: locating (and building) the dcr-build
+//! binary, building the reference recipe once per test binary, temporary directories, and the
+//! rule for missing system tools (fail under CI, skip with a printed reason elsewhere).
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The reference recipe directory.
+pub fn reference_recipe() -> PathBuf {
+    workspace().join("images/clean-room")
+}
+
+/// Path of a release dcr-build, built once if needed (`DCR_BUILD_BIN` overrides).
+pub fn dcr_build() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("DCR_BUILD_BIN") {
+            return PathBuf::from(p);
+        }
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--locked", "--release", "-q", "-p", "dcr-build"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p dcr-build failed");
+        workspace().join("target/release/dcr-build")
+    })
+    .clone()
+}
+
+/// Run dcr-build with `args` from the workspace root.
+pub fn run_dcr_build(args: &[&str]) -> Output {
+    Command::new(dcr_build())
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("start dcr-build")
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("dcr-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Are these programs on PATH? If not: panic under CI (a fresh CI machine must have them,
+/// `.ci/run` installs them), otherwise print why the test is skipped and return false.
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: required tools missing under CI: {}",
+            missing.join(", ")
+        );
+    }
+    eprintln!(
+        "SKIP {test}: tools missing: {} (run tests/setup.sh)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// Build the reference recipe once per test binary; returns the output directory.
+pub fn reference_build() -> PathBuf {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("dcr-test-reference-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let o = run_dcr_build(&[
+            "image",
+            reference_recipe().to_str().expect("utf-8 path"),
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            o.status.success(),
+            "reference build failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+    .clone()
+}
+
+/// The reference recipe text with its relative paths made absolute and its crate workload
+/// replaced by a file workload, so that it can be copied to a temporary directory.
+pub fn portable_recipe(workload_file: &Path, workload_sha256: &str) -> String {
+    let dir = reference_recipe();
+    let text = std::fs::read_to_string(dir.join("image.toml")).expect("read reference recipe");
+    let contract = dir.join("contract.toml");
+    let text = text.replace(
+        "contract = \"contract.toml\"",
+        &format!("contract = \"{}\"", contract.display()),
+    );
+    let text = text.replace(
+        "crate = \"workloads/overlap\"",
+        &format!(
+            "file = \"{}\"\nsha256 = \"{workload_sha256}\"",
+            workload_file.display()
+        ),
+    );
+    assert!(text.contains("file = "), "reference recipe changed shape");
+    text
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

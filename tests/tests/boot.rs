@@ -1,0 +1,93 @@
+//! Boot the reference image in QEMU (TCG): the initramfs by direct kernel boot, the UKI under
+//! OVMF with an swtpm vTPM. Both must print guest-init's banner with the contract digest that
+//! measurements.json records, and power off; `dcr-build run` must exit 0.
+
+use dcr_attest::reference::Measurements;
+use dcr_tests::*;
+
+fn boot(mode: &str) {
+    let test = format!("boot_{mode}");
+    let mut tools = vec!["qemu-system-x86_64"];
+    if mode == "uefi" {
+        tools.push("swtpm");
+    }
+    if !require_tools(&test, &tools) {
+        return;
+    }
+    let out = reference_build();
+    let m =
+        Measurements::from_json(&std::fs::read(out.join("measurements.json")).unwrap()).unwrap();
+    let o = run_dcr_build(&[
+        "run",
+        out.to_str().unwrap(),
+        "--mode",
+        mode,
+        "--timeout",
+        "300",
+    ]);
+    let console = stdout(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{mode} boot failed:\n{console}\n{}",
+        stderr(&o)
+    );
+    let banner = format!(
+        "dcr-init: banner version=0.1.0 contract=sha256:{} kernel={}",
+        m.contract_digest, m.kernel_release
+    );
+    assert!(
+        console.contains(&banner),
+        "no banner {banner:?} in:\n{console}"
+    );
+    assert!(console.contains("dcr-init: modules loaded="), "{console}");
+    assert!(
+        console.contains("dcr-init: power-off status=ok"),
+        "{console}"
+    );
+    assert!(console.contains("run: success"), "{console}");
+    if mode == "uefi" {
+        // systemd-stub ran (it measures the initrd it hands over) — this was a UKI boot.
+        assert!(console.contains("EFI stub"), "{console}");
+    }
+}
+
+#[test]
+fn direct_kernel_boot_prints_banner_and_powers_off() {
+    boot("direct");
+}
+
+#[test]
+fn uefi_uki_boot_with_swtpm_prints_banner_and_powers_off() {
+    boot("uefi");
+}
+
+#[test]
+fn guest_error_is_reported_as_failure() {
+    if !require_tools(
+        "guest_error_is_reported_as_failure",
+        &["qemu-system-x86_64"],
+    ) {
+        return;
+    }
+    // Point init at a path that does not exist: the kernel cannot start PID 1 and panics;
+    // panic=-1 + -no-reboot ends the VM. The run must not be called a success.
+    let out = reference_build();
+    let o = run_dcr_build(&[
+        "run",
+        out.to_str().unwrap(),
+        "--mode",
+        "direct",
+        "--timeout",
+        "120",
+        "--append",
+        "rdinit=/nonexistent init=/nonexistent",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("without a guest status line"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -1,0 +1,233 @@
+//! The reference image: what is in it, how it is laid out, and that `compare` explains a
+//! one-byte change of a workload.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use dcr_attest::reference::Measurements;
+use dcr_build::{initrd, uki};
+use dcr_tests::*;
+
+#[test]
+fn reference_image_contents_and_measurements_json() {
+    let out = reference_build();
+    let m = Measurements::from_json(&std::fs::read(out.join("measurements.json")).unwrap())
+        .expect("measurements.json parses");
+    assert_eq!(m.recipe, "clean-room");
+    // Every artifact's recorded digest is the digest of the file next to it.
+    for (name, a) in &m.artifacts {
+        let bytes = std::fs::read(out.join(name)).unwrap();
+        assert_eq!(sha256_hex(&bytes), a.sha256.to_hex(), "{name}");
+        assert_eq!(bytes.len() as u64, a.size, "{name}");
+    }
+    // The contract digest is the SHA-256 of the contract file (independent sha256sum).
+    let contract = std::fs::read(reference_recipe().join("contract.toml")).unwrap();
+    assert_eq!(m.contract_digest.to_hex(), sha256_hex(&contract));
+    for key in [
+        "kernel",
+        "stub",
+        "guest-init",
+        "contract",
+        "recipe",
+        "workload:overlap",
+        "module:virtio_net",
+    ] {
+        assert!(
+            m.inputs.contains_key(key),
+            "input {key} missing: {:?}",
+            m.inputs.keys()
+        );
+    }
+
+    let cpio = std::fs::read(out.join("initrd.cpio")).unwrap();
+    assert!(
+        cpio.len() < 8 << 20,
+        "initrd is {} bytes, target < 8 MiB",
+        cpio.len()
+    );
+    let entries = initrd::list(&cpio).unwrap();
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted, "entries are sorted");
+    for e in &entries {
+        assert_eq!(
+            (e.uid, e.gid, u64::from(e.mtime)),
+            (0, 0, m.source_date_epoch),
+            "{}",
+            e.path
+        );
+    }
+    // Executables: exactly /init and the declared workloads. No shell, nothing else.
+    let executables: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.mode & 0o170000 == 0o100000 && e.mode & 0o111 != 0)
+        .map(|e| e.path.as_str())
+        .collect();
+    assert_eq!(executables, vec!["init", "workloads/overlap"]);
+    assert!(paths.contains(&"etc/dcr/contract.toml"));
+    let moddir = format!("lib/modules/{}", m.kernel_release);
+    assert!(paths.contains(&format!("{moddir}/modules.dep").as_str()));
+    assert!(
+        !paths.iter().any(|p| p.ends_with(".xz")),
+        "modules are decompressed at build time"
+    );
+    // The init entry is the guest-init binary recorded in the inputs.
+    let init = entries.iter().find(|e| e.path == "init").unwrap();
+    assert_eq!(init.sha256, m.inputs["guest-init"].sha256);
+}
+
+#[test]
+fn uki_layout_matches_objdump() {
+    if !require_tools("uki_layout_matches_objdump", &["objdump"]) {
+        return;
+    }
+    let out = reference_build();
+    let image = std::fs::read(out.join("image.efi")).unwrap();
+    let ours = uki::sections(&image).unwrap();
+    let names: Vec<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        &names[names.len() - 5..],
+        &[".osrel", ".cmdline", ".uname", ".initrd", ".linux"]
+    );
+    // Independent parser: binutils' objdump reads the same sections, sizes and addresses.
+    let o = Command::new("objdump")
+        .arg("-h")
+        .arg(out.join("image.efi"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut theirs = BTreeMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 6 && f[0].parse::<u32>().is_ok() {
+            let size = u32::from_str_radix(f[2], 16).unwrap();
+            let file_off = u32::from_str_radix(f[5], 16).unwrap();
+            theirs.insert(f[1].to_string(), (size, file_off));
+        }
+    }
+    for s in &ours {
+        let (size, off) = theirs[&s.name];
+        assert_eq!(size, s.virtual_size, "{} size", s.name);
+        assert_eq!(off, s.raw_offset, "{} offset", s.name);
+        assert_eq!(s.virtual_address % 4096, 0, "{} page-aligned", s.name);
+    }
+    // Section contents are the inputs.
+    let cpio = std::fs::read(out.join("initrd.cpio")).unwrap();
+    assert_eq!(uki::section(&image, ".initrd").unwrap().unwrap(), &cpio[..]);
+    let m =
+        Measurements::from_json(&std::fs::read(out.join("measurements.json")).unwrap()).unwrap();
+    assert_eq!(
+        sha256_hex(uki::section(&image, ".linux").unwrap().unwrap()),
+        m.inputs["kernel"].sha256.to_hex()
+    );
+    assert_eq!(
+        uki::section(&image, ".cmdline").unwrap().unwrap(),
+        m.cmdline.as_bytes()
+    );
+    // SizeOfImage covers the last section; CheckSum is valid (objdump prints the stored one).
+    let last = ours.last().unwrap();
+    let soi = uki::size_of_image(&image).unwrap();
+    assert!(soi >= last.virtual_address + last.virtual_size && soi % 4096 == 0);
+    let (stored, computed) = uki::checksum_status(&image).unwrap();
+    assert_eq!(stored, computed);
+    let p = Command::new("objdump")
+        .arg("-p")
+        .arg(out.join("image.efi"))
+        .output()
+        .unwrap();
+    let ptext = String::from_utf8_lossy(&p.stdout);
+    let cks = ptext
+        .lines()
+        .find_map(|l| l.strip_prefix("CheckSum"))
+        .map(|v| u32::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(cks, stored);
+    assert_ne!(stored, 0);
+}
+
+#[test]
+fn one_byte_workload_change_is_explained_by_compare() {
+    let t = TempDir::new("mutate");
+    let w = std::fs::read(reference_build().join("initrd.cpio")).unwrap();
+    // Any bytes serve as the workload here; use a slice of real data.
+    let a_bytes = w[..4096].to_vec();
+    let mut b_bytes = a_bytes.clone();
+    b_bytes[100] ^= 0x01;
+    let mut outs = Vec::new();
+    for (tag, bytes) in [("a", &a_bytes), ("b", &b_bytes)] {
+        let dir = t.path().join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wf = dir.join("overlap.bin");
+        std::fs::write(&wf, bytes).unwrap();
+        std::fs::write(
+            dir.join("image.toml"),
+            portable_recipe(&wf, &sha256_hex(bytes)),
+        )
+        .unwrap();
+        let out = dir.join("out");
+        let o = run_dcr_build(&[
+            "image",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(out);
+    }
+    let o = run_dcr_build(&[
+        "compare",
+        outs[0].to_str().unwrap(),
+        outs[1].to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "compare must report a difference");
+    let text = stdout(&o);
+    for needle in [
+        "initrd.cpio: cpio entry workloads/overlap: sha256",
+        "image.efi: PE section .initrd: sha256",
+        "measurements.json: inputs.workload:overlap.sha256",
+        "measurements.json: artifacts.image.efi.sha256",
+        "measurements.json: artifacts.initrd.cpio.sha256",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // Nothing else in the initramfs or the UKI is blamed.
+    assert_eq!(text.matches("cpio entry").count(), 1, "{text}");
+    assert_eq!(text.matches("PE section").count(), 1, "{text}");
+
+    // The same inputs twice: identical.
+    let again = t.path().join("a/out2");
+    let o = run_dcr_build(&[
+        "image",
+        t.path().join("a").to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_dcr_build(&[
+        "compare",
+        outs[0].to_str().unwrap(),
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("identical: 3 files"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn builder_never_reads_the_wall_clock() {
+    // Reproducibility rests on the packer taking its only timestamp from the recipe or
+    // SOURCE_DATE_EPOCH. (Instant, a monotonic timer, is used only to time QEMU runs.)
+    let src = workspace().join("builder/src");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        for needle in ["SystemTime", "UNIX_EPOCH", "chrono", "Local::now"] {
+            assert!(!text.contains(needle), "{} uses {needle}", p.display());
+        }
+    }
+}
