@@ -166,8 +166,7 @@ pub fn deb_package(input: &str, pin: &DebPin) -> Result<DebPackage, FetchError> 
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 let last = stderr
                     .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .next_back()
+                    .rfind(|l| !l.trim().is_empty())
                     .unwrap_or("")
                     .to_string();
                 return Err(FetchError::Apt {

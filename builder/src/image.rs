@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dcr_attest::reference::{Artifact, Input, Measurements, Sha256, SCHEMA_VERSION};
+use dcr_attest::reference::{Artifact, Input, Measurements, SCHEMA_VERSION};
 
 use crate::bzimage::{self, BzImageError};
 use crate::cargo::{self, CargoError};
@@ -319,8 +319,22 @@ fn stub_input(
     Ok(bytes)
 }
 
-/// Build the image of a recipe into `opts.out`; returns the reference values written.
-pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, ImageError> {
+/// Verified inputs of one build, ready for [`pack`].
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub pack: PackInputs,
+    /// Every input by stable name (see [`Measurements::inputs`]).
+    pub inputs: BTreeMap<String, Input>,
+    pub guest_target: String,
+}
+
+/// Load the recipe, get and verify every input, build the guest binaries. `out`, if given,
+/// is created and checked for writability before any expensive step.
+pub fn prepare(
+    recipe_path: &Path,
+    opts: &BuildOptions,
+    out: Option<&Path>,
+) -> Result<Prepared, ImageError> {
     let r = recipe::load(recipe_path)?;
     let rec = &r.recipe;
     let mtime = match &opts.source_date_epoch {
@@ -342,7 +356,9 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
             local_workloads.push((w.name.clone(), bytes, format!("file:{}", file.display())));
         }
     }
-    prepare_out(&opts.out)?;
+    if let Some(out) = out {
+        prepare_out(out)?;
+    }
 
     let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
     let recipe_bytes = fetch::read_local("recipe", &r.path)?;
@@ -375,9 +391,9 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
     }
     let stub = stub_input(&r, &mut inputs)?;
 
-    // Guest binaries from source.
-    // The recipe's own workspace; a recipe outside any workspace (e.g. a test's temporary
-    // copy with only file workloads) builds guest-init from the current directory's.
+    // Guest binaries from source. The recipe's own workspace; a recipe outside any workspace
+    // (e.g. a test's temporary copy with only file workloads) builds guest-init from the
+    // current directory's.
     let workspace = match cargo::workspace_root(&r.dir) {
         Ok(w) => w,
         Err(e) => {
@@ -417,21 +433,27 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
         }
     }
 
-    let pack_inputs = PackInputs {
-        name: rec.name.clone(),
-        version: rec.version.clone(),
-        mtime,
-        kernel,
-        kernel_release: tree.release.clone(),
-        modules: resolution.modules,
-        stub,
-        cmdline: rec.cmdline.clone(),
-        contract: contract.clone(),
-        guest_init,
-        workloads,
-    };
-    let packed = pack(&pack_inputs)?;
+    Ok(Prepared {
+        pack: PackInputs {
+            name: rec.name.clone(),
+            version: rec.version.clone(),
+            mtime,
+            kernel,
+            kernel_release: tree.release.clone(),
+            modules: resolution.modules,
+            stub,
+            cmdline: rec.cmdline.clone(),
+            contract,
+            guest_init,
+            workloads,
+        },
+        inputs,
+        guest_target: opts.guest_target.clone(),
+    })
+}
 
+/// The reference values of a packed build. Pure.
+pub fn reference_values(p: &Prepared, packed: &Packed) -> Measurements {
     let mut artifacts = BTreeMap::new();
     for (name, bytes) in [(INITRD, &packed.initrd), (UKI, &packed.uki)] {
         artifacts.insert(
@@ -442,19 +464,26 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
             },
         );
     }
-    let m = Measurements {
+    Measurements {
         schema_version: SCHEMA_VERSION,
-        recipe: rec.name.clone(),
-        recipe_version: rec.version.clone(),
-        source_date_epoch: u64::from(mtime),
-        kernel_release: tree.release.clone(),
-        cmdline: rec.cmdline.clone(),
-        contract_digest: Sha256(sha256(&contract).0),
-        guest_target: opts.guest_target.clone(),
-        inputs,
+        recipe: p.pack.name.clone(),
+        recipe_version: p.pack.version.clone(),
+        source_date_epoch: u64::from(p.pack.mtime),
+        kernel_release: p.pack.kernel_release.clone(),
+        cmdline: p.pack.cmdline.clone(),
+        contract_digest: sha256(&p.pack.contract),
+        guest_target: p.guest_target.clone(),
+        inputs: p.inputs.clone(),
         artifacts,
         measurements: BTreeMap::new(),
-    };
+    }
+}
+
+/// Build the image of a recipe into `opts.out`; returns the reference values written.
+pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, ImageError> {
+    let prepared = prepare(recipe_path, opts, Some(&opts.out))?;
+    let packed = pack(&prepared.pack)?;
+    let m = reference_values(&prepared, &packed);
     write_atomic(&opts.out, INITRD, &packed.initrd)?;
     write_atomic(&opts.out, UKI, &packed.uki)?;
     write_atomic(&opts.out, MEASUREMENTS, &m.to_canonical_json()?)?;

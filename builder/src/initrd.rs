@@ -178,9 +178,7 @@ pub fn list(archive: &[u8]) -> Result<Vec<EntryInfo>, InitrdError> {
             sha256: Sha256([0; 32]),
         };
         let mut data = Vec::with_capacity(info.size as usize);
-        (&mut reader)
-            .read_to_end(&mut data)
-            .map_err(InitrdError::Read)?;
+        reader.read_to_end(&mut data).map_err(InitrdError::Read)?;
         info.sha256 = Sha256(sha2::Sha256::digest(&data).into());
         out.push(info);
         cursor = reader.finish().map_err(InitrdError::Read)?;

@@ -6,6 +6,7 @@
 //! (orchestration), [`run`] (QEMU).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod bzimage;
 pub mod cargo;
 pub mod compare;

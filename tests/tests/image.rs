@@ -129,7 +129,7 @@ fn uki_layout_matches_objdump() {
     // SizeOfImage covers the last section; CheckSum is valid (objdump prints the stored one).
     let last = ours.last().unwrap();
     let soi = uki::size_of_image(&image).unwrap();
-    assert!(soi >= last.virtual_address + last.virtual_size && soi % 4096 == 0);
+    assert!(soi >= last.virtual_address + last.virtual_size && soi.is_multiple_of(4096));
     let (stored, computed) = uki::checksum_status(&image).unwrap();
     assert_eq!(stored, computed);
     let p = Command::new("objdump")

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): install what is missing, then run every test —
+# unit and end-to-end (`cargo test`, QEMU boots included) and the rebuild-and-compare harness.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+bash reproducible/setup.sh
+
+echo "== cargo build (locked)"
+cargo build --locked --release --workspace --quiet
+echo "== cargo test"
+cargo test --locked --release --workspace 2>&1 | tee "${TMPDIR:-/tmp}/dcr-cargo-test.log"
+echo "== reproducibility: two builds under varied conditions"
+bash reproducible/rebuild-and-compare.sh
