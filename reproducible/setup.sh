@@ -24,7 +24,8 @@ if ! grep -rqs '^deb .*bookworm-backports' /etc/apt/sources.list /etc/apt/source
 fi
 
 # apt-get download of the pinned packages needs fresh lists that include backports.
-if [ -n "${need_update:-}" ] || ! apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q bpo12; then
+policy=$(apt-cache policy linux-image-cloud-amd64 2>/dev/null || true)
+if [ -n "${need_update:-}" ] || [[ "$policy" != *bpo12* ]]; then
   say "apt-get update"
   $SUDO apt-get update -q >/dev/null || say "warning: apt-get update reported errors (continuing)"
 fi
@@ -53,4 +54,12 @@ if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-
   say "adding the Rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl >/dev/null
 fi
+# sev-snp-measure (PyPI) is the anchor the SNP measurement tests run side by side with ours.
+venv="${DCR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dcr}/sev-snp-measure-0.0.13"
+if [ ! -x "$venv/bin/sev-snp-measure" ]; then
+  say "installing sev-snp-measure 0.0.13 into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'sev-snp-measure==0.0.13'
+fi
+
 say "ready: $(qemu-system-x86_64 --version | head -1), $(swtpm --version 2>&1 | head -1), $(cargo --version)"

@@ -5,4 +5,5 @@
 //! verifiers (SEV-SNP, TDX, TPM, Azure) build on it.
 #![forbid(unsafe_code)]
 
+pub mod measure;
 pub mod reference;

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod image;
 pub mod initrd;
 pub mod kmod;
+pub mod measure;
 pub mod recipe;
 pub mod run;
 pub mod uki;

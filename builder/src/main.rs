@@ -39,6 +39,11 @@ enum Cmd {
         #[arg(long, default_value = dcr_build::cargo::DEFAULT_GUEST_TARGET, env = "DCR_GUEST_TARGET")]
         guest_target: String,
     },
+    /// Predict launch measurements.
+    Measure {
+        #[command(subcommand)]
+        what: MeasureCmd,
+    },
     /// Compare two build outputs; exit 0 if identical, 1 if not (each difference named).
     Compare { a: PathBuf, b: PathBuf },
     /// Boot a build output in QEMU; exit 0 only if the guest reported success and powered off.
@@ -71,6 +76,12 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum MeasureCmd {
+    /// AMD SEV / SEV-ES / SEV-SNP launch digest (flags and output of sev-snp-measure 0.0.13).
+    Snp(dcr_build::measure::SnpArgs),
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
@@ -81,8 +92,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parse the command line; usage errors become one line on stderr (exit 2).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return Err(ExitCode::SUCCESS);
+            }
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad usage");
+            eprintln!("{first}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
     match cli.command {
         Cmd::Image {
             recipe,
@@ -174,6 +214,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Measure { what } => match what {
+            MeasureCmd::Snp(args) => {
+                print!("{}", dcr_build::measure::snp(&args)?);
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Cmd::Compare { a, b } => {
             let report = compare::compare_dirs(&a, &b)
                 .with_context(|| format!("comparing {} with {}", a.display(), b.display()))?;

@@ -160,3 +160,58 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// The shared fixtures directory (`DCR_FIXTURES`, else `../shared/fixtures`). Missing: panic
+/// under CI, otherwise print why and return None.
+pub fn fixtures(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("DCR_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared/fixtures"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: fixtures directory {} missing under CI",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIP {test}: fixtures directory {} missing (set DCR_FIXTURES)",
+        dir.display()
+    );
+    None
+}
+
+/// The sev-snp-measure 0.0.13 that reproducible/setup.sh installs (`DCR_SEV_SNP_MEASURE`
+/// overrides). Missing: panic under CI, otherwise print why and return None.
+pub fn sev_snp_measure(test: &str) -> Option<PathBuf> {
+    let p = std::env::var_os("DCR_SEV_SNP_MEASURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("DCR_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("dcr"))
+                })
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                        .join(".cache/dcr")
+                });
+            cache.join("sev-snp-measure-0.0.13/bin/sev-snp-measure")
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: {} missing under CI (reproducible/setup.sh installs it)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIP {test}: {} missing (run reproducible/setup.sh)",
+        p.display()
+    );
+    None
+}

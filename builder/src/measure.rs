@@ -1,0 +1,313 @@
+//! `dcr-build measure`: launch-measurement prediction from the command line. The flags,
+//! defaults and plain output of `measure snp` are sev-snp-measure 0.0.13's, so the tools can
+//! be swapped; `--json` adds the per-component breakdown.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use dcr_attest::measure::hex;
+use dcr_attest::measure::ovmf::Ovmf;
+use dcr_attest::measure::snp::{self, CpuType, SevHashes, SevMode, SnpShape, VmmType};
+
+/// Errors of `measure`.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    Snp {
+        path: PathBuf,
+        #[source]
+        source: snp::SnpError,
+    },
+}
+
+fn parse_int(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let r = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16)
+    } else if let Some(o) = t.strip_prefix("0o") {
+        u64::from_str_radix(o, 8)
+    } else if let Some(b) = t.strip_prefix("0b") {
+        u64::from_str_radix(b, 2)
+    } else {
+        t.parse()
+    };
+    r.map_err(|_| format!("not an integer: {s:?}"))
+}
+
+fn parse_mode(s: &str) -> Result<SnpMode, String> {
+    Ok(match s {
+        "sev" => SnpMode::Mode(SevMode::Sev),
+        "seves" => SnpMode::Mode(SevMode::SevEs),
+        "snp" => SnpMode::Mode(SevMode::Snp),
+        "snp:svsm" => SnpMode::Mode(SevMode::SnpSvsm),
+        "snp:ovmf-hash" => SnpMode::OvmfHash,
+        other => {
+            return Err(format!(
+                "invalid mode {other:?} (choose from sev, seves, snp, snp:ovmf-hash, snp:svsm)"
+            ))
+        }
+    })
+}
+
+fn parse_cpu(s: &str) -> Result<CpuType, String> {
+    CpuType::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = CpuType::ALL.iter().map(|(_, n)| *n).collect();
+        format!("unknown vCPU type {s:?} (choose from {})", names.join(", "))
+    })
+}
+
+fn parse_vmm(s: &str) -> Result<VmmType, String> {
+    match s {
+        "QEMU" => Ok(VmmType::Qemu),
+        "ec2" => Ok(VmmType::Ec2),
+        "gce" => Ok(VmmType::Gce),
+        other => Err(format!(
+            "unknown VMM type {other:?} (choose from QEMU, ec2, gce)"
+        )),
+    }
+}
+
+/// The guest mode argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnpMode {
+    Mode(SevMode),
+    OvmfHash,
+}
+
+/// Output encoding of the digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Hex,
+    Base64,
+}
+
+/// `measure snp` arguments (sev-snp-measure 0.0.13's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SnpArgs {
+    /// Guest mode: sev, seves, snp, snp:ovmf-hash, snp:svsm.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: SnpMode,
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    #[arg(long, value_name = "CPUTYPE", value_parser = parse_cpu)]
+    pub vcpu_type: Option<CpuType>,
+    #[arg(long, value_name = "VALUE", value_parser = parse_int)]
+    pub vcpu_sig: Option<u64>,
+    #[arg(long, value_name = "FAMILY")]
+    pub vcpu_family: Option<u32>,
+    #[arg(long, value_name = "MODEL")]
+    pub vcpu_model: Option<u32>,
+    #[arg(long, value_name = "STEPPING")]
+    pub vcpu_stepping: Option<u32>,
+    #[arg(long, value_name = "VMMTYPE", default_value = "QEMU", value_parser = parse_vmm)]
+    pub vmm_type: VmmType,
+    #[arg(long, value_name = "PATH")]
+    pub ovmf: PathBuf,
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
+    pub append: Option<String>,
+    #[arg(long, value_name = "VALUE", default_value = "0x1", value_parser = parse_int)]
+    pub guest_features: u64,
+    #[arg(long, value_enum, default_value = "hex")]
+    pub output_format: OutputFormat,
+    #[arg(long, value_name = "HASH")]
+    pub snp_ovmf_hash: Option<String>,
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[arg(long, value_name = "PATH")]
+    pub svsm: Option<PathBuf>,
+    #[arg(long, value_name = "SIZE", conflicts_with = "vars_file")]
+    pub vars_size: Option<u64>,
+    #[arg(long, value_name = "PATH")]
+    pub vars_file: Option<PathBuf>,
+    /// Print JSON: the digest, the VM shape and the per-component events.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, MeasureError> {
+    std::fs::read(path).map_err(|source| MeasureError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn usage(s: impl Into<String>) -> MeasureError {
+    MeasureError::Usage(s.into())
+}
+
+/// Run `measure snp`; returns what to print on stdout.
+pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
+    let fw_bytes = read(&a.ovmf)?;
+    let snp_err = |source| MeasureError::Snp {
+        path: a.ovmf.clone(),
+        source,
+    };
+    let fw = Ovmf::parse(&fw_bytes).map_err(|e| snp_err(e.into()))?;
+    let mode = match a.mode {
+        SnpMode::OvmfHash => return Ok(format!("{}\n", hex(&snp::snp_ovmf_hash(&fw)))),
+        SnpMode::Mode(m) => m,
+    };
+    if a.initrd.is_some() && a.kernel.is_none() {
+        return Err(usage("--kernel required when using --initrd"));
+    }
+    if a.append.is_some() && a.kernel.is_none() {
+        return Err(usage("--kernel required when using --append"));
+    }
+    if a.snp_ovmf_hash.is_some() && mode != SevMode::Snp {
+        return Err(usage("--snp-ovmf-hash only works with --mode snp"));
+    }
+    let vcpus = match (mode, a.vcpus) {
+        (SevMode::Sev, v) => v.unwrap_or(0),
+        (_, Some(v)) => v,
+        (m, None) => {
+            return Err(usage(format!(
+                "missing --vcpus N in guest mode '{}'",
+                mode_name(m)
+            )))
+        }
+    };
+    let vcpu_sig = if mode == SevMode::Sev {
+        0
+    } else if let Some(f) = a.vcpu_family {
+        let (Some(m), Some(s)) = (a.vcpu_model, a.vcpu_stepping) else {
+            return Err(usage(
+                "--vcpu-family needs --vcpu-model and --vcpu-stepping",
+            ));
+        };
+        snp::cpu_sig(f, m, s)
+    } else if let Some(s) = a.vcpu_sig {
+        u32::try_from(s).map_err(|_| usage("--vcpu-sig does not fit 32 bits"))?
+    } else if let Some(t) = a.vcpu_type {
+        t.sig()
+    } else if a.vmm_type == VmmType::Qemu {
+        return Err(usage(format!(
+            "missing --vcpu-type or --vcpu-sig or --vcpu-family in guest mode '{}'",
+            mode_name(mode)
+        )));
+    } else {
+        // ec2 and gce load a fixed RDX; the signature is not used.
+        0
+    };
+    let kernel = a.kernel.as_deref().map(read).transpose()?;
+    let initrd = a.initrd.as_deref().map(read).transpose()?;
+    let hashes = kernel
+        .as_deref()
+        .map(|k| SevHashes::new(k, initrd.as_deref(), a.append.as_deref()));
+    let shape = SnpShape {
+        vcpus,
+        vcpu_sig,
+        guest_features: a.guest_features,
+        vmm: a.vmm_type,
+    };
+    let launch = match mode {
+        SevMode::Sev => snp::sev_launch_digest(&fw, hashes.as_ref()),
+        SevMode::SevEs => snp::seves_launch_digest(&fw, hashes.as_ref(), &shape),
+        SevMode::Snp => {
+            let seed = match &a.snp_ovmf_hash {
+                None => None,
+                Some(h) => {
+                    let b = hex_to_48(h).ok_or_else(|| {
+                        usage(format!("--snp-ovmf-hash: not 96 hex digits: {h:?}"))
+                    })?;
+                    Some(b)
+                }
+            };
+            snp::snp_launch_digest(&fw, seed, hashes.as_ref(), &shape)
+        }
+        SevMode::SnpSvsm => {
+            if a.vmm_type != VmmType::Qemu {
+                return Err(usage("SVSM mode is only implemented for QEMU"));
+            }
+            let svsm_path = a
+                .svsm
+                .as_ref()
+                .ok_or_else(|| usage("snp:svsm mode requires --svsm"))?;
+            let vars = match (a.vars_size, &a.vars_file) {
+                (Some(s), _) => s,
+                (None, Some(f)) => std::fs::metadata(f)
+                    .map_err(|source| MeasureError::Read {
+                        path: f.clone(),
+                        source,
+                    })?
+                    .len(),
+                (None, None) => {
+                    return Err(usage("snp:svsm mode requires --vars-size or --vars-file"))
+                }
+            };
+            let svsm = read(svsm_path)?;
+            snp::svsm_launch_digest(&fw, &svsm, vars, vcpus, vcpu_sig)
+        }
+    }
+    .map_err(snp_err)?;
+    let text = match a.output_format {
+        OutputFormat::Hex => hex(&launch.digest),
+        OutputFormat::Base64 => base64::engine::general_purpose::STANDARD.encode(&launch.digest),
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "mode": mode_name(mode),
+            "digest": text,
+            "shape": {
+                "vcpus": vcpus,
+                "vcpu_sig": format!("{vcpu_sig:#x}"),
+                "guest_features": format!("{:#x}", a.guest_features),
+                "vmm_type": format!("{:?}", a.vmm_type),
+                "firmware_sha256": hex(&sha2_256(&fw_bytes)),
+            },
+            "kernel_hashes": hashes.map(|h| serde_json::json!({
+                "kernel": hex(&h.kernel), "initrd": hex(&h.initrd), "cmdline": hex(&h.cmdline)
+            })),
+            "events": launch.events,
+        });
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        ));
+    }
+    if a.verbose {
+        Ok(format!(
+            "Calculated {} guest measurement: {text}\n",
+            mode.verbose_name()
+        ))
+    } else {
+        Ok(format!("{text}\n"))
+    }
+}
+
+fn sha2_256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+fn hex_to_48(s: &str) -> Option<[u8; 48]> {
+    let s = s.trim();
+    if s.len() != 96 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 48];
+    for i in 0..48 {
+        out[i] = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn mode_name(m: SevMode) -> &'static str {
+    match m {
+        SevMode::Sev => "sev",
+        SevMode::SevEs => "seves",
+        SevMode::Snp => "snp",
+        SevMode::SnpSvsm => "snp:svsm",
+    }
+}
