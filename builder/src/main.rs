@@ -80,6 +80,10 @@ enum Cmd {
 enum MeasureCmd {
     /// AMD SEV / SEV-ES / SEV-SNP launch digest (flags and output of sev-snp-measure 0.0.13).
     Snp(dcr_build::measure::SnpArgs),
+    /// Intel TDX MRTD of a TDVF firmware image.
+    Tdx(dcr_build::measure::TdxArgs),
+    /// Replay a TCG2 event log (TPM or CCEL): the final value of every register.
+    Replay(dcr_build::measure::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -217,6 +221,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Measure { what } => match what {
             MeasureCmd::Snp(args) => {
                 print!("{}", dcr_build::measure::snp(&args)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            MeasureCmd::Tdx(args) => {
+                print!("{}", dcr_build::measure::tdx(&args)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            MeasureCmd::Replay(args) => {
+                print!("{}", dcr_build::measure::replay(&args)?);
                 Ok(ExitCode::SUCCESS)
             }
         },

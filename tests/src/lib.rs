@@ -215,3 +215,27 @@ pub fn sev_snp_measure(test: &str) -> Option<PathBuf> {
     );
     None
 }
+
+/// Debian's OVMF.fd (ovmf 2022.11-6+deb12u2, the package vectors.json names, pinned by the
+/// .deb SHA-256 given there), fetched by the builder's own pinned-package code.
+pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
+    use dcr_attest::reference::Sha256;
+    use dcr_build::{fetch, recipe};
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("measure/vectors.json")).unwrap())
+            .unwrap();
+    let input = v["snp_derived_debian_ovmf"]["input"].as_str().unwrap();
+    let deb_sha = input
+        .split("deb sha256 ")
+        .nth(1)
+        .map(|r| r[..64].to_string())
+        .unwrap();
+    let pin = recipe::DebPin {
+        package: "ovmf".into(),
+        version: "2022.11-6+deb12u2".into(),
+        sha256: Some(recipe::HexSha256(Sha256::from_hex(&deb_sha).unwrap())),
+    };
+    let pkg = fetch::deb_package("ovmf", &pin).expect("fetch ovmf 2022.11-6+deb12u2");
+    let mut files = fetch::extract("ovmf", &pkg, |p| p == "usr/share/ovmf/OVMF.fd").unwrap();
+    files.remove("usr/share/ovmf/OVMF.fd").unwrap()
+}

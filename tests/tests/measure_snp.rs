@@ -5,9 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dcr_attest::reference::Sha256;
-use dcr_build::fetch;
-use dcr_build::recipe::DebPin;
 use dcr_tests::*;
 
 fn ours(args: &[String]) -> Output {
@@ -93,26 +90,6 @@ fn upstream_sev_snp_measure_vectors() {
     assert!(checked >= 17, "only {checked} vectors checked");
 }
 
-/// Debian's OVMF.fd, fetched by the builder's own pinned-package code.
-fn debian_ovmf(v: &serde_json::Value) -> Vec<u8> {
-    let input = s(&v["snp_derived_debian_ovmf"], "input").unwrap();
-    let deb_sha = input
-        .split("deb sha256 ")
-        .nth(1)
-        .map(|r| r[..64].to_string())
-        .unwrap();
-    let pin = DebPin {
-        package: "ovmf".into(),
-        version: "2022.11-6+deb12u2".into(),
-        sha256: Some(dcr_build::recipe::HexSha256(
-            Sha256::from_hex(&deb_sha).unwrap(),
-        )),
-    };
-    let pkg = fetch::deb_package("ovmf", &pin).expect("fetch ovmf 2022.11-6+deb12u2");
-    let mut files = fetch::extract("ovmf", &pkg, |p| p == "usr/share/ovmf/OVMF.fd").unwrap();
-    files.remove("usr/share/ovmf/OVMF.fd").unwrap()
-}
-
 #[test]
 fn debian_ovmf_vectors() {
     let Some(fx) = fixtures("debian_ovmf_vectors") else {
@@ -121,7 +98,7 @@ fn debian_ovmf_vectors() {
     let v = vectors(&fx);
     let t = TempDir::new("debian-ovmf");
     let ovmf = t.path().join("OVMF.fd");
-    std::fs::write(&ovmf, debian_ovmf(&v)).unwrap();
+    std::fs::write(&ovmf, debian_ovmf(&fx)).unwrap();
     for c in v["snp_derived_debian_ovmf"]["cases"].as_array().unwrap() {
         let expected = s(c, "ld").or_else(|| s(c, "ovmf_hash")).unwrap();
         let got = digest_of(&ours(&case_args(c, &ovmf)), &format!("{c}"));
@@ -191,9 +168,8 @@ fn random_cases_match_sev_snp_measure() {
     let amd = fx.join("measure/sev-snp-measure/ovmf_AmdSev_suffix.bin");
     let x64 = fx.join("measure/sev-snp-measure/ovmf_OvmfX64_suffix.bin");
     let svsm = fx.join("measure/sev-snp-measure/svsm.bin");
-    let v = vectors(&fx);
     let debian = t.path().join("OVMF.fd");
-    std::fs::write(&debian, debian_ovmf(&v)).unwrap();
+    std::fs::write(&debian, debian_ovmf(&fx)).unwrap();
     let cases = 40;
     for i in 0..cases {
         let mut a: Vec<String> = Vec::new();
