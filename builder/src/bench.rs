@@ -78,7 +78,7 @@ pub fn run(p: &Prepared, iterations: u32, scratch: &Path) -> Result<BenchResult,
     for _ in 0..iterations.max(1) {
         let t = Instant::now();
         let packed = image::pack(&p.pack)?;
-        let m = image::reference_values(p, &packed);
+        let m = image::reference_values(p, &packed)?;
         let json = m.to_canonical_json()?;
         packs.push(t.elapsed());
         std::hint::black_box(json);

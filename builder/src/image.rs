@@ -14,8 +14,9 @@ use crate::cargo::{self, CargoError};
 use crate::fetch::{self, sha256, FetchError};
 use crate::initrd::{InitrdError, Node, Tree};
 use crate::kmod::{KmodError, ModuleTree, PackedModule};
-use crate::recipe::{self, LoadedRecipe, RecipeError};
+use crate::recipe::{self, LoadedRecipe, Platform, RecipeError};
 use crate::uki::{self, UkiError};
+use dcr_attest::measure::hex;
 
 /// File names in the output directory.
 pub const INITRD: &str = "initrd.cpio";
@@ -326,6 +327,8 @@ pub struct Prepared {
     /// Every input by stable name (see [`Measurements::inputs`]).
     pub inputs: BTreeMap<String, Input>,
     pub guest_target: String,
+    /// Platforms to predict measurements for.
+    pub platforms: Vec<Platform>,
 }
 
 /// Load the recipe, get and verify every input, build the guest binaries. `out`, if given,
@@ -449,11 +452,13 @@ pub fn prepare(
         },
         inputs,
         guest_target: opts.guest_target.clone(),
+        platforms: rec.platforms.clone(),
     })
 }
 
-/// The reference values of a packed build. Pure.
-pub fn reference_values(p: &Prepared, packed: &Packed) -> Measurements {
+/// The reference values of a packed build: digests of everything, and the launch
+/// measurements predicted for the recipe's platforms. Pure.
+pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, ImageError> {
     let mut artifacts = BTreeMap::new();
     for (name, bytes) in [(INITRD, &packed.initrd), (UKI, &packed.uki)] {
         artifacts.insert(
@@ -464,7 +469,40 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Measurements {
             },
         );
     }
-    Measurements {
+    let mut measurements = BTreeMap::new();
+    for platform in &p.platforms {
+        match platform {
+            Platform::Tpm => {
+                let pcrs = crate::measure::tpm_prediction(&packed.uki).map_err(|reason| {
+                    ImageError::Input {
+                        input: UKI.into(),
+                        reason,
+                    }
+                })?;
+                let values: serde_json::Map<String, serde_json::Value> = pcrs
+                    .iter()
+                    .map(|p| (p.index.to_string(), hex(&p.value).into()))
+                    .collect();
+                let events: Vec<_> = pcrs.iter().flat_map(|p| p.events.clone()).collect();
+                measurements.insert(
+                    "tpm".to_string(),
+                    serde_json::json!({
+                        "shape": {
+                            "boot": "OVMF + systemd-stub UKI (image.efi), no PCR 11 phase markers",
+                            "bank": "sha256",
+                        },
+                        "pcrs": values,
+                        "events": events,
+                    }),
+                );
+            }
+            // SEV-SNP and TDX predictions need a pinned AmdSev / TDX firmware in the recipe;
+            // Azure's come with the Azure issue. Until then nothing is written for them, and
+            // a verifier finds no reference values (and refuses).
+            Platform::Snp | Platform::Tdx | Platform::Azure => {}
+        }
+    }
+    Ok(Measurements {
         schema_version: SCHEMA_VERSION,
         recipe: p.pack.name.clone(),
         recipe_version: p.pack.version.clone(),
@@ -475,15 +513,23 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Measurements {
         guest_target: p.guest_target.clone(),
         inputs: p.inputs.clone(),
         artifacts,
-        measurements: BTreeMap::new(),
-    }
+        measurements,
+    })
 }
 
 /// Build the image of a recipe into `opts.out`; returns the reference values written.
 pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, ImageError> {
     let prepared = prepare(recipe_path, opts, Some(&opts.out))?;
     let packed = pack(&prepared.pack)?;
-    let m = reference_values(&prepared, &packed);
+    let m = reference_values(&prepared, &packed)?;
+    for p in &prepared.platforms {
+        if !m.measurements.contains_key(p.as_str()) {
+            eprintln!(
+                "note: no launch measurement predicted yet for platform {}",
+                p.as_str()
+            );
+        }
+    }
     write_atomic(&opts.out, INITRD, &packed.initrd)?;
     write_atomic(&opts.out, UKI, &packed.uki)?;
     write_atomic(&opts.out, MEASUREMENTS, &m.to_canonical_json()?)?;

@@ -82,6 +82,8 @@ enum MeasureCmd {
     Snp(dcr_build::measure::SnpArgs),
     /// Intel TDX MRTD of a TDVF firmware image.
     Tdx(dcr_build::measure::TdxArgs),
+    /// TPM PCR 11 of a UKI (OVMF + systemd-stub boot), for the stub version it embeds.
+    Tpm(dcr_build::measure::TpmArgs),
     /// Replay a TCG2 event log (TPM or CCEL): the final value of every register.
     Replay(dcr_build::measure::ReplayArgs),
 }
@@ -225,6 +227,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             MeasureCmd::Tdx(args) => {
                 print!("{}", dcr_build::measure::tdx(&args)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            MeasureCmd::Tpm(args) => {
+                print!("{}", dcr_build::measure::tpm(&args)?);
                 Ok(ExitCode::SUCCESS)
             }
             MeasureCmd::Replay(args) => {

@@ -397,3 +397,62 @@ pub fn replay(a: &ReplayArgs) -> Result<String, MeasureError> {
     }
     Ok(out)
 }
+
+/// `measure tpm` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TpmArgs {
+    /// The UKI (systemd-stub + sections).
+    #[arg(long, value_name = "PATH")]
+    pub uki: PathBuf,
+    /// Print JSON: `{"pcrs": {...}, "events": [...]}` (the plain form prints `11:sha256=<hex>`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The TPM prediction of a UKI: PCR 9 (its `.cmdline` and `.initrd` as the kernel measures
+/// them) and PCR 11 (for the stub version it embeds).
+pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_attest::measure::tpm::Pcr>, String> {
+    use dcr_attest::measure::tpm;
+    let sections = crate::uki::sections_in_memory(uki_bytes).map_err(|e| e.to_string())?;
+    let sdmagic = sections
+        .iter()
+        .find(|(n, _)| n == ".sdmagic")
+        .map(|(_, d)| d.as_slice())
+        .ok_or_else(|| tpm::TpmError::NoStubVersion.to_string())?;
+    let version = tpm::stub_version(sdmagic).map_err(|e| e.to_string())?;
+    let refs: Vec<(&str, &[u8])> = sections
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let pcr11 = tpm::pcr11(version, &refs).map_err(|e| e.to_string())?;
+    let get = |name: &str| refs.iter().find(|(n, _)| *n == name).map(|(_, d)| *d);
+    let cmdline = String::from_utf8_lossy(get(".cmdline").unwrap_or_default());
+    let pcr9 = tpm::pcr9(
+        cmdline.trim_end_matches('\0'),
+        get(".initrd").unwrap_or_default(),
+    );
+    Ok(vec![pcr9, pcr11])
+}
+
+/// Run `measure tpm`.
+pub fn tpm(a: &TpmArgs) -> Result<String, MeasureError> {
+    let bytes = read(&a.uki)?;
+    let pcrs = tpm_prediction(&bytes)
+        .map_err(|e| MeasureError::Usage(format!("{}: {e}", a.uki.display())))?;
+    if a.json {
+        let map: serde_json::Map<String, serde_json::Value> = pcrs
+            .iter()
+            .map(|p| (p.index.to_string(), hex(&p.value).into()))
+            .collect();
+        let events: Vec<_> = pcrs.iter().flat_map(|p| p.events.clone()).collect();
+        let v = serde_json::json!({ "pcrs": map, "events": events });
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        ));
+    }
+    Ok(pcrs
+        .iter()
+        .map(|p| format!("{}:sha256={}\n", p.index, hex(&p.value)))
+        .collect())
+}

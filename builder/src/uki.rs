@@ -317,3 +317,17 @@ pub fn size_of_image(pe: &[u8]) -> Result<u32, UkiError> {
         .map_err(|_| UkiError::NotPe("NT headers"))?;
     Ok(nt.optional_header.size_of_image.get(LE))
 }
+
+/// Every section as the loader maps it: VirtualSize bytes, zero-filled past SizeOfRawData
+/// (what systemd-stub hashes for PCR 11).
+pub fn sections_in_memory(pe: &[u8]) -> Result<Vec<(String, Vec<u8>)>, UkiError> {
+    let l = layout(pe)?;
+    Ok(headers(pe, &l)
+        .iter()
+        .map(|h| {
+            let mut data = content(pe, h).to_vec();
+            data.resize(h.virtual_size.get(LE) as usize, 0);
+            (name_of(h), data)
+        })
+        .collect())
+}

@@ -9,6 +9,7 @@
 //! ```text
 //! dcr-init: banner version=<v> contract=sha256:<hex> kernel=<release>
 //! dcr-init: modules loaded=<n> [names] absent=<n> [names]
+//! dcr-init: pcrs sha256 4=<hex> 9=<hex> 11=<hex> 12=<hex> 23=<hex>   (or: pcrs none (no TPM))
 //! dcr-init: power-off status=ok
 //! dcr-init: power-off status=error reason="<one line>"
 //! ```
@@ -169,6 +170,28 @@ fn module_name(path: &str) -> &str {
     file.strip_suffix(".ko").unwrap_or(file)
 }
 
+/// PCRs whose values the tests compare with the predictions.
+const REPORTED_PCRS: [u32; 5] = [4, 9, 11, 12, 23];
+
+/// Read SHA-256 PCRs from sysfs (`/sys/class/tpm/tpm0/pcr-sha256/N`, kernel ≥ 6.1).
+/// Returns None when there is no TPM.
+fn read_pcrs() -> Option<Vec<(u32, String)>> {
+    let dir = Path::new("/sys/class/tpm/tpm0/pcr-sha256");
+    if !dir.is_dir() {
+        return None;
+    }
+    Some(
+        REPORTED_PCRS
+            .iter()
+            .filter_map(|i| {
+                fs::read_to_string(dir.join(i.to_string()))
+                    .ok()
+                    .map(|v| (*i, v.trim().to_ascii_lowercase()))
+            })
+            .collect(),
+    )
+}
+
 fn run() -> Result<(), StepError> {
     mount_api_filesystems()?;
     let release = step("uname", sys::kernel_release())?;
@@ -196,6 +219,13 @@ fn run() -> Result<(), StepError> {
         mods.absent.len(),
         names(&mods.absent)
     ));
+    match read_pcrs() {
+        Some(pcrs) => {
+            let list: Vec<String> = pcrs.iter().map(|(i, v)| format!("{i}={v}")).collect();
+            say(&format!("pcrs sha256 {}", list.join(" ")));
+        }
+        None => say("pcrs none (no TPM)"),
+    }
     Ok(())
 }
 

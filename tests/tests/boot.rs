@@ -49,6 +49,31 @@ fn boot(mode: &str) {
     if mode == "uefi" {
         // systemd-stub ran (it measures the initrd it hands over) — this was a UKI boot.
         assert!(console.contains("EFI stub"), "{console}");
+        // The predicted PCRs equal what the booted VM's swtpm holds (read by guest-init from
+        // /sys/class/tpm/tpm0/pcr-sha256).
+        let line = console
+            .lines()
+            .find_map(|l| l.split("dcr-init: pcrs sha256 ").nth(1))
+            .unwrap_or_else(|| panic!("no PCR line in:\n{console}"));
+        let live: std::collections::BTreeMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let predicted = m.measurements["tpm"]["pcrs"]
+            .as_object()
+            .expect("tpm prediction");
+        for pcr in ["9", "11"] {
+            assert_eq!(
+                Some(&predicted[pcr].as_str().unwrap()),
+                live.get(pcr),
+                "PCR {pcr}: predicted vs swtpm"
+            );
+        }
+    } else {
+        assert!(
+            console.contains("dcr-init: pcrs none (no TPM)"),
+            "{console}"
+        );
     }
 }
 

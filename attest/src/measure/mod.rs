@@ -4,6 +4,7 @@
 //! - [`snp`]: AMD SEV, SEV-ES and SEV-SNP launch digests (QEMU direct boot with kernel hashes,
 //!   EC2 and GCE VMSA variants, COCONUT-SVSM), bit-compatible with sev-snp-measure 0.0.13.
 //! - [`tdx`]: Intel TDX MRTD from TDVF metadata (single- and two-pass page order).
+//! - [`tpm`]: PCR 11 of a UKI for the systemd-stub version it embeds.
 //! - [`eventlog`]: TCG2 crypto-agile event logs (TPM and CCEL): parse and replay.
 //! - [`ovmf`]: the OVMF footer GUID table and SEV metadata those need.
 
@@ -11,6 +12,7 @@ pub mod eventlog;
 pub mod ovmf;
 pub mod snp;
 pub mod tdx;
+pub mod tpm;
 
 /// A GUID as stored in firmware tables (mixed-endian, `uuid.bytes_le`), from its text form.
 pub const fn guid_le(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
