@@ -79,7 +79,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum MeasureCmd {
     /// AMD SEV / SEV-ES / SEV-SNP launch digest (flags and output of sev-snp-measure 0.0.13).
-    Snp(dcr_build::measure::SnpArgs),
+    Snp(Box<dcr_build::measure::SnpArgs>),
     /// Intel TDX MRTD of a TDVF firmware image.
     Tdx(dcr_build::measure::TdxArgs),
     /// TPM PCR 11 of a UKI (OVMF + systemd-stub boot), for the stub version it embeds.
