@@ -473,12 +473,22 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
     for platform in &p.platforms {
         match platform {
             Platform::Tpm => {
-                let pcrs = crate::measure::tpm_prediction(&packed.uki).map_err(|reason| {
+                let mut pcrs = crate::measure::tpm_prediction(&packed.uki).map_err(|reason| {
                     ImageError::Input {
                         input: UKI.into(),
                         reason,
                     }
                 })?;
+                let workloads: Vec<(&str, &[u8])> = p
+                    .pack
+                    .workloads
+                    .iter()
+                    .map(|(n, b)| (n.as_str(), b.as_slice()))
+                    .collect();
+                pcrs.push(dcr_attest::measure::tpm::pcr23(
+                    sha256(&p.pack.contract).0,
+                    &workloads,
+                ));
                 let values: serde_json::Map<String, serde_json::Value> = pcrs
                     .iter()
                     .map(|p| (p.index.to_string(), hex(&p.value).into()))
@@ -488,7 +498,7 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
                     "tpm".to_string(),
                     serde_json::json!({
                         "shape": {
-                            "boot": "OVMF + systemd-stub UKI (image.efi), no PCR 11 phase markers",
+                            "boot": "OVMF + systemd-stub UKI (image.efi) from an ESP that is the first boot option (QEMU -nodefaults); no PCR 11 phase markers",
                             "bank": "sha256",
                         },
                         "pcrs": values,

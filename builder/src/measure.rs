@@ -409,8 +409,9 @@ pub struct TpmArgs {
     pub json: bool,
 }
 
-/// The TPM prediction of a UKI: PCR 9 (its `.cmdline` and `.initrd` as the kernel measures
-/// them) and PCR 11 (for the stub version it embeds).
+/// The TPM prediction of a UKI: PCR 4 (boot applications: the UKI and its kernel), PCR 9
+/// (its `.cmdline` and `.initrd` as the kernel measures them) and PCR 11 (for the stub
+/// version it embeds).
 pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_attest::measure::tpm::Pcr>, String> {
     use dcr_attest::measure::tpm;
     let sections = crate::uki::sections_in_memory(uki_bytes).map_err(|e| e.to_string())?;
@@ -431,7 +432,9 @@ pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_attest::measure::tpm::
         cmdline.trim_end_matches('\0'),
         get(".initrd").unwrap_or_default(),
     );
-    Ok(vec![pcr9, pcr11])
+    let pcr4 =
+        tpm::pcr4(uki_bytes, get(".linux").unwrap_or_default()).map_err(|e| e.to_string())?;
+    Ok(vec![pcr4, pcr9, pcr11])
 }
 
 /// Run `measure tpm`.

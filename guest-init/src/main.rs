@@ -9,6 +9,7 @@
 //! ```text
 //! dcr-init: banner version=<v> contract=sha256:<hex> kernel=<release>
 //! dcr-init: modules loaded=<n> [names] absent=<n> [names]
+//! dcr-init: pcr23 extended=<n> (contract + <n-1> workloads)   (or: pcr23 skipped (no TPM))
 //! dcr-init: pcrs sha256 4=<hex> 9=<hex> 11=<hex> 12=<hex> 23=<hex>   (or: pcrs none (no TPM))
 //! dcr-init: power-off status=ok
 //! dcr-init: power-off status=error reason="<one line>"
@@ -16,6 +17,7 @@
 #![deny(unsafe_code)]
 
 mod sys;
+mod tpm;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -170,6 +172,47 @@ fn module_name(path: &str) -> &str {
     file.strip_suffix(".ko").unwrap_or(file)
 }
 
+/// The PCR guest-init extends with the contract and workload digests.
+const CONTRACT_PCR: u32 = 23;
+/// Where the workloads are.
+const WORKLOAD_DIR: &str = "/workloads";
+
+/// Extend PCR 23 with the contract digest, then each workload's SHA-256 in name order (as the
+/// manual workflow does with `tpm2_pcrextend 23:sha256=…`). Returns how many were extended,
+/// or None without a TPM.
+fn extend_pcr23(contract_digest: [u8; 32]) -> Result<Option<usize>, StepError> {
+    let device = ["/dev/tpmrm0", "/dev/tpm0"]
+        .into_iter()
+        .find(|d| Path::new(d).exists());
+    let Some(device) = device else {
+        return Ok(None);
+    };
+    let mut names: Vec<String> = match fs::read_dir(WORKLOAD_DIR) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return step("pcr23", Err(format!("{WORKLOAD_DIR}: {e}"))),
+    };
+    names.sort();
+    let mut digests = vec![contract_digest];
+    for n in &names {
+        let path = Path::new(WORKLOAD_DIR).join(n);
+        let bytes = step(
+            "pcr23",
+            fs::read(&path).map_err(|e| format!("{}: {e}", path.display())),
+        )?;
+        digests.push(Sha256::digest(&bytes).into());
+    }
+    for d in &digests {
+        step(
+            "pcr23",
+            tpm::pcr_extend_sha256(device, CONTRACT_PCR, *d).map_err(|e| format!("{device}: {e}")),
+        )?;
+    }
+    Ok(Some(digests.len()))
+}
+
 /// PCRs whose values the tests compare with the predictions.
 const REPORTED_PCRS: [u32; 5] = [4, 9, 11, 12, 23];
 
@@ -219,6 +262,13 @@ fn run() -> Result<(), StepError> {
         mods.absent.len(),
         names(&mods.absent)
     ));
+    match extend_pcr23(digest.into())? {
+        Some(n) => say(&format!(
+            "pcr23 extended={n} (contract + {} workloads)",
+            n - 1
+        )),
+        None => say("pcr23 skipped (no TPM)"),
+    }
     match read_pcrs() {
         Some(pcrs) => {
             let list: Vec<String> = pcrs.iter().map(|(i, v)| format!("{i}={v}")).collect();

@@ -62,7 +62,11 @@ fn boot(mode: &str) {
         let predicted = m.measurements["tpm"]["pcrs"]
             .as_object()
             .expect("tpm prediction");
-        for pcr in ["9", "11"] {
+        assert!(
+            console.contains("dcr-init: pcr23 extended=2 (contract + 1 workloads)"),
+            "{console}"
+        );
+        for pcr in ["4", "9", "11", "23"] {
             assert_eq!(
                 Some(&predicted[pcr].as_str().unwrap()),
                 live.get(pcr),

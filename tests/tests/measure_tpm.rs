@@ -116,6 +116,23 @@ fn pcr11_equals_systemd_measure_and_every_section_counts() {
 }
 
 #[test]
+fn pcr4_covers_the_stub_and_every_section() {
+    // PCR 4 holds the Authenticode digest of the whole UKI (stub code included) and of its
+    // kernel; the live value is checked in boot.rs. Here: one flipped byte anywhere changes it.
+    let out = reference_build();
+    let image = std::fs::read(out.join("image.efi")).unwrap();
+    let secs = uki::sections(&image).unwrap();
+    let linux = uki::section(&image, ".linux").unwrap().unwrap().to_vec();
+    let base = tpm::pcr4(&image, &linux).unwrap().value;
+    for s in &secs {
+        let mut m = image.clone();
+        m[s.raw_offset as usize + s.virtual_size as usize / 2] ^= 1;
+        let l = uki::section(&m, ".linux").unwrap().unwrap().to_vec();
+        assert_ne!(tpm::pcr4(&m, &l).unwrap().value, base, "section {}", s.name);
+    }
+}
+
+#[test]
 fn uki_without_linux_is_refused() {
     // The bare stub: a PE with .sdmagic but no .linux.
     let t = TempDir::new("no-linux");

@@ -20,6 +20,8 @@ pub enum TpmError {
     UnknownStub(u32),
     #[error("UKI has no .linux section")]
     NoLinux,
+    #[error("{0}: not a PE32+ image the firmware could load: {1}")]
+    Pe(&'static str, String),
 }
 
 /// The systemd-stub major version from `.sdmagic`.
@@ -145,6 +147,53 @@ pub fn pcr9(cmdline: &str, initrd: &[u8]) -> Pcr {
     let mut pcr = Pcr::new(9);
     pcr.measure("LOADED_IMAGE::LoadOptions", &utf16_cmdline(cmdline));
     pcr.measure("Linux initrd", initrd);
+    pcr
+}
+
+/// Authenticode SHA-256 of a PE32+ image (what EDK2's DxeTpm2MeasureBootLib measures for a
+/// boot application: headers without CheckSum and the certificate-table entry, sections in
+/// file order, trailing data without the certificate table).
+pub fn authenticode_sha256(what: &'static str, pe: &[u8]) -> Result<[u8; 32], TpmError> {
+    let file =
+        object::read::pe::PeFile64::parse(pe).map_err(|e| TpmError::Pe(what, e.to_string()))?;
+    let mut h = Sha256::new();
+    authenticode::authenticode_digest(&file, &mut h)
+        .map_err(|_| TpmError::Pe(what, "offsets out of range".into()))?;
+    Ok(h.finalize().into())
+}
+
+/// PCR 4 of an OVMF boot of a UKI from the ESP (TCG PC Client PFP §3.3.4.5): the boot-manager
+/// action "Calling EFI Application from Boot Option", the separator, then one
+/// EV_EFI_BOOT_SERVICES_APPLICATION per PE image loaded: the UKI, then the kernel systemd-stub
+/// loads from `.linux`.
+pub fn pcr4(uki: &[u8], linux: &[u8]) -> Result<Pcr, TpmError> {
+    let mut pcr = Pcr::new(4);
+    pcr.measure(
+        "EV_EFI_ACTION Calling EFI Application from Boot Option",
+        b"Calling EFI Application from Boot Option",
+    );
+    pcr.measure("EV_SEPARATOR", &[0, 0, 0, 0]);
+    pcr.extend_digest(
+        "EV_EFI_BOOT_SERVICES_APPLICATION UKI",
+        authenticode_sha256("UKI", uki)?,
+    );
+    pcr.extend_digest(
+        "EV_EFI_BOOT_SERVICES_APPLICATION .linux",
+        authenticode_sha256(".linux", linux)?,
+    );
+    Ok(pcr)
+}
+
+/// PCR 23 as guest-init extends it: the contract digest, then the SHA-256 of each workload
+/// in name order (the extended values are these digests).
+pub fn pcr23(contract_digest: [u8; 32], workloads: &[(&str, &[u8])]) -> Pcr {
+    let mut sorted: Vec<&(&str, &[u8])> = workloads.iter().collect();
+    sorted.sort_by_key(|(n, _)| *n);
+    let mut pcr = Pcr::new(23);
+    pcr.extend_digest("contract", contract_digest);
+    for (name, bytes) in sorted {
+        pcr.extend_digest(&format!("workload {name}"), Sha256::digest(bytes).into());
+    }
     pcr
 }
 
