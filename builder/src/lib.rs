@@ -11,6 +11,7 @@ pub mod bzimage;
 pub mod cargo;
 pub mod compare;
 pub mod deb;
+pub mod diagnose;
 pub mod fetch;
 pub mod image;
 pub mod initrd;

@@ -44,6 +44,14 @@ enum Cmd {
         #[command(subcommand)]
         what: MeasureCmd,
     },
+    /// Replay a real TCG2 event log against measurements.json: name the first differing
+    /// event of each PCR and the input that explains it. Exit 0 if all match, 1 if not.
+    Diagnose {
+        #[arg(long, value_name = "PATH")]
+        expected: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        event_log: PathBuf,
+    },
     /// Compare two build outputs; exit 0 if identical, 1 if not (each difference named).
     Compare { a: PathBuf, b: PathBuf },
     /// Boot a build output in QEMU; exit 0 only if the guest reported success and powered off.
@@ -73,6 +81,9 @@ enum Cmd {
         /// Do not echo the console.
         #[arg(long)]
         quiet: bool,
+        /// Write the firmware event log guest-init printed to this file (for `diagnose`).
+        #[arg(long, value_name = "PATH")]
+        save_event_log: Option<PathBuf>,
     },
 }
 
@@ -238,6 +249,29 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Cmd::Diagnose {
+            expected,
+            event_log,
+        } => {
+            let mbytes = std::fs::read(&expected)
+                .with_context(|| format!("reading {}", expected.display()))?;
+            let m = dcr_attest::reference::Measurements::from_json(&mbytes)
+                .with_context(|| expected.display().to_string())?;
+            let lbytes = std::fs::read(&event_log)
+                .with_context(|| format!("reading {}", event_log.display()))?;
+            let log = dcr_attest::measure::eventlog::parse(&lbytes)
+                .with_context(|| event_log.display().to_string())?;
+            let d = dcr_build::diagnose::diagnose(&m, &log)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", expected.display()))?;
+            for l in &d.lines {
+                println!("{l}");
+            }
+            Ok(if d.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Cmd::Compare { a, b } => {
             let report = compare::compare_dirs(&a, &b)
                 .with_context(|| format!("comparing {} with {}", a.display(), b.display()))?;
@@ -268,6 +302,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             swtpm,
             append,
             quiet,
+            save_event_log,
         } => {
             let opts = run::RunOptions {
                 mode,
@@ -283,6 +318,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             let r = run::run(&out, &opts)?;
             let secs = r.elapsed.as_secs_f64();
+            if let Some(path) = &save_event_log {
+                match run::event_log_from_console(&r.console) {
+                    Some(Ok(log)) => {
+                        std::fs::write(path, &log)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        eprintln!("event log: {} bytes to {}", log.len(), path.display());
+                    }
+                    Some(Err(e)) => anyhow::bail!("--save-event-log: {e}"),
+                    None => {
+                        anyhow::bail!("--save-event-log: the guest printed no event log (no TPM?)")
+                    }
+                }
+            }
             match r.outcome {
                 run::Outcome::Success => {
                     println!("run: success ({mode:?} boot, powered off after {secs:.1} s)");

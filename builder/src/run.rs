@@ -49,6 +49,39 @@ pub struct RunOptions {
     pub echo: bool,
 }
 
+/// The firmware event log guest-init printed (`dcr-init: eventlog … base64=…`), decoded and
+/// checked against the SHA-256 on the same line.
+pub fn event_log_from_console(console: &[String]) -> Option<Result<Vec<u8>, String>> {
+    use base64::Engine;
+    let line = console
+        .iter()
+        .find_map(|l| l.split("dcr-init: eventlog sha256=").nth(1))?;
+    let mut sha = None;
+    let mut b64 = None;
+    for part in std::iter::once(format!("sha256={line}"))
+        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+    {
+        if let Some(v) = part.strip_prefix("sha256=") {
+            sha = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("base64=") {
+            b64 = Some(v.to_string());
+        }
+    }
+    let (Some(sha), Some(b64)) = (sha, b64) else {
+        return Some(Err("malformed eventlog line".into()));
+    };
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(format!("eventlog base64: {e}"))),
+    };
+    if crate::fetch::sha256(&bytes).to_hex() != sha {
+        return Some(Err(
+            "eventlog does not match its SHA-256 (console corrupted?)".into(),
+        ));
+    }
+    Some(Ok(bytes))
+}
+
 /// Errors starting or supervising QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -9,6 +9,7 @@
 //! ```text
 //! dcr-init: banner version=<v> contract=sha256:<hex> kernel=<release>
 //! dcr-init: modules loaded=<n> [names] absent=<n> [names]
+//! dcr-init: eventlog sha256=<hex> size=<n> base64=<TCG2 log>   (or: eventlog none)
 //! dcr-init: pcr23 extended=<n> (contract + <n-1> workloads)   (or: pcr23 skipped (no TPM))
 //! dcr-init: pcrs sha256 4=<hex> 9=<hex> 11=<hex> 12=<hex> 23=<hex>   (or: pcrs none (no TPM))
 //! dcr-init: power-off status=ok
@@ -213,6 +214,34 @@ fn extend_pcr23(contract_digest: [u8; 32]) -> Result<Option<usize>, StepError> {
     Ok(Some(digests.len()))
 }
 
+/// The firmware's TCG2 event log (public measurement data, not a secret): printed as one
+/// base64 line so `dcr-build run --save-event-log` can hand it to `dcr-build diagnose`.
+fn report_event_log() {
+    let _ = fs::create_dir_all("/sys/kernel/security");
+    // EBUSY: already mounted.
+    let _ = sys::mount(
+        "securityfs",
+        "/sys/kernel/security",
+        "securityfs",
+        libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
+    );
+    match fs::read("/sys/kernel/security/tpm0/binary_bios_measurements") {
+        Ok(log) => {
+            use base64::Engine;
+            let hex: String = Sha256::digest(&log)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            say(&format!(
+                "eventlog sha256={hex} size={} base64={}",
+                log.len(),
+                base64::engine::general_purpose::STANDARD.encode(&log)
+            ));
+        }
+        Err(_) => say("eventlog none"),
+    }
+}
+
 /// PCRs whose values the tests compare with the predictions.
 const REPORTED_PCRS: [u32; 5] = [4, 9, 11, 12, 23];
 
@@ -262,6 +291,7 @@ fn run() -> Result<(), StepError> {
         mods.absent.len(),
         names(&mods.absent)
     ));
+    report_event_log();
     match extend_pcr23(digest.into())? {
         Some(n) => say(&format!(
             "pcr23 extended={n} (contract + {} workloads)",
