@@ -18,8 +18,15 @@ say() { echo "setup: $*" >&2; }
 backports=/etc/apt/sources.list.d/dcr-bookworm-backports.list
 if ! grep -rqs '^deb .*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ &&
    ! grep -rqs 'Suites:.*bookworm-backports' /etc/apt/sources.list.d/; then
-  say "enabling bookworm-backports"
-  echo 'deb http://deb.debian.org/debian bookworm-backports main' | $SUDO tee "$backports" >/dev/null
+  # The machine's own Debian mirror (the one its bookworm sources use).
+  mirror=$(grep -rhoE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
+           tr -d ' ' | head -1)
+  if [ -z "$mirror" ]; then
+    say "error: no Debian mirror found in /etc/apt/sources* to enable bookworm-backports from"
+    exit 1
+  fi
+  say "enabling bookworm-backports from $mirror"
+  echo "deb $mirror bookworm-backports main" | $SUDO tee "$backports" >/dev/null
   need_update=1
 fi
 

@@ -137,8 +137,95 @@ fn find_in(dir: &Path, pin: &DebPin) -> Option<(PathBuf, Vec<u8>)> {
         .find_map(|p| matches(&p, pin).map(|b| (p, b)))
 }
 
+/// The machine's Debian mirror: the first `…/debian` URI in its apt sources (one-line and
+/// deb822 formats), so that no mirror host is baked into dcr.
+fn debian_mirror() -> Option<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for word in text.split_whitespace() {
+            let w = word.trim_end_matches('/');
+            if (w.starts_with("http://") || w.starts_with("https://")) && w.ends_with("/debian") {
+                return Some(w.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// apt-get options for a private configuration that reads only `suite` (lists and package
+/// cache under the dcr cache; the system's sources and caches are untouched).
+fn private_apt(input: &str, pin: &DebPin, suite: &str) -> Result<Vec<String>, FetchError> {
+    let dir = cache_dir().join(format!("apt-{suite}"));
+    let io = |source| FetchError::Cache {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir.join("lists/partial")).map_err(io)?;
+    std::fs::create_dir_all(dir.join("cache/archives/partial")).map_err(io)?;
+    let mirror = debian_mirror().ok_or_else(|| FetchError::Apt {
+        input: input.to_string(),
+        spec: spec(pin),
+        status: "not started".into(),
+        stderr: "no Debian mirror in /etc/apt/sources* to fetch the suite from".into(),
+    })?;
+    let sources = dir.join("sources.list");
+    std::fs::write(&sources, format!("deb {mirror} {suite} main\n")).map_err(io)?;
+    Ok(vec![
+        "-o".into(),
+        format!("Dir::Etc::sourcelist={}", sources.display()),
+        "-o".into(),
+        "Dir::Etc::sourceparts=-".into(),
+        "-o".into(),
+        format!("Dir::State::lists={}", dir.join("lists").display()),
+        "-o".into(),
+        format!("Dir::Cache={}", dir.join("cache").display()),
+        "-o".into(),
+        "APT::Get::List-Cleanup=0".into(),
+    ])
+}
+
+fn apt_get(input: &str, pin: &DebPin, args: &[String], cwd: &Path) -> Result<(), FetchError> {
+    eprintln!("+ apt-get {}", args.join(" "));
+    let out = Command::new("apt-get")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .map_err(|e| FetchError::Apt {
+            input: input.to_string(),
+            spec: spec(pin),
+            status: "not started".into(),
+            stderr: e.to_string(),
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rfind(|l| {
+                !l.trim().is_empty() && !l.starts_with("W: Download is performed unsandboxed")
+            })
+            .unwrap_or("")
+            .to_string();
+        return Err(FetchError::Apt {
+            input: input.to_string(),
+            spec: spec(pin),
+            status: out.status.to_string(),
+            stderr: last,
+        });
+    }
+    Ok(())
+}
+
 /// Find the pinned package in the dcr cache or apt's archive cache, or download it with
-/// `apt-get download` into the dcr cache. The package's control fields must equal the pin,
+/// `apt-get download` into the dcr cache (for a `suite` outside the host's sources, through a
+/// private apt configuration, updated first). The package's control fields must equal the pin,
 /// and its SHA-256 too where the recipe pins it.
 pub fn deb_package(input: &str, pin: &DebPin) -> Result<DebPackage, FetchError> {
     let cache = cache_dir().join("debs");
@@ -150,32 +237,16 @@ pub fn deb_package(input: &str, pin: &DebPin) -> Result<DebPackage, FetchError> 
                 path: cache.clone(),
                 source,
             })?;
-            eprintln!("+ apt-get download {} (in {})", spec(pin), cache.display());
-            let out = Command::new("apt-get")
-                .arg("download")
-                .arg(spec(pin))
-                .current_dir(&cache)
-                .output()
-                .map_err(|e| FetchError::Apt {
-                    input: input.to_string(),
-                    spec: spec(pin),
-                    status: "not started".into(),
-                    stderr: e.to_string(),
-                })?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let last = stderr
-                    .lines()
-                    .rfind(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .to_string();
-                return Err(FetchError::Apt {
-                    input: input.to_string(),
-                    spec: spec(pin),
-                    status: out.status.to_string(),
-                    stderr: last,
-                });
+            let mut opts = Vec::new();
+            if let Some(suite) = &pin.suite {
+                opts = private_apt(input, pin, suite)?;
+                let mut update = opts.clone();
+                update.push("update".into());
+                apt_get(input, pin, &update, &cache)?;
             }
+            let mut download = opts;
+            download.extend(["download".to_string(), spec(pin)]);
+            apt_get(input, pin, &download, &cache)?;
             find_in(&cache, pin).ok_or_else(|| FetchError::NotDownloaded {
                 input: input.to_string(),
                 spec: spec(pin),

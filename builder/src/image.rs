@@ -14,7 +14,7 @@ use crate::cargo::{self, CargoError};
 use crate::fetch::{self, sha256, FetchError};
 use crate::initrd::{InitrdError, Node, Tree};
 use crate::kmod::{KmodError, ModuleTree, PackedModule};
-use crate::recipe::{self, LoadedRecipe, Platform, RecipeError};
+use crate::recipe::{self, FileSpec, LoadedRecipe, Platform, RecipeError, SnpSpec, TdxSpec};
 use crate::uki::{self, UkiError};
 use dcr_attest::measure::hex;
 
@@ -282,14 +282,17 @@ fn kernel_inputs(
     }
 }
 
-fn stub_input(
+/// Get a pinned single file (from a package or local) and check its SHA-256; records it (and
+/// its package) in `inputs` under `name`.
+fn file_input(
     r: &LoadedRecipe,
+    spec: &FileSpec,
+    name: &str,
     inputs: &mut BTreeMap<String, Input>,
 ) -> Result<Vec<u8>, ImageError> {
-    let s = &r.recipe.stub;
-    let (bytes, source) = if let Some(d) = &s.deb {
+    let (bytes, source) = if let Some(d) = &spec.deb {
         let pin = d.pin();
-        let pkg = fetch::deb_package("stub", &pin)?;
+        let pkg = fetch::deb_package(name, &pin)?;
         inputs.insert(
             format!("deb:{}", pin.package),
             Input {
@@ -298,25 +301,25 @@ fn stub_input(
                 size: pkg.bytes.len() as u64,
             },
         );
-        let mut files = fetch::extract("stub", &pkg, |p| p == d.path)?;
+        let mut files = fetch::extract(name, &pkg, |p| p == d.path)?;
         let bytes = files
             .remove(&d.path)
             .ok_or_else(|| FetchError::MissingInDeb {
-                input: "stub".into(),
+                input: name.into(),
                 spec: fetch::pin_spec(&pin),
                 path: d.path.clone(),
             })?;
         (bytes, format!("deb:{}:{}", fetch::pin_spec(&pin), d.path))
-    } else if let Some(p) = &s.local {
+    } else if let Some(p) = &spec.local {
         (
-            fetch::read_local("stub", &r.resolve(p))?,
+            fetch::read_local(name, &r.resolve(p))?,
             format!("file:{}", p.display()),
         )
     } else {
-        unreachable!("recipe validation requires stub.deb or stub.local")
+        unreachable!("recipe validation requires deb or local")
     };
-    fetch::check("stub", &bytes, s.sha256.0)?;
-    inputs.insert("stub".into(), input(source, &bytes));
+    fetch::check(name, &bytes, spec.sha256.0)?;
+    inputs.insert(name.into(), input(source, &bytes));
     Ok(bytes)
 }
 
@@ -329,6 +332,10 @@ pub struct Prepared {
     pub guest_target: String,
     /// Platforms to predict measurements for.
     pub platforms: Vec<Platform>,
+    /// SEV-SNP shape and firmware bytes, when predicted.
+    pub snp: Option<(SnpSpec, Vec<u8>)>,
+    /// TDX shape and firmware bytes, when predicted.
+    pub tdx: Option<(TdxSpec, Vec<u8>)>,
 }
 
 /// Load the recipe, get and verify every input, build the guest binaries. `out`, if given,
@@ -392,7 +399,21 @@ pub fn prepare(
             },
         );
     }
-    let stub = stub_input(&r, &mut inputs)?;
+    let stub = file_input(&r, &rec.stub, "stub", &mut inputs)?;
+    let snp = match &rec.measure.snp {
+        Some(spec) if rec.platforms.contains(&Platform::Snp) => Some((
+            spec.clone(),
+            file_input(&r, &spec.firmware, "firmware:snp", &mut inputs)?,
+        )),
+        _ => None,
+    };
+    let tdx = match &rec.measure.tdx {
+        Some(spec) if rec.platforms.contains(&Platform::Tdx) => Some((
+            spec.clone(),
+            file_input(&r, &spec.firmware, "firmware:tdx", &mut inputs)?,
+        )),
+        _ => None,
+    };
 
     // Guest binaries from source. The recipe's own workspace; a recipe outside any workspace
     // (e.g. a test's temporary copy with only file workloads) builds guest-init from the
@@ -453,7 +474,85 @@ pub fn prepare(
         inputs,
         guest_target: opts.guest_target.clone(),
         platforms: rec.platforms.clone(),
+        snp,
+        tdx,
     })
+}
+
+fn measure_err(input: &str) -> impl Fn(String) -> ImageError + '_ {
+    move |reason| ImageError::Input {
+        input: input.to_string(),
+        reason,
+    }
+}
+
+/// SEV-SNP launch digest of QEMU direct boot of this build with kernel hashes.
+fn snp_prediction(
+    p: &Prepared,
+    initrd: &[u8],
+    spec: &SnpSpec,
+    fw: &[u8],
+) -> Result<serde_json::Value, ImageError> {
+    use dcr_attest::measure::ovmf::Ovmf;
+    use dcr_attest::measure::snp::{self, CpuType, SevHashes, SnpShape, VmmType};
+    let err = measure_err("firmware:snp");
+    let ovmf = Ovmf::parse(fw).map_err(|e| err(e.to_string()))?;
+    let cpu = CpuType::from_name(&spec.vcpu_type).ok_or_else(|| err("unknown vCPU type".into()))?;
+    let vmm = match spec.vmm.as_str() {
+        "ec2" => VmmType::Ec2,
+        "gce" => VmmType::Gce,
+        _ => VmmType::Qemu,
+    };
+    let shape = SnpShape {
+        vcpus: spec.vcpus,
+        vcpu_sig: cpu.sig(),
+        guest_features: spec.guest_features,
+        vmm,
+    };
+    let hashes = SevHashes::new(&p.pack.kernel, Some(initrd), Some(&p.pack.cmdline));
+    let launch = snp::snp_launch_digest(&ovmf, None, Some(&hashes), &shape)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(serde_json::json!({
+        "shape": {
+            "boot": "QEMU direct boot: -kernel (.linux of image.efi) -initrd initrd.cpio -append cmdline, sev-snp-guest kernel-hashes=on",
+            "vcpus": spec.vcpus,
+            "vcpu_type": spec.vcpu_type,
+            "vcpu_sig": format!("{:#x}", cpu.sig()),
+            "guest_features": format!("{:#x}", spec.guest_features),
+            "vmm": spec.vmm,
+            "firmware_sha256": hex(&sha256(fw).0),
+        },
+        "launch_digest": hex(&launch.digest),
+        "kernel_hashes": {
+            "kernel": hex(&hashes.kernel),
+            "initrd": hex(&hashes.initrd),
+            "cmdline": hex(&hashes.cmdline),
+        },
+        "events": launch.events,
+    }))
+}
+
+/// TDX MRTD of the pinned TDVF firmware (RTMRs are not predicted yet).
+fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageError> {
+    use dcr_attest::measure::ovmf::Ovmf;
+    use dcr_attest::measure::tdx::{self, PageOrder};
+    let err = measure_err("firmware:tdx");
+    let ovmf = Ovmf::parse(fw).map_err(|e| err(e.to_string()))?;
+    let order = if spec.page_order == "two-pass" {
+        PageOrder::TwoPass
+    } else {
+        PageOrder::SinglePass
+    };
+    let (mrtd, sections) = tdx::mrtd(&ovmf, order).map_err(|e| err(e.to_string()))?;
+    Ok(serde_json::json!({
+        "shape": {
+            "page_order": spec.page_order,
+            "firmware_sha256": hex(&sha256(fw).0),
+            "rtmrs": "not predicted yet (they depend on the VMM's ACPI tables and the TD HOB)",
+        },
+        "mrtd": hex(&mrtd),
+        "sections": sections,
+    }))
 }
 
 /// The reference values of a packed build: digests of everything, and the launch
@@ -506,10 +605,22 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
                     }),
                 );
             }
-            // SEV-SNP and TDX predictions need a pinned AmdSev / TDX firmware in the recipe;
-            // Azure's come with the Azure issue. Until then nothing is written for them, and
-            // a verifier finds no reference values (and refuses).
-            Platform::Snp | Platform::Tdx | Platform::Azure => {}
+            Platform::Snp => {
+                if let Some((spec, fw)) = &p.snp {
+                    measurements.insert(
+                        "snp".to_string(),
+                        snp_prediction(p, &packed.initrd, spec, fw)?,
+                    );
+                }
+            }
+            Platform::Tdx => {
+                if let Some((spec, fw)) = &p.tdx {
+                    measurements.insert("tdx".to_string(), tdx_prediction(spec, fw)?);
+                }
+            }
+            // Azure's vTPM values come with the Azure issue; nothing is written, so a
+            // verifier finds no reference values for it (and refuses).
+            Platform::Azure => {}
         }
     }
     Ok(Measurements {

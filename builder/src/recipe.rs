@@ -39,6 +39,9 @@ pub struct DebPin {
     pub version: String,
     /// Optional SHA-256 of the .deb file itself.
     pub sha256: Option<HexSha256>,
+    /// A Debian suite the host's apt sources lack (e.g. `sid`): fetched through a private
+    /// apt configuration in the dcr cache, never by changing the system's sources.
+    pub suite: Option<String>,
 }
 
 /// A SHA-256 as written in TOML (64 hex digits).
@@ -77,6 +80,8 @@ pub struct KernelDeb {
     pub version: String,
     /// Optional SHA-256 of the .deb file itself.
     pub sha256: Option<HexSha256>,
+    /// Debian suite outside the host's apt sources (see [`DebPin::suite`]).
+    pub suite: Option<String>,
     /// Path of the bzImage inside the package, e.g. `boot/vmlinuz-…`.
     pub vmlinuz: String,
 }
@@ -87,6 +92,7 @@ impl KernelDeb {
             package: self.package.clone(),
             version: self.version.clone(),
             sha256: self.sha256,
+            suite: self.suite.clone(),
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct FileDeb {
     pub version: String,
     /// Optional SHA-256 of the .deb file itself.
     pub sha256: Option<HexSha256>,
+    /// Debian suite outside the host's apt sources (see [`DebPin::suite`]).
+    pub suite: Option<String>,
     /// Path inside the package.
     pub path: String,
 }
@@ -126,6 +134,7 @@ impl FileDeb {
             package: self.package.clone(),
             version: self.version.clone(),
             sha256: self.sha256,
+            suite: self.suite.clone(),
         }
     }
 }
@@ -170,6 +179,39 @@ impl Platform {
     }
 }
 
+/// SEV-SNP prediction: the firmware the host boots and the VM shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpSpec {
+    /// An AmdSev OVMF build (has the SNP_KERNEL_HASHES section), pinned.
+    pub firmware: FileSpec,
+    pub vcpus: u32,
+    /// QEMU vCPU model (`EPYC-Milan`, …): its CPUID signature goes into the VMSAs.
+    pub vcpu_type: String,
+    /// VMSA SEV_FEATURES (sev-snp-measure `--guest-features`), e.g. 1 (SNPActive).
+    pub guest_features: u64,
+    /// `QEMU`, `ec2` or `gce`.
+    pub vmm: String,
+}
+
+/// TDX prediction: the TDVF firmware and QEMU's page order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxSpec {
+    /// A TDVF-capable OVMF, pinned.
+    pub firmware: FileSpec,
+    /// `single-pass` (QEMU >= 9) or `two-pass` (QEMU 8.x).
+    pub page_order: String,
+}
+
+/// Per-platform prediction settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureSpec {
+    pub snp: Option<SnpSpec>,
+    pub tdx: Option<TdxSpec>,
+}
+
 /// The recipe file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,6 +232,9 @@ pub struct Recipe {
     #[serde(default)]
     pub workloads: Vec<WorkloadSpec>,
     pub platforms: Vec<Platform>,
+    /// What the SNP and TDX predictions assume; required for those platforms.
+    #[serde(default)]
+    pub measure: MeasureSpec,
 }
 
 /// A recipe plus the directory its relative paths are resolved against.
@@ -390,7 +435,55 @@ fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
     if r.platforms.is_empty() {
         return Err(field(path, "platforms", "name at least one platform"));
     }
+    if r.platforms.contains(&Platform::Snp) && r.measure.snp.is_none() {
+        return Err(field(
+            path,
+            "measure.snp",
+            "platforms lists snp but [measure.snp] is missing",
+        ));
+    }
+    if r.platforms.contains(&Platform::Tdx) && r.measure.tdx.is_none() {
+        return Err(field(
+            path,
+            "measure.tdx",
+            "platforms lists tdx but [measure.tdx] is missing",
+        ));
+    }
+    if let Some(snp) = &r.measure.snp {
+        check_file(&snp.firmware, path, "measure.snp.firmware")?;
+        if snp.vcpus == 0 || snp.vcpus > 512 {
+            return Err(field(path, "measure.snp.vcpus", "must be 1-512"));
+        }
+        if dcr_attest::measure::snp::CpuType::from_name(&snp.vcpu_type).is_none() {
+            return Err(field(
+                path,
+                "measure.snp.vcpu_type",
+                format!("unknown vCPU type {:?}", snp.vcpu_type),
+            ));
+        }
+        if !["QEMU", "ec2", "gce"].contains(&snp.vmm.as_str()) {
+            return Err(field(path, "measure.snp.vmm", "must be QEMU, ec2 or gce"));
+        }
+    }
+    if let Some(tdx) = &r.measure.tdx {
+        check_file(&tdx.firmware, path, "measure.tdx.firmware")?;
+        if !["single-pass", "two-pass"].contains(&tdx.page_order.as_str()) {
+            return Err(field(
+                path,
+                "measure.tdx.page_order",
+                "must be single-pass or two-pass",
+            ));
+        }
+    }
     Ok(())
+}
+
+fn check_file(f: &FileSpec, path: &Path, at: &str) -> Result<(), RecipeError> {
+    match (&f.deb, &f.local) {
+        (Some(d), None) => check_pin(&d.pin(), path, &format!("{at}.deb")),
+        (None, Some(_)) => Ok(()),
+        _ => Err(field(path, at, "give exactly one of deb or local")),
+    }
 }
 
 fn check_pin(pin: &DebPin, path: &Path, at: &str) -> Result<(), RecipeError> {
@@ -492,6 +585,12 @@ crate = "workloads/w"
     fn unknown_platform_refused() {
         let e = p(&GOOD.replace("[\"tpm\"]", "[\"sgx\"]")).unwrap_err();
         assert!(e.to_string().contains("sgx"), "{e}");
+    }
+
+    #[test]
+    fn snp_platform_needs_its_shape() {
+        let e = p(&GOOD.replace("[\"tpm\"]", "[\"tpm\", \"snp\"]")).unwrap_err();
+        assert!(e.to_string().contains("measure.snp"), "{e}");
     }
 
     #[test]

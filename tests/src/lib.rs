@@ -234,6 +234,7 @@ pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
         package: "ovmf".into(),
         version: "2022.11-6+deb12u2".into(),
         sha256: Some(recipe::HexSha256(Sha256::from_hex(&deb_sha).unwrap())),
+        suite: None,
     };
     let pkg = fetch::deb_package("ovmf", &pin).expect("fetch ovmf 2022.11-6+deb12u2");
     let mut files = fetch::extract("ovmf", &pkg, |p| p == "usr/share/ovmf/OVMF.fd").unwrap();

@@ -231,3 +231,68 @@ fn builder_never_reads_the_wall_clock() {
         }
     }
 }
+
+#[test]
+fn predicted_launch_measurements_match_anchors() {
+    // SNP: the launch digest in measurements.json equals what sev-snp-measure prints for the
+    // same firmware, kernel, initrd, cmdline and VM shape. TDX: the MRTD equals the vector
+    // for Debian's OVMF.fd (two independent implementations agreed on it).
+    let Some(tool) = sev_snp_measure("predicted_launch_measurements_match_anchors") else {
+        return;
+    };
+    let Some(fx) = fixtures("predicted_launch_measurements_match_anchors") else {
+        return;
+    };
+    let out = reference_build();
+    let m =
+        Measurements::from_json(&std::fs::read(out.join("measurements.json")).unwrap()).unwrap();
+    let snp = &m.measurements["snp"];
+    let shape = &snp["shape"];
+    let t = TempDir::new("anchors");
+    // The firmware, fetched again by the recipe's pin (the builder's cache holds it).
+    let text = std::fs::read_to_string(reference_recipe().join("image.toml")).unwrap();
+    let recipe = dcr_build::recipe::parse(&text, std::path::Path::new("image.toml")).unwrap();
+    let fw_spec = &recipe.measure.snp.as_ref().unwrap().firmware;
+    let deb = fw_spec.deb.as_ref().unwrap();
+    let pkg = dcr_build::fetch::deb_package("firmware:snp", &deb.pin()).unwrap();
+    let files = dcr_build::fetch::extract("firmware:snp", &pkg, |p| p == deb.path).unwrap();
+    let fw = t.path().join("OVMF.amdsev.fd");
+    std::fs::write(&fw, &files[&deb.path]).unwrap();
+    assert_eq!(
+        sha256_hex(&files[&deb.path]),
+        shape["firmware_sha256"].as_str().unwrap()
+    );
+    let image = std::fs::read(out.join("image.efi")).unwrap();
+    let kernel = t.path().join("vmlinuz");
+    std::fs::write(&kernel, uki::section(&image, ".linux").unwrap().unwrap()).unwrap();
+    let o = Command::new(&tool)
+        .arg("--mode=snp")
+        .arg(format!("--vcpus={}", shape["vcpus"]))
+        .arg(format!(
+            "--vcpu-type={}",
+            shape["vcpu_type"].as_str().unwrap()
+        ))
+        .arg(format!(
+            "--guest-features={}",
+            shape["guest_features"].as_str().unwrap()
+        ))
+        .arg(format!("--vmm-type={}", shape["vmm"].as_str().unwrap()))
+        .arg(format!("--ovmf={}", fw.display()))
+        .arg(format!("--kernel={}", kernel.display()))
+        .arg(format!("--initrd={}", out.join("initrd.cpio").display()))
+        .arg(format!("--append={}", m.cmdline))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        snp["launch_digest"].as_str().unwrap()
+    );
+
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("measure/vectors.json")).unwrap()).unwrap();
+    assert_eq!(
+        m.measurements["tdx"]["mrtd"],
+        v["tdx_derived_debian_ovmf"]["mrtd_single_pass_qemu_ge_9"]
+    );
+}

@@ -25,6 +25,7 @@ fn systemd_measure(dir: &Path) -> (PathBuf, PathBuf) {
             package: pkg.into(),
             version: SYSTEMD_VERSION.into(),
             sha256: None,
+            suite: None,
         };
         let deb = fetch::deb_package(pkg, &pin).expect("fetch systemd 254 package");
         let files = fetch::extract(pkg, &deb, |p| p == want).unwrap();
@@ -140,6 +141,7 @@ fn uki_without_linux_is_refused() {
         package: "systemd-boot-efi".into(),
         version: SYSTEMD_VERSION.into(),
         sha256: None,
+        suite: None,
     };
     let deb = fetch::deb_package("stub", &pin).unwrap();
     let path = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
