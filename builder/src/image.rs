@@ -180,6 +180,18 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImageError> 
     Ok(())
 }
 
+/// Record a fetched package among the inputs (`deb:<package>`).
+fn record_deb(inputs: &mut BTreeMap<String, Input>, pin: &recipe::DebPin, pkg: &fetch::DebPackage) {
+    inputs.insert(
+        format!("deb:{}", pin.package),
+        Input {
+            source: format!("deb:{}", fetch::pin_spec(pin)),
+            sha256: pkg.sha256,
+            size: pkg.bytes.len() as u64,
+        },
+    );
+}
+
 /// Gather the kernel, its module tree and the stub.
 fn kernel_inputs(
     r: &LoadedRecipe,
@@ -189,14 +201,7 @@ fn kernel_inputs(
     if let Some(d) = &k.deb {
         let pin = d.pin();
         let pkg = fetch::deb_package("kernel", &pin)?;
-        inputs.insert(
-            format!("deb:{}", pin.package),
-            Input {
-                source: format!("deb:{}", fetch::pin_spec(&pin)),
-                sha256: pkg.sha256,
-                size: pkg.bytes.len() as u64,
-            },
-        );
+        record_deb(inputs, &pin, &pkg);
         eprintln!(
             "+ extract {} and lib/modules from {}",
             d.vmlinuz,
@@ -293,14 +298,7 @@ fn file_input(
     let (bytes, source) = if let Some(d) = &spec.deb {
         let pin = d.pin();
         let pkg = fetch::deb_package(name, &pin)?;
-        inputs.insert(
-            format!("deb:{}", pin.package),
-            Input {
-                source: format!("deb:{}", fetch::pin_spec(&pin)),
-                sha256: pkg.sha256,
-                size: pkg.bytes.len() as u64,
-            },
-        );
+        record_deb(inputs, &pin, &pkg);
         let mut files = fetch::extract(name, &pkg, |p| p == d.path)?;
         let bytes = files
             .remove(&d.path)
