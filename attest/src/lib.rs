@@ -7,3 +7,4 @@
 
 pub mod measure;
 pub mod reference;
+pub mod snp;

@@ -240,3 +240,21 @@ pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
     let mut files = fetch::extract("ovmf", &pkg, |p| p == "usr/share/ovmf/OVMF.fd").unwrap();
     files.remove("usr/share/ovmf/OVMF.fd").unwrap()
 }
+
+/// Path of a release dcr-attest, built once if needed (`DCR_ATTEST_BIN` overrides).
+pub fn dcr_attest() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("DCR_ATTEST_BIN") {
+            return PathBuf::from(p);
+        }
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--locked", "--release", "-q", "-p", "dcr-attest"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p dcr-attest failed");
+        workspace().join("target/release/dcr-attest")
+    })
+    .clone()
+}
