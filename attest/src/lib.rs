@@ -8,3 +8,5 @@
 pub mod measure;
 pub mod reference;
 pub mod snp;
+pub mod tdx;
+pub mod verdict;

@@ -241,34 +241,7 @@ impl Default for SnpPolicy {
     }
 }
 
-/// One check and its outcome.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// The verdict: every check, in order. Accepted only if all passed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Verdict {
-    pub checks: Vec<Check>,
-}
-
-impl Verdict {
-    pub fn ok(&self) -> bool {
-        !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
-    }
-
-    fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
-        self.checks.push(Check {
-            name: name.to_string(),
-            ok,
-            detail: detail.into(),
-        });
-        ok
-    }
-}
+pub use crate::verdict::{Check, Verdict};
 
 const OID_PREFIX: &str = "1.3.6.1.4.1.3704.1.";
 

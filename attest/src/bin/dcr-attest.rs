@@ -1,13 +1,15 @@
-//! dcr-attest: verify confidential-VM evidence offline. Exit 0 only when every check passes.
+//! dcr-attest: verify confidential-VM evidence offline. Exit 0 only when every check passes;
+//! 1 when evidence is refused (each failing check named); 2 on bad usage or unreadable input.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dcr_attest::reference::Measurements;
 use dcr_attest::snp;
+use dcr_attest::verdict::Verdict;
 
 #[derive(Parser)]
 #[command(name = "dcr-attest", version)]
@@ -50,6 +52,27 @@ enum Verify {
         /// Required VMPL, or "any".
         #[arg(long, default_value = "0")]
         vmpl: String,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An Intel TDX quote (v4/v5) with its collateral bundle (dcap-qvl JSON).
+    Tdx {
+        #[arg(long, value_name = "PATH")]
+        quote: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        collateral: PathBuf,
+        /// Verification time (RFC 3339, UTC) [default: now].
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// Accept this TCB status too (repeatable); UpToDate is always accepted.
+        #[arg(long, value_name = "STATUS")]
+        allow_status: Vec<String>,
+        #[arg(long)]
+        allow_debug: bool,
+        /// Also require MRTD to equal the tdx mrtd of this measurements.json.
+        #[arg(long, value_name = "PATH")]
+        expected: Option<PathBuf>,
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
@@ -124,6 +147,75 @@ fn main() -> ExitCode {
     }
 }
 
+/// Print a verdict (lines or JSON) and map it to the exit code.
+fn report(verdict: &Verdict, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        let v = serde_json::json!({"ok": verdict.ok(), "checks": verdict.checks});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for c in &verdict.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            println!("{mark} {}: {}", c.name, c.detail);
+        }
+        let last = if verdict.ok() {
+            "verdict: accepted"
+        } else {
+            "verdict: refused"
+        };
+        println!("{last}");
+    }
+    Ok(if verdict.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Unix seconds of `--at`, or now.
+fn verification_time(at: &Option<String>) -> anyhow::Result<u64> {
+    Ok(match at {
+        Some(s) => parse_rfc3339(s)?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    })
+}
+
+/// A 48-byte hex value at `measurements.<platform>.<field>` of a measurements.json.
+fn expected_48(path: &Path, platform: &str, field: &str) -> anyhow::Result<[u8; 48]> {
+    let bytes = std::fs::read(path).with_context(|| format!("--expected {}", path.display()))?;
+    let m = Measurements::from_json(&bytes).with_context(|| path.display().to_string())?;
+    let text = m
+        .measurements
+        .get(platform)
+        .and_then(|s| s[field].as_str())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--expected {}: no {platform}.{field} (recipe platforms lack {platform})",
+                path.display()
+            )
+        })?;
+    let bad = || {
+        anyhow::anyhow!(
+            "--expected {}: {platform}.{field} is not 48 bytes of hex",
+            path.display()
+        )
+    };
+    if text.len() != 96 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut d = [0u8; 48];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(d)
+}
+
+fn read(flag: &str, p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -139,123 +231,77 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("error: bad usage")
-            );
+            let first = text.lines().find(|l| !l.trim().is_empty());
+            eprintln!("{}", first.unwrap_or("error: bad usage"));
             return Ok(ExitCode::from(2));
         }
     };
-    match cli.command {
-        Cmd::Verify { what } => {
-            match what {
-                Verify::Snp {
-                    report,
-                    vcek,
-                    chain,
-                    at,
-                    expected,
-                    allow_debug,
-                    allow_migration_agent,
-                    vmpl,
-                    json,
-                } => {
-                    let report_bytes = std::fs::read(&report)
-                        .with_context(|| format!("--report {}", report.display()))?;
-                    let vek = der_or_pem(
-                        std::fs::read(&vcek)
-                            .with_context(|| format!("--vcek {}", vcek.display()))?,
-                    )?;
-                    let chain = match &chain {
-                        Some(p) => Some(
-                            snp::pem_certs(
-                                &std::fs::read(p)
-                                    .with_context(|| format!("--chain {}", p.display()))?,
-                            )
-                            .map_err(|e| anyhow::anyhow!("--chain {}: {e}", p.display()))?,
-                        ),
-                        None => None,
-                    };
-                    let now = match &at {
-                        Some(s) => parse_rfc3339(s)?,
-                        None => std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0),
-                    };
-                    let mut policy = snp::SnpPolicy {
-                        allow_debug,
-                        allow_migration_agent,
-                        vmpl: if vmpl == "any" {
-                            None
-                        } else {
-                            Some(vmpl.parse().map_err(|_| {
-                                anyhow::anyhow!("--vmpl {vmpl:?}: a number 0-3 or \"any\"")
-                            })?)
-                        },
-                        ..Default::default()
-                    };
-                    if let Some(p) = &expected {
-                        let m = Measurements::from_json(
-                            &std::fs::read(p)
-                                .with_context(|| format!("--expected {}", p.display()))?,
-                        )
-                        .with_context(|| p.display().to_string())?;
-                        let ld = m.measurements.get("snp").and_then(|s| s["launch_digest"].as_str()).ok_or_else(|| {
-                        anyhow::anyhow!("--expected {}: no snp launch_digest (recipe platforms lack snp)", p.display())
-                    })?;
-                        let mut d = [0u8; 48];
-                        if ld.len() != 96 {
-                            anyhow::bail!(
-                                "--expected {}: snp.launch_digest is not 48 bytes of hex",
-                                p.display()
-                            );
-                        }
-                        for (i, b) in d.iter_mut().enumerate() {
-                            *b = u8::from_str_radix(&ld[2 * i..2 * i + 2], 16).map_err(|_| {
-                                anyhow::anyhow!(
-                                    "--expected {}: snp.launch_digest is not hex",
-                                    p.display()
-                                )
-                            })?;
-                        }
-                        policy.measurements.push(d);
-                    }
-                    let verdict = snp::verify(&report_bytes, &vek, chain.as_deref(), now, &policy);
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"ok": verdict.ok(), "checks": verdict.checks})
-                            )?
-                        );
-                    } else {
-                        for c in &verdict.checks {
-                            println!(
-                                "{} {}: {}",
-                                if c.ok { "ok  " } else { "FAIL" },
-                                c.name,
-                                c.detail
-                            );
-                        }
-                        println!(
-                            "{}",
-                            if verdict.ok() {
-                                "verdict: accepted"
-                            } else {
-                                "verdict: refused"
-                            }
-                        );
-                    }
-                    Ok(if verdict.ok() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    })
-                }
+    let Cmd::Verify { what } = cli.command;
+    match what {
+        Verify::Snp {
+            report: report_path,
+            vcek,
+            chain,
+            at,
+            expected,
+            allow_debug,
+            allow_migration_agent,
+            vmpl,
+            json,
+        } => {
+            let report_bytes = read("--report", &report_path)?;
+            let vek = der_or_pem(read("--vcek", &vcek)?)?;
+            let chain = match &chain {
+                Some(p) => Some(
+                    snp::pem_certs(&read("--chain", p)?)
+                        .map_err(|e| anyhow::anyhow!("--chain {}: {e}", p.display()))?,
+                ),
+                None => None,
+            };
+            let now = verification_time(&at)?;
+            let vmpl = if vmpl == "any" {
+                None
+            } else {
+                Some(
+                    vmpl.parse()
+                        .map_err(|_| anyhow::anyhow!("--vmpl {vmpl:?}: a number 0-3 or \"any\""))?,
+                )
+            };
+            let mut policy = snp::SnpPolicy {
+                allow_debug,
+                allow_migration_agent,
+                vmpl,
+                ..Default::default()
+            };
+            if let Some(p) = &expected {
+                policy
+                    .measurements
+                    .push(expected_48(p, "snp", "launch_digest")?);
             }
+            let verdict = snp::verify(&report_bytes, &vek, chain.as_deref(), now, &policy);
+            report(&verdict, json)
+        }
+        Verify::Tdx {
+            quote,
+            collateral,
+            at,
+            allow_status,
+            allow_debug,
+            expected,
+            json,
+        } => {
+            let q = read("--quote", &quote)?;
+            let c = read("--collateral", &collateral)?;
+            let now = verification_time(&at)?;
+            let mut policy = dcr_attest::tdx::TdxPolicy {
+                allow_debug,
+                ..Default::default()
+            };
+            policy.allowed_status.extend(allow_status);
+            if let Some(p) = &expected {
+                policy.mrtd.push(expected_48(p, "tdx", "mrtd")?);
+            }
+            report(&dcr_attest::tdx::verify(&q, &c, now, &policy), json)
         }
     }
 }
