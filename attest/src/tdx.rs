@@ -114,7 +114,7 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
     };
     v.push(
         "tcb.status",
-        policy.allowed_status.iter().any(|s| *s == report.status),
+        policy.allowed_status.contains(&report.status),
         format!(
             "{} (advisories: {}); allowed: {}",
             report.status,
