@@ -9,4 +9,5 @@ pub mod measure;
 pub mod reference;
 pub mod snp;
 pub mod tdx;
+pub mod tpm;
 pub mod verdict;

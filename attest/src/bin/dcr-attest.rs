@@ -77,6 +77,32 @@ enum Verify {
         #[arg(long)]
         json: bool,
     },
+    /// A TPM 2.0 quote from tpm2_quote's files (tpm2_checkquote's flags).
+    Tpm {
+        /// The AK public key (PEM or DER SubjectPublicKeyInfo).
+        #[arg(short = 'u', long, value_name = "PATH")]
+        public: PathBuf,
+        /// TPMS_ATTEST (tpm2_quote -m).
+        #[arg(short = 'm', long, value_name = "PATH")]
+        message: PathBuf,
+        /// TPMT_SIGNATURE or plain signature (tpm2_quote -s).
+        #[arg(short = 's', long, value_name = "PATH")]
+        signature: PathBuf,
+        /// PCR values (tpm2_quote -o; serialized or values format).
+        #[arg(short = 'f', long, value_name = "PATH")]
+        pcr: PathBuf,
+        /// Qualifying data (nonce): hex, or a file holding the raw bytes.
+        #[arg(short = 'q', long, value_name = "HEX|PATH")]
+        qualification: String,
+        /// Hash of a plain signature.
+        #[arg(short = 'g', long, default_value = "sha256")]
+        hash_algorithm: String,
+        /// Also require the SHA-256 PCRs predicted in this measurements.json (tpm.pcrs).
+        #[arg(long, value_name = "PATH")]
+        expected: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil).
@@ -212,6 +238,17 @@ fn expected_48(path: &Path, platform: &str, field: &str) -> anyhow::Result<[u8; 
     Ok(d)
 }
 
+/// Even-length hex (optionally 0x-prefixed) to bytes.
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    if s.is_empty() || !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
 fn read(flag: &str, p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
 }
@@ -302,6 +339,66 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 policy.mrtd.push(expected_48(p, "tdx", "mrtd")?);
             }
             report(&dcr_attest::tdx::verify(&q, &c, now, &policy), json)
+        }
+        Verify::Tpm {
+            public,
+            message,
+            signature,
+            pcr,
+            qualification,
+            hash_algorithm,
+            expected,
+            json,
+        } => {
+            use dcr_attest::tpm;
+            let qual = match hex_bytes(&qualification) {
+                Some(b) => b,
+                None => read("--qualification", Path::new(&qualification))?,
+            };
+            let plain_hash = match hash_algorithm.as_str() {
+                "sha1" => tpm::TPM_ALG_SHA1,
+                "sha256" => tpm::TPM_ALG_SHA256,
+                "sha384" => tpm::TPM_ALG_SHA384,
+                "sha512" => tpm::TPM_ALG_SHA512,
+                other => {
+                    anyhow::bail!("--hash-algorithm {other:?}: sha1, sha256, sha384 or sha512")
+                }
+            };
+            let mut want = Vec::new();
+            if let Some(p) = &expected {
+                let bytes = read("--expected", p)?;
+                let m = Measurements::from_json(&bytes).with_context(|| p.display().to_string())?;
+                let pcrs = m
+                    .measurements
+                    .get("tpm")
+                    .and_then(|t| t["pcrs"].as_object())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--expected {}: no tpm.pcrs (recipe platforms lack tpm)",
+                            p.display()
+                        )
+                    })?;
+                for (k, v) in pcrs {
+                    let idx: u32 = k.parse().map_err(|_| {
+                        anyhow::anyhow!("--expected {}: tpm.pcrs key {k:?}", p.display())
+                    })?;
+                    let val = v.as_str().and_then(hex_bytes).ok_or_else(|| {
+                        anyhow::anyhow!("--expected {}: tpm.pcrs.{k} is not hex", p.display())
+                    })?;
+                    want.push((idx, val));
+                }
+                want.sort();
+            }
+            let verdict = tpm::verify(
+                &read("--public", &public)?,
+                &read("--message", &message)?,
+                &read("--signature", &signature)?,
+                &read("--pcr", &pcr)?,
+                &qual,
+                plain_hash,
+                &want,
+            );
+            report(&verdict, json)
         }
     }
 }
