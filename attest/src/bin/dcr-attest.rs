@@ -97,6 +97,9 @@ enum Verify {
         /// Hash of a plain signature.
         #[arg(short = 'g', long, default_value = "sha256")]
         hash_algorithm: String,
+        /// PCR selection, e.g. sha256:0,1,16+sha1:0; must equal the quote's.
+        #[arg(short = 'l', long, value_name = "LIST")]
+        pcr_list: Option<String>,
         /// Also require the SHA-256 PCRs predicted in this measurements.json (tpm.pcrs).
         #[arg(long, value_name = "PATH")]
         expected: Option<PathBuf>,
@@ -347,10 +350,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
             pcr,
             qualification,
             hash_algorithm,
+            pcr_list,
             expected,
             json,
         } => {
             use dcr_attest::tpm;
+            let list = match &pcr_list {
+                Some(l) => Some(
+                    tpm::parse_pcr_list(l).map_err(|e| anyhow::anyhow!("--pcr-list {l:?}: {e}"))?,
+                ),
+                None => None,
+            };
             let qual = match hex_bytes(&qualification) {
                 Some(b) => b,
                 None => read("--qualification", Path::new(&qualification))?,
@@ -389,7 +399,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 }
                 want.sort();
             }
-            let verdict = tpm::verify(
+            let mut verdict = tpm::verify(
                 &read("--public", &public)?,
                 &read("--message", &message)?,
                 &read("--signature", &signature)?,
@@ -398,6 +408,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 plain_hash,
                 &want,
             );
+            if let Some(list) = list {
+                if let Ok(a) = tpm::parse_attest(&read("--message", &message)?) {
+                    let quoted: tpm::Selection = a
+                        .selection
+                        .into_iter()
+                        .filter(|(_, p)| !p.is_empty())
+                        .collect();
+                    verdict.checks.push(dcr_attest::verdict::Check {
+                        name: "pcrs.list".into(),
+                        ok: quoted == list,
+                        detail: format!("--pcr-list {list:?} vs quoted {quoted:?}"),
+                    });
+                }
+            }
             report(&verdict, json)
         }
     }

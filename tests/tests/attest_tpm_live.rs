@@ -1,0 +1,232 @@
+//! TPM quotes made in the test by tpm2-tools on a fresh swtpm — RSA and ECC AKs, tss and
+//! plain signatures, serialized and values PCR files — accepted by both tpm2_checkquote (the
+//! anchor) and `dcr-attest verify tpm`; a wrong nonce refused by both.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use dcr_tests::*;
+
+struct Swtpm(Child);
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Two consecutive free ports (server, control).
+    for _ in 0..50 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair on loopback");
+}
+
+fn tool(dir: &Path, tcti: &str, args: &[&str]) {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .env("TPM2TOOLS_TCTI", tcti)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+const LIST: &str = "sha256:0,4,9,11,16,23";
+
+fn checkquote(dir: &Path, sig: &str, pcrs: &str, nonce: &str) -> bool {
+    // tpm2_checkquote 5.4 reads the PCR file as bare values when -l is given.
+    let mut cmd = Command::new("tpm2_checkquote");
+    cmd.args(["-u", "ak.pem", "-m", "q.msg", "-s", sig, "-f", pcrs])
+        .args(["-g", "sha256", "-q", nonce]);
+    if pcrs.ends_with(".values") {
+        cmd.args(["-l", LIST]);
+    }
+    let o = cmd.current_dir(dir).output().unwrap();
+    if !o.status.success() {
+        eprintln!("tpm2_checkquote: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    o.status.success()
+}
+
+fn ours(dir: &Path, sig: &str, pcrs: &str, nonce: &str) -> bool {
+    let o = Command::new(dcr_attest())
+        .args([
+            "verify", "tpm", "-u", "ak.pem", "-m", "q.msg", "-s", sig, "-f", pcrs,
+        ])
+        .args(["-q", nonce, "-l", LIST])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    if !o.status.success() {
+        eprintln!("dcr-attest: {}", stdout(&o));
+    }
+    o.status.success()
+}
+
+#[test]
+fn fresh_swtpm_quotes_verify_like_tpm2_checkquote() {
+    let tools = [
+        "swtpm",
+        "tpm2_createek",
+        "tpm2_createak",
+        "tpm2_quote",
+        "tpm2_checkquote",
+        "tpm2_pcrextend",
+    ];
+    if !require_tools("fresh_swtpm_quotes_verify_like_tpm2_checkquote", &tools) {
+        return;
+    }
+    let t = TempDir::new("swtpm-live");
+    let state = t.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let port = free_port();
+    let _tpm = Swtpm(
+        Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let d = t.path();
+    tool(
+        d,
+        &tcti,
+        &[
+            "tpm2_pcrextend",
+            "16:sha256=00000000000000000000000000000000000000000000000000000000000000aa",
+        ],
+    );
+    for (alg, scheme) in [("rsa", "rsassa"), ("ecc", "ecdsa")] {
+        tool(
+            d,
+            &tcti,
+            &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+        );
+        tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_createak",
+                "-C",
+                "ek.ctx",
+                "-c",
+                "ak.ctx",
+                "-G",
+                alg,
+                "-g",
+                "sha256",
+                "-s",
+                scheme,
+                "-u",
+                "ak.pem",
+                "-f",
+                "pem",
+                "-n",
+                "ak.name",
+            ],
+        );
+        tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
+        tool(d, &tcti, &["tpm2_flushcontext", "-s"]);
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_quote",
+                "-c",
+                "ak.ctx",
+                "-l",
+                "sha256:0,4,9,11,16,23",
+                "-q",
+                "c0ffee0123",
+                "-g",
+                "sha256",
+                "-m",
+                "q.msg",
+                "-s",
+                "q.sig",
+                "-o",
+                "q.pcrs",
+            ],
+        );
+        // The same quote's signature and PCRs in the other formats.
+        tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_quote",
+                "-c",
+                "ak.ctx",
+                "-l",
+                "sha256:0,4,9,11,16,23",
+                "-q",
+                "c0ffee0123",
+                "-g",
+                "sha256",
+                "-m",
+                "q2.msg",
+                "-s",
+                "q.plain",
+                "-f",
+                "plain",
+                "-o",
+                "q.values",
+                "-F",
+                "values",
+            ],
+        );
+        tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
+        assert!(
+            checkquote(d, "q.sig", "q.pcrs", "c0ffee0123"),
+            "{alg}: tpm2_checkquote refused"
+        );
+        assert!(
+            ours(d, "q.sig", "q.pcrs", "c0ffee0123"),
+            "{alg}: dcr-attest refused what checkquote accepts"
+        );
+        assert!(!checkquote(d, "q.sig", "q.pcrs", "c0ffee0124"));
+        assert!(
+            !ours(d, "q.sig", "q.pcrs", "c0ffee0124"),
+            "{alg}: wrong nonce accepted"
+        );
+        // plain signature + values PCR file of the second quote.
+        std::fs::rename(d.join("q2.msg"), d.join("q.msg")).unwrap();
+        assert!(
+            checkquote(d, "q.plain", "q.values", "c0ffee0123"),
+            "{alg}: checkquote refused plain/values"
+        );
+        assert!(
+            ours(d, "q.plain", "q.values", "c0ffee0123"),
+            "{alg}: dcr-attest refused plain/values"
+        );
+    }
+}
