@@ -5,6 +5,7 @@
 //! verifiers (SEV-SNP, TDX, TPM, Azure) build on it.
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod measure;
 pub mod reference;
 pub mod snp;

@@ -153,12 +153,27 @@ impl Measurements {
 
     /// Canonical bytes: sorted keys at every level, two-space indent, trailing newline.
     pub fn to_canonical_json(&self) -> Result<Vec<u8>, ReferenceError> {
-        // serde_json::Value's map is a BTreeMap (no preserve_order feature), so going through
-        // Value sorts every object's keys.
-        let value = serde_json::to_value(self).map_err(ReferenceError::Serialise)?;
+        let value = sorted(serde_json::to_value(self).map_err(ReferenceError::Serialise)?);
         let mut out = serde_json::to_vec_pretty(&value).map_err(ReferenceError::Serialise)?;
         out.push(b'\n');
         Ok(out)
+    }
+}
+
+/// Rebuild every object with its keys inserted in sorted order. (Whether serde_json's map
+/// sorts by itself depends on the `preserve_order` feature, which any crate in the build can
+/// switch on; a dependency did, so sorting is done here explicitly.)
+pub fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut entries: Vec<(String, serde_json::Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(sorted).collect())
+        }
+        other => other,
     }
 }
 

@@ -106,6 +106,25 @@ enum Verify {
         #[arg(long)]
         json: bool,
     },
+    /// Azure SEV-SNP CVM evidence (Trustee az-snp-vtpm JSON): HCL report, VCEK, vTPM quote.
+    Azure {
+        #[arg(long, value_name = "PATH")]
+        evidence: PathBuf,
+        /// The nonce the vTPM quote must carry (hex, or a file with the raw bytes).
+        #[arg(short = 'q', long, value_name = "HEX|PATH")]
+        qualification: String,
+        /// A VCEK to use instead of the one in the evidence (DER or PEM).
+        #[arg(long, value_name = "PATH")]
+        vcek: Option<PathBuf>,
+        /// Verification time (RFC 3339, UTC) [default: now].
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// Also require the SHA-256 PCRs predicted in this measurements.json (tpm.pcrs).
+        #[arg(long, value_name = "PATH")]
+        expected: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil).
@@ -241,6 +260,34 @@ fn expected_48(path: &Path, platform: &str, field: &str) -> anyhow::Result<[u8; 
     Ok(d)
 }
 
+/// The SHA-256 PCRs predicted in a measurements.json (`tpm.pcrs`), sorted by index.
+fn expected_pcrs(p: &Path) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
+    let bytes = read("--expected", p)?;
+    let m = Measurements::from_json(&bytes).with_context(|| p.display().to_string())?;
+    let pcrs = m
+        .measurements
+        .get("tpm")
+        .and_then(|t| t["pcrs"].as_object())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--expected {}: no tpm.pcrs (recipe platforms lack tpm)",
+                p.display()
+            )
+        })?;
+    let mut want = Vec::new();
+    for (k, v) in pcrs {
+        let idx: u32 = k
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--expected {}: tpm.pcrs key {k:?}", p.display()))?;
+        let val = v.as_str().and_then(hex_bytes).ok_or_else(|| {
+            anyhow::anyhow!("--expected {}: tpm.pcrs.{k} is not hex", p.display())
+        })?;
+        want.push((idx, val));
+    }
+    want.sort();
+    Ok(want)
+}
+
 /// Even-length hex (optionally 0x-prefixed) to bytes.
 fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     let s = s.trim().trim_start_matches("0x");
@@ -374,31 +421,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     anyhow::bail!("--hash-algorithm {other:?}: sha1, sha256, sha384 or sha512")
                 }
             };
-            let mut want = Vec::new();
-            if let Some(p) = &expected {
-                let bytes = read("--expected", p)?;
-                let m = Measurements::from_json(&bytes).with_context(|| p.display().to_string())?;
-                let pcrs = m
-                    .measurements
-                    .get("tpm")
-                    .and_then(|t| t["pcrs"].as_object())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "--expected {}: no tpm.pcrs (recipe platforms lack tpm)",
-                            p.display()
-                        )
-                    })?;
-                for (k, v) in pcrs {
-                    let idx: u32 = k.parse().map_err(|_| {
-                        anyhow::anyhow!("--expected {}: tpm.pcrs key {k:?}", p.display())
-                    })?;
-                    let val = v.as_str().and_then(hex_bytes).ok_or_else(|| {
-                        anyhow::anyhow!("--expected {}: tpm.pcrs.{k} is not hex", p.display())
-                    })?;
-                    want.push((idx, val));
-                }
-                want.sort();
-            }
+            let want = match &expected {
+                Some(p) => expected_pcrs(p)?,
+                None => Vec::new(),
+            };
             let mut verdict = tpm::verify(
                 &read("--public", &public)?,
                 &read("--message", &message)?,
@@ -422,6 +448,32 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     });
                 }
             }
+            report(&verdict, json)
+        }
+        Verify::Azure {
+            evidence,
+            qualification,
+            vcek,
+            at,
+            expected,
+            json,
+        } => {
+            let mut ev = dcr_attest::azure::parse_snp_evidence(&read("--evidence", &evidence)?)
+                .with_context(|| evidence.display().to_string())?;
+            if let Some(p) = &vcek {
+                ev.vcek_der = der_or_pem(read("--vcek", p)?)?;
+            }
+            let nonce = match hex_bytes(&qualification) {
+                Some(b) => b,
+                None => read("--qualification", Path::new(&qualification))?,
+            };
+            let now = verification_time(&at)?;
+            let want = match &expected {
+                Some(p) => expected_pcrs(p)?,
+                None => Vec::new(),
+            };
+            let verdict =
+                dcr_attest::azure::verify_snp(&ev, &nonce, now, &snp::SnpPolicy::default(), &want);
             report(&verdict, json)
         }
     }
