@@ -161,6 +161,35 @@ impl Report {
     }
 }
 
+/// The VCEK cache file name for a report: `<hex CHIP_ID>-<REPORTED_TCB as 16 hex>.der`. A
+/// VCEK is specific to one chip and one TCB, so this key finds it without AMD's KDS.
+pub fn vcek_cache_name(r: &Report) -> String {
+    format!(
+        "{}-{:016x}.der",
+        crate::measure::hex(&r.chip_id),
+        r.reported_tcb
+    )
+}
+
+/// Where AMD's KDS serves the VCEK of this report, for the message when the cache misses.
+pub fn kds_vcek_url(r: &Report) -> String {
+    let (name, chip) = match r.cpuid {
+        Some((0x1a, _, _)) => ("Turin", &r.chip_id[..8]),
+        Some((0x19, m, _)) if (0x10..0x20).contains(&m) => ("Genoa", &r.chip_id[..]),
+        Some((0x19, _, _)) => ("Milan", &r.chip_id[..]),
+        _ => ("{Milan|Genoa|Turin}", &r.chip_id[..]),
+    };
+    let t = r.reported_tcb.to_le_bytes();
+    format!(
+        "https://kdsintf.amd.com/vcek/v1/{name}/{}?blSPL={}&teeSPL={}&snpSPL={}&ucodeSPL={} (Milan/Genoa TCB layout)",
+        crate::measure::hex(chip),
+        t[0],
+        t[1],
+        t[6],
+        t[7]
+    )
+}
+
 /// AMD product generation (decides the pinned roots and the TCB encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {

@@ -227,3 +227,45 @@ fn bad_usage_is_one_line() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent.der"), "{}", stderr(&o));
 }
+
+#[test]
+fn vcek_cache_is_keyed_by_chip_and_tcb_and_only_stores_genuine_vceks() {
+    let Some(fx) = fixtures("vcek_cache_is_keyed_by_chip_and_tcb") else {
+        return;
+    };
+    let s = fx.join("attest/snp");
+    let t = TempDir::new("vcek-cache");
+    let cache = format!("--vcek-cache={}", t.path().join("cache").display());
+    let run = |report: &Path, vcek: Option<&Path>| {
+        let mut c = Command::new(dcr_attest());
+        c.args(["verify", "snp", AT, &cache])
+            .arg(format!("--report={}", report.display()));
+        if let Some(v) = vcek {
+            c.arg(format!("--vcek={}", v.display()));
+        }
+        c.output().unwrap()
+    };
+    let report = s.join("virtee-sev/report_milan.bin");
+    // Miss: a one-line error pointing at AMD's KDS for this chip and TCB.
+    let o = run(&report, None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("ucodeSPL=115") && stderr(&o).trim_end().lines().count() == 1,
+        "{}",
+        stderr(&o)
+    );
+    // A genuine VCEK is stored, then found without --vcek.
+    accepted(&run(&report, Some(&s.join("virtee-sev/vcek_milan.der"))));
+    accepted(&run(&report, None));
+    // A broken VCEK for another report is refused and not stored.
+    let trustee = s.join("trustee/test-report.bin");
+    refused_for(
+        &run(&trustee, Some(&s.join("trustee/test-vcek-invalid-new.der"))),
+        &["chain"],
+    );
+    assert_eq!(
+        run(&trustee, None).status.code(),
+        Some(2),
+        "an invalid VCEK must not be cached"
+    );
+}

@@ -33,9 +33,13 @@ enum Verify {
     Snp {
         #[arg(long, value_name = "PATH")]
         report: PathBuf,
-        /// The VCEK/VLEK certificate (DER or PEM).
+        /// The VCEK/VLEK certificate (DER or PEM). Without it, the VCEK comes from --vcek-cache.
         #[arg(long, value_name = "PATH")]
-        vcek: PathBuf,
+        vcek: Option<PathBuf>,
+        /// VCEK cache directory, keyed by (CHIP_ID, REPORTED_TCB): looked up when --vcek is
+        /// absent; a --vcek whose chain, TCB and hwID checks pass is stored in it.
+        #[arg(long, value_name = "DIR")]
+        vcek_cache: Option<PathBuf>,
         /// ASK/ASVK then ARK (PEM); a supplied ARK/ASK must be AMD's pinned one.
         #[arg(long, value_name = "PATH")]
         chain: Option<PathBuf>,
@@ -328,6 +332,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Verify::Snp {
             report: report_path,
             vcek,
+            vcek_cache,
             chain,
             at,
             expected,
@@ -337,7 +342,24 @@ fn real_main() -> anyhow::Result<ExitCode> {
             json,
         } => {
             let report_bytes = read("--report", &report_path)?;
-            let vek = der_or_pem(read("--vcek", &vcek)?)?;
+            let parsed = snp::Report::parse(&report_bytes).ok();
+            let vek = match (&vcek, &vcek_cache, &parsed) {
+                (Some(p), _, _) => der_or_pem(read("--vcek", p)?)?,
+                (None, Some(dir), Some(r)) => {
+                    let path = dir.join(snp::vcek_cache_name(r));
+                    std::fs::read(&path).map_err(|_| {
+                        anyhow::anyhow!(
+                            "--vcek-cache {}: no VCEK for this chip and TCB ({}); fetch it from {} and pass it with --vcek",
+                            dir.display(),
+                            path.display(),
+                            snp::kds_vcek_url(r)
+                        )
+                    })?
+                }
+                (None, Some(_), None) | (None, None, _) => {
+                    anyhow::bail!("give --vcek, or --vcek-cache with a decodable --report")
+                }
+            };
             let chain = match &chain {
                 Some(p) => Some(
                     snp::pem_certs(&read("--chain", p)?)
@@ -366,6 +388,22 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     .push(expected_48(p, "snp", "launch_digest")?);
             }
             let verdict = snp::verify(&report_bytes, &vek, chain.as_deref(), now, &policy);
+            if let (Some(dir), Some(_), Some(r)) = (&vcek_cache, &vcek, &parsed) {
+                let genuine = verdict.checks.iter().all(|c| {
+                    c.ok || !(c.name == "chain"
+                        || c.name.starts_with("vek.")
+                        || c.name == "report.signature")
+                });
+                if genuine {
+                    std::fs::create_dir_all(dir)
+                        .and_then(|_| {
+                            let tmp = dir.join(format!(".{}.tmp", snp::vcek_cache_name(r)));
+                            std::fs::write(&tmp, &vek)?;
+                            std::fs::rename(&tmp, dir.join(snp::vcek_cache_name(r)))
+                        })
+                        .with_context(|| format!("--vcek-cache {}", dir.display()))?;
+                }
+            }
             report(&verdict, json)
         }
         Verify::Tdx {
