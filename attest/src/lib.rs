@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod credential;
 pub mod measure;
 pub mod reference;
 pub mod snp;

@@ -230,3 +230,167 @@ fn fresh_swtpm_quotes_verify_like_tpm2_checkquote() {
         );
     }
 }
+
+#[test]
+fn make_credential_activates_only_on_the_tpm_with_that_ek_and_ak() {
+    let tools = [
+        "swtpm",
+        "tpm2_createek",
+        "tpm2_createak",
+        "tpm2_activatecredential",
+        "tpm2_startauthsession",
+        "tpm2_policysecret",
+    ];
+    if !require_tools(
+        "make_credential_activates_only_on_the_tpm_with_that_ek_and_ak",
+        &tools,
+    ) {
+        return;
+    }
+    let t = TempDir::new("swtpm-cred");
+    let state = t.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let port = free_port();
+    let _tpm = Swtpm(
+        Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let d = t.path();
+    tool(
+        d,
+        &tcti,
+        &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+    );
+    tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
+    tool(
+        d,
+        &tcti,
+        &[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            "ak.ctx",
+            "-G",
+            "rsa",
+            "-g",
+            "sha256",
+            "-s",
+            "rsassa",
+            "-u",
+            "ak.pem",
+            "-f",
+            "pem",
+            "-n",
+            "ak.name",
+        ],
+    );
+    tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
+    let secret: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    std::fs::write(d.join("secret.bin"), &secret).unwrap();
+    let activate = |cred: &str| -> Option<Vec<u8>> {
+        let run = |args: &[&str]| {
+            Command::new(args[0])
+                .args(&args[1..])
+                .env("TPM2TOOLS_TCTI", &tcti)
+                .current_dir(d)
+                .output()
+                .unwrap()
+        };
+        assert!(run(&[
+            "tpm2_startauthsession",
+            "--policy-session",
+            "-S",
+            "session.ctx"
+        ])
+        .status
+        .success());
+        assert!(run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"])
+            .status
+            .success());
+        let _ = std::fs::remove_file(d.join("act.out"));
+        let ok = run(&[
+            "tpm2_activatecredential",
+            "-c",
+            "ak.ctx",
+            "-C",
+            "ek.ctx",
+            "-i",
+            cred,
+            "-o",
+            "act.out",
+            "-P",
+            "session:session.ctx",
+        ])
+        .status
+        .success();
+        let _ = run(&["tpm2_flushcontext", "session.ctx"]);
+        let _ = run(&["tpm2_flushcontext", "-t"]);
+        ok.then(|| std::fs::read(d.join("act.out")).unwrap())
+    };
+    let make = |name: &str, out: &str| {
+        let o = Command::new(dcr_attest())
+            .args([
+                "make-credential",
+                "-e",
+                "ek.pub",
+                "-n",
+                name,
+                "-s",
+                "secret.bin",
+                "-o",
+                out,
+            ])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    make("ak.name", "cred.out");
+    assert_eq!(
+        activate("cred.out").as_deref(),
+        Some(&secret[..]),
+        "the AK's own TPM recovers the secret"
+    );
+    // For another object's name (here: a made-up one), the TPM refuses to release it.
+    make(&format!("000b{}", "ab".repeat(32)), "cred-other.out");
+    assert_eq!(
+        activate("cred-other.out"),
+        None,
+        "a credential for another name must not activate"
+    );
+    // Refuses to overwrite.
+    let o = Command::new(dcr_attest())
+        .args([
+            "make-credential",
+            "-e",
+            "ek.pub",
+            "-n",
+            "ak.name",
+            "-s",
+            "secret.bin",
+            "-o",
+            "cred.out",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}

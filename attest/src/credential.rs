@@ -1,0 +1,202 @@
+//! AK trust by credential activation, verifier side: TPM2_MakeCredential computed without a
+//! TPM (TPM 2.0 Library Part 1 §24 "Credential Protection", §11.4.10.2 KDFa; Part 2 §12.2.3
+//! TPMT_PUBLIC). Only a TPM that holds the EK's private key *and* an object with exactly the
+//! AK's name recovers the secret with TPM2_ActivateCredential. Output is the file
+//! `tpm2_makecredential -o` writes (`0xBADCC0DE`, version 1, TPM2B_ID_OBJECT, TPM2B secret).
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// Errors making a credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("EK public: {0}")]
+    EkPublic(String),
+    #[error("AK name: {0}")]
+    Name(String),
+    #[error("secret: {0}")]
+    Secret(String),
+    #[error("RSA-OAEP: {0}")]
+    Encrypt(String),
+}
+
+const TPM_ALG_RSA: u16 = 0x0001;
+const TPM_ALG_SHA256: u16 = 0x000b;
+const TPM_ALG_AES: u16 = 0x0006;
+const TPM_ALG_CFB: u16 = 0x0043;
+
+/// The parts of an RSA EK's TPMT_PUBLIC that MakeCredential uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EkRsa {
+    pub name_alg: u16,
+    pub sym_key_bits: u16,
+    pub modulus: Vec<u8>,
+    pub exponent: u32,
+}
+
+struct Be<'a>(&'a [u8], usize);
+
+impl<'a> Be<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CredentialError> {
+        let s = self
+            .0
+            .get(self.1..self.1 + n)
+            .ok_or_else(|| CredentialError::EkPublic(format!("truncated at byte {}", self.1)))?;
+        self.1 += n;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, CredentialError> {
+        let s = self.take(2)?;
+        Ok(u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, CredentialError> {
+        let s = self.take(4)?;
+        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+}
+
+/// Parse a TPM2B_PUBLIC (tpm2_createek `-u`, tss format) holding an RSA storage key.
+pub fn parse_ek_public(b: &[u8]) -> Result<EkRsa, CredentialError> {
+    let bad = |s: &str| CredentialError::EkPublic(s.to_string());
+    let mut r = Be(b, 0);
+    let size = r.u16()? as usize;
+    if size + 2 != b.len() {
+        return Err(bad("TPM2B_PUBLIC size does not match the file"));
+    }
+    if r.u16()? != TPM_ALG_RSA {
+        return Err(bad("not an RSA key (only RSA EKs are supported)"));
+    }
+    let name_alg = r.u16()?;
+    if name_alg != TPM_ALG_SHA256 {
+        return Err(bad("nameAlg is not SHA-256"));
+    }
+    let _attributes = r.u32()?;
+    let n = r.u16()? as usize;
+    r.take(n)?; // authPolicy
+    let sym = r.u16()?;
+    let sym_key_bits = if sym == TPM_ALG_AES {
+        let bits = r.u16()?;
+        if r.u16()? != TPM_ALG_CFB {
+            return Err(bad("symmetric mode is not CFB"));
+        }
+        bits
+    } else {
+        return Err(bad("EK symmetric algorithm is not AES (not a storage key)"));
+    };
+    if sym_key_bits != 128 {
+        return Err(bad("only AES-128 EKs are supported"));
+    }
+    let _scheme = r.u16()?;
+    let key_bits = r.u16()?;
+    let exponent = match r.u32()? {
+        0 => 65537,
+        e => e,
+    };
+    let n = r.u16()? as usize;
+    let modulus = r.take(n)?.to_vec();
+    if modulus.len() * 8 != key_bits as usize {
+        return Err(bad("modulus size does not match keyBits"));
+    }
+    Ok(EkRsa {
+        name_alg,
+        sym_key_bits,
+        modulus,
+        exponent,
+    })
+}
+
+/// KDFa (Part 1 §11.4.10.2), SHA-256: HMAC counter mode over `i ‖ label ‖ 0 ‖ u ‖ v ‖ bits`.
+pub fn kdfa_sha256(key: &[u8], label: &str, u: &[u8], v: &[u8], bits: u32) -> Vec<u8> {
+    let bytes = bits.div_ceil(8) as usize;
+    let mut out = Vec::with_capacity(bytes + 32);
+    let mut i: u32 = 1;
+    while out.len() < bytes {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
+        m.update(&i.to_be_bytes());
+        m.update(label.as_bytes());
+        m.update(&[0]);
+        m.update(u);
+        m.update(v);
+        m.update(&bits.to_be_bytes());
+        out.extend_from_slice(&m.finalize().into_bytes());
+        i += 1;
+    }
+    out.truncate(bytes);
+    out
+}
+
+/// MakeCredential with a given `seed` (32 bytes); `rng` pads the RSA-OAEP encryption.
+/// Returns the tpm2-tools credential file.
+pub fn make_credential(
+    ek: &EkRsa,
+    ak_name: &[u8],
+    secret: &[u8],
+    seed: &[u8; 32],
+    rng: &mut impl rand_core::CryptoRngCore,
+) -> Result<Vec<u8>, CredentialError> {
+    use aes::cipher::{AsyncStreamCipher, KeyIvInit};
+    if ak_name.len() != 34 || ak_name[..2] != TPM_ALG_SHA256.to_be_bytes() {
+        return Err(CredentialError::Name(
+            "expected a 34-byte SHA-256 name (000b ‖ digest)".into(),
+        ));
+    }
+    if secret.is_empty() || secret.len() > 32 {
+        return Err(CredentialError::Secret(
+            "must be 1-32 bytes (a TPM2B_DIGEST)".into(),
+        ));
+    }
+    let key = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&ek.modulus),
+        rsa::BigUint::from(ek.exponent),
+    )
+    .map_err(|e| CredentialError::EkPublic(e.to_string()))?;
+    let padding = rsa::Oaep::new_with_label::<Sha256, _>("IDENTITY\0");
+    let enc_secret = key
+        .encrypt(rng, padding, seed)
+        .map_err(|e| CredentialError::Encrypt(e.to_string()))?;
+    let sym_key = kdfa_sha256(seed, "STORAGE", ak_name, &[], u32::from(ek.sym_key_bits));
+    let mut identity = (secret.len() as u16).to_be_bytes().to_vec();
+    identity.extend_from_slice(secret);
+    cfb_mode::Encryptor::<aes::Aes128>::new_from_slices(&sym_key, &[0u8; 16])
+        .map_err(|e| CredentialError::Encrypt(e.to_string()))?
+        .encrypt(&mut identity);
+    let hmac_key = kdfa_sha256(seed, "INTEGRITY", &[], &[], 256);
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&hmac_key).expect("HMAC takes any key");
+    m.update(&identity);
+    m.update(ak_name);
+    let outer = m.finalize().into_bytes();
+    let mut id_object = (outer.len() as u16).to_be_bytes().to_vec();
+    id_object.extend_from_slice(&outer);
+    id_object.extend_from_slice(&identity);
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xBADC_C0DEu32.to_be_bytes());
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&(id_object.len() as u16).to_be_bytes());
+    out.extend_from_slice(&id_object);
+    out.extend_from_slice(&(enc_secret.len() as u16).to_be_bytes());
+    out.extend_from_slice(&enc_secret);
+    Ok(out)
+}
+
+/// The TPM name of a TPMT_PUBLIC: nameAlg ‖ SHA-256(TPMT_PUBLIC) (for names given as a
+/// TPM2B_PUBLIC instead of tpm2-tools' `-n` file).
+pub fn name_of_public(tpm2b_public: &[u8]) -> Option<Vec<u8>> {
+    let body = tpm2b_public.get(2..)?;
+    let mut n = TPM_ALG_SHA256.to_be_bytes().to_vec();
+    n.extend_from_slice(&Sha256::digest(body));
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kdfa_lengths_and_determinism() {
+        let a = kdfa_sha256(b"seed", "STORAGE", b"name", b"", 128);
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, kdfa_sha256(b"seed", "STORAGE", b"name", b"", 128));
+        assert_ne!(a, kdfa_sha256(b"seed", "INTEGRITY", b"name", b"", 128));
+        assert_eq!(kdfa_sha256(b"k", "L", b"", b"", 512).len(), 64);
+    }
+}
