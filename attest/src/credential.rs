@@ -187,6 +187,171 @@ pub fn name_of_public(tpm2b_public: &[u8]) -> Option<Vec<u8>> {
     Some(n)
 }
 
+/// Verify an EK certificate chain (EK cert → intermediates → a trusted root, each signed by
+/// the next with RSA PKCS#1 v1.5 or ECDSA over SHA-256/384/512), each certificate valid at
+/// `now`, and that the certificate certifies exactly this EK's public key. Together with
+/// credential activation this anchors an AK in a TPM whose manufacturer (or swtpm-localca)
+/// the verifier trusts.
+pub fn verify_ek_cert(
+    ek_cert_der: &[u8],
+    intermediates_der: &[Vec<u8>],
+    trusted_roots_der: &[Vec<u8>],
+    ek: &EkRsa,
+    now: u64,
+) -> crate::verdict::Verdict {
+    use der::{Decode, Encode};
+    use x509_cert::Certificate;
+    let mut v = crate::verdict::Verdict::default();
+    let mut chain: Vec<(Vec<u8>, Certificate)> = Vec::new();
+    for (i, der_bytes) in std::iter::once(ek_cert_der)
+        .chain(intermediates_der.iter().map(Vec::as_slice))
+        .enumerate()
+    {
+        match Certificate::from_der(der_bytes) {
+            Ok(c) => chain.push((der_bytes.to_vec(), c)),
+            Err(e) => {
+                v.push(
+                    &format!("cert[{i}].decode"),
+                    false,
+                    format!("not DER X.509: {e}"),
+                );
+                return v;
+            }
+        }
+    }
+    let roots: Vec<Certificate> = trusted_roots_der
+        .iter()
+        .filter_map(|d| Certificate::from_der(d).ok())
+        .collect();
+    if roots.is_empty() {
+        v.push("roots", false, "no trusted root certificate given");
+        return v;
+    }
+    // The EK certificate certifies this EK.
+    let spki = &chain[0].1.tbs_certificate.subject_public_key_info;
+    let key_ok = spki
+        .to_der()
+        .ok()
+        .and_then(|d| {
+            use rsa::pkcs8::DecodePublicKey;
+            rsa::RsaPublicKey::from_public_key_der(&d).ok()
+        })
+        .map(|k| {
+            use rsa::traits::PublicKeyParts;
+            k.n().to_bytes_be() == ek.modulus
+        })
+        .unwrap_or(false);
+    v.push(
+        "ek_cert.key",
+        key_ok,
+        "the certificate's public key is the EK's",
+    );
+    // Each link, then the last one against a trusted root.
+    for i in 0..chain.len() {
+        let (_, cert) = &chain[i];
+        let issuer: Option<&Certificate> = chain.get(i + 1).map(|(_, c)| c).or_else(|| {
+            roots
+                .iter()
+                .find(|r| r.tbs_certificate.subject == cert.tbs_certificate.issuer)
+        });
+        let name = if i == 0 {
+            "ek_cert".to_string()
+        } else {
+            format!("intermediate[{}]", i - 1)
+        };
+        let Some(issuer) = issuer else {
+            v.push(
+                &format!("{name}.issuer"),
+                false,
+                format!("no trusted root named {}", cert.tbs_certificate.issuer),
+            );
+            continue;
+        };
+        let sig_ok = check_cert_signature(cert, issuer);
+        v.push(
+            &format!("{name}.signature"),
+            sig_ok.is_ok(),
+            match sig_ok {
+                Ok(alg) => format!("signed by {} ({alg})", issuer.tbs_certificate.subject),
+                Err(e) => e,
+            },
+        );
+        let val = &cert.tbs_certificate.validity;
+        let (nb, na) = (
+            val.not_before.to_unix_duration().as_secs(),
+            val.not_after.to_unix_duration().as_secs(),
+        );
+        v.push(
+            &format!("{name}.validity"),
+            nb <= now && now <= na,
+            format!("valid {nb}..{na} (Unix s), verification time {now}"),
+        );
+    }
+    v
+}
+
+fn check_cert_signature(
+    cert: &x509_cert::Certificate,
+    issuer: &x509_cert::Certificate,
+) -> Result<String, String> {
+    use der::Encode;
+    let tbs = cert.tbs_certificate.to_der().map_err(|e| e.to_string())?;
+    let sig = cert.signature.raw_bytes();
+    let oid = cert.signature_algorithm.oid.to_string();
+    let spki = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|e| e.to_string())?;
+    match oid.as_str() {
+        // sha{256,384,512}WithRSAEncryption (RFC 4055)
+        "1.2.840.113549.1.1.11" | "1.2.840.113549.1.1.12" | "1.2.840.113549.1.1.13" => {
+            use rsa::pkcs8::DecodePublicKey;
+            use rsa::Pkcs1v15Sign;
+            let key = rsa::RsaPublicKey::from_public_key_der(&spki)
+                .map_err(|_| "issuer key is not RSA".to_string())?;
+            let ok = match oid.as_str() {
+                "1.2.840.113549.1.1.11" => {
+                    key.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(&tbs), sig)
+                }
+                "1.2.840.113549.1.1.12" => key.verify(
+                    Pkcs1v15Sign::new::<sha2::Sha384>(),
+                    &sha2::Sha384::digest(&tbs),
+                    sig,
+                ),
+                _ => key.verify(
+                    Pkcs1v15Sign::new::<sha2::Sha512>(),
+                    &sha2::Sha512::digest(&tbs),
+                    sig,
+                ),
+            };
+            ok.map(|_| "RSA PKCS#1 v1.5".to_string())
+                .map_err(|_| "signature does not verify with the issuer's key".into())
+        }
+        // ecdsa-with-SHA256 / SHA384 (RFC 5758)
+        "1.2.840.10045.4.3.2" | "1.2.840.10045.4.3.3" => {
+            use p256::ecdsa::signature::Verifier;
+            use rsa::pkcs8::DecodePublicKey;
+            if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(&spki) {
+                let s = p256::ecdsa::Signature::from_der(sig).map_err(|e| e.to_string())?;
+                return k
+                    .verify(&tbs, &s)
+                    .map(|_| "ECDSA P-256".to_string())
+                    .map_err(|_| "signature does not verify".into());
+            }
+            if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(&spki) {
+                let s = p384::ecdsa::Signature::from_der(sig).map_err(|e| e.to_string())?;
+                return k
+                    .verify(&tbs, &s)
+                    .map(|_| "ECDSA P-384".to_string())
+                    .map_err(|_| "signature does not verify".into());
+            }
+            Err("issuer key is not P-256/P-384".into())
+        }
+        other => Err(format!("signature algorithm {other} not supported")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

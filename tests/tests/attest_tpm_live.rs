@@ -394,3 +394,127 @@ fn make_credential_activates_only_on_the_tpm_with_that_ek_and_ak() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn ek_certificate_chains_to_the_swtpm_localca_root() {
+    let tools = [
+        "swtpm",
+        "swtpm_setup",
+        "swtpm_localca",
+        "certtool",
+        "tpm2_createek",
+        "tpm2_nvread",
+    ];
+    if !require_tools("ek_certificate_chains_to_the_swtpm_localca_root", &tools) {
+        return;
+    }
+    let t = TempDir::new("swtpm-ekcert");
+    let d = t.path();
+    let (ca, state) = (d.join("ca"), d.join("state"));
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    // A private swtpm-localca (never the machine's /var/lib/swtpm-localca).
+    std::fs::write(
+        d.join("localca.conf"),
+        format!(
+            "statedir = {c}\nsigningkey = {c}/signkey.pem\nissuercert = {c}/issuercert.pem\ncertserial = {c}/certserial\n",
+            c = ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("setup.conf"),
+        format!(
+            "create_certs_tool= /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+            d.join("localca.conf").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite"])
+        .arg("--tpmstate")
+        .arg(&state)
+        .arg("--config")
+        .arg(d.join("setup.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "swtpm_setup: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let port = free_port();
+    let _tpm = Swtpm(
+        Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tool(
+        d,
+        &tcti,
+        &["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"],
+    );
+    tool(
+        d,
+        &tcti,
+        &["tpm2_nvread", "0x1c00002", "-C", "o", "-o", "ek.der"],
+    );
+    let verify = |cert: &str, trusted: &Path, ek: &Path, chain: bool| {
+        let mut c = Command::new(dcr_attest());
+        c.args(["verify", "ek", "--cert", cert])
+            .arg(format!("--trusted={}", trusted.display()))
+            .arg(format!("--ek-public={}", ek.display()))
+            .current_dir(d);
+        if chain {
+            c.arg(format!("--chain={}", ca.join("issuercert.pem").display()));
+        }
+        c.output().unwrap()
+    };
+    let root = ca.join("swtpm-localca-rootca-cert.pem");
+    let o = verify("ek.der", &root, &d.join("ek.pub"), true);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // Without the intermediate there is no path to the root.
+    let o = verify("ek.der", &root, &d.join("ek.pub"), false);
+    assert!(stdout(&o).contains("FAIL ek_cert.issuer"), "{}", stdout(&o));
+    // Another TPM's EK is not what this certificate certifies.
+    let Some(fx) = fixtures("ek_certificate_chains_to_the_swtpm_localca_root") else {
+        return;
+    };
+    let other = fx.join("attest/tpm/swtpm-tpm2-tools-5.4/ek.pub");
+    let o = verify("ek.der", &root, &other, true);
+    assert!(stdout(&o).contains("FAIL ek_cert.key"), "{}", stdout(&o));
+    // A root the verifier does not trust (AMD's Milan chain is not swtpm-localca).
+    let o = verify(
+        "ek.der",
+        &fx.join("attest/snp/virtee-sev/cert_chain_milan.pem"),
+        &d.join("ek.pub"),
+        true,
+    );
+    assert!(
+        stdout(&o).contains("FAIL intermediate[0].issuer"),
+        "{}",
+        stdout(&o)
+    );
+    // One flipped byte inside the signed part of the certificate.
+    let mut der = std::fs::read(d.join("ek.der")).unwrap();
+    der[200] ^= 1;
+    std::fs::write(d.join("ek-bad.der"), &der).unwrap();
+    let o = verify("ek-bad.der", &root, &d.join("ek.pub"), true);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+}
