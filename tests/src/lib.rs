@@ -258,3 +258,26 @@ pub fn dcr_attest() -> PathBuf {
     })
     .clone()
 }
+
+/// Assert a dcr-attest verdict of "accepted" (exit 0).
+pub fn accepted(o: &Output) {
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(o), stderr(o));
+    assert!(
+        stdout(o).trim_end().ends_with("verdict: accepted"),
+        "{}",
+        stdout(o)
+    );
+}
+
+/// Assert a dcr-attest verdict of "refused" (exit 1) naming each of `checks` as failed.
+pub fn refused_for(o: &Output, checks: &[&str]) {
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(o), stderr(o));
+    let text = stdout(o);
+    assert!(text.trim_end().ends_with("verdict: refused"), "{text}");
+    for c in checks {
+        assert!(
+            text.contains(&format!("FAIL {c}")),
+            "FAIL {c} missing in:\n{text}"
+        );
+    }
+}

@@ -20,17 +20,6 @@ fn verify(evidence: &Path, nonce: &str, extra: &[String]) -> Output {
         .unwrap()
 }
 
-fn refused_for(o: &Output, checks: &[&str]) {
-    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(o), stderr(o));
-    for c in checks {
-        assert!(
-            stdout(o).contains(&format!("FAIL {c}")),
-            "FAIL {c} missing in:\n{}",
-            stdout(o)
-        );
-    }
-}
-
 /// The quote's extraData. The fixture does not publish the nonce separately, so the tests
 /// take it from the quote; the nonce check itself is shown to bite with a wrong one.
 fn nonce_of(ev: &serde_json::Value) -> String {

@@ -30,27 +30,6 @@ fn args(report: &Path, vcek: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
-fn accepted(o: &Output) {
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(o), stderr(o));
-    assert!(
-        stdout(o).trim_end().ends_with("verdict: accepted"),
-        "{}",
-        stdout(o)
-    );
-}
-
-fn refused_for(o: &Output, checks: &[&str]) {
-    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(o), stderr(o));
-    let text = stdout(o);
-    assert!(text.trim_end().ends_with("verdict: refused"), "{text}");
-    for c in checks {
-        assert!(
-            text.contains(&format!("FAIL {c}")),
-            "FAIL {c} missing in:\n{text}"
-        );
-    }
-}
-
 #[test]
 fn genuine_reports_verify() {
     let Some(fx) = fixtures("genuine_reports_verify") else {

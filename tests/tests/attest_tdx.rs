@@ -20,18 +20,6 @@ fn verify(quote: &Path, collateral: &Path, extra: &[String]) -> Output {
         .unwrap()
 }
 
-fn refused_for(o: &Output, checks: &[&str]) {
-    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(o), stderr(o));
-    let text = stdout(o);
-    assert!(text.trim_end().ends_with("verdict: refused"), "{text}");
-    for c in checks {
-        assert!(
-            text.contains(&format!("FAIL {c}")),
-            "FAIL {c} missing in:\n{text}"
-        );
-    }
-}
-
 #[test]
 fn dcap_qvl_quote_verifies_up_to_date() {
     let Some(fx) = fixtures("dcap_qvl_quote_verifies_up_to_date") else {

@@ -28,17 +28,6 @@ fn verify(
         .unwrap()
 }
 
-fn refused_for(o: &Output, checks: &[&str]) {
-    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(o), stderr(o));
-    for c in checks {
-        assert!(
-            stdout(o).contains(&format!("FAIL {c}")),
-            "FAIL {c} missing in:\n{}",
-            stdout(o)
-        );
-    }
-}
-
 #[test]
 fn tpm2_quote_files_verify_and_tampering_is_refused() {
     let Some(fx) = fixtures("tpm2_quote_files_verify_and_tampering_is_refused") else {

@@ -30,6 +30,30 @@ fn free_port() -> u16 {
     panic!("no free port pair on loopback");
 }
 
+/// Start swtpm on a free loopback port pair with `flags`; returns the guard and the TCTI.
+fn start_swtpm(state: &Path, flags: &str) -> (Swtpm, String) {
+    let port = free_port();
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", flags])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (Swtpm(child), format!("swtpm:host=127.0.0.1,port={port}"))
+}
+
 fn tool(dir: &Path, tcti: &str, args: &[&str]) {
     let o = Command::new(args[0])
         .args(&args[1..])
@@ -93,28 +117,7 @@ fn fresh_swtpm_quotes_verify_like_tpm2_checkquote() {
     let t = TempDir::new("swtpm-live");
     let state = t.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let port = free_port();
-    let _tpm = Swtpm(
-        Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (_tpm, tcti) = start_swtpm(&state, "not-need-init,startup-clear");
     let d = t.path();
     tool(
         d,
@@ -250,28 +253,7 @@ fn make_credential_activates_only_on_the_tpm_with_that_ek_and_ak() {
     let t = TempDir::new("swtpm-cred");
     let state = t.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let port = free_port();
-    let _tpm = Swtpm(
-        Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (_tpm, tcti) = start_swtpm(&state, "not-need-init,startup-clear");
     let d = t.path();
     tool(
         d,
@@ -443,28 +425,7 @@ fn ek_certificate_chains_to_the_swtpm_localca_root() {
         "swtpm_setup: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let port = free_port();
-    let _tpm = Swtpm(
-        Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (_tpm, tcti) = start_swtpm(&state, "startup-clear");
     tool(
         d,
         &tcti,
