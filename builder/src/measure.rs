@@ -234,17 +234,16 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
                 .svsm
                 .as_ref()
                 .ok_or_else(|| usage("snp:svsm mode requires --svsm"))?;
-            let vars = match (a.vars_size, &a.vars_file) {
-                (Some(s), _) => s,
-                (None, Some(f)) => std::fs::metadata(f)
+            // As sev-snp-measure: --vars-file wins; a --vars-size of 0 counts as not given.
+            let vars = match (&a.vars_file, a.vars_size) {
+                (Some(f), _) => std::fs::metadata(f)
                     .map_err(|source| MeasureError::Read {
                         path: f.clone(),
                         source,
                     })?
                     .len(),
-                (None, None) => {
-                    return Err(usage("snp:svsm mode requires --vars-size or --vars-file"))
-                }
+                (None, Some(s)) if s != 0 => s,
+                _ => return Err(usage("snp:svsm mode requires --vars-size or --vars-file")),
             };
             let svsm = read(svsm_path)?;
             snp::svsm_launch_digest(&fw, &svsm, vars, vcpus, vcpu_sig)

@@ -427,3 +427,39 @@ fn one_byte_mutations_change_the_digest() {
         "cmdline"
     );
 }
+
+#[test]
+fn svsm_vars_size_zero_counts_as_missing_like_sev_snp_measure() {
+    // Found by the random test (DCR_SEED=1795454449723354761, case 31): sev-snp-measure treats
+    // --vars-size=0 as not given. Both tools must refuse it the same way.
+    let Some(fx) = fixtures("svsm_vars_size_zero") else {
+        return;
+    };
+    let Some(tool) = sev_snp_measure("svsm_vars_size_zero") else {
+        return;
+    };
+    let a: Vec<String> = vec![
+        "--mode=snp:svsm".into(),
+        "--vcpus=1".into(),
+        "--vcpu-type=EPYC-v4".into(),
+        format!(
+            "--ovmf={}",
+            fx.join("measure/sev-snp-measure/ovmf_AmdSev_suffix.bin")
+                .display()
+        ),
+        format!(
+            "--svsm={}",
+            fx.join("measure/sev-snp-measure/svsm.bin").display()
+        ),
+        "--vars-size=0".into(),
+    ];
+    let theirs = Command::new(&tool).args(&a).output().unwrap();
+    let mine = ours(&a);
+    assert!(!theirs.status.success());
+    assert!(!mine.status.success());
+    assert!(
+        stderr(&mine).contains("--vars-size or --vars-file"),
+        "{}",
+        stderr(&mine)
+    );
+}
