@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod cli;
 pub mod credential;
 pub mod measure;
 pub mod reference;

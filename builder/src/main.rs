@@ -109,34 +109,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parse the command line; usage errors become one line on stderr (exit 2).
-fn parse_cli() -> Result<Cli, ExitCode> {
-    match Cli::try_parse() {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return Err(ExitCode::SUCCESS);
-            }
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: bad usage");
-            eprintln!("{first}");
-            Err(ExitCode::from(2))
-        }
-    }
-}
-
 fn real_main() -> anyhow::Result<ExitCode> {
-    let cli = match parse_cli() {
+    let cli: Cli = match dcr_attest::cli::parse_or_exit() {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };

@@ -20,22 +20,27 @@ pub fn reference_recipe() -> PathBuf {
     workspace().join("images/clean-room")
 }
 
-/// Path of a release dcr-build, built once if needed (`DCR_BUILD_BIN` overrides).
-pub fn dcr_build() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DCR_BUILD_BIN") {
+/// Path of a release binary of the workspace, built once if needed (`env` overrides).
+fn release_bin(cell: &'static OnceLock<PathBuf>, env: &str, package: &str) -> PathBuf {
+    cell.get_or_init(|| {
+        if let Some(p) = std::env::var_os(env) {
             return PathBuf::from(p);
         }
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--locked", "--release", "-q", "-p", "dcr-build"])
+            .args(["build", "--locked", "--release", "-q", "-p", package])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build -p dcr-build failed");
-        workspace().join("target/release/dcr-build")
+        assert!(status.success(), "cargo build -p {package} failed");
+        workspace().join("target/release").join(package)
     })
     .clone()
+}
+
+/// Path of a release dcr-build (`DCR_BUILD_BIN` overrides).
+pub fn dcr_build() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    release_bin(&BIN, "DCR_BUILD_BIN", "dcr-build")
 }
 
 /// Run dcr-build with `args` from the workspace root.
@@ -241,22 +246,10 @@ pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
     files.remove("usr/share/ovmf/OVMF.fd").unwrap()
 }
 
-/// Path of a release dcr-attest, built once if needed (`DCR_ATTEST_BIN` overrides).
+/// Path of a release dcr-attest (`DCR_ATTEST_BIN` overrides).
 pub fn dcr_attest() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DCR_ATTEST_BIN") {
-            return PathBuf::from(p);
-        }
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--locked", "--release", "-q", "-p", "dcr-attest"])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p dcr-attest failed");
-        workspace().join("target/release/dcr-attest")
-    })
-    .clone()
+    release_bin(&BIN, "DCR_ATTEST_BIN", "dcr-attest")
 }
 
 /// Assert a dcr-attest verdict of "accepted" (exit 0).

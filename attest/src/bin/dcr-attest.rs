@@ -344,24 +344,9 @@ fn read(flag: &str, p: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match dcr_attest::cli::parse_or_exit() {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return Ok(ExitCode::SUCCESS);
-            }
-            let text = e.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty());
-            eprintln!("{}", first.unwrap_or("error: bad usage"));
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let what = match cli.command {
         Cmd::Verify { what } => what,
