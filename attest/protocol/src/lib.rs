@@ -1,0 +1,13 @@
+//! dcr's shared wire formats, used by the guest (guest-init, static musl) and by the parties'
+//! CLI and key-release service (dcr-attest): the contract, the sealed data stream, sealed
+//! outputs for recipients, the key-release binding and the HTTP API's JSON messages.
+//! Pure: bytes in, bytes out; randomness is passed in; no filesystem, no clock.
+#![forbid(unsafe_code)]
+
+pub mod contract;
+pub mod keys;
+pub mod recipients;
+pub mod release;
+pub mod seal;
+pub mod time;
+pub mod wire;

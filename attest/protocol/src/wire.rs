@@ -1,0 +1,185 @@
+//! JSON messages of the key-release service's HTTP API (docs/protocol.md). Binary fields are
+//! standard base64, digests and nonces lowercase hex. Every message rejects unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+/// The TEE platforms the service knows (closed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tee {
+    /// TPM 2.0 quote (QEMU + swtpm, or any TPM whose EK/AK the service trusts).
+    Tpm,
+    /// AMD SEV-SNP attestation report + VCEK.
+    Snp,
+    /// Intel TDX quote (collateral on the service side).
+    Tdx,
+    /// Azure CVM: HCL report + vTPM quote (Trustee az-snp-vtpm evidence).
+    AzSnpVtpm,
+}
+
+impl Tee {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tee::Tpm => "tpm",
+            Tee::Snp => "snp",
+            Tee::Tdx => "tdx",
+            Tee::AzSnpVtpm => "az-snp-vtpm",
+        }
+    }
+}
+
+/// POST /v1/challenge
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRequest {
+    pub tee: Tee,
+    /// TPM only, for an AK anchored by its EK: the service answers with a credential
+    /// (TPM2_MakeCredential) that only this TPM can activate for this AK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmIdentity>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TpmIdentity {
+    /// EK public area (TPM2B_PUBLIC, as tpm2_createek -u writes it), base64.
+    pub ek_public: String,
+    /// EK certificate (DER, NV index 0x01c00002), base64.
+    pub ek_cert: String,
+    /// AK public area (TPM2B_PUBLIC, tpm2_createak -u), base64.
+    pub ak_public: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Challenge {
+    pub session_id: String,
+    /// 32 random bytes, hex; single use.
+    pub nonce: String,
+    /// Unix seconds after which the nonce is refused.
+    pub expires_at: u64,
+    /// tpm2-tools credential file (base64), when `tpm` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// POST /v1/attest
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    pub session_id: String,
+    pub tee: Tee,
+    /// The TEE's ephemeral HPKE key, `x25519:<hex>`.
+    pub hpke_public_key: String,
+    /// SHA-256 of the canonical contract, hex.
+    pub contract_digest: String,
+    /// Platform evidence; its shape follows `tee` ([`TpmEvidence`], [`SnpEvidence`], …).
+    pub evidence: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TpmEvidence {
+    /// TPMS_ATTEST (tpm2_quote -m), base64.
+    pub message: String,
+    /// TPMT_SIGNATURE (tpm2_quote -s, tss format), base64.
+    pub signature: String,
+    /// The quoted PCR values, concatenated in selection order (tpm2_quote -o -F values), base64.
+    pub pcrs: String,
+    /// AK: TPM2B_PUBLIC or PEM SubjectPublicKeyInfo, base64.
+    pub ak_public: String,
+    /// The secret recovered by TPM2_ActivateCredential from the challenge's credential, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnpEvidence {
+    /// ATTESTATION_REPORT (1184 bytes), base64.
+    pub report: String,
+    /// VCEK or VLEK certificate (DER or PEM), base64.
+    pub vcek: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TdxEvidence {
+    /// Quote v4/v5, base64.
+    pub quote: String,
+}
+
+/// The signed payload of a successful release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub session_id: String,
+    /// SHA-256 of the canonical evidence JSON the decision was made on, hex.
+    pub evidence_digest: String,
+    pub contract_digest: String,
+    pub hpke_public_key: String,
+    pub issued_at: u64,
+    pub keys: Vec<ReleasedKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasedKey {
+    pub key_id: String,
+    /// HPKE encapsulated key, base64.
+    pub enc: String,
+    /// HPKE ciphertext of the 32-byte DEK, base64.
+    pub ciphertext: String,
+}
+
+/// A DEK HPKE-wrapped to the service's registration key (info = register_info(key_id)).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Wrapped {
+    pub enc: String,
+    pub ciphertext: String,
+}
+
+/// Which evidence may receive a key (deny by default: every listed condition must hold).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePolicy {
+    /// The contract digest the TEE must bind (hex).
+    pub contract_digest: String,
+    /// Platforms whose evidence may receive the key.
+    pub platforms: Vec<Tee>,
+    /// measurements.json of the image (dcr-build image): the per-platform predictions the
+    /// evidence must match.
+    pub reference: serde_json::Value,
+    /// Release at most once (then the key is spent).
+    pub single_use: bool,
+    /// RFC 3339 UTC; no release after it.
+    pub expires: String,
+}
+
+/// POST /v1/keys (authenticated)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub key_id: String,
+    pub wrapped_dek: Wrapped,
+    pub policy: ReleasePolicy,
+}
+
+/// The service's public keys (service.pub.json, GET /v1/service).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    /// `ed25519:<hex>`: signs responses; pin it in the contract.
+    pub signing_key: String,
+    /// `x25519:<hex>`: parties wrap DEKs to it at registration.
+    pub registration_key: String,
+}
+
+/// Every error response: a stable code and a one-line message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
