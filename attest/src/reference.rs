@@ -245,3 +245,109 @@ mod tests {
         assert!(Measurements::from_json(v.to_string().as_bytes()).is_err());
     }
 }
+
+/// What verified evidence says about the launched image, per platform: the values a
+/// measurements.json predicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claims {
+    /// SHA-256 bank PCR values from a verified quote.
+    Tpm { pcrs: Vec<(u32, Vec<u8>)> },
+    /// MEASUREMENT of a verified SEV-SNP report.
+    Snp { launch_digest: [u8; 48] },
+    /// MRTD of a verified TDX quote.
+    Tdx { mrtd: [u8; 48] },
+}
+
+impl Measurements {
+    /// The SHA-256 PCRs predicted in `tpm.pcrs`, sorted by index.
+    pub fn expected_pcrs(&self) -> Result<Vec<(u32, Vec<u8>)>, String> {
+        let pcrs = self
+            .measurements
+            .get("tpm")
+            .and_then(|t| t["pcrs"].as_object())
+            .ok_or("no tpm.pcrs (the recipe's platforms lack tpm)")?;
+        let mut want = Vec::new();
+        for (k, v) in pcrs {
+            let idx: u32 = k.parse().map_err(|_| format!("tpm.pcrs key {k:?}"))?;
+            let val = v
+                .as_str()
+                .and_then(|s| hex::decode(s).ok())
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| format!("tpm.pcrs.{k} is not 32 bytes of hex"))?;
+            want.push((idx, val));
+        }
+        if want.is_empty() {
+            return Err("tpm.pcrs is empty".into());
+        }
+        want.sort();
+        Ok(want)
+    }
+
+    /// A 48-byte hex value at `<platform>.<field>` (snp.launch_digest, tdx.mrtd).
+    pub fn expected_48(&self, platform: &str, field: &str) -> Result<[u8; 48], String> {
+        let text = self
+            .measurements
+            .get(platform)
+            .and_then(|s| s[field].as_str())
+            .ok_or_else(|| {
+                format!("no {platform}.{field} (the recipe's platforms lack {platform})")
+            })?;
+        hex::decode(text)
+            .ok()
+            .and_then(|b| <[u8; 48]>::try_from(b).ok())
+            .ok_or_else(|| format!("{platform}.{field} is not 48 bytes of hex"))
+    }
+
+    /// Compare verified claims with these reference values. Every reference field of the
+    /// claims' platform must match; a platform without reference values is refused.
+    pub fn evaluate(&self, claims: &Claims) -> crate::verdict::Verdict {
+        let mut v = crate::verdict::Verdict::default();
+        let h = crate::measure::hex;
+        match claims {
+            Claims::Tpm { pcrs } => match self.expected_pcrs() {
+                Err(e) => {
+                    v.push("reference.tpm", false, e);
+                }
+                Ok(want) => {
+                    for (idx, w) in want {
+                        let got = pcrs.iter().find(|(i, _)| *i == idx).map(|(_, d)| d);
+                        v.push(
+                            &format!("reference.pcr.{idx}"),
+                            got == Some(&w),
+                            format!(
+                                "quoted {} vs reference {}",
+                                got.map(|g| h(g)).unwrap_or_else(|| "not quoted".into()),
+                                h(&w)
+                            ),
+                        );
+                    }
+                }
+            },
+            Claims::Snp { launch_digest } => match self.expected_48("snp", "launch_digest") {
+                Err(e) => {
+                    v.push("reference.snp", false, e);
+                }
+                Ok(w) => {
+                    v.push(
+                        "reference.snp.launch_digest",
+                        *launch_digest == w,
+                        format!("reported {} vs reference {}", h(launch_digest), h(&w)),
+                    );
+                }
+            },
+            Claims::Tdx { mrtd } => match self.expected_48("tdx", "mrtd") {
+                Err(e) => {
+                    v.push("reference.tdx", false, e);
+                }
+                Ok(w) => {
+                    v.push(
+                        "reference.tdx.mrtd",
+                        *mrtd == w,
+                        format!("quoted {} vs reference {}", h(mrtd), h(&w)),
+                    );
+                }
+            },
+        }
+        v
+    }
+}

@@ -144,3 +144,9 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
     }
     v
 }
+
+/// MRTD of a TDX quote's TD report (after verification, for reference-value comparison).
+pub fn mrtd_of(quote: &[u8]) -> Option<[u8; 48]> {
+    let q = Quote::parse(quote).ok()?;
+    td_fields(&q.report).map(|(_, m, _)| *m)
+}

@@ -414,7 +414,12 @@ pub fn parse_ak(b: &[u8]) -> Result<AkPublic, TpmError> {
     if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(b) {
         return Ok(AkPublic::P384(k));
     }
-    Err(bad("not a PEM/DER SubjectPublicKeyInfo (TPM2B_PUBLIC AKs: convert with tpm2_readpublic -f pem)".into()))
+    if let Ok((k, _)) = parse_ak_tpm2b(b) {
+        return Ok(k);
+    }
+    Err(bad(
+        "neither a PEM/DER SubjectPublicKeyInfo nor a TPM2B_PUBLIC".into(),
+    ))
 }
 
 /// RSA signature check with PKCS#1 v1.5 or PSS padding over H(msg).
@@ -649,4 +654,117 @@ pub fn verify(
         );
     }
     v
+}
+
+/// An AK from its TPM2B_PUBLIC (tpm2_createak -u; TPM2 Part 2 §12.2.5 TPMT_PUBLIC): RSA with
+/// any exponent, or ECC on NIST P-256/P-384. Returns the key and its TPM name
+/// (nameAlg ‖ H(TPMT_PUBLIC)), which credential activation binds.
+pub fn parse_ak_tpm2b(b: &[u8]) -> Result<(AkPublic, Vec<u8>), TpmError> {
+    let bad = |r: &str| TpmError::Invalid {
+        what: "AK TPM2B_PUBLIC",
+        reason: r.to_string(),
+    };
+    let mut c = Cursor { b, pos: 0 };
+    let size = c.u16().ok_or_else(|| bad("truncated size"))? as usize;
+    if size + 2 != b.len() {
+        return Err(bad("size field does not match the data"));
+    }
+    let body = &b[2..];
+    let ty = c.u16().ok_or_else(|| bad("truncated type"))?;
+    let name_alg = c.u16().ok_or_else(|| bad("truncated nameAlg"))?;
+    c.take(4).ok_or_else(|| bad("truncated objectAttributes"))?;
+    let pol = c.u16().ok_or_else(|| bad("truncated authPolicy"))? as usize;
+    c.take(pol).ok_or_else(|| bad("truncated authPolicy"))?;
+    // symmetric: TPM_ALG_NULL (0x0010) or alg + keyBits + mode
+    if c.u16().ok_or_else(|| bad("truncated symmetric"))? != 0x0010 {
+        c.take(4).ok_or_else(|| bad("truncated symmetric"))?;
+    }
+    // scheme: TPM_ALG_NULL or scheme + hashAlg
+    if c.u16().ok_or_else(|| bad("truncated scheme"))? != 0x0010 {
+        c.take(2).ok_or_else(|| bad("truncated scheme"))?;
+    }
+    let key = match ty {
+        0x0001 => {
+            c.u16().ok_or_else(|| bad("truncated keyBits"))?;
+            let e = c.u32().ok_or_else(|| bad("truncated exponent"))?;
+            let e = if e == 0 { 65537 } else { e };
+            let n_len = c.u16().ok_or_else(|| bad("truncated modulus"))? as usize;
+            let n = c.take(n_len).ok_or_else(|| bad("truncated modulus"))?;
+            AkPublic::Rsa(
+                rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(n), rsa::BigUint::from(e))
+                    .map_err(|e| bad(&e.to_string()))?,
+            )
+        }
+        0x0023 => {
+            let curve = c.u16().ok_or_else(|| bad("truncated curveID"))?;
+            if c.u16().ok_or_else(|| bad("truncated kdf"))? != 0x0010 {
+                c.take(2).ok_or_else(|| bad("truncated kdf"))?;
+            }
+            let xl = c.u16().ok_or_else(|| bad("truncated x"))? as usize;
+            let x = c.take(xl).ok_or_else(|| bad("truncated x"))?.to_vec();
+            let yl = c.u16().ok_or_else(|| bad("truncated y"))? as usize;
+            let y = c.take(yl).ok_or_else(|| bad("truncated y"))?.to_vec();
+            let mut sec1 = vec![4u8];
+            sec1.extend_from_slice(&x);
+            sec1.extend_from_slice(&y);
+            match curve {
+                0x0003 => AkPublic::P256(
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                        .map_err(|_| bad("not a P-256 point"))?,
+                ),
+                0x0004 => AkPublic::P384(
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
+                        .map_err(|_| bad("not a P-384 point"))?,
+                ),
+                other => return Err(bad(&format!("curve {other:#06x} (only P-256/P-384)"))),
+            }
+        }
+        other => return Err(bad(&format!("type {other:#06x} (only RSA and ECC)"))),
+    };
+    if c.pos != b.len() {
+        return Err(bad("trailing bytes"));
+    }
+    let digest = hash(name_alg, body).ok_or_else(|| bad("nameAlg is not SHA-1/256/384/512"))?;
+    let mut name = name_alg.to_be_bytes().to_vec();
+    name.extend_from_slice(&digest);
+    Ok((key, name))
+}
+
+/// The DER SubjectPublicKeyInfo of an AK (how pinned AKs are compared).
+pub fn ak_spki_der(k: &AkPublic) -> Vec<u8> {
+    use rsa::pkcs8::EncodePublicKey;
+    match k {
+        AkPublic::Rsa(k) => k
+            .to_public_key_der()
+            .map(|d| d.to_vec())
+            .unwrap_or_default(),
+        AkPublic::P256(k) => k
+            .to_public_key_der()
+            .map(|d| d.to_vec())
+            .unwrap_or_default(),
+        AkPublic::P384(k) => k
+            .to_public_key_der()
+            .map(|d| d.to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|s| u32::from_be_bytes(s.try_into().expect("4")))
+    }
 }

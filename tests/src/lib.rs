@@ -3,8 +3,9 @@
 //! rule for missing system tools (fail under CI, skip with a printed reason elsewhere).
 #![forbid(unsafe_code)]
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The workspace root.
@@ -273,4 +274,220 @@ pub fn refused_for(o: &Output, checks: &[&str]) {
             "FAIL {c} missing in:\n{text}"
         );
     }
+}
+
+/// A running swtpm, killed on drop.
+pub struct Swtpm(Child);
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    // Two consecutive free ports (server, control).
+    for _ in 0..50 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair on loopback");
+}
+
+/// Start swtpm on a free loopback port pair with `flags`; returns the guard and the TCTI.
+pub fn start_swtpm(state: &Path, flags: &str) -> (Swtpm, String) {
+    let port = free_port();
+    let child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", flags])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (Swtpm(child), format!("swtpm:host=127.0.0.1,port={port}"))
+}
+
+/// Run a tpm2-tools command against `tcti` in `dir`; panics with its stderr on failure.
+pub fn tool(dir: &Path, tcti: &str, args: &[&str]) {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .env("TPM2TOOLS_TCTI", tcti)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Manufacture a swtpm state with an EK certificate from a private swtpm-localca (never the
+/// machine's /var/lib/swtpm-localca). Returns (state dir, CA dir); the root is
+/// `<ca>/swtpm-localca-rootca-cert.pem`, the intermediate `<ca>/issuercert.pem`.
+pub fn swtpm_with_ek_cert(d: &Path) -> (PathBuf, PathBuf) {
+    let (ca, state) = (d.join("ca"), d.join("state"));
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    // A private swtpm-localca (never the machine's /var/lib/swtpm-localca).
+    std::fs::write(
+        d.join("localca.conf"),
+        format!(
+            "statedir = {c}\nsigningkey = {c}/signkey.pem\nissuercert = {c}/issuercert.pem\ncertserial = {c}/certserial\n",
+            c = ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("setup.conf"),
+        format!(
+            "create_certs_tool= /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+            d.join("localca.conf").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite"])
+        .arg("--tpmstate")
+        .arg(&state)
+        .arg("--config")
+        .arg(d.join("setup.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "swtpm_setup: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (state, ca)
+}
+
+/// A running `dcr-attest serve`, killed on drop.
+pub struct Service {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `dcr-attest serve --listen 127.0.0.1:0 --data-dir <data_dir> <extra>` and wait for
+/// its "listening on" line.
+pub fn start_service(data_dir: &Path, extra: &[&str]) -> Service {
+    use std::io::BufRead;
+    let mut child = Command::new(dcr_attest())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("dcr-attest serve starts");
+    let out = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("dcr-attest serve printed {line:?}"))
+        .to_string();
+    Service {
+        child,
+        url,
+        data_dir: data_dir.to_path_buf(),
+    }
+}
+
+/// A minimal measurements.json whose only prediction is `tpm.pcrs` = `pcrs` (index, hex).
+pub fn tpm_reference(pcrs: &[(u32, String)]) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = pcrs
+        .iter()
+        .map(|(i, v)| (i.to_string(), v.clone().into()))
+        .collect();
+    serde_json::json!({
+        "schema_version": 1, "recipe": "service-test", "recipe_version": "0",
+        "source_date_epoch": 0, "kernel_release": "none", "cmdline": "",
+        "contract_digest": "00".repeat(32), "guest_target": "none",
+        "inputs": {}, "artifacts": {},
+        "measurements": {"tpm": {"pcrs": map}},
+    })
+}
+
+/// The audit log records of a service data dir.
+pub fn audit_records(data_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data_dir.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// A contract (TOML) for service tests: one dataset `key_id`, one recipient.
+pub fn test_contract(name: &str, key_id: &str, recipient: &str, signing_key: &str) -> String {
+    format!(
+        r#"version = 1
+name = "{name}"
+expires = "2099-01-01T00:00:00Z"
+parties = [{{ id = "publisher", name = "Publisher" }}]
+datasets = [{{ id = "users", owner = "publisher", key_id = "{key_id}", blob = "users.sealed" }}]
+network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
+[[workloads]]
+name = "overlap"
+sha256 = "{w}"
+inputs = ["users"]
+limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
+[output]
+min_group_size = 50
+allowed_columns = ["segment", "count"]
+count_column = "count"
+blob = "result.sealed"
+[[recipients]]
+party = "publisher"
+hpke_public_key = "{recipient}"
+[service]
+url = "http://127.0.0.1:1"
+signing_key = "{signing_key}"
+"#,
+        w = "ab".repeat(32)
+    )
+}
+
+/// POST JSON; returns (status, body).
+pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut r = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(serde_json::to_vec(body).unwrap())
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON response: {text}")),
+    )
 }

@@ -2,71 +2,10 @@
 //! plain signatures, serialized and values PCR files — accepted by both tpm2_checkquote (the
 //! anchor) and `dcr-attest verify tpm`; a wrong nonce refused by both.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use dcr_tests::*;
-
-struct Swtpm(Child);
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // Two consecutive free ports (server, control).
-    for _ in 0..50 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair on loopback");
-}
-
-/// Start swtpm on a free loopback port pair with `flags`; returns the guard and the TCTI.
-fn start_swtpm(state: &Path, flags: &str) -> (Swtpm, String) {
-    let port = free_port();
-    let child = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--flags", flags])
-        .arg("--tpmstate")
-        .arg(format!("dir={}", state.display()))
-        .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .arg("--ctrl")
-        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    (Swtpm(child), format!("swtpm:host=127.0.0.1,port={port}"))
-}
-
-fn tool(dir: &Path, tcti: &str, args: &[&str]) {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .env("TPM2TOOLS_TCTI", tcti)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 const LIST: &str = "sha256:0,4,9,11,16,23";
 
@@ -392,39 +331,7 @@ fn ek_certificate_chains_to_the_swtpm_localca_root() {
     }
     let t = TempDir::new("swtpm-ekcert");
     let d = t.path();
-    let (ca, state) = (d.join("ca"), d.join("state"));
-    std::fs::create_dir_all(&ca).unwrap();
-    std::fs::create_dir_all(&state).unwrap();
-    // A private swtpm-localca (never the machine's /var/lib/swtpm-localca).
-    std::fs::write(
-        d.join("localca.conf"),
-        format!(
-            "statedir = {c}\nsigningkey = {c}/signkey.pem\nissuercert = {c}/issuercert.pem\ncertserial = {c}/certserial\n",
-            c = ca.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("setup.conf"),
-        format!(
-            "create_certs_tool= /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n",
-            d.join("localca.conf").display()
-        ),
-    )
-    .unwrap();
-    let o = Command::new("swtpm_setup")
-        .args(["--tpm2", "--create-ek-cert", "--overwrite"])
-        .arg("--tpmstate")
-        .arg(&state)
-        .arg("--config")
-        .arg(d.join("setup.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "swtpm_setup: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (state, ca) = swtpm_with_ek_cert(d);
     let (_tpm, tcti) = start_swtpm(&state, "startup-clear");
     tool(
         d,

@@ -118,14 +118,18 @@ pub struct Service {
 #[serde(deny_unknown_fields, tag = "mode", rename_all = "lowercase")]
 pub enum Network {
     /// Static IPv4 (e.g. QEMU user networking: 10.0.2.15/24 via 10.0.2.2).
-    Static { address: String, gateway: String },
+    Static {
+        address: String,
+        gateway: String,
+    },
     Dhcp {},
 }
 
 fn id_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && !s.starts_with('.')
 }
 
@@ -188,12 +192,18 @@ impl Contract {
             return Err(field("name", "must be 1-64 of [A-Za-z0-9._-]"));
         }
         if crate::time::parse_rfc3339(&self.expires).is_none() {
-            return Err(field("expires", "expected RFC 3339 UTC like 2027-01-01T00:00:00Z"));
+            return Err(field(
+                "expires",
+                "expected RFC 3339 UTC like 2027-01-01T00:00:00Z",
+            ));
         }
         let mut parties = BTreeSet::new();
         for (i, p) in self.parties.iter().enumerate() {
             if !id_ok(&p.id) || !parties.insert(p.id.as_str()) {
-                return Err(field(format!("parties[{i}].id"), "empty, malformed or duplicate"));
+                return Err(field(
+                    format!("parties[{i}].id"),
+                    "empty, malformed or duplicate",
+                ));
             }
         }
         if parties.is_empty() {
@@ -203,33 +213,62 @@ impl Contract {
         let mut keys = BTreeSet::new();
         for (i, d) in self.datasets.iter().enumerate() {
             if !id_ok(&d.id) || !datasets.insert(d.id.as_str()) {
-                return Err(field(format!("datasets[{i}].id"), "empty, malformed or duplicate"));
+                return Err(field(
+                    format!("datasets[{i}].id"),
+                    "empty, malformed or duplicate",
+                ));
             }
             if !parties.contains(d.owner.as_str()) {
-                return Err(field(format!("datasets[{i}].owner"), format!("{:?} is not a party", d.owner)));
+                return Err(field(
+                    format!("datasets[{i}].owner"),
+                    format!("{:?} is not a party", d.owner),
+                ));
             }
             if crate::seal::check_key_id(&d.key_id).is_err() || !keys.insert(d.key_id.as_str()) {
-                return Err(field(format!("datasets[{i}].key_id"), "malformed or duplicate"));
+                return Err(field(
+                    format!("datasets[{i}].key_id"),
+                    "malformed or duplicate",
+                ));
             }
             if !id_ok(&d.blob) {
-                return Err(field(format!("datasets[{i}].blob"), "must be 1-64 of [A-Za-z0-9._-]"));
+                return Err(field(
+                    format!("datasets[{i}].blob"),
+                    "must be 1-64 of [A-Za-z0-9._-]",
+                ));
             }
         }
         let mut names = BTreeSet::new();
         for (i, w) in self.workloads.iter().enumerate() {
             if !id_ok(&w.name) || !names.insert(w.name.as_str()) {
-                return Err(field(format!("workloads[{i}].name"), "empty, malformed or duplicate"));
+                return Err(field(
+                    format!("workloads[{i}].name"),
+                    "empty, malformed or duplicate",
+                ));
             }
-            if w.sha256.len() != 64 || hex::decode(&w.sha256).is_err() || w.sha256 != w.sha256.to_lowercase() {
-                return Err(field(format!("workloads[{i}].sha256"), "expected 64 lowercase hex digits"));
+            if w.sha256.len() != 64
+                || hex::decode(&w.sha256).is_err()
+                || w.sha256 != w.sha256.to_lowercase()
+            {
+                return Err(field(
+                    format!("workloads[{i}].sha256"),
+                    "expected 64 lowercase hex digits",
+                ));
             }
             for (j, inp) in w.inputs.iter().enumerate() {
                 if !datasets.contains(inp.as_str()) {
-                    return Err(field(format!("workloads[{i}].inputs[{j}]"), format!("{inp:?} is not a dataset")));
+                    return Err(field(
+                        format!("workloads[{i}].inputs[{j}]"),
+                        format!("{inp:?} is not a dataset"),
+                    ));
                 }
             }
             let l = &w.limits;
-            for (n, v) in [("timeout_secs", l.timeout_secs), ("cpu_secs", l.cpu_secs), ("memory_mib", l.memory_mib), ("output_mib", l.output_mib)] {
+            for (n, v) in [
+                ("timeout_secs", l.timeout_secs),
+                ("cpu_secs", l.cpu_secs),
+                ("memory_mib", l.memory_mib),
+                ("output_mib", l.output_mib),
+            ] {
                 if v == 0 {
                     return Err(field(format!("workloads[{i}].limits.{n}"), "must be > 0"));
                 }
@@ -241,8 +280,15 @@ impl Contract {
         if self.output.min_group_size == 0 {
             return Err(field("output.min_group_size", "must be >= 1"));
         }
-        if !self.output.allowed_columns.contains(&self.output.count_column) {
-            return Err(field("output.count_column", "must be one of output.allowed_columns"));
+        if !self
+            .output
+            .allowed_columns
+            .contains(&self.output.count_column)
+        {
+            return Err(field(
+                "output.count_column",
+                "must be one of output.allowed_columns",
+            ));
         }
         if !id_ok(&self.output.blob) {
             return Err(field("output.blob", "must be 1-64 of [A-Za-z0-9._-]"));
@@ -252,13 +298,19 @@ impl Contract {
         }
         for (i, r) in self.recipients.iter().enumerate() {
             if !parties.contains(r.party.as_str()) {
-                return Err(field(format!("recipients[{i}].party"), format!("{:?} is not a party", r.party)));
+                return Err(field(
+                    format!("recipients[{i}].party"),
+                    format!("{:?} is not a party", r.party),
+                ));
             }
             HpkePublic::from_text(&r.hpke_public_key)
                 .map_err(|e| field(format!("recipients[{i}].hpke_public_key"), e.to_string()))?;
         }
         if !(self.service.url.starts_with("http://") || self.service.url.starts_with("https://")) {
-            return Err(field("service.url", "expected http://host:port or https://…"));
+            return Err(field(
+                "service.url",
+                "expected http://host:port or https://…",
+            ));
         }
         SigningPublic::from_text(&self.service.signing_key)
             .map_err(|e| field("service.signing_key", e.to_string()))?;

@@ -16,7 +16,10 @@ type Aead = hpke::aead::AesGcm256;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("{what}: expected {prefix}:<64 hex digits>")]
-    Text { what: &'static str, prefix: &'static str },
+    Text {
+        what: &'static str,
+        prefix: &'static str,
+    },
     #[error("{0}: not a valid key")]
     Invalid(&'static str),
     #[error("HPKE open failed (wrong key, wrong binding or tampered ciphertext)")]
@@ -87,7 +90,11 @@ impl HpkeSecret {
         HpkeSecret(b)
     }
     pub fn from_text(s: &str) -> Result<Self, KeyError> {
-        Ok(HpkeSecret(parse_text(s, "x25519-secret", "HPKE secret key")?))
+        Ok(HpkeSecret(parse_text(
+            s,
+            "x25519-secret",
+            "HPKE secret key",
+        )?))
     }
     pub fn to_text(&self) -> Zeroizing<String> {
         Zeroizing::new(format!("x25519-secret:{}", hex::encode(self.0)))
@@ -151,9 +158,16 @@ pub fn hpke_open(
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| KeyError::Open)?;
-    hpke::single_shot_open::<Aead, Kdf, Kem>(&OpModeR::Base, &sk.kem()?, &enc, info, ciphertext, aad)
-        .map(Zeroizing::new)
-        .map_err(|_| KeyError::Open)
+    hpke::single_shot_open::<Aead, Kdf, Kem>(
+        &OpModeR::Base,
+        &sk.kem()?,
+        &enc,
+        info,
+        ciphertext,
+        aad,
+    )
+    .map(Zeroizing::new)
+    .map_err(|_| KeyError::Open)
 }
 
 /// An Ed25519 public key (the service's response-signing key pinned in the contract).
@@ -225,11 +239,23 @@ mod tests {
         let pk = sk.public();
         assert_eq!(HpkePublic::from_text(&pk.to_text()).unwrap(), pk);
         let (enc, ct) = hpke_seal(&pk, b"info", b"aad", b"secret", &mut OsRng).unwrap();
-        assert_eq!(&hpke_open(&sk, &enc, b"info", b"aad", &ct).unwrap()[..], b"secret");
-        assert_eq!(hpke_open(&sk, &enc, b"infx", b"aad", &ct).unwrap_err(), KeyError::Open);
-        assert_eq!(hpke_open(&sk, &enc, b"info", b"aax", &ct).unwrap_err(), KeyError::Open);
+        assert_eq!(
+            &hpke_open(&sk, &enc, b"info", b"aad", &ct).unwrap()[..],
+            b"secret"
+        );
+        assert_eq!(
+            hpke_open(&sk, &enc, b"infx", b"aad", &ct).unwrap_err(),
+            KeyError::Open
+        );
+        assert_eq!(
+            hpke_open(&sk, &enc, b"info", b"aax", &ct).unwrap_err(),
+            KeyError::Open
+        );
         let other = HpkeSecret::generate(&mut OsRng);
-        assert_eq!(hpke_open(&other, &enc, b"info", b"aad", &ct).unwrap_err(), KeyError::Open);
+        assert_eq!(
+            hpke_open(&other, &enc, b"info", b"aad", &ct).unwrap_err(),
+            KeyError::Open
+        );
     }
 
     #[test]

@@ -133,10 +133,16 @@ mod tests {
         let sealed = s.finish().unwrap();
         for k in [&a, &b] {
             let mut out = Vec::new();
-            open_as(&sealed[..], k).unwrap().read_to_end(&mut out).unwrap();
+            open_as(&sealed[..], k)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
             assert_eq!(out, vec![5u8; 200]);
         }
-        assert!(matches!(open_as(&sealed[..], &c), Err(RecipientError::NotARecipient(_))));
+        assert!(matches!(
+            open_as(&sealed[..], &c),
+            Err(RecipientError::NotARecipient(_))
+        ));
         // a flipped byte in a wrapped key or the stream header
         for i in [12 + 70, 12 + 2 * ENTRY + 17] {
             let mut t = sealed.clone();

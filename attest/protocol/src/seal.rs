@@ -42,7 +42,9 @@ pub enum SealError {
     KeyId(String),
     #[error("chunk size {0}: must be {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}")]
     ChunkSize(u32),
-    #[error("chunk {0} failed authentication (tampered, reordered or truncated stream, or wrong key)")]
+    #[error(
+        "chunk {0} failed authentication (tampered, reordered or truncated stream, or wrong key)"
+    )]
     Chunk(u32),
     #[error("truncated: the stream ends after chunk {0} without its final chunk")]
     Truncated(u32),
@@ -173,8 +175,8 @@ impl Header {
         read_exact_or(r, &mut id, |n| {
             SealError::Header(format!("truncated key id: {n} of {id_len} bytes"))
         })?;
-        let key_id = String::from_utf8(id)
-            .map_err(|_| SealError::Header("key id is not ASCII".into()))?;
+        let key_id =
+            String::from_utf8(id).map_err(|_| SealError::Header("key id is not ASCII".into()))?;
         check_key_id(&key_id)?;
         Ok(Header {
             chunk_size,
@@ -436,7 +438,14 @@ mod tests {
     #[test]
     fn roundtrips_at_the_edges() {
         for cs in [16u32, 4096] {
-            for len in [0, 1, cs as usize - 1, cs as usize, cs as usize + 1, 3 * cs as usize] {
+            for len in [
+                0,
+                1,
+                cs as usize - 1,
+                cs as usize,
+                cs as usize + 1,
+                3 * cs as usize,
+            ] {
                 roundtrip(len, cs);
             }
         }
@@ -450,7 +459,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 1;
-            assert!(open_bytes(&t, &dek).is_err(), "flip at byte {i} not detected");
+            assert!(
+                open_bytes(&t, &dek).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
         // truncation at every length
         for n in 0..sealed.len() {

@@ -1,5 +1,7 @@
-//! dcr-attest: verify confidential-VM evidence offline. Exit 0 only when every check passes;
-//! 1 when evidence is refused (each failing check named); 2 on bad usage or unreadable input.
+//! dcr-attest: verify confidential-VM evidence offline (exit 0 only when every check passes;
+//! 1 when evidence is refused, each failing check named; 2 on bad usage or unreadable input),
+//! run the key-release service, and the parties' commands (keygen, seal, open, register,
+//! put, get, contract).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,125 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the key-release service (HTTP API; see docs/protocol.md).
+    Serve {
+        /// Keys, store (store.redb), audit log (audit.log) and blobs; created if missing.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on (port 0: any free port; the chosen one is printed).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        /// Bearer tokens of the parties, `party:token` per line (writes need one).
+        #[arg(long, value_name = "PATH")]
+        tokens: Option<PathBuf>,
+        /// Trusted EK root certificates (PEM) for TPM AKs activated against their EK.
+        #[arg(long, value_name = "PEM")]
+        tpm_ek_root: Vec<PathBuf>,
+        /// EK intermediate certificates (PEM).
+        #[arg(long, value_name = "PEM")]
+        tpm_ek_intermediate: Vec<PathBuf>,
+        /// Pinned TPM AKs (PEM/DER SubjectPublicKeyInfo or TPM2B_PUBLIC).
+        #[arg(long, value_name = "PATH")]
+        tpm_ak: Vec<PathBuf>,
+        /// dcap-qvl collateral bundle (JSON) for TDX quotes.
+        #[arg(long, value_name = "PATH")]
+        tdx_collateral: Option<PathBuf>,
+        /// Lifetime of a challenge nonce.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        nonce_ttl: u64,
+    },
+    /// Make a recipient key pair (HPKE X25519): <DIR>/<NAME>.key (0600) and <DIR>/<NAME>.pub.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Seal a file under a fresh DEK (chunked AES-256-GCM); writes the DEK file (0600).
+    Seal {
+        #[arg(long = "in", value_name = "PATH")]
+        input: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Key id recorded in the header (the contract's datasets[].key_id).
+        #[arg(long)]
+        key_id: String,
+        #[arg(long, value_name = "PATH")]
+        dek_out: PathBuf,
+        #[arg(long, default_value_t = dcr_protocol::seal::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+    },
+    /// Open a sealed output as a recipient (--key), or a sealed stream with its DEK (--dek).
+    Open {
+        #[arg(long = "in", value_name = "PATH")]
+        input: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with = "dek",
+            required_unless_present = "dek"
+        )]
+        key: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        dek: Option<PathBuf>,
+    },
+    /// Register a DEK with the service, with its release policy.
+    Register {
+        #[arg(long, value_name = "URL")]
+        service: String,
+        /// The service's public keys (service.pub.json), pinned.
+        #[arg(long, value_name = "PATH")]
+        service_pub: PathBuf,
+        /// File holding this party's bearer token.
+        #[arg(long, value_name = "PATH")]
+        token_file: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        dek: PathBuf,
+        /// The contract (TOML) whose digest the TEE must bind.
+        #[arg(long, value_name = "PATH")]
+        contract: PathBuf,
+        /// measurements.json of the image allowed to receive the key.
+        #[arg(long, value_name = "PATH")]
+        reference: PathBuf,
+        /// Platforms whose evidence may receive the key.
+        #[arg(long, value_name = "TEE", required = true, value_delimiter = ',')]
+        platform: Vec<String>,
+        /// Release the key at most once.
+        #[arg(long)]
+        single_use: bool,
+        /// No release after this time (RFC 3339 UTC) [default: the contract's expiry].
+        #[arg(long, value_name = "RFC3339")]
+        expires: Option<String>,
+    },
+    /// Upload a blob (sealed data) to the service.
+    Put {
+        #[arg(long, value_name = "URL")]
+        service: String,
+        #[arg(long, value_name = "PATH")]
+        token_file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "in", value_name = "PATH")]
+        input: PathBuf,
+    },
+    /// Download a blob from the service.
+    Get {
+        #[arg(long, value_name = "URL")]
+        service: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Check a contract (TOML) and print its digest; --canonical-out writes the packed form.
+    Contract {
+        #[arg(long = "in", value_name = "PATH")]
+        input: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        canonical_out: Option<PathBuf>,
+    },
     /// Verify evidence.
     Verify {
         #[command(subcommand)]
@@ -350,6 +471,183 @@ fn real_main() -> anyhow::Result<ExitCode> {
     };
     let what = match cli.command {
         Cmd::Verify { what } => what,
+        Cmd::Serve {
+            data_dir,
+            listen,
+            tokens,
+            tpm_ek_root,
+            tpm_ek_intermediate,
+            tpm_ak,
+            tdx_collateral,
+            nonce_ttl,
+        } => {
+            use dcr_attest::service;
+            let certs = |flag: &str, ps: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
+                let mut out = Vec::new();
+                for p in ps {
+                    let b = read(flag, p)?;
+                    out.extend(
+                        snp::pem_certs(&b)
+                            .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))?,
+                    );
+                }
+                Ok(out)
+            };
+            let mut pinned = Vec::new();
+            for p in &tpm_ak {
+                let k = dcr_attest::tpm::parse_ak(&read("--tpm-ak", p)?)
+                    .with_context(|| format!("--tpm-ak {}", p.display()))?;
+                pinned.push(dcr_attest::tpm::ak_spki_der(&k));
+            }
+            let cfg = service::Config {
+                data_dir,
+                listen,
+                tokens: match &tokens {
+                    Some(p) => service::read_tokens(p)?,
+                    None => Vec::new(),
+                },
+                ek_roots: certs("--tpm-ek-root", &tpm_ek_root)?,
+                ek_intermediates: certs("--tpm-ek-intermediate", &tpm_ek_intermediate)?,
+                pinned_aks: pinned,
+                tdx_collateral: match &tdx_collateral {
+                    Some(p) => Some(read("--tdx-collateral", p)?),
+                    None => None,
+                },
+                nonce_ttl_secs: nonce_ttl,
+                max_sessions: 100_000,
+            };
+            service::serve(cfg)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Keygen { out_dir, name } => {
+            let pk = dcr_attest::parties::keygen(&out_dir, &name)?;
+            println!("{}", pk.to_text());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Seal {
+            input,
+            out,
+            key_id,
+            dek_out,
+            chunk_size,
+        } => {
+            let n = dcr_attest::parties::seal_file(&input, &out, &key_id, &dek_out, chunk_size)?;
+            println!(
+                "sealed {n} bytes under key {key_id} to {} (sha256 {})",
+                out.display(),
+                dcr_attest::parties::file_sha256(&out)?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Open {
+            input,
+            out,
+            key,
+            dek,
+        } => {
+            let n = match (key, dek) {
+                (Some(k), _) => dcr_attest::parties::open_as_recipient(&input, &out, &k)?,
+                (None, Some(d)) => dcr_attest::parties::open_with_dek(&input, &out, &d)?,
+                (None, None) => anyhow::bail!("--key or --dek is required"),
+            };
+            println!("opened {n} bytes to {}", out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Register {
+            service,
+            service_pub,
+            token_file,
+            dek,
+            contract,
+            reference,
+            platform,
+            single_use,
+            expires,
+        } => {
+            use dcr_protocol::wire::{ReleasePolicy, ServiceInfo, Tee};
+            let pinned: ServiceInfo = serde_json::from_slice(&read("--service-pub", &service_pub)?)
+                .with_context(|| format!("--service-pub {}", service_pub.display()))?;
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("--token-file {}", token_file.display()))?;
+            let (key_id, dek) = dcr_attest::parties::read_dek(&dek)?;
+            let text = std::fs::read_to_string(&contract)
+                .with_context(|| format!("--contract {}", contract.display()))?;
+            let c = dcr_protocol::contract::Contract::from_toml(&text)
+                .with_context(|| format!("--contract {}", contract.display()))?;
+            if !c.datasets.iter().any(|d| d.key_id == key_id) {
+                anyhow::bail!(
+                    "--contract {}: no dataset uses key {key_id:?}",
+                    contract.display()
+                );
+            }
+            let refv: serde_json::Value = serde_json::from_slice(&read("--reference", &reference)?)
+                .with_context(|| format!("--reference {}", reference.display()))?;
+            Measurements::from_json(&serde_json::to_vec(&refv)?)
+                .with_context(|| format!("--reference {}", reference.display()))?;
+            let platforms = platform
+                .iter()
+                .map(|p| {
+                    serde_json::from_value::<Tee>(serde_json::Value::String(p.clone())).map_err(
+                        |_| anyhow::anyhow!("--platform {p:?}: one of tpm, snp, tdx, az-snp-vtpm"),
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let policy = ReleasePolicy {
+                contract_digest: hex::encode(c.digest()),
+                platforms,
+                reference: refv,
+                single_use,
+                expires: expires.unwrap_or_else(|| c.expires.clone()),
+            };
+            dcr_attest::parties::Client::new(&service).register(
+                token.trim(),
+                &pinned,
+                &key_id,
+                &dek,
+                policy,
+            )?;
+            println!(
+                "registered key {key_id} for contract {}",
+                hex::encode(c.digest())
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Put {
+            service,
+            token_file,
+            name,
+            input,
+        } => {
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("--token-file {}", token_file.display()))?;
+            let n = dcr_attest::parties::Client::new(&service).put_blob(
+                &format!("Bearer {}", token.trim()),
+                &name,
+                &input,
+            )?;
+            println!("stored blob {name} ({n} bytes)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Get { service, name, out } => {
+            let n = dcr_attest::parties::Client::new(&service).get_blob(&name, &out)?;
+            println!("fetched blob {name} ({n} bytes) to {}", out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Contract {
+            input,
+            canonical_out,
+        } => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("--in {}", input.display()))?;
+            let c = dcr_protocol::contract::Contract::from_toml(&text)
+                .with_context(|| format!("--in {}", input.display()))?;
+            if let Some(o) = canonical_out {
+                std::fs::write(&o, c.canonical_json())
+                    .with_context(|| format!("--canonical-out {}", o.display()))?;
+            }
+            println!("sha256:{}", hex::encode(c.digest()));
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::MakeCredential {
             ek_public,
             ak_name,

@@ -1,0 +1,383 @@
+//! The parties' side: key files, sealing and opening files, and the service client
+//! (register, blobs). The CLI (`dcr-attest keygen|seal|open|register|put|get`) is a thin
+//! shell over these.
+//!
+//! Files (docs/sealed-data.md): a recipient secret key file holds `x25519-secret:<hex>` (mode
+//! 0600), its public key file `x25519:<hex>`; a DEK file holds `dek:<key id>:<hex>` (0600).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use dcr_protocol::keys::{hpke_seal, HpkePublic, HpkeSecret, SigningPublic};
+use dcr_protocol::release::register_info;
+use dcr_protocol::seal::{Dek, Header, Opener, Sealer};
+use dcr_protocol::wire::{ApiError, RegisterRequest, ReleasePolicy, ServiceInfo, Wrapped};
+use rand_core::OsRng;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PartyError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Format(String),
+    #[error("service {url}: {code}: {message}")]
+    Refused {
+        url: String,
+        code: String,
+        message: String,
+    },
+    #[error("service {url}: {reason}")]
+    Http { url: String, reason: String },
+}
+
+fn ferr(path: &Path, e: impl std::fmt::Display) -> PartyError {
+    PartyError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Write a new file with mode 0600; never overwrites.
+pub fn write_secret_file(path: &Path, text: &str) -> Result<(), PartyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ferr(path, format!("{e} (refusing to overwrite)")))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.write_all(b"\n"))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ferr(path, e))
+}
+
+fn read_text(path: &Path) -> Result<Zeroizing<String>, PartyError> {
+    Ok(Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| ferr(path, e))?
+            .trim()
+            .to_string(),
+    ))
+}
+
+/// Make a recipient key pair: `<dir>/<name>.key` and `<dir>/<name>.pub`.
+pub fn keygen(dir: &Path, name: &str) -> Result<HpkePublic, PartyError> {
+    let sk = HpkeSecret::generate(&mut OsRng);
+    let pk = sk.public();
+    let pub_path = dir.join(format!("{name}.pub"));
+    write_secret_file(&dir.join(format!("{name}.key")), &sk.to_text())?;
+    std::fs::write(&pub_path, format!("{}\n", pk.to_text())).map_err(|e| ferr(&pub_path, e))?;
+    Ok(pk)
+}
+
+pub fn read_secret_key(path: &Path) -> Result<HpkeSecret, PartyError> {
+    HpkeSecret::from_text(&read_text(path)?).map_err(|e| ferr(path, e))
+}
+
+pub fn read_public_key(path: &Path) -> Result<HpkePublic, PartyError> {
+    HpkePublic::from_text(&read_text(path)?).map_err(|e| ferr(path, e))
+}
+
+pub fn read_dek(path: &Path) -> Result<(String, Dek), PartyError> {
+    let t = read_text(path)?;
+    let bad = || ferr(path, "expected dek:<key id>:<64 hex digits>");
+    let rest = t.strip_prefix("dek:").ok_or_else(bad)?;
+    let (id, hex) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let bytes = Zeroizing::new(hex::decode(hex).map_err(|_| bad())?);
+    Ok((id.to_string(), Dek::from_slice(&bytes).map_err(|_| bad())?))
+}
+
+/// Write to `<out>.partial`, fsync, rename to `out` only when `f` succeeded; never overwrites.
+pub fn write_atomically(
+    out: &Path,
+    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), PartyError>,
+) -> Result<(), PartyError> {
+    if out.exists() {
+        return Err(ferr(out, "exists (refusing to overwrite)"));
+    }
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| ferr(&tmp, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let r = f(&mut w).and_then(|_| {
+        let file = w.into_inner().map_err(|e| ferr(&tmp, e.error()))?;
+        file.sync_all().map_err(|e| ferr(&tmp, e))
+    });
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).map_err(|e| ferr(out, e))
+}
+
+fn copy(r: &mut impl Read, w: &mut impl Write, rp: &Path, wp: &Path) -> Result<u64, PartyError> {
+    let mut buf = Zeroizing::new(vec![0u8; 1 << 20]);
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ferr(rp, e)),
+        };
+        w.write_all(&buf[..k]).map_err(|e| ferr(wp, e))?;
+        n += k as u64;
+    }
+}
+
+/// Seal `input` under a fresh DEK; writes the sealed file and the DEK file.
+pub fn seal_file(
+    input: &Path,
+    out: &Path,
+    key_id: &str,
+    dek_out: &Path,
+    chunk_size: u32,
+) -> Result<u64, PartyError> {
+    let dek = Dek::generate(&mut OsRng);
+    let header = Header::new(key_id, chunk_size, &mut OsRng)
+        .map_err(|e| PartyError::Format(e.to_string()))?;
+    let mut src = std::fs::File::open(input).map_err(|e| ferr(input, e))?;
+    let mut n = 0;
+    write_atomically(out, |w| {
+        let mut s = Sealer::new(w, &dek, header).map_err(|e| ferr(out, e))?;
+        n = copy(&mut src, &mut s, input, out)?;
+        s.finish().map_err(|e| ferr(out, e))?;
+        Ok(())
+    })?;
+    let text = Zeroizing::new(format!("dek:{key_id}:{}", hex::encode(dek.0)));
+    if let Err(e) = write_secret_file(dek_out, &text) {
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
+    Ok(n)
+}
+
+/// Open a sealed stream with its DEK file.
+pub fn open_with_dek(input: &Path, out: &Path, dek_file: &Path) -> Result<u64, PartyError> {
+    let (id, dek) = read_dek(dek_file)?;
+    let mut r = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| ferr(input, e))?);
+    let header = Header::read_from(&mut r).map_err(|e| ferr(input, e))?;
+    if header.key_id != id {
+        return Err(ferr(
+            input,
+            format!(
+                "sealed under key {:?}, the DEK file is for {id:?}",
+                header.key_id
+            ),
+        ));
+    }
+    let mut o = Opener::new(r, &dek, header);
+    let mut n = 0;
+    write_atomically(out, |w| {
+        n = copy(&mut o, w, input, out)?;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Open a sealed output (recipient table + stream) with a recipient secret key.
+pub fn open_as_recipient(input: &Path, out: &Path, key: &Path) -> Result<u64, PartyError> {
+    let sk = read_secret_key(key)?;
+    let r = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| ferr(input, e))?);
+    let mut o = dcr_protocol::recipients::open_as(r, &sk).map_err(|e| ferr(input, e))?;
+    let mut n = 0;
+    write_atomically(out, |w| {
+        n = copy(&mut o, w, input, out)?;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// A blocking client for the service API.
+pub struct Client {
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+fn api_error(url: &str, status: u16, body: &[u8]) -> PartyError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => PartyError::Refused {
+            url: url.to_string(),
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => PartyError::Http {
+            url: url.to_string(),
+            reason: format!("HTTP {status}"),
+        },
+    }
+}
+
+impl Client {
+    pub fn new(url: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
+            .build()
+            .new_agent();
+        Client {
+            url: url.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    fn http(&self, e: impl std::fmt::Display) -> PartyError {
+        PartyError::Http {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn finish(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, PartyError> {
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| self.http(e))?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(&self.url, status, &body));
+        }
+        Ok(body)
+    }
+
+    pub fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> Result<Vec<u8>, PartyError> {
+        let mut req = self
+            .agent
+            .post(&format!("{}{path}", self.url))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let resp = req
+            .send(serde_json::to_vec(body).expect("json"))
+            .map_err(|e| self.http(e))?;
+        self.finish(resp)
+    }
+
+    pub fn service_info(&self) -> Result<ServiceInfo, PartyError> {
+        let resp = self
+            .agent
+            .get(&format!("{}/v1/service", self.url))
+            .call()
+            .map_err(|e| self.http(e))?;
+        let body = self.finish(resp)?;
+        serde_json::from_slice(&body).map_err(|e| self.http(e))
+    }
+
+    /// Register a DEK with its release policy; the DEK travels HPKE-wrapped to the service's
+    /// registration key, which must be the one in the pinned `service.pub.json`.
+    pub fn register(
+        &self,
+        token: &str,
+        pinned: &ServiceInfo,
+        key_id: &str,
+        dek: &Dek,
+        policy: ReleasePolicy,
+    ) -> Result<(), PartyError> {
+        let live = self.service_info()?;
+        if live != *pinned {
+            return Err(PartyError::Format(format!(
+                "the service at {} presents keys {} / {}, not the pinned {} / {}",
+                self.url,
+                live.signing_key,
+                live.registration_key,
+                pinned.signing_key,
+                pinned.registration_key
+            )));
+        }
+        SigningPublic::from_text(&pinned.signing_key)
+            .map_err(|e| PartyError::Format(e.to_string()))?;
+        let reg = HpkePublic::from_text(&pinned.registration_key)
+            .map_err(|e| PartyError::Format(e.to_string()))?;
+        let (enc, ct) = hpke_seal(
+            &reg,
+            &register_info(key_id),
+            key_id.as_bytes(),
+            &dek.0,
+            &mut OsRng,
+        )
+        .map_err(|e| PartyError::Format(e.to_string()))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let req = RegisterRequest {
+            key_id: key_id.to_string(),
+            wrapped_dek: Wrapped {
+                enc: b64.encode(enc),
+                ciphertext: b64.encode(ct),
+            },
+            policy,
+        };
+        self.post_json(
+            "/v1/keys",
+            Some(token),
+            &serde_json::to_value(req).expect("json"),
+        )?;
+        Ok(())
+    }
+
+    /// PUT a blob from a file (streamed). `auth` is the whole Authorization header value.
+    pub fn put_blob(&self, auth: &str, name: &str, file: &Path) -> Result<u64, PartyError> {
+        let f = std::fs::File::open(file).map_err(|e| ferr(file, e))?;
+        let len = f.metadata().map_err(|e| ferr(file, e))?.len();
+        let resp = self
+            .agent
+            .put(&format!("{}/v1/blobs/{name}", self.url))
+            .header("authorization", auth)
+            .header("content-length", &len.to_string())
+            .send(ureq::SendBody::from_reader(&mut std::io::BufReader::new(f)))
+            .map_err(|e| self.http(e))?;
+        self.finish(resp)?;
+        Ok(len)
+    }
+
+    /// GET a blob into a file (atomically; never overwrites).
+    pub fn get_blob(&self, name: &str, out: &Path) -> Result<u64, PartyError> {
+        let mut resp = self
+            .agent
+            .get(&format!("{}/v1/blobs/{name}", self.url))
+            .call()
+            .map_err(|e| self.http(e))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.body_mut().read_to_vec().unwrap_or_default();
+            return Err(api_error(&self.url, status, &body));
+        }
+        let mut r = resp.body_mut().with_config().limit(u64::MAX).reader();
+        let mut n = 0;
+        write_atomically(out, |w| {
+            n = copy(&mut r, w, Path::new(name), out)?;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+}
+
+/// SHA-256 of a file, hex (for progress lines).
+pub fn file_sha256(path: &Path) -> Result<String, PartyError> {
+    let mut f = std::fs::File::open(path).map_err(|e| ferr(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = f.read(&mut buf).map_err(|e| ferr(path, e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

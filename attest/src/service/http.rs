@@ -1,0 +1,956 @@
+//! The HTTP API (docs/protocol.md). Every error is `{"code","message"}` with a stable code.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use dcr_protocol::keys::{hpke_open, hpke_seal, HpkePublic};
+use dcr_protocol::release::{register_info, release_info, report_data, Signed};
+use dcr_protocol::wire::{
+    ApiError, AttestRequest, Challenge, ChallengeRequest, RegisterRequest, Release, ReleasedKey,
+    SnpEvidence, TdxEvidence, Tee, TpmEvidence,
+};
+use rand_core::{OsRng, RngCore};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::journal::{Op, Outcome};
+use super::{unix_now, Session, State};
+use crate::reference::{Claims, Measurements};
+
+type St = Arc<State>;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// The key id under which a release carries the single-use output upload token.
+pub const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
+const MAX_BLOB: u64 = 64 << 30;
+
+pub fn router(state: St) -> Router {
+    Router::new()
+        .route("/v1/service", get(service_info))
+        .route("/v1/challenge", post(challenge))
+        .route("/v1/attest", post(attest))
+        .route("/v1/keys", post(register))
+        .route(
+            "/v1/blobs/{name}",
+            get(get_blob)
+                .put(put_blob)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(state)
+}
+
+/// An API error: status + stable code + one-line message.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+fn bad(message: impl Into<String>) -> Refusal {
+    refuse(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn forbidden(code: &'static str, message: impl Into<String>) -> Refusal {
+    refuse(StatusCode::FORBIDDEN, code, message)
+}
+
+fn internal(message: impl Into<String>) -> Refusal {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiError {
+                code: self.code.to_string(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn audit_base(kind: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("time".into(), unix_now().into());
+    m.insert("kind".into(), kind.into());
+    m
+}
+
+/// Record a refusal in the audit log, then return it.
+async fn audited(st: &State, mut audit: Map<String, Value>, r: Refusal) -> Refusal {
+    audit.insert("decision".into(), "refuse".into());
+    audit.insert("code".into(), r.code.into());
+    audit.insert("message".into(), r.message.clone().into());
+    match st.journal.commit(Op::None, audit).await {
+        Ok(_) => r,
+        Err(e) => internal(format!("audit log: {e}")),
+    }
+}
+
+fn b64(field: &str, s: &str) -> Result<Vec<u8>, Refusal> {
+    B64.decode(s)
+        .map_err(|_| bad(format!("{field}: not base64")))
+}
+
+fn hex32(field: &str, s: &str) -> Result<[u8; 32], Refusal> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad(format!("{field}: expected 64 hex digits")))
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The party a bearer token belongs to.
+fn party(st: &State, headers: &HeaderMap) -> Option<String> {
+    let token = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    let h: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    let mut found = None;
+    for (p, t) in &st.cfg.tokens {
+        if ct_eq(t, &h) {
+            found = Some(p.clone());
+        }
+    }
+    found
+}
+
+async fn service_info(AxState(st): AxState<St>) -> Response {
+    Json(st.keys.info()).into_response()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))
+}
+
+async fn challenge(AxState(st): AxState<St>, body: Bytes) -> Result<Response, Refusal> {
+    let req: ChallengeRequest = parse_json(&body)?;
+    let now = unix_now();
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let mut sid = [0u8; 16];
+    OsRng.fill_bytes(&mut sid);
+    let session_id = hex::encode(sid);
+    let mut credential = None;
+    let mut activation = None;
+    if let Some(id) = &req.tpm {
+        if req.tee != Tee::Tpm {
+            return Err(bad("tpm identity given for a non-TPM challenge"));
+        }
+        let mut audit = audit_base("challenge");
+        audit.insert("tee".into(), "tpm".into());
+        match tpm_credential(&st, id, now) {
+            Ok((cred, secret, name)) => {
+                credential = Some(B64.encode(cred));
+                activation = Some((secret, name));
+            }
+            Err(r) => return Err(audited(&st, audit, r).await),
+        }
+    }
+    let expires_at = now + st.cfg.nonce_ttl_secs;
+    {
+        let mut s = st.sessions.lock().expect("sessions lock");
+        if s.len() >= st.cfg.max_sessions {
+            s.retain(|_, v| v.expires_at >= now);
+            if s.len() >= st.cfg.max_sessions {
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many outstanding challenges",
+                ));
+            }
+        }
+        s.insert(
+            session_id.clone(),
+            Session {
+                tee: req.tee,
+                nonce,
+                expires_at,
+                activation,
+            },
+        );
+    }
+    Ok(Json(Challenge {
+        session_id,
+        nonce: hex::encode(nonce),
+        expires_at,
+        credential,
+    })
+    .into_response())
+}
+
+/// EK certificate → trusted root, then MakeCredential for the AK's name.
+fn tpm_credential(
+    st: &State,
+    id: &dcr_protocol::wire::TpmIdentity,
+    now: u64,
+) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>, Vec<u8>), Refusal> {
+    use crate::credential;
+    let ek_pub = b64("tpm.ek_public", &id.ek_public)?;
+    let ek_cert = b64("tpm.ek_cert", &id.ek_cert)?;
+    let ak_pub = b64("tpm.ak_public", &id.ak_public)?;
+    if st.cfg.ek_roots.is_empty() {
+        return Err(forbidden(
+            "ek_untrusted",
+            "this service trusts no EK root (--tpm-ek-root)",
+        ));
+    }
+    let ek =
+        credential::parse_ek_public(&ek_pub).map_err(|e| bad(format!("tpm.ek_public: {e}")))?;
+    let v = credential::verify_ek_cert(
+        &ek_cert,
+        &st.cfg.ek_intermediates,
+        &st.cfg.ek_roots,
+        &ek,
+        now,
+    );
+    if !v.ok() {
+        return Err(forbidden("ek_untrusted", failed(&v)));
+    }
+    let (_, name) =
+        crate::tpm::parse_ak_tpm2b(&ak_pub).map_err(|e| bad(format!("tpm.ak_public: {e}")))?;
+    if name.len() != 34 {
+        return Err(bad("tpm.ak_public: nameAlg must be SHA-256"));
+    }
+    let mut secret = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut secret[..]);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut seed[..]);
+    let cred = credential::make_credential(&ek, &name, &secret[..], &seed, &mut OsRng)
+        .map_err(|e| internal(format!("make credential: {e}")))?;
+    Ok((cred, secret, name))
+}
+
+/// The failing checks of a verdict, one line.
+fn failed(v: &crate::verdict::Verdict) -> String {
+    let f: Vec<String> = v
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if f.is_empty() {
+        "no checks".into()
+    } else {
+        f.join("; ")
+    }
+}
+
+/// Classify a failed evidence verdict: a binding failure alone is `binding_mismatch`.
+fn evidence_refusal(v: &crate::verdict::Verdict, binding_check: &str) -> Refusal {
+    let fails: Vec<&str> = v
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    if fails == [binding_check] {
+        forbidden(
+            "binding_mismatch",
+            format!(
+                "the evidence does not bind this nonce, HPKE key and contract digest ({})",
+                failed(v)
+            ),
+        )
+    } else {
+        forbidden("evidence_invalid", failed(v))
+    }
+}
+
+fn verify_tpm(st: &State, s: &Session, ev: &Value, rd: &[u8; 64]) -> Result<Claims, Refusal> {
+    use crate::tpm;
+    let e: TpmEvidence =
+        serde_json::from_value(ev.clone()).map_err(|e| bad(format!("evidence: {e}")))?;
+    let message = b64("evidence.message", &e.message)?;
+    let signature = b64("evidence.signature", &e.signature)?;
+    let pcrs = b64("evidence.pcrs", &e.pcrs)?;
+    let ak = b64("evidence.ak_public", &e.ak_public)?;
+    // AK trust: activated against a trusted EK in this session, or pinned.
+    match &s.activation {
+        Some((secret, name)) => {
+            let got = e
+                .activation
+                .as_deref()
+                .and_then(|a| hex::decode(a).ok())
+                .ok_or_else(|| forbidden("ak_untrusted", "no credential activation secret"))?;
+            if !ct_eq(&got, &secret[..]) {
+                return Err(forbidden(
+                    "ak_untrusted",
+                    "credential activation secret does not match (AK not in the EK's TPM)",
+                ));
+            }
+            let (_, ak_name) =
+                tpm::parse_ak_tpm2b(&ak).map_err(|e| bad(format!("evidence.ak_public: {e}")))?;
+            if ak_name != *name {
+                return Err(forbidden(
+                    "ak_untrusted",
+                    "AK differs from the one in the challenge",
+                ));
+            }
+        }
+        None => {
+            let k = tpm::parse_ak(&ak).map_err(|e| bad(format!("evidence.ak_public: {e}")))?;
+            let spki = tpm::ak_spki_der(&k);
+            if !st.cfg.pinned_aks.iter().any(|p| *p == spki) {
+                return Err(forbidden(
+                    "ak_untrusted",
+                    "AK is neither pinned (--tpm-ak) nor activated against a trusted EK",
+                ));
+            }
+        }
+    }
+    let v = tpm::verify(
+        &ak,
+        &message,
+        &signature,
+        &pcrs,
+        rd,
+        tpm::TPM_ALG_SHA256,
+        &Vec::new(),
+    );
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "qualifying_data"));
+    }
+    let attest = tpm::parse_attest(&message).map_err(|e| bad(e.to_string()))?;
+    let values = tpm::parse_pcrs(&pcrs, &attest.selection).map_err(|e| bad(e.to_string()))?;
+    Ok(Claims::Tpm {
+        pcrs: values
+            .into_iter()
+            .filter(|(a, _, _)| *a == tpm::TPM_ALG_SHA256)
+            .map(|(_, i, d)| (i, d))
+            .collect(),
+    })
+}
+
+fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
+    use crate::snp;
+    let e: SnpEvidence =
+        serde_json::from_value(ev.clone()).map_err(|e| bad(format!("evidence: {e}")))?;
+    let report = b64("evidence.report", &e.report)?;
+    let mut vcek = b64("evidence.vcek", &e.vcek)?;
+    if vcek.starts_with(b"-----BEGIN") {
+        vcek = snp::pem_certs(&vcek).map_err(bad)?.remove(0);
+    }
+    let policy = snp::SnpPolicy {
+        report_data: Some(*rd),
+        ..Default::default()
+    };
+    let v = snp::verify(&report, &vcek, None, now, &policy);
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "report_data"));
+    }
+    let r = snp::Report::parse(&report).map_err(|e| bad(e.to_string()))?;
+    Ok(Claims::Snp {
+        launch_digest: r.measurement,
+    })
+}
+
+fn verify_tdx(st: &State, ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
+    use crate::tdx;
+    let e: TdxEvidence =
+        serde_json::from_value(ev.clone()).map_err(|e| bad(format!("evidence: {e}")))?;
+    let quote = b64("evidence.quote", &e.quote)?;
+    let coll = st.cfg.tdx_collateral.as_ref().ok_or_else(|| {
+        forbidden(
+            "evidence_invalid",
+            "this service has no TDX collateral (--tdx-collateral)",
+        )
+    })?;
+    let policy = tdx::TdxPolicy {
+        report_data: Some(*rd),
+        ..Default::default()
+    };
+    let v = tdx::verify(&quote, coll, now, &policy);
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "report_data"));
+    }
+    let mrtd = tdx::mrtd_of(&quote).ok_or_else(|| bad("quote has no TD report"))?;
+    Ok(Claims::Tdx { mrtd })
+}
+
+/// A key record in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRecord {
+    key_id: String,
+    owner: String,
+    registered_at: u64,
+    policy: dcr_protocol::wire::ReleasePolicy,
+    /// nonce ‖ AES-256-GCM(master key, DEK), hex.
+    dek_at_rest: String,
+}
+
+async fn attest(AxState(st): AxState<St>, body: Bytes) -> Response {
+    let mut audit = audit_base("release");
+    match decide(&st, &body, &mut audit).await {
+        Ok(r) => r,
+        Err(r) => audited(&st, audit, r).await.into_response(),
+    }
+}
+
+async fn decide(
+    st: &State,
+    body: &[u8],
+    audit: &mut Map<String, Value>,
+) -> Result<Response, Refusal> {
+    let req: AttestRequest = parse_json(body)?;
+    let now = unix_now();
+    audit.insert("session_id".into(), req.session_id.clone().into());
+    audit.insert("tee".into(), req.tee.as_str().into());
+    audit.insert("contract_digest".into(), req.contract_digest.clone().into());
+    // Single use: the session is gone after this request, whatever the outcome.
+    let session = st
+        .sessions
+        .lock()
+        .expect("sessions lock")
+        .remove(&req.session_id);
+    let session = match session {
+        Some(s) => {
+            let mut used = st.used.lock().expect("used lock");
+            if used.len() > st.cfg.max_sessions {
+                used.retain(|_, exp| *exp >= now);
+            }
+            used.insert(req.session_id.clone(), s.expires_at);
+            s
+        }
+        None => {
+            let reused = st
+                .used
+                .lock()
+                .expect("used lock")
+                .contains_key(&req.session_id);
+            return Err(if reused {
+                forbidden(
+                    "nonce_reused",
+                    format!("session {} was already used", req.session_id),
+                )
+            } else {
+                forbidden(
+                    "unknown_session",
+                    format!(
+                        "no challenge {} (expired long ago, or never issued)",
+                        req.session_id
+                    ),
+                )
+            });
+        }
+    };
+    if now > session.expires_at {
+        return Err(forbidden(
+            "nonce_expired",
+            format!(
+                "the challenge expired at {} (now {})",
+                dcr_protocol::time::format_rfc3339(session.expires_at),
+                dcr_protocol::time::format_rfc3339(now)
+            ),
+        ));
+    }
+    if session.tee != req.tee {
+        return Err(bad(format!(
+            "tee {} differs from the challenge's {}",
+            req.tee.as_str(),
+            session.tee.as_str()
+        )));
+    }
+    let tee_pk = HpkePublic::from_text(&req.hpke_public_key)
+        .map_err(|e| bad(format!("hpke_public_key: {e}")))?;
+    let contract_digest = hex32("contract_digest", &req.contract_digest)?;
+    let rd = report_data(&session.nonce, &tee_pk, &contract_digest);
+    let claims = match req.tee {
+        Tee::Tpm => verify_tpm(st, &session, &req.evidence, &rd)?,
+        Tee::Snp => verify_snp(&req.evidence, &rd, now)?,
+        Tee::Tdx => verify_tdx(st, &req.evidence, &rd, now)?,
+        Tee::AzSnpVtpm => {
+            return Err(forbidden(
+                "unsupported_tee",
+                "az-snp-vtpm key release is not implemented in this service yet",
+            ))
+        }
+    };
+    let mut canon = Vec::new();
+    dcr_protocol::contract::write_canonical(&req.evidence, &mut canon);
+    let evidence_digest: [u8; 32] = Sha256::digest(&canon).into();
+    audit.insert(
+        "evidence_digest".into(),
+        hex::encode(evidence_digest).into(),
+    );
+
+    // Policy: deny by default; a key is released only if every condition holds.
+    let records = st
+        .journal
+        .keys()
+        .map_err(|e| internal(format!("store: {e}")))?;
+    let mut for_contract = Vec::new();
+    for (_, bytes) in records {
+        let r: KeyRecord =
+            serde_json::from_slice(&bytes).map_err(|e| internal(format!("store record: {e}")))?;
+        if r.policy.contract_digest == req.contract_digest {
+            for_contract.push(r);
+        }
+    }
+    if for_contract.is_empty() {
+        return Err(forbidden(
+            "contract_mismatch",
+            format!(
+                "no key is registered for contract digest {}",
+                req.contract_digest
+            ),
+        ));
+    }
+    let mut reasons = Vec::new();
+    let mut allowed = Vec::new();
+    for r in for_contract {
+        if !r.policy.platforms.contains(&req.tee) {
+            reasons.push((
+                "policy_refused",
+                format!("{}: platform {} not allowed", r.key_id, req.tee.as_str()),
+            ));
+            continue;
+        }
+        match dcr_protocol::time::parse_rfc3339(&r.policy.expires) {
+            Some(t) if t > now => {}
+            _ => {
+                reasons.push((
+                    "policy_refused",
+                    format!("{}: policy expired at {}", r.key_id, r.policy.expires),
+                ));
+                continue;
+            }
+        }
+        let m = match serde_json::to_vec(&r.policy.reference)
+            .ok()
+            .and_then(|b| Measurements::from_json(&b).ok())
+        {
+            Some(m) => m,
+            None => {
+                reasons.push((
+                    "policy_refused",
+                    format!("{}: reference values do not parse", r.key_id),
+                ));
+                continue;
+            }
+        };
+        let v = m.evaluate(&claims);
+        if !v.ok() {
+            reasons.push((
+                "measurement_mismatch",
+                format!("{}: {}", r.key_id, failed(&v)),
+            ));
+            continue;
+        }
+        if r.policy.single_use
+            && st
+                .journal
+                .is_spent(&r.key_id)
+                .map_err(|e| internal(format!("store: {e}")))?
+        {
+            reasons.push((
+                "key_spent",
+                format!("{}: single-use key already released", r.key_id),
+            ));
+            continue;
+        }
+        allowed.push(r);
+    }
+    if allowed.is_empty() {
+        let code = reasons
+            .iter()
+            .find(|(c, _)| *c == "measurement_mismatch")
+            .map_or(reasons[0].0, |(c, _)| *c);
+        let msg: Vec<String> = reasons.into_iter().map(|(_, m)| m).collect();
+        return Err(forbidden(code, msg.join("; ")));
+    }
+    // Seal each DEK (and a single-use upload token for the output) to the TEE's key.
+    let mut released = Vec::new();
+    let mut single_use = Vec::new();
+    for r in &allowed {
+        let at_rest =
+            hex::decode(&r.dek_at_rest).map_err(|_| internal("store record: dek_at_rest"))?;
+        let dek = st.keys.unwrap_at_rest(&r.key_id, &at_rest).ok_or_else(|| {
+            internal(format!(
+                "key {} does not decrypt with the master key",
+                r.key_id
+            ))
+        })?;
+        let info = release_info(
+            &evidence_digest,
+            &req.session_id,
+            &r.key_id,
+            &contract_digest,
+        );
+        let (enc, ct) = hpke_seal(&tee_pk, &info, r.key_id.as_bytes(), &dek, &mut OsRng)
+            .map_err(|e| internal(e.to_string()))?;
+        released.push(ReleasedKey {
+            key_id: r.key_id.clone(),
+            enc: B64.encode(enc),
+            ciphertext: B64.encode(ct),
+        });
+        if r.policy.single_use {
+            single_use.push(r.key_id.clone());
+        }
+    }
+    let mut token = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut token[..]);
+    let info = release_info(
+        &evidence_digest,
+        &req.session_id,
+        UPLOAD_TOKEN_ID,
+        &contract_digest,
+    );
+    let (enc, ct) = hpke_seal(
+        &tee_pk,
+        &info,
+        UPLOAD_TOKEN_ID.as_bytes(),
+        &token[..],
+        &mut OsRng,
+    )
+    .map_err(|e| internal(e.to_string()))?;
+    released.push(ReleasedKey {
+        key_id: UPLOAD_TOKEN_ID.into(),
+        enc: B64.encode(enc),
+        ciphertext: B64.encode(ct),
+    });
+    let payload = Release {
+        session_id: req.session_id.clone(),
+        evidence_digest: hex::encode(evidence_digest),
+        contract_digest: req.contract_digest.clone(),
+        hpke_public_key: req.hpke_public_key.clone(),
+        issued_at: now,
+        keys: released,
+    };
+    let payload = serde_json::to_vec(&payload).map_err(|e| internal(e.to_string()))?;
+    let signed = Signed::sign(&st.keys.signing, &payload);
+    let key_ids: Vec<Value> = allowed.iter().map(|r| r.key_id.clone().into()).collect();
+    audit.insert("decision".into(), "release".into());
+    audit.insert("keys".into(), Value::Array(key_ids));
+    let upload_record =
+        serde_json::to_vec(&json!({"session_id": req.session_id, "expires_at": now + 86400}))
+            .expect("json");
+    let op = Op::Release {
+        single_use,
+        session: req.session_id.clone(),
+        upload_token_hash: Sha256::digest(&token[..]).into(),
+        upload_record,
+    };
+    match st.journal.commit(op, std::mem::take(audit)).await {
+        Ok(Outcome::Done) => Ok(Json(signed).into_response()),
+        // The committer already wrote the refusal record.
+        Ok(Outcome::AlreadySpent(k)) => Ok(forbidden(
+            "key_spent",
+            format!("single-use key(s) already released: {}", k.join(", ")),
+        )
+        .into_response()),
+        Ok(o) => Err(internal(format!("unexpected journal outcome {o:?}"))),
+        Err(e) => Ok(internal(format!("journal: {e}")).into_response()),
+    }
+}
+
+async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut audit = audit_base("register");
+    let Some(party) = party(&st, &headers) else {
+        return audited(
+            &st,
+            audit,
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a registered party's bearer token is required",
+            ),
+        )
+        .await
+        .into_response();
+    };
+    audit.insert("party".into(), party.clone().into());
+    let r = async {
+        let req: RegisterRequest = parse_json(&body)?;
+        audit.insert("key_id".into(), req.key_id.clone().into());
+        dcr_protocol::seal::check_key_id(&req.key_id).map_err(|e| bad(e.to_string()))?;
+        if req.key_id.starts_with("dcr.") {
+            return Err(bad("key ids starting with \"dcr.\" are reserved"));
+        }
+        hex32("policy.contract_digest", &req.policy.contract_digest)?;
+        if req.policy.platforms.is_empty() {
+            return Err(bad("policy.platforms: at least one platform"));
+        }
+        if dcr_protocol::time::parse_rfc3339(&req.policy.expires).is_none() {
+            return Err(bad("policy.expires: expected RFC 3339 UTC"));
+        }
+        let m = Measurements::from_json(
+            &serde_json::to_vec(&req.policy.reference).map_err(|e| bad(e.to_string()))?,
+        )
+        .map_err(|e| bad(format!("policy.reference: {e}")))?;
+        for t in &req.policy.platforms {
+            let ok = match t {
+                Tee::Tpm => m.expected_pcrs().map(|_| ()),
+                Tee::Snp => m.expected_48("snp", "launch_digest").map(|_| ()),
+                Tee::Tdx => m.expected_48("tdx", "mrtd").map(|_| ()),
+                Tee::AzSnpVtpm => Err("az-snp-vtpm has no reference values yet".to_string()),
+            };
+            ok.map_err(|e| bad(format!("policy.reference: {e}")))?;
+        }
+        let enc = b64("wrapped_dek.enc", &req.wrapped_dek.enc)?;
+        let ct = b64("wrapped_dek.ciphertext", &req.wrapped_dek.ciphertext)?;
+        let dek = hpke_open(
+            &st.keys.registration,
+            &enc,
+            &register_info(&req.key_id),
+            req.key_id.as_bytes(),
+            &ct,
+        )
+        .map_err(|_| bad("wrapped_dek: does not open with this service's registration key"))?;
+        if dek.len() != 32 {
+            return Err(bad("wrapped_dek: not a 32-byte key"));
+        }
+        let rec = KeyRecord {
+            key_id: req.key_id.clone(),
+            owner: party.clone(),
+            registered_at: unix_now(),
+            policy: req.policy,
+            dek_at_rest: hex::encode(st.keys.wrap_at_rest(&req.key_id, &dek)),
+        };
+        Ok((
+            req.key_id,
+            serde_json::to_vec(&rec).map_err(|e| internal(e.to_string()))?,
+        ))
+    }
+    .await;
+    let (key_id, record) = match r {
+        Ok(x) => x,
+        Err(e) => return audited(&st, audit, e).await.into_response(),
+    };
+    audit.insert("decision".into(), "register".into());
+    match st
+        .journal
+        .commit(
+            Op::Register {
+                key_id: key_id.clone(),
+                record,
+            },
+            audit,
+        )
+        .await
+    {
+        Ok(Outcome::Done) => (StatusCode::CREATED, Json(json!({"key_id": key_id}))).into_response(),
+        Ok(_) => refuse(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("key {key_id} is already registered"),
+        )
+        .into_response(),
+        Err(e) => internal(format!("journal: {e}")).into_response(),
+    }
+}
+
+fn blob_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with('.')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+async fn get_blob(
+    AxState(st): AxState<St>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, Refusal> {
+    if !blob_name_ok(&name) {
+        return Err(bad(
+            "blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'",
+        ));
+    }
+    let path = st.cfg.data_dir.join("blobs").join(&name);
+    let f = tokio::fs::File::open(&path).await.map_err(|_| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no blob {name}"),
+        )
+    })?;
+    let len = f
+        .metadata()
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+    Ok((
+        [("content-length", len.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn put_blob(
+    AxState(st): AxState<St>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut audit = audit_base("blob");
+    audit.insert("blob".into(), name.clone().into());
+    if !blob_name_ok(&name) {
+        return audited(
+            &st,
+            audit,
+            bad("blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'"),
+        )
+        .await
+        .into_response();
+    }
+    // A party's token, or the single-use upload token released to an attested TEE.
+    let upload_hash = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Upload "))
+        .and_then(|t| hex::decode(t.trim()).ok())
+        .map(|t| <[u8; 32]>::from(Sha256::digest(&t)));
+    let who = match (party(&st, &headers), upload_hash) {
+        (Some(p), _) => {
+            audit.insert("party".into(), p.into());
+            None
+        }
+        (None, Some(h)) => match st.journal.upload(&h) {
+            Ok(Some(r)) if !r.is_empty() => {
+                audit.insert(
+                    "upload".into(),
+                    String::from_utf8_lossy(&r).into_owned().into(),
+                );
+                Some(h)
+            }
+            _ => {
+                return audited(
+                    &st,
+                    audit,
+                    refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "upload token unknown or already used",
+                    ),
+                )
+                .await
+                .into_response()
+            }
+        },
+        (None, None) => {
+            return audited(
+                &st,
+                audit,
+                refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a party's bearer token or an upload token is required",
+                ),
+            )
+            .await
+            .into_response()
+        }
+    };
+    let dir = st.cfg.data_dir.join("blobs");
+    let tmp = dir.join(format!(".tmp-{}", hex::encode(rand32())));
+    let fin = dir.join(&name);
+    let written = write_body(body, &tmp).await;
+    let r = match written {
+        Ok(n) => {
+            // Write-once: link(2) fails if the name exists, so nothing is overwritten.
+            let linked = std::fs::hard_link(&tmp, &fin);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    if let Ok(d) = std::fs::File::open(&dir) {
+                        let _ = d.sync_all();
+                    }
+                    audit.insert("bytes".into(), n.into());
+                    Ok(n)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(refuse(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("blob {name} exists (blobs are write-once)"),
+                )),
+                Err(e) => Err(internal(format!("blob {name}: {e}"))),
+            }
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    };
+    let n = match r {
+        Ok(n) => n,
+        Err(e) => return audited(&st, audit, e).await.into_response(),
+    };
+    audit.insert("decision".into(), "store".into());
+    let op = match who {
+        Some(h) => Op::UseUpload { token_hash: h },
+        None => Op::None,
+    };
+    match st.journal.commit(op, audit).await {
+        Ok(Outcome::Done) => {
+            (StatusCode::CREATED, Json(json!({"blob": name, "bytes": n}))).into_response()
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(&fin);
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "upload token already used",
+            )
+            .into_response()
+        }
+        Err(e) => internal(format!("journal: {e}")).into_response(),
+    }
+}
+
+fn rand32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
+async fn write_body(body: Body, path: &std::path::Path) -> Result<u64, Refusal> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| internal(e.to_string()))?;
+    let mut s = body.into_data_stream();
+    let mut n: u64 = 0;
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("body: {e}")))?;
+        n += chunk.len() as u64;
+        if n > MAX_BLOB {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("blobs are limited to {MAX_BLOB} bytes"),
+            ));
+        }
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+    }
+    f.sync_all().await.map_err(|e| internal(e.to_string()))?;
+    Ok(n)
+}
