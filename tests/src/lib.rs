@@ -3,6 +3,8 @@
 //! rule for missing system tools (fail under CI, skip with a printed reason elsewhere).
 #![forbid(unsafe_code)]
 
+pub mod load;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

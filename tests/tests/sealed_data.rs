@@ -18,7 +18,22 @@ fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn seal(dir: &Path, input: &str, out: &str, dek: &str, chunk: usize) {
-    let o = cli(dir, &["seal", "--in", input, "--out", out, "--key-id", "k1", "--dek-out", dek, "--chunk-size", &chunk.to_string()]);
+    let o = cli(
+        dir,
+        &[
+            "seal",
+            "--in",
+            input,
+            "--out",
+            out,
+            "--key-id",
+            "k1",
+            "--dek-out",
+            dek,
+            "--chunk-size",
+            &chunk.to_string(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -28,7 +43,12 @@ fn round_trips_at_the_chunk_edges() {
     let d = t.path();
     for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 17] {
         let pt: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
-        let (p, s, k, o) = (format!("p{len}"), format!("s{len}"), format!("k{len}"), format!("o{len}"));
+        let (p, s, k, o) = (
+            format!("p{len}"),
+            format!("s{len}"),
+            format!("k{len}"),
+            format!("o{len}"),
+        );
         std::fs::write(d.join(&p), &pt).unwrap();
         seal(d, &p, &s, &k, CHUNK);
         let sealed = std::fs::read(d.join(&s)).unwrap();
@@ -62,14 +82,30 @@ fn tampering_truncation_and_reordering_are_detected() {
     cases.push(("chunk size", flip(14), "chunk"));
     cases.push(("nonce prefix", flip(18), "failed authentication"));
     cases.push(("key id", flip(25), "sealed under key"));
-    cases.push(("chunk 1 byte", flip(h + c + 5), "chunk 1 failed authentication"));
-    cases.push(("tag of the last chunk", flip(sealed.len() - 1), "chunk 3 failed authentication"));
+    cases.push((
+        "chunk 1 byte",
+        flip(h + c + 5),
+        "chunk 1 failed authentication",
+    ));
+    cases.push((
+        "tag of the last chunk",
+        flip(sealed.len() - 1),
+        "chunk 3 failed authentication",
+    ));
     let mut swapped = sealed.clone();
     swapped[h..h + c].copy_from_slice(&sealed[h + c..h + 2 * c]);
     swapped[h + c..h + 2 * c].copy_from_slice(&sealed[h..h + c]);
     cases.push(("reordered chunks", swapped, "chunk 0 failed authentication"));
-    cases.push(("truncated at a chunk boundary", sealed[..h + 3 * c].to_vec(), "without its final chunk"));
-    cases.push(("truncated inside a chunk", sealed[..h + c + 100].to_vec(), "chunk 1 failed authentication"));
+    cases.push((
+        "truncated at a chunk boundary",
+        sealed[..h + 3 * c].to_vec(),
+        "without its final chunk",
+    ));
+    cases.push((
+        "truncated inside a chunk",
+        sealed[..h + c + 100].to_vec(),
+        "chunk 1 failed authentication",
+    ));
     let mut longer = sealed.clone();
     longer.extend_from_slice(&[0u8; 16]);
     cases.push(("appended bytes", longer, "chunk 3 failed authentication"));
@@ -80,12 +116,19 @@ fn tampering_truncation_and_reordering_are_detected() {
         assert_eq!(r.status.code(), Some(2), "{what}: accepted");
         let e = stderr(&r);
         assert!(e.contains(want) && e.lines().count() == 1, "{what}: {e}");
-        assert!(!d.join(&o).exists() && !d.join(format!("{o}.partial")).exists(), "{what}: output left behind");
+        assert!(
+            !d.join(&o).exists() && !d.join(format!("{o}.partial")).exists(),
+            "{what}: output left behind"
+        );
     }
     // Another DEK for the same key id does not open it.
     seal(d, "p", "s2", "k2", CHUNK);
     let r = cli(d, &["open", "--in", "s", "--out", "ox", "--dek", "k2"]);
-    assert!(stderr(&r).contains("chunk 0 failed authentication"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("chunk 0 failed authentication"),
+        "{}",
+        stderr(&r)
+    );
 }
 
 #[test]
@@ -111,8 +154,25 @@ fn one_gib_round_trips() {
     let want = dcr_attest::parties::file_sha256(&d.join("big")).unwrap();
     seal(d, "big", "big.sealed", "big.dek", 1 << 20);
     std::fs::remove_file(d.join("big")).unwrap();
-    assert_eq!(std::fs::metadata(d.join("big.sealed")).unwrap().len(), 26 + (1 << 30) + 16 * 1025);
-    let r = cli(d, &["open", "--in", "big.sealed", "--out", "big.out", "--dek", "big.dek"]);
+    assert_eq!(
+        std::fs::metadata(d.join("big.sealed")).unwrap().len(),
+        26 + (1 << 30) + 16 * 1025
+    );
+    let r = cli(
+        d,
+        &[
+            "open",
+            "--in",
+            "big.sealed",
+            "--out",
+            "big.out",
+            "--dek",
+            "big.dek",
+        ],
+    );
     assert!(r.status.success(), "{}", stderr(&r));
-    assert_eq!(dcr_attest::parties::file_sha256(&d.join("big.out")).unwrap(), want);
+    assert_eq!(
+        dcr_attest::parties::file_sha256(&d.join("big.out")).unwrap(),
+        want
+    );
 }

@@ -1,0 +1,280 @@
+//! A software TPM for load and durability tests, and the release load generator.
+//!
+//! `SoftTpm` produces TPM 2.0 quotes in the exact wire format (TPMS_ATTEST +
+//! TPMT_SIGNATURE, TPM2 Part 2 §10.12.12 / §11.3.4) signed with an ECDSA P-256 key held in
+//! memory; the service trusts it as a pinned AK (`--tpm-ak`). Real-TPM evidence is covered by
+//! tests/service_tpm.rs; a swtpm cannot sign thousands of quotes per second on two cores.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningPublic};
+use dcr_protocol::release::{release_info, report_data, Signed};
+use dcr_protocol::wire::Release;
+use p256::ecdsa::{signature::Signer, Signature, SigningKey};
+use p256::pkcs8::EncodePublicKey;
+use sha2::{Digest, Sha256};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub struct SoftTpm {
+    key: SigningKey,
+    /// SHA-256 bank values by index.
+    pub pcrs: Vec<(u32, [u8; 32])>,
+}
+
+impl SoftTpm {
+    pub fn new(seed: u8, pcrs: Vec<(u32, [u8; 32])>) -> Self {
+        let mut s = [0x42u8; 32];
+        s[0] = seed;
+        SoftTpm {
+            key: SigningKey::from_slice(&s).expect("scalar"),
+            pcrs,
+        }
+    }
+
+    pub fn ak_pem(&self) -> String {
+        self.key
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .expect("pem")
+    }
+
+    /// (TPMS_ATTEST, TPMT_SIGNATURE, PCR values in selection order).
+    pub fn quote(&self, extra: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let mut m = Vec::new();
+        m.extend_from_slice(&0xff54_4347u32.to_be_bytes()); // TPM_GENERATED_VALUE
+        m.extend_from_slice(&0x8018u16.to_be_bytes()); // TPM_ST_ATTEST_QUOTE
+        m.extend_from_slice(&34u16.to_be_bytes()); // qualifiedSigner
+        m.extend_from_slice(&0x000bu16.to_be_bytes());
+        m.extend_from_slice(&[0x11; 32]);
+        m.extend_from_slice(&(extra.len() as u16).to_be_bytes());
+        m.extend_from_slice(extra);
+        m.extend_from_slice(&[0u8; 17]); // clockInfo
+        m.extend_from_slice(&[0u8; 8]); // firmwareVersion
+        m.extend_from_slice(&1u32.to_be_bytes()); // one selection
+        m.extend_from_slice(&0x000bu16.to_be_bytes());
+        m.push(3);
+        let mut bitmap = [0u8; 3];
+        let mut sorted = self.pcrs.clone();
+        sorted.sort();
+        for (i, _) in &sorted {
+            bitmap[(*i / 8) as usize] |= 1 << (i % 8);
+        }
+        m.extend_from_slice(&bitmap);
+        let values: Vec<u8> = sorted.iter().flat_map(|(_, v)| *v).collect();
+        m.extend_from_slice(&32u16.to_be_bytes());
+        m.extend_from_slice(&Sha256::digest(&values));
+        let sig: Signature = self.key.sign(&m);
+        let (r, s) = sig.split_bytes();
+        let mut t = Vec::new();
+        t.extend_from_slice(&0x0018u16.to_be_bytes()); // TPM_ALG_ECDSA
+        t.extend_from_slice(&0x000bu16.to_be_bytes());
+        t.extend_from_slice(&32u16.to_be_bytes());
+        t.extend_from_slice(&r);
+        t.extend_from_slice(&32u16.to_be_bytes());
+        t.extend_from_slice(&s);
+        (m, t, values)
+    }
+}
+
+/// One client's round: challenge, quote, attest, check the signed release and open every key.
+/// Returns the released key ids, or the refusal code.
+pub fn release_once(
+    agent: &ureq::Agent,
+    url: &str,
+    tpm: &SoftTpm,
+    contract_digest: &[u8; 32],
+    signing: &SigningPublic,
+) -> Result<Vec<String>, String> {
+    let post = |path: &str, body: serde_json::Value| -> Result<(u16, serde_json::Value), String> {
+        let mut r = agent
+            .post(&format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(&body).unwrap())
+            .map_err(|e| format!("transport: {e}"))?;
+        let st = r.status().as_u16();
+        let text = r
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("transport: {e}"))?;
+        let v = serde_json::from_str(&text).map_err(|_| format!("non-JSON: {text}"))?;
+        Ok((st, v))
+    };
+    let (st, ch) = post("/v1/challenge", serde_json::json!({"tee": "tpm"}))?;
+    if st != 200 {
+        return Err(format!("challenge: {ch}"));
+    }
+    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
+    let pk = sk.public();
+    let nonce = hex::decode(ch["nonce"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+    let rd = report_data(&nonce, &pk, contract_digest);
+    let (m, s, p) = tpm.quote(&rd);
+    let req = serde_json::json!({
+        "session_id": ch["session_id"], "tee": "tpm", "hpke_public_key": pk.to_text(),
+        "contract_digest": hex::encode(contract_digest),
+        "evidence": {"message": B64.encode(m), "signature": B64.encode(s), "pcrs": B64.encode(p),
+                     "ak_public": B64.encode(tpm.ak_pem())},
+    });
+    let (st, body) = post("/v1/attest", req)?;
+    if st != 200 {
+        return Err(body["code"].as_str().unwrap_or("?").to_string());
+    }
+    let signed: Signed = serde_json::from_value(body).map_err(|e| e.to_string())?;
+    let payload = signed.verify(signing).map_err(|e| e.to_string())?;
+    let rel: Release = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+    let ed: [u8; 32] = hex::decode(&rel.evidence_digest)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or("evidence digest")?;
+    let mut ids = Vec::new();
+    for k in &rel.keys {
+        let info = release_info(&ed, &rel.session_id, &k.key_id, contract_digest);
+        let enc = B64.decode(&k.enc).map_err(|e| e.to_string())?;
+        let ct = B64.decode(&k.ciphertext).map_err(|e| e.to_string())?;
+        let dek =
+            hpke_open(&sk, &enc, &info, k.key_id.as_bytes(), &ct).map_err(|e| e.to_string())?;
+        if dek.len() != 32 {
+            return Err(format!("key {} is {} bytes", k.key_id, dek.len()));
+        }
+        ids.push(k.key_id.clone());
+    }
+    Ok(ids)
+}
+
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    pub ok: usize,
+    pub refused: Vec<String>,
+    pub errors: Vec<String>,
+    pub latencies: Vec<Duration>,
+    pub wall: Duration,
+}
+
+impl LoadStats {
+    pub fn percentile(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        if l.is_empty() {
+            return Duration::ZERO;
+        }
+        l[((l.len() as f64 - 1.0) * p).round() as usize]
+    }
+}
+
+/// `clients` threads, each doing `rounds` challenge + attest + release rounds.
+pub fn run_load(
+    url: &str,
+    clients: usize,
+    rounds: usize,
+    tpm: &SoftTpm,
+    contract_digest: &[u8; 32],
+    signing: &SigningPublic,
+) -> LoadStats {
+    let start = Instant::now();
+    let results: Vec<LoadStats> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| {
+                    let agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(60)))
+                        .build()
+                        .new_agent();
+                    let mut st = LoadStats::default();
+                    for _ in 0..rounds {
+                        let t = Instant::now();
+                        match release_once(&agent, url, tpm, contract_digest, signing) {
+                            Ok(_) => st.ok += 1,
+                            Err(e) if e.starts_with("transport") || e.contains(' ') => {
+                                st.errors.push(e)
+                            }
+                            Err(code) => st.refused.push(code),
+                        }
+                        st.latencies.push(t.elapsed());
+                    }
+                    st
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all = LoadStats::default();
+    for r in results {
+        all.ok += r.ok;
+        all.refused.extend(r.refused);
+        all.errors.extend(r.errors);
+        all.latencies.extend(r.latencies);
+    }
+    all.wall = start.elapsed();
+    all
+}
+
+/// A service with a pinned soft AK, a contract, and `keys` registered for it (key ids
+/// `<prefix>-<n>`, the first `single_use` of them single-use). Returns the contract digest and
+/// the pinned signing key. `d` holds the parties' files.
+pub fn setup_service_with_keys(
+    d: &std::path::Path,
+    svc: &crate::Service,
+    tpm: &SoftTpm,
+    contract_name: &str,
+    key_ids: &[(&str, bool)],
+) -> ([u8; 32], SigningPublic) {
+    use std::process::Command;
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(svc.data_dir.join("service.pub.json")).unwrap())
+            .unwrap();
+    let signing = info["signing_key"].as_str().unwrap().to_string();
+    let rcpt = HpkeSecret::generate(&mut rand_core::OsRng)
+        .public()
+        .to_text();
+    let mut toml = crate::test_contract(contract_name, key_ids[0].0, &rcpt, &signing);
+    // More datasets for the further keys.
+    for (k, _) in &key_ids[1..] {
+        toml = toml.replace(
+            "datasets = [",
+            &format!("datasets = [{{ id = \"d-{k}\", owner = \"publisher\", key_id = \"{k}\", blob = \"b-{k}\" }}, "),
+        );
+    }
+    let c = dcr_protocol::contract::Contract::from_toml(&toml).unwrap();
+    let cpath = d.join(format!("{contract_name}.toml"));
+    std::fs::write(&cpath, &toml).unwrap();
+    let pcrs: Vec<(u32, String)> = tpm.pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect();
+    let rpath = d.join(format!("{contract_name}.measurements.json"));
+    std::fs::write(&rpath, crate::tpm_reference(&pcrs).to_string()).unwrap();
+    std::fs::write(d.join("publisher.token"), "publisher-token-0123456789\n").unwrap();
+    std::fs::write(d.join("empty"), b"").unwrap();
+    for (k, once) in key_ids {
+        let dek = d.join(format!("{k}.dek"));
+        let _ = std::fs::remove_file(&dek);
+        let _ = std::fs::remove_file(d.join(format!("{k}.sealed")));
+        let o = Command::new(crate::dcr_attest())
+            .args(["seal", "--in"])
+            .arg(d.join("empty"))
+            .arg("--out")
+            .arg(d.join(format!("{k}.sealed")))
+            .args(["--key-id", k, "--dek-out"])
+            .arg(&dek)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", crate::stderr(&o));
+        let mut cmd = Command::new(crate::dcr_attest());
+        cmd.args(["register", "--service", &svc.url, "--service-pub"])
+            .arg(svc.data_dir.join("service.pub.json"))
+            .arg("--token-file")
+            .arg(d.join("publisher.token"))
+            .arg("--dek")
+            .arg(&dek)
+            .arg("--contract")
+            .arg(&cpath)
+            .arg("--reference")
+            .arg(&rpath)
+            .args(["--platform", "tpm"]);
+        if *once {
+            cmd.arg("--single-use");
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", crate::stderr(&o));
+    }
+    (c.digest(), SigningPublic::from_text(&signing).unwrap())
+}
