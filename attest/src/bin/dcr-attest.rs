@@ -288,46 +288,11 @@ enum Verify {
     },
 }
 
-/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 /// `YYYY-MM-DDTHH:MM:SSZ` (or with a `+00:00` offset) → Unix seconds.
 fn parse_rfc3339(s: &str) -> anyhow::Result<u64> {
-    let err = || anyhow::anyhow!("--at {s:?}: expected RFC 3339 UTC like 2026-01-01T00:00:00Z");
-    let t = s
-        .strip_suffix('Z')
-        .or_else(|| s.strip_suffix("+00:00"))
-        .ok_or_else(err)?;
-    let (date, time) = t.split_once(['T', 't']).ok_or_else(err)?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|x| x.parse().map_err(|_| err()))
-        .collect::<Result<_, _>>()?;
-    let time = time.split('.').next().unwrap_or(time);
-    let h: Vec<i64> = time
-        .split(':')
-        .map(|x| x.parse().map_err(|_| err()))
-        .collect::<Result<_, _>>()?;
-    if d.len() != 3
-        || h.len() != 3
-        || !(1..=12).contains(&d[1])
-        || !(1..=31).contains(&d[2])
-        || h[0] > 23
-        || h[1] > 59
-        || h[2] > 60
-    {
-        return Err(err());
-    }
-    let secs = days_from_civil(d[0], d[1], d[2]) * 86400 + h[0] * 3600 + h[1] * 60 + h[2];
-    u64::try_from(secs).map_err(|_| err())
+    dcr_protocol::time::parse_rfc3339(s).ok_or_else(|| {
+        anyhow::anyhow!("--at {s:?}: expected RFC 3339 UTC like 2026-01-01T00:00:00Z")
+    })
 }
 
 fn der_or_pem(bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
@@ -393,60 +358,18 @@ fn verification_time(at: &Option<String>) -> anyhow::Result<u64> {
 
 /// A 48-byte hex value at `measurements.<platform>.<field>` of a measurements.json.
 fn expected_48(path: &Path, platform: &str, field: &str) -> anyhow::Result<[u8; 48]> {
-    let bytes = std::fs::read(path).with_context(|| format!("--expected {}", path.display()))?;
+    let bytes = read("--expected", path)?;
     let m = Measurements::from_json(&bytes).with_context(|| path.display().to_string())?;
-    let text = m
-        .measurements
-        .get(platform)
-        .and_then(|s| s[field].as_str())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--expected {}: no {platform}.{field} (recipe platforms lack {platform})",
-                path.display()
-            )
-        })?;
-    let bad = || {
-        anyhow::anyhow!(
-            "--expected {}: {platform}.{field} is not 48 bytes of hex",
-            path.display()
-        )
-    };
-    if text.len() != 96 || !text.is_ascii() {
-        return Err(bad());
-    }
-    let mut d = [0u8; 48];
-    for (i, b) in d.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(d)
+    m.expected_48(platform, field)
+        .map_err(|e| anyhow::anyhow!("--expected {}: {e}", path.display()))
 }
 
 /// The SHA-256 PCRs predicted in a measurements.json (`tpm.pcrs`), sorted by index.
 fn expected_pcrs(p: &Path) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
     let bytes = read("--expected", p)?;
     let m = Measurements::from_json(&bytes).with_context(|| p.display().to_string())?;
-    let pcrs = m
-        .measurements
-        .get("tpm")
-        .and_then(|t| t["pcrs"].as_object())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--expected {}: no tpm.pcrs (recipe platforms lack tpm)",
-                p.display()
-            )
-        })?;
-    let mut want = Vec::new();
-    for (k, v) in pcrs {
-        let idx: u32 = k
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--expected {}: tpm.pcrs key {k:?}", p.display()))?;
-        let val = v.as_str().and_then(hex_bytes).ok_or_else(|| {
-            anyhow::anyhow!("--expected {}: tpm.pcrs.{k} is not hex", p.display())
-        })?;
-        want.push((idx, val));
-    }
-    want.sort();
-    Ok(want)
+    m.expected_pcrs()
+        .map_err(|e| anyhow::anyhow!("--expected {}: {e}", p.display()))
 }
 
 /// Even-length hex (optionally 0x-prefixed) to bytes.
