@@ -24,7 +24,9 @@ pub const UKI: &str = "image.efi";
 pub const MEASUREMENTS: &str = "measurements.json";
 
 /// Paths inside the initramfs.
-pub const CONTRACT_PATH: &str = "etc/dcr/contract.toml";
+/// The contract in its canonical JSON form (docs/contract.md); its SHA-256 is the contract
+/// digest.
+pub const CONTRACT_PATH: &str = "etc/dcr/contract.json";
 pub const INIT_PATH: &str = "init";
 pub const WORKLOAD_DIR: &str = "workloads";
 
@@ -57,6 +59,14 @@ pub enum ImageError {
     Reference(#[from] dcr_attest::reference::ReferenceError),
     #[error("input {input}: {reason}")]
     Input { input: String, reason: String },
+    #[error("contract {path}: {source}")]
+    Contract {
+        path: PathBuf,
+        #[source]
+        source: dcr_protocol::contract::ContractError,
+    },
+    #[error("contract {path}: {reason}")]
+    ContractWorkloads { path: PathBuf, reason: String },
 }
 
 /// Everything [`pack`] needs, already verified.
@@ -146,6 +156,8 @@ pub struct BuildOptions {
     pub guest_target: String,
     /// `SOURCE_DATE_EPOCH` from the environment, if set.
     pub source_date_epoch: Option<String>,
+    /// A contract to pack instead of the recipe's (`dcr-build image --contract`).
+    pub contract: Option<PathBuf>,
 }
 
 fn input(source: String, bytes: &[u8]) -> Input {
@@ -353,8 +365,19 @@ pub fn prepare(
         None => rec.source_date_epoch as u32,
     };
     // Cheap checks first: local files and the output directory.
-    let contract_path = r.resolve(&rec.contract);
-    let contract = fetch::read_local("contract", &contract_path)?;
+    let contract_path = match &opts.contract {
+        Some(p) => p.clone(),
+        None => r.resolve(&rec.contract),
+    };
+    let contract_text = fetch::read_local("contract", &contract_path)?;
+    let parsed = std::str::from_utf8(&contract_text)
+        .map_err(|_| dcr_protocol::contract::ContractError::Parse("not UTF-8".into()))
+        .and_then(dcr_protocol::contract::Contract::from_toml)
+        .map_err(|source| ImageError::Contract {
+            path: contract_path.clone(),
+            source,
+        })?;
+    let contract = parsed.canonical_json();
     let mut local_workloads = Vec::new();
     for w in &rec.workloads {
         if let (Some(file), Some(sha)) = (&w.file, &w.sha256) {
@@ -374,10 +397,11 @@ pub fn prepare(
         "recipe".into(),
         input("file:image.toml".into(), &recipe_bytes),
     );
-    inputs.insert(
-        "contract".into(),
-        input(format!("file:{}", rec.contract.display()), &contract),
-    );
+    let contract_source = match &opts.contract {
+        Some(p) => format!("file:{} (canonical JSON)", p.display()),
+        None => format!("file:{} (canonical JSON)", rec.contract.display()),
+    };
+    inputs.insert("contract".into(), input(contract_source, &contract));
 
     let (kernel, tree) = kernel_inputs(&r, &mut inputs)?;
     let resolution = tree.resolve(&rec.kernel.modules)?;
@@ -455,6 +479,13 @@ pub fn prepare(
         }
     }
 
+    check_contract_workloads(&parsed, &workloads).map_err(|reason| {
+        ImageError::ContractWorkloads {
+            path: contract_path.clone(),
+            reason,
+        }
+    })?;
+
     Ok(Prepared {
         pack: PackInputs {
             name: rec.name.clone(),
@@ -475,6 +506,34 @@ pub fn prepare(
         snp,
         tdx,
     })
+}
+
+/// The contract names exactly the recipe's workloads, each with the SHA-256 of the built bytes.
+fn check_contract_workloads(
+    c: &dcr_protocol::contract::Contract,
+    built: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    for (i, w) in c.workloads.iter().enumerate() {
+        let Some((_, bytes)) = built.iter().find(|(n, _)| *n == w.name) else {
+            return Err(format!(
+                "workloads[{i}] {:?} is not a workload of the recipe",
+                w.name
+            ));
+        };
+        let got = sha256(bytes).to_hex();
+        if got != w.sha256 {
+            return Err(format!(
+                "workloads[{i}].sha256 is {} but the built workload {} is {got}",
+                w.sha256, w.name
+            ));
+        }
+    }
+    for (n, _) in built {
+        if !c.workloads.iter().any(|w| w.name == *n) {
+            return Err(format!("the recipe's workload {n} is not in the contract"));
+        }
+    }
+    Ok(())
 }
 
 fn measure_err(input: &str) -> impl Fn(String) -> ImageError + '_ {

@@ -29,6 +29,10 @@ enum Cmd {
         /// Rust target for guest-init and crate workloads.
         #[arg(long, default_value = dcr_build::cargo::DEFAULT_GUEST_TARGET, env = "DCR_GUEST_TARGET")]
         guest_target: String,
+        /// Pack this contract (TOML) instead of the recipe's; its workloads must match the
+        /// built ones by name and SHA-256.
+        #[arg(long, value_name = "PATH")]
+        contract: Option<PathBuf>,
     },
     /// Time pack + measure of a recipe from already-built inputs against sha256sum over the
     /// same input bytes (same run); prints sizes, medians and the ratio.
@@ -84,6 +88,13 @@ enum Cmd {
         /// Write the firmware event log guest-init printed to this file (for `diagnose`).
         #[arg(long, value_name = "PATH")]
         save_event_log: Option<PathBuf>,
+        /// Attach a NIC on QEMU user networking (guest 10.0.2.15, host loopback at 10.0.2.2).
+        #[arg(long)]
+        net: bool,
+        /// Start the vTPM from a copy of this swtpm state (e.g. with an EK certificate from
+        /// swtpm_setup --create-ek-cert).
+        #[arg(long, value_name = "DIR")]
+        tpm_state: Option<PathBuf>,
     },
 }
 
@@ -119,6 +130,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             recipe,
             out,
             guest_target,
+            contract,
         } => {
             let out = match out {
                 Some(o) => o,
@@ -131,6 +143,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 out: out.clone(),
                 guest_target,
                 source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+                contract,
             };
             let m = image::build(&recipe, &opts)?;
             println!(
@@ -160,6 +173,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 out: PathBuf::new(),
                 guest_target,
                 source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
+                contract: None,
             };
             let prepared = image::prepare(&recipe, &opts, None)?;
             let r = dcr_build::bench::run(&prepared, iterations, &std::env::temp_dir())?;
@@ -277,6 +291,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             append,
             quiet,
             save_event_log,
+            net,
+            tpm_state,
         } => {
             let opts = run::RunOptions {
                 mode,
@@ -289,6 +305,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 swtpm,
                 append,
                 echo: !quiet,
+                net,
+                tpm_state,
             };
             let r = run::run(&out, &opts)?;
             let secs = r.elapsed.as_secs_f64();

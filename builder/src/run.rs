@@ -47,6 +47,12 @@ pub struct RunOptions {
     pub append: Option<String>,
     /// Print the console as it arrives.
     pub echo: bool,
+    /// Attach a virtio-net NIC on QEMU user networking: the guest is 10.0.2.15/24 and reaches
+    /// the host's loopback services at 10.0.2.2 (the contract's static network).
+    pub net: bool,
+    /// Start swtpm from a copy of this state directory (e.g. one manufactured by swtpm_setup
+    /// with an EK certificate) instead of a blank TPM.
+    pub tpm_state: Option<PathBuf>,
 }
 
 /// The firmware event log guest-init printed (`dcr-init: eventlog … base64=…`), decoded and
@@ -236,6 +242,22 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
             write(&vars, &read(&o.ovmf_vars)?)?;
             // Fail early and clearly if the firmware is missing.
             read(&o.ovmf_code)?;
+            let esp = format!(
+                "format=raw,readonly=on,file=fat:{}",
+                tmp.join("esp").display()
+            );
+            if o.net {
+                // With a NIC, OVMF also offers network boot: pin the ESP as the first boot
+                // option so the boot path (and PCR 4) stays the UKI's.
+                args.extend([
+                    "-drive".into(),
+                    format!("if=none,id=esp,{esp}"),
+                    "-device".into(),
+                    "virtio-blk-pci,drive=esp,bootindex=0".into(),
+                ]);
+            } else {
+                args.extend(["-drive".into(), format!("if=virtio,{esp}")]);
+            }
             args.extend([
                 "-drive".into(),
                 format!(
@@ -244,11 +266,6 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
                 ),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-                "-drive".into(),
-                format!(
-                    "if=virtio,format=raw,readonly=on,file=fat:{}",
-                    tmp.join("esp").display()
-                ),
                 "-chardev".into(),
                 format!("socket,id=chrtpm,path={}", tmp.join("swtpm.sock").display()),
                 "-tpmdev".into(),
@@ -258,12 +275,34 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
             ]);
         }
     }
+    if o.net {
+        // romfile= (empty): no iPXE option ROM, so the NIC adds no boot path of its own.
+        args.extend([
+            "-netdev".into(),
+            "user,id=net0".into(),
+            "-device".into(),
+            "virtio-net-pci,netdev=net0,romfile=".into(),
+        ]);
+    }
     Ok(args)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), RunError> {
+    for e in std::fs::read_dir(from).map_err(RunError::Temp)? {
+        let e = e.map_err(RunError::Temp)?;
+        if e.file_type().map_err(RunError::Temp)?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).map_err(RunError::Temp)?;
+        }
+    }
+    Ok(())
 }
 
 fn start_swtpm(tmp: &Path, o: &RunOptions) -> Result<Reaper, RunError> {
     let state = tmp.join("tpm");
     std::fs::create_dir_all(&state).map_err(RunError::Temp)?;
+    if let Some(from) = &o.tpm_state {
+        copy_dir(from, &state)?;
+    }
     let sock = tmp.join("swtpm.sock");
     let child = Command::new(&o.swtpm)
         .args(["socket", "--tpm2", "--tpmstate"])

@@ -1,9 +1,11 @@
 //! guest-init: dcr's PID 1.
 //!
-//! Minimal stage: mount /proc, /sys and /dev, load the kernel modules packed into the initramfs
-//! in dependency order, print one banner line with the version and the contract digest, and
-//! power off. Any error prints one line with the reason and powers off; nothing is ever
-//! started that would give interactive access.
+//! Mount /proc, /sys and /dev, load the kernel modules packed into the initramfs in dependency
+//! order, print a banner with the version and the contract digest, measure the contract and
+//! workloads into PCR 23, then run the clean room (`cleanroom.rs`: network, platform,
+//! evidence, key release, inputs, workload, sealed output) and power off. Any error prints one
+//! line with the reason and powers off; nothing is ever started that would give interactive
+//! access, and nothing listens.
 //!
 //! Console protocol (one line per step, parsed by `dcr-build run`):
 //! ```text
@@ -12,11 +14,20 @@
 //! dcr-init: eventlog sha256=<hex> size=<n> base64=<TCG2 log>   (or: eventlog none)
 //! dcr-init: pcr23 extended=<n> (contract + <n-1> workloads)   (or: pcr23 skipped (no TPM))
 //! dcr-init: pcrs sha256 4=<hex> 9=<hex> 11=<hex> 12=<hex> 23=<hex>   (or: pcrs none (no TPM))
+//! dcr-init: network static address=<a/p> gateway=<g> interface=eth0
+//! dcr-init: platform detected snp=<y/n> tdx=<y/n> tpm=<y/n> azure-hcl=<y/n> contract=[…] using=<tee>
+//! dcr-init: evidence tee=tpm quote=<n> signature=<n> pcrs=<n> ek-cert=<n> bytes
+//! dcr-init: release ok keys=[…] signed-by=ed25519:<hex>
+//! dcr-init: input <dataset> sealed=<n> bytes plaintext=<n> bytes sha256(sealed)=<hex>
+//! dcr-init: workload <name> exit=<code> output=<n> bytes time=<s>s
+//! dcr-init: output rows=<n> sealed=<n> bytes sha256=<hex> recipients=<n> blob=<name>
 //! dcr-init: power-off status=ok
 //! dcr-init: power-off status=error reason="<one line>"
 //! ```
 #![deny(unsafe_code)]
 
+mod cleanroom;
+mod net;
 mod sys;
 mod tpm;
 
@@ -28,7 +39,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// Where the image builder puts the contract.
-const CONTRACT_PATH: &str = "/etc/dcr/contract.toml";
+const CONTRACT_PATH: &str = "/etc/dcr/contract.json";
 
 /// A failed step: what we were doing and why it failed.
 #[derive(Debug)]
@@ -271,6 +282,11 @@ fn run() -> Result<(), StepError> {
         "contract",
         fs::read(CONTRACT_PATH).map_err(|e| format!("{CONTRACT_PATH}: {e}")),
     )?;
+    let parsed = step(
+        "contract",
+        dcr_protocol::contract::Contract::from_canonical_json(&contract)
+            .map_err(|e| format!("{CONTRACT_PATH}: {e}")),
+    )?;
     let digest = Sha256::digest(&contract);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     say(&format!(
@@ -306,7 +322,7 @@ fn run() -> Result<(), StepError> {
         }
         None => say("pcrs none (no TPM)"),
     }
-    Ok(())
+    cleanroom::run(&parsed, &digest.into())
 }
 
 fn main() {

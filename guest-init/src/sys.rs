@@ -84,3 +84,114 @@ pub fn pause_forever() -> ! {
         unsafe { libc::pause() };
     }
 }
+
+/// `mount(2)` with a data string (e.g. tmpfs options).
+pub fn mount_data(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let source = CString::new(source)?;
+    let target = CString::new(target)?;
+    let fstype = CString::new(fstype)?;
+    let data = CString::new(data)?;
+    // SAFETY: all four pointers come from live CStrings, valid for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A NETLINK_ROUTE socket as a File (read/write talk to the kernel).
+pub fn netlink_route_socket() -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) takes no pointers; the result is checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own exclusively; File takes over closing it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Resource limits and identity of a workload process.
+pub struct Confinement {
+    pub uid: u32,
+    pub gid: u32,
+    pub memory_bytes: u64,
+    pub cpu_secs: u64,
+}
+
+/// Spawn `cmd` confined: its own process group, a fresh network namespace (no interfaces
+/// but a down loopback: no network), RLIMIT_AS / RLIMIT_CPU, RLIMIT_FSIZE 0 (no file writes;
+/// output goes to the stdout pipe), RLIMIT_NOFILE 64, RLIMIT_NPROC 64, no supplementary
+/// groups, the given gid/uid, and PR_SET_NO_NEW_PRIVS.
+pub fn spawn_confined(
+    cmd: &mut std::process::Command,
+    c: &Confinement,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid, mem, cpu) = (c.uid, c.gid, c.memory_bytes, c.cpu_secs);
+    cmd.process_group(0);
+    let confine = move || -> io::Result<()> {
+        let check = |rc: libc::c_int| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // setrlimit's resource type differs between musl (c_int) and glibc (u32): a macro.
+        macro_rules! limit {
+            ($res:expr, $v:expr) => {{
+                let r = libc::rlimit {
+                    rlim_cur: $v,
+                    rlim_max: $v,
+                };
+                // SAFETY: `r` is a valid rlimit on the stack for the duration of the call.
+                check(unsafe { libc::setrlimit($res, &r) })
+            }};
+        }
+        // SAFETY (all calls below): async-signal-safe syscalls without pointers, or with
+        // pointers to locals valid for the call, made in the forked child before exec.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+        limit!(libc::RLIMIT_AS, mem)?;
+        limit!(libc::RLIMIT_CPU, cpu)?;
+        limit!(libc::RLIMIT_FSIZE, 0)?;
+        limit!(libc::RLIMIT_NOFILE, 64)?;
+        limit!(libc::RLIMIT_NPROC, 64)?;
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        check(unsafe { libc::setgid(gid) })?;
+        check(unsafe { libc::setuid(uid) })?;
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe system calls (no allocation, no locks)
+    // between fork and exec, as pre_exec requires.
+    unsafe { cmd.pre_exec(confine) };
+    cmd.spawn()
+}
+
+/// SIGKILL a whole process group.
+pub fn kill_group(pgid: u32) {
+    // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
+    unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+}

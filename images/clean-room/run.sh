@@ -1,21 +1,110 @@
 #!/usr/bin/env bash
-# The main job, end to end: install what is missing, build the reference clean-room image,
-# show its reference values, and boot it (UKI under OVMF + swtpm vTPM, TCG) to guest-init's
-# banner and power off.
-#
-# For now the clean room's run stops at the banner: key release, workloads and sealed outputs
-# come with the later issues.
+# The main job, end to end, on this machine:
+#  1. install what is missing; build dcr-build, dcr-attest and the data generator;
+#  2. manufacture a vTPM with an EK certificate (swtpm_setup + a private swtpm-localca);
+#  3. start the key-release service (dcr-attest serve) on loopback;
+#  4. the parties make recipient keys; the contract gets their keys and the service's
+#     signing key; dcr-build builds the image with that contract and shows its measurements;
+#  5. each party generates its dataset (deterministic, ROWS rows), seals it, registers its key
+#     with the image's reference values, and uploads the sealed data;
+#  6. the UKI boots under OVMF + swtpm (QEMU TCG): guest-init attests, gets the keys, runs
+#     the join, seals the aggregates to both parties, uploads them, powers off;
+#  7. the publisher fetches and opens the result and prints it.
+# Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
+rows=${ROWS:-10000}
+seed=${SEED:-1}
+work=${WORK:-$top/out/clean-room-run}
+t0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
+step "setup"
 bash reproducible/setup.sh
-echo "== building dcr-build"
-cargo build --locked --release --quiet -p dcr-build
-out="$top/out/clean-room"
-echo "== dcr-build image images/clean-room --out out/clean-room"
-./target/release/dcr-build image images/clean-room --out "$out"
-echo "== reference values (out/clean-room/measurements.json)"
-cat "$out/measurements.json"
-echo "== dcr-build run out/clean-room --mode uefi (OVMF + UKI + swtpm, TCG)"
-./target/release/dcr-build run "$out" --mode uefi
+step "building dcr-build, dcr-attest, dcr-cleanroom-gen"
+cargo build --locked --release --quiet -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
+bin="$top/target/release"
+
+rm -rf "$work"
+mkdir -p "$work"/{ca,tpm,keys,data,image}
+cd "$work"
+
+step "manufacturing the vTPM: EK certificate from a private swtpm-localca"
+cat > localca.conf <<CONF
+statedir = $work/ca
+signingkey = $work/ca/signkey.pem
+issuercert = $work/ca/issuercert.pem
+certserial = $work/ca/certserial
+CONF
+cat > swtpm-setup.conf <<CONF
+create_certs_tool= /usr/bin/swtpm_localca
+create_certs_tool_config = $work/localca.conf
+create_certs_tool_options = /etc/swtpm-localca.options
+active_pcr_banks = sha256
+CONF
+swtpm_setup --tpm2 --create-ek-cert --overwrite --tpmstate "$work/tpm" --config "$work/swtpm-setup.conf" >/dev/null
+
+step "starting the key-release service on loopback"
+umask 077
+printf 'publisher:%s\nadvertiser:%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+  "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > tokens
+sed -n 's/^publisher://p' tokens > keys/publisher.token
+sed -n 's/^advertiser://p' tokens > keys/advertiser.token
+umask 022
+"$bin/dcr-attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tokens tokens \
+  --tpm-ek-root ca/swtpm-localca-rootca-cert.pem --tpm-ek-intermediate ca/issuercert.pem \
+  > service.out 2> service.log &
+svc_pid=$!
+trap 'kill $svc_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q '^listening on' service.out 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^listening on //p' service.out)
+[ -n "$url" ] || { echo "error: the service did not start: $(cat service.log)"; exit 1; }
+port=${url##*:}
+signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' service/service.pub.json)
+echo "service $url, signing key $signing"
+
+step "the parties' keys and the contract"
+pub_key=$("$bin/dcr-attest" keygen --out-dir keys --name publisher)
+adv_key=$("$bin/dcr-attest" keygen --out-dir keys --name advertiser)
+awk -v pk="$pub_key" -v ak="$adv_key" -v url="http://10.0.2.2:$port" -v sk="$signing" '
+  /^hpke_public_key = / { n++; print "hpke_public_key = \"" (n == 1 ? pk : ak) "\""; next }
+  /^url = /             { print "url = \"" url "\""; next }
+  /^signing_key = /     { print "signing_key = \"" sk "\""; next }
+  { print }' "$top/images/clean-room/contract.toml" > contract.toml
+"$bin/dcr-attest" contract --in contract.toml | sed 's/^/contract digest /'
+
+step "dcr-build image images/clean-room --contract contract.toml"
+"$bin/dcr-build" image "$top/images/clean-room" --contract contract.toml --out image
+step "reference values (image/measurements.json: predicted launch measurements)"
+python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["measurements"]
+for p,v in sorted(m.items()):
+    if p=="tpm": print("  tpm pcrs", " ".join(f"{k}={x[:16]}…" for k,x in sorted(v["pcrs"].items(), key=lambda kv:int(kv[0]))))
+    if p=="snp": print("  snp launch_digest", v["launch_digest"])
+    if p=="tdx": print("  tdx mrtd", v["mrtd"])' image/measurements.json
+
+step "generating $rows rows per party (seed $seed), sealing, registering, uploading"
+"$bin/dcr-cleanroom-gen" --seed "$seed" --rows "$rows" --out-dir data
+for party in publisher advertiser; do
+  case $party in
+    publisher) key_id=publisher-segments-1; blob=publisher-segments.sealed ;;
+    advertiser) key_id=advertiser-conversions-1; blob=advertiser-conversions.sealed ;;
+  esac
+  "$bin/dcr-attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
+  "$bin/dcr-attest" register --service "$url" --service-pub service/service.pub.json \
+    --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
+    --reference image/measurements.json --platform tpm
+  "$bin/dcr-attest" put --service "$url" --token-file "keys/$party.token" --name "$blob" --in "data/$party.sealed"
+done
+
+step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the service"
+"$bin/dcr-build" run image --mode uefi --net --tpm-state tpm --timeout "${TIMEOUT:-900}" --memory "${MEMORY:-1024}" \
+  | sed -u -e '/^dcr-init: eventlog/s/base64=.*/base64=… (in console.log)/' \
+  | grep --line-buffered -E '^(dcr-init|run):' | tee console.log
+
+step "the publisher fetches and opens the result"
+"$bin/dcr-attest" get --service "$url" --name overlap-result.sealed --out result.sealed
+"$bin/dcr-attest" open --in result.sealed --out result.csv --key keys/publisher.key
+echo "== result (audience overlap and conversions per segment; groups under k = 50 suppressed)"
+column -s, -t < result.csv 2>/dev/null || cat result.csv
+step "done: $work/result.csv"

@@ -130,11 +130,28 @@ pub fn reference_build() -> PathBuf {
 }
 
 /// The reference recipe text with its relative paths made absolute and its crate workload
-/// replaced by a file workload, so that it can be copied to a temporary directory.
+/// replaced by a file workload, so that it can be copied to a temporary directory; writes a
+/// copy of the contract naming that workload's digest beside `workload_file`.
 pub fn portable_recipe(workload_file: &Path, workload_sha256: &str) -> String {
     let dir = reference_recipe();
     let text = std::fs::read_to_string(dir.join("image.toml")).expect("read reference recipe");
-    let contract = dir.join("contract.toml");
+    // The contract names the workload by digest: a copy beside the workload file names this one.
+    let reference = std::fs::read_to_string(dir.join("contract.toml")).expect("read contract");
+    let start = reference
+        .find("\nsha256 = \"")
+        .expect("contract workload digest")
+        + 1;
+    let end = start + reference[start..].find('\n').unwrap();
+    let contract = workload_file.with_file_name("contract.toml");
+    std::fs::write(
+        &contract,
+        format!(
+            "{}sha256 = \"{workload_sha256}\"{}",
+            &reference[..start],
+            &reference[end..]
+        ),
+    )
+    .expect("write contract copy");
     let text = text.replace(
         "contract = \"contract.toml\"",
         &format!("contract = \"{}\"", contract.display()),
@@ -451,6 +468,7 @@ pub fn test_contract(name: &str, key_id: &str, recipient: &str, signing_key: &st
         r#"version = 1
 name = "{name}"
 expires = "2099-01-01T00:00:00Z"
+platforms = ["tpm"]
 parties = [{{ id = "publisher", name = "Publisher" }}]
 datasets = [{{ id = "users", owner = "publisher", key_id = "{key_id}", blob = "users.sealed" }}]
 network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
@@ -470,6 +488,7 @@ hpke_public_key = "{recipient}"
 [service]
 url = "http://127.0.0.1:1"
 signing_key = "{signing_key}"
+deadline_secs = 60
 "#,
         w = "ab".repeat(32)
     )

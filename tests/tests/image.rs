@@ -20,9 +20,19 @@ fn reference_image_contents_and_measurements_json() {
         assert_eq!(sha256_hex(&bytes), a.sha256.to_hex(), "{name}");
         assert_eq!(bytes.len() as u64, a.size, "{name}");
     }
-    // The contract digest is the SHA-256 of the contract file (independent sha256sum).
-    let contract = std::fs::read(reference_recipe().join("contract.toml")).unwrap();
-    assert_eq!(m.contract_digest.to_hex(), sha256_hex(&contract));
+    // The packed contract is the canonical JSON of the TOML contract, computed here
+    // independently by Python (tomllib + json.dumps with sorted keys and no whitespace), and
+    // the contract digest is its SHA-256.
+    let canonical = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys,tomllib; sys.stdout.write(json.dumps(tomllib.load(open(sys.argv[1],'rb')), sort_keys=True, separators=(',',':')))",
+        ])
+        .arg(reference_recipe().join("contract.toml"))
+        .output()
+        .unwrap();
+    assert!(canonical.status.success(), "{}", stderr(&canonical));
+    assert_eq!(m.contract_digest.to_hex(), sha256_hex(&canonical.stdout));
     for key in [
         "kernel",
         "stub",
@@ -65,7 +75,11 @@ fn reference_image_contents_and_measurements_json() {
         .map(|e| e.path.as_str())
         .collect();
     assert_eq!(executables, vec!["init", "workloads/overlap"]);
-    assert!(paths.contains(&"etc/dcr/contract.toml"));
+    let packed = entries
+        .iter()
+        .find(|e| e.path == "etc/dcr/contract.json")
+        .expect("contract packed");
+    assert_eq!(packed.sha256.to_hex(), m.contract_digest.to_hex());
     let moddir = format!("lib/modules/{}", m.kernel_release);
     assert!(paths.contains(&format!("{moddir}/modules.dep").as_str()));
     assert!(
@@ -192,8 +206,13 @@ fn one_byte_workload_change_is_explained_by_compare() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
-    // Nothing else in the initramfs or the UKI is blamed.
-    assert_eq!(text.matches("cpio entry").count(), 1, "{text}");
+    // The contract names the workload by digest, so it changes with it; nothing else in the
+    // initramfs or the UKI is blamed.
+    assert!(
+        text.contains("initrd.cpio: cpio entry etc/dcr/contract.json: sha256"),
+        "{text}"
+    );
+    assert_eq!(text.matches("cpio entry").count(), 2, "{text}");
     assert_eq!(text.matches("PE section").count(), 1, "{text}");
 
     // The same inputs twice: identical.

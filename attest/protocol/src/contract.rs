@@ -42,6 +42,9 @@ pub struct Contract {
     pub recipients: Vec<Recipient>,
     pub service: Service,
     pub network: Network,
+    /// TEE platforms the guest may attest with, in order of preference. The guest uses the
+    /// first one it detects and never one that is not listed (no silent fallback).
+    pub platforms: Vec<crate::wire::Tee>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +115,9 @@ pub struct Service {
     pub url: String,
     /// `ed25519:<hex>`: responses must be signed by this key.
     pub signing_key: String,
+    /// The guest gives up (and powers off) when the service has not answered within this
+    /// many seconds in total, retries included.
+    pub deadline_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,8 +318,17 @@ impl Contract {
                 "expected http://host:port or https://…",
             ));
         }
+        if self.service.deadline_secs == 0 {
+            return Err(field("service.deadline_secs", "must be > 0"));
+        }
         SigningPublic::from_text(&self.service.signing_key)
             .map_err(|e| field("service.signing_key", e.to_string()))?;
+        if self.platforms.is_empty() {
+            return Err(field(
+                "platforms",
+                "at least one of tpm, snp, tdx, az-snp-vtpm",
+            ));
+        }
         if let Network::Static { address, gateway } = &self.network {
             let (ip, prefix) = address
                 .split_once('/')

@@ -1,0 +1,657 @@
+//! The attested clean-room run (../shared/design.md "The run"; docs/protocol.md): network,
+//! explicit platform detection, evidence bound to a challenge, key release, sealed inputs
+//! decrypted into a private tmpfs, the workload run confined, output rules enforced, the
+//! result sealed to the contract's recipients and uploaded. Every failure is a `StepError`
+//! (one line on the console, then power off); secrets live in `Zeroizing` buffers.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use dcr_protocol::contract::{Contract, Network};
+use dcr_protocol::keys::{hpke_open, HpkeSecret};
+use dcr_protocol::release::{release_info, report_data, Signed};
+use dcr_protocol::seal::{Dek, Header, Opener};
+use dcr_protocol::wire::{Challenge, Release, Tee};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::{say, step, StepError};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Where decrypted inputs live: a tmpfs (RAM; no block device), mode 0755, files 0644.
+const RUN_DIR: &str = "/run/dcr";
+/// PCRs the quote covers (SHA-256 bank): firmware 0-7, UKI 9/11/12, 14, and 23 (contract).
+const QUOTED_PCRS: [u32; 14] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 23];
+/// The key id of the single-use upload token in a release.
+const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
+/// First workload uid; workload i runs as uid/gid FIRST_UID + i.
+const FIRST_UID: u32 = 61000;
+
+fn fail<T>(step_name: &'static str, detail: impl Into<String>) -> Result<T, StepError> {
+    Err(StepError {
+        step: step_name,
+        detail: detail.into(),
+    })
+}
+
+/// HTTP to the key-release service with retries, backoff and a total deadline.
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+    deadline: Instant,
+}
+
+impl Client {
+    fn new(url: &str, deadline_secs: u64) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(Duration::from_secs(deadline_secs)))
+            .build()
+            .new_agent();
+        Client {
+            base: url.trim_end_matches('/').to_string(),
+            agent,
+            deadline: Instant::now() + Duration::from_secs(deadline_secs),
+        }
+    }
+
+    /// One request; transport errors and 5xx are retried until the deadline, 4xx are final.
+    fn call(
+        &self,
+        what: &'static str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        auth: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<u8>, StepError> {
+        let url = format!("{}{path}", self.base);
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match method {
+                "GET" => {
+                    let mut r = self.agent.get(&url);
+                    if let Some(a) = auth {
+                        r = r.header("authorization", a);
+                    }
+                    r.call()
+                }
+                "PUT" => {
+                    let mut r = self.agent.put(&url);
+                    if let Some(a) = auth {
+                        r = r.header("authorization", a);
+                    }
+                    r.send(body.unwrap_or_default())
+                }
+                _ => {
+                    let mut r = self
+                        .agent
+                        .post(&url)
+                        .header("content-type", "application/json");
+                    if let Some(a) = auth {
+                        r = r.header("authorization", a);
+                    }
+                    r.send(body.unwrap_or_default())
+                }
+            };
+            let problem = match result {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let bytes = resp.body_mut().with_config().limit(limit).read_to_vec();
+                    match (status, bytes) {
+                        (200..=299, Ok(b)) => return Ok(b),
+                        (400..=499, Ok(b)) => {
+                            let e: serde_json::Value =
+                                serde_json::from_slice(&b).unwrap_or_default();
+                            return fail(
+                                what,
+                                format!(
+                                    "refused by the service: {}: {}",
+                                    e["code"].as_str().unwrap_or("?"),
+                                    e["message"].as_str().unwrap_or("(no message)")
+                                ),
+                            );
+                        }
+                        (s, _) => format!("HTTP {s}"),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            let now = Instant::now();
+            if now + backoff > self.deadline {
+                return fail(
+                    what,
+                    format!("service {} unreachable until the deadline ({attempt} attempts; last: {problem})", self.base),
+                );
+            }
+            say(&format!(
+                "retry {what} attempt={attempt} in={}ms reason=\"{}\"",
+                backoff.as_millis(),
+                problem.replace('"', "'")
+            ));
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(4));
+        }
+    }
+}
+
+/// What the machine offers, checked explicitly; printed whatever is chosen.
+struct Detected {
+    snp: bool,
+    tdx: bool,
+    tpm: bool,
+    azure_hcl: bool,
+}
+
+fn detect() -> Detected {
+    let tsm =
+        |p: &str| Path::new("/sys/kernel/config/tsm/report").is_dir() && Path::new(p).exists();
+    let snp = Path::new("/dev/sev-guest").exists() || tsm("/sys/module/sev_guest");
+    let tdx = Path::new("/dev/tdx_guest").exists() || tsm("/sys/module/tdx_guest");
+    let tpm = Path::new("/dev/tpmrm0").exists();
+    let azure_hcl = tpm
+        && crate::tpm::Tpm::open("/dev/tpmrm0")
+            .and_then(|mut t| t.nv_read_public_exists(0x0140_0001))
+            .unwrap_or(false);
+    Detected {
+        snp,
+        tdx,
+        tpm,
+        azure_hcl,
+    }
+}
+
+fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    let allowed: Vec<&str> = c.platforms.iter().map(Tee::as_str).collect();
+    let chosen = c.platforms.iter().copied().find(|t| match t {
+        Tee::Snp => d.snp,
+        Tee::Tdx => d.tdx,
+        Tee::Tpm => d.tpm && !d.azure_hcl,
+        Tee::AzSnpVtpm => d.azure_hcl,
+    });
+    say(&format!(
+        "platform detected snp={} tdx={} tpm={} azure-hcl={} contract=[{}] using={}",
+        yn(d.snp),
+        yn(d.tdx),
+        yn(d.tpm),
+        yn(d.azure_hcl),
+        allowed.join(","),
+        chosen.map_or("none", |t| t.as_str())
+    ));
+    match chosen {
+        Some(Tee::Tpm) => Ok(Tee::Tpm),
+        Some(t) => fail(
+            "platform",
+            format!("{} evidence collection is not in this guest-init yet; refusing to fall back to another platform", t.as_str()),
+        ),
+        None => fail("platform", format!("none of the contract's platforms [{}] is present", allowed.join(","))),
+    }
+}
+
+/// SHA-256 PCR values from sysfs, concatenated in index order (tpm2_quote -F values).
+fn pcr_values(pcrs: &[u32]) -> Result<Vec<u8>, StepError> {
+    let mut out = Vec::with_capacity(32 * pcrs.len());
+    for i in pcrs {
+        let p = format!("/sys/class/tpm/tpm0/pcr-sha256/{i}");
+        let text = step(
+            "evidence",
+            std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}")),
+        )?;
+        let v = step(
+            "evidence",
+            hex::decode(text.trim()).map_err(|e| format!("{p}: {e}")),
+        )?;
+        out.extend_from_slice(&v);
+    }
+    Ok(out)
+}
+
+/// Released keys: key id → DEK, plus the upload token.
+struct Keys {
+    deks: Vec<(String, Dek)>,
+    upload_token: Zeroizing<Vec<u8>>,
+}
+
+fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, StepError> {
+    let mut tpm = step("tpm", crate::tpm::Tpm::open("/dev/tpmrm0"))?;
+    let (ek, ek_public) = step("tpm", tpm.create_ek())?;
+    let ek_cert = step(
+        "tpm",
+        tpm.nv_read(crate::tpm::EK_CERT_NV_INDEX).map_err(|e| {
+            format!(
+                "EK certificate at NV {:#x}: {e}",
+                crate::tpm::EK_CERT_NV_INDEX
+            )
+        }),
+    )?;
+    let (ak, ak_public) = step("tpm", tpm.create_ak())?;
+    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
+    let pk = sk.public();
+    let req = serde_json::json!({"tee": "tpm", "tpm": {
+        "ek_public": B64.encode(&ek_public), "ek_cert": B64.encode(&ek_cert), "ak_public": B64.encode(&ak_public)}});
+    let body = client.call(
+        "challenge",
+        "POST",
+        "/v1/challenge",
+        Some(&serde_json::to_vec(&req).expect("json")),
+        None,
+        1 << 20,
+    )?;
+    let ch: Challenge = step(
+        "challenge",
+        serde_json::from_slice(&body).map_err(|e| e.to_string()),
+    )?;
+    let nonce = step(
+        "challenge",
+        hex::decode(&ch.nonce).map_err(|e| format!("nonce: {e}")),
+    )?;
+    let cred = step(
+        "challenge",
+        B64.decode(ch.credential.as_deref().unwrap_or_default())
+            .map_err(|e| format!("credential: {e}")),
+    )?;
+    let secret = Zeroizing::new(step("tpm", tpm.activate_credential(ak, ek, &cred))?);
+    let rd = report_data(&nonce, &pk, digest);
+    let (message, signature) = step("tpm", tpm.quote(ak, &rd, &QUOTED_PCRS))?;
+    let pcrs = pcr_values(&QUOTED_PCRS)?;
+    let evidence = serde_json::json!({
+        "message": B64.encode(&message), "signature": B64.encode(&signature),
+        "pcrs": B64.encode(&pcrs), "ak_public": B64.encode(&ak_public),
+        "activation": hex::encode(&secret[..]),
+    });
+    say(&format!(
+        "evidence tee=tpm quote={} signature={} pcrs={} ek-cert={} bytes",
+        message.len(),
+        signature.len(),
+        QUOTED_PCRS.len(),
+        ek_cert.len()
+    ));
+    let req = serde_json::json!({
+        "session_id": ch.session_id, "tee": "tpm", "hpke_public_key": pk.to_text(),
+        "contract_digest": hex::encode(digest), "evidence": evidence,
+    });
+    let body = client.call(
+        "release",
+        "POST",
+        "/v1/attest",
+        Some(&serde_json::to_vec(&req).expect("json")),
+        None,
+        1 << 20,
+    )?;
+    // Only the pinned key may speak for the service.
+    let signed: Signed = step(
+        "release",
+        serde_json::from_slice(&body).map_err(|e| e.to_string()),
+    )?;
+    let payload = step(
+        "release",
+        signed
+            .verify(&c.signing_key())
+            .map_err(|e| format!("response signature: {e}")),
+    )?;
+    let rel: Release = step(
+        "release",
+        serde_json::from_slice(&payload).map_err(|e| e.to_string()),
+    )?;
+    if rel.session_id != ch.session_id
+        || rel.contract_digest != hex::encode(digest)
+        || rel.hpke_public_key != pk.to_text()
+    {
+        return fail(
+            "release",
+            "the signed release is for another session, contract or key",
+        );
+    }
+    let ed: [u8; 32] = step(
+        "release",
+        hex::decode(&rel.evidence_digest)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or("evidence_digest"),
+    )?;
+    let mut deks = Vec::new();
+    let mut upload_token = None;
+    for k in &rel.keys {
+        let info = release_info(&ed, &rel.session_id, &k.key_id, digest);
+        let enc = step("release", B64.decode(&k.enc).map_err(|e| e.to_string()))?;
+        let ct = step(
+            "release",
+            B64.decode(&k.ciphertext).map_err(|e| e.to_string()),
+        )?;
+        let key = step(
+            "release",
+            hpke_open(&sk, &enc, &info, k.key_id.as_bytes(), &ct)
+                .map_err(|e| format!("key {}: {e}", k.key_id)),
+        )?;
+        if k.key_id == UPLOAD_TOKEN_ID {
+            upload_token = Some(key);
+        } else {
+            deks.push((
+                k.key_id.clone(),
+                step("release", Dek::from_slice(&key).map_err(|e| e.to_string()))?,
+            ));
+        }
+    }
+    let ids: Vec<&str> = deks.iter().map(|(k, _)| k.as_str()).collect();
+    say(&format!(
+        "release ok keys=[{}] signed-by={}",
+        ids.join(","),
+        c.service.signing_key
+    ));
+    Ok(Keys {
+        deks,
+        upload_token: upload_token.ok_or_else(|| StepError {
+            step: "release",
+            detail: "no upload token in the release".into(),
+        })?,
+    })
+}
+
+/// Fetch, authenticate and decrypt each dataset into the tmpfs.
+fn fetch_inputs(c: &Contract, keys: &Keys, client: &Client) -> Result<Vec<String>, StepError> {
+    let dir = Path::new(RUN_DIR).join("in");
+    step(
+        "inputs",
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())),
+    )?;
+    let mut paths = Vec::new();
+    for d in &c.datasets {
+        let Some((_, dek)) = keys.deks.iter().find(|(k, _)| *k == d.key_id) else {
+            return fail(
+                "inputs",
+                format!("dataset {}: key {} was not released", d.id, d.key_id),
+            );
+        };
+        let sealed = client.call(
+            "inputs",
+            "GET",
+            &format!("/v1/blobs/{}", d.blob),
+            None,
+            None,
+            64 << 30,
+        )?;
+        let mut r = &sealed[..];
+        let header = step(
+            "inputs",
+            Header::read_from(&mut r).map_err(|e| format!("dataset {}: {e}", d.id)),
+        )?;
+        if header.key_id != d.key_id {
+            return fail(
+                "inputs",
+                format!(
+                    "dataset {}: sealed under key {}, the contract says {}",
+                    d.id, header.key_id, d.key_id
+                ),
+            );
+        }
+        let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
+        step(
+            "inputs",
+            Opener::new(r, dek, header)
+                .read_to_end(&mut plain)
+                .map_err(|e| format!("dataset {}: {e}", d.id)),
+        )?;
+        let path = dir.join(&d.id);
+        step(
+            "inputs",
+            std::fs::write(&path, &plain[..]).map_err(|e| format!("{}: {e}", path.display())),
+        )?;
+        say(&format!(
+            "input {} sealed={} bytes plaintext={} bytes sha256(sealed)={}",
+            d.id,
+            sealed.len(),
+            plain.len(),
+            hex::encode(Sha256::digest(&sealed))
+        ));
+        paths.push(path.display().to_string());
+    }
+    Ok(paths)
+}
+
+/// Run the (single) workload confined; returns its stdout.
+fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec<u8>>, StepError> {
+    let [w] = c.workloads.as_slice() else {
+        return fail(
+            "workload",
+            format!(
+                "this guest runs exactly one workload; the contract has {}",
+                c.workloads.len()
+            ),
+        );
+    };
+    let exe = Path::new("/workloads").join(&w.name);
+    let bytes = step(
+        "workload",
+        std::fs::read(&exe).map_err(|e| format!("{}: {e}", exe.display())),
+    )?;
+    if hex::encode(Sha256::digest(&bytes)) != w.sha256 {
+        return fail(
+            "workload",
+            format!("{} does not have the contract's SHA-256", exe.display()),
+        );
+    }
+    let args: Vec<&String> = w
+        .inputs
+        .iter()
+        .map(|id| {
+            let i = c
+                .datasets
+                .iter()
+                .position(|d| d.id == *id)
+                .expect("validated");
+            &all_inputs[i]
+        })
+        .collect();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(args)
+        .current_dir("/")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        // Nothing a workload says reaches the operator's console.
+        .stderr(std::process::Stdio::null());
+    let conf = crate::sys::Confinement {
+        uid: FIRST_UID,
+        gid: FIRST_UID,
+        memory_bytes: w.limits.memory_mib << 20,
+        cpu_secs: w.limits.cpu_secs,
+    };
+    let start = Instant::now();
+    let mut child = step(
+        "workload",
+        crate::sys::spawn_confined(&mut cmd, &conf).map_err(|e| format!("spawn {}: {e}", w.name)),
+    )?;
+    let pgid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let cap = w.limits.output_mib << 20;
+    let reader = std::thread::spawn(move || {
+        let mut out = Zeroizing::new(Vec::new());
+        let r = (&mut stdout).take(cap + 1).read_to_end(&mut out);
+        (r, out)
+    });
+    let timeout = Duration::from_secs(w.limits.timeout_secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > timeout => {
+                crate::sys::kill_group(pgid);
+                let _ = child.wait();
+                return fail(
+                    "workload",
+                    format!(
+                        "{} timed out after {} s (killed)",
+                        w.name, w.limits.timeout_secs
+                    ),
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return fail("workload", format!("wait {}: {e}", w.name)),
+        }
+    };
+    crate::sys::kill_group(pgid);
+    let (r, out) = reader.join().map_err(|_| StepError {
+        step: "workload",
+        detail: "output reader panicked".into(),
+    })?;
+    step("workload", r.map_err(|e| format!("{} output: {e}", w.name)))?;
+    say(&format!(
+        "workload {} exit={} output={} bytes time={:.1}s",
+        w.name,
+        status.code().map_or_else(
+            || format!(
+                "signal{:?}",
+                std::os::unix::process::ExitStatusExt::signal(&status)
+            ),
+            |c| c.to_string()
+        ),
+        out.len(),
+        start.elapsed().as_secs_f64()
+    ));
+    if !status.success() {
+        return fail("workload", format!("{} failed ({status})", w.name));
+    }
+    if out.len() as u64 > cap {
+        return fail(
+            "workload",
+            format!(
+                "{} wrote more than output_mib = {}",
+                w.name, w.limits.output_mib
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// The contract's output rules: a CSV whose header names only allowed columns including the
+/// count column, and no row whose count is below min_group_size.
+pub fn check_output(c: &Contract, out: &[u8]) -> Result<usize, String> {
+    let text = std::str::from_utf8(out).map_err(|_| "output is not UTF-8".to_string())?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or("output is empty (no CSV header)")?
+        .split(',')
+        .collect();
+    for h in &header {
+        if !c.output.allowed_columns.iter().any(|a| a == h) {
+            return Err(format!("column {h:?} is not in output.allowed_columns"));
+        }
+    }
+    let count_idx = header
+        .iter()
+        .position(|h| *h == c.output.count_column)
+        .ok_or_else(|| format!("no {:?} column", c.output.count_column))?;
+    let mut rows = 0;
+    for (i, l) in lines.enumerate() {
+        let f: Vec<&str> = l.split(',').collect();
+        if f.len() != header.len() {
+            return Err(format!(
+                "row {}: {} fields, header has {}",
+                i + 1,
+                f.len(),
+                header.len()
+            ));
+        }
+        let n: u64 = f[count_idx]
+            .parse()
+            .map_err(|_| format!("row {}: {} is not a count", i + 1, c.output.count_column))?;
+        if n < c.output.min_group_size {
+            return Err(format!(
+                "row {}: group of {n} is below min_group_size {}",
+                i + 1,
+                c.output.min_group_size
+            ));
+        }
+        rows += 1;
+    }
+    Ok(rows)
+}
+
+pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
+    match &c.network {
+        Network::Static { address, gateway } => {
+            step(
+                "network",
+                crate::net::configure_static("eth0", address, gateway),
+            )?;
+            say(&format!(
+                "network static address={address} gateway={gateway} interface=eth0"
+            ));
+        }
+        Network::Dhcp {} => {
+            return fail(
+                "network",
+                "DHCP is not in this guest-init yet (static only)",
+            )
+        }
+    }
+    let _ = std::fs::create_dir_all("/sys/kernel/config");
+    let _ = crate::sys::mount("configfs", "/sys/kernel/config", "configfs", 0);
+    let tee = choose(c, &detect())?;
+    let client = Client::new(&c.service.url, c.service.deadline_secs);
+    let keys = match tee {
+        Tee::Tpm => attest_tpm(c, digest, &client)?,
+        _ => unreachable!("choose() only returns implemented platforms"),
+    };
+    step(
+        "inputs",
+        std::fs::create_dir_all(RUN_DIR).map_err(|e| e.to_string()),
+    )?;
+    step(
+        "inputs",
+        crate::sys::mount_data(
+            "tmpfs",
+            RUN_DIR,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "mode=0755",
+        )
+        .map_err(|e| format!("tmpfs {RUN_DIR}: {e}")),
+    )?;
+    let inputs = fetch_inputs(c, &keys, &client)?;
+    let out = run_workload(c, &inputs)?;
+    let rows = step(
+        "output",
+        check_output(c, &out).map_err(|e| format!("output rules: {e}")),
+    )?;
+    let mut sealer = step(
+        "output",
+        dcr_protocol::recipients::seal_to(
+            Vec::new(),
+            &c.recipient_keys(),
+            "dcr.output",
+            dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
+            &mut rand_core::OsRng,
+        )
+        .map_err(|e| e.to_string()),
+    )?;
+    step(
+        "output",
+        std::io::Write::write_all(&mut sealer, &out).map_err(|e| e.to_string()),
+    )?;
+    let sealed = step("output", sealer.finish().map_err(|e| e.to_string()))?;
+    drop(out);
+    let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
+    client.call(
+        "upload",
+        "PUT",
+        &format!("/v1/blobs/{}", c.output.blob),
+        Some(&sealed),
+        Some(&auth),
+        1 << 20,
+    )?;
+    say(&format!(
+        "output rows={rows} sealed={} bytes sha256={} recipients={} blob={}",
+        sealed.len(),
+        hex::encode(Sha256::digest(&sealed)),
+        c.recipients.len(),
+        c.output.blob
+    ));
+    Ok(())
+}
