@@ -3,6 +3,7 @@
 //! rule for missing system tools (fail under CI, skip with a printed reason elsewhere).
 #![forbid(unsafe_code)]
 
+pub mod cleanroom;
 pub mod load;
 
 use std::net::TcpListener;
@@ -44,6 +45,12 @@ fn release_bin(cell: &'static OnceLock<PathBuf>, env: &str, package: &str) -> Pa
 pub fn dcr_build() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     release_bin(&BIN, "DCR_BUILD_BIN", "dcr-build")
+}
+
+/// Path of a release dcr-cleanroom-gen (`DCR_GEN_BIN` overrides).
+pub fn dcr_cleanroom_gen() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    release_bin(&BIN, "DCR_GEN_BIN", "dcr-cleanroom-gen")
 }
 
 /// Run dcr-build with `args` from the workspace root.
