@@ -95,6 +95,13 @@ enum Cmd {
         /// swtpm_setup --create-ek-cert).
         #[arg(long, value_name = "DIR")]
         tpm_state: Option<PathBuf>,
+        /// A confidential platform: with --print-qemu, print the QEMU command line a host with
+        /// that hardware needs (this machine has neither, so nothing is started).
+        #[arg(long, value_enum)]
+        platform: Option<run::Platform>,
+        /// Print the launch command for --platform instead of booting.
+        #[arg(long, requires = "platform")]
+        print_qemu: bool,
     },
 }
 
@@ -293,7 +300,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
             save_event_log,
             net,
             tpm_state,
+            platform,
+            print_qemu,
         } => {
+            if let Some(p) = platform {
+                if !print_qemu {
+                    anyhow::bail!(
+                        "--platform {}: this host has no such hardware; add --print-qemu for the command line a host with it needs",
+                        format!("{p:?}").to_lowercase()
+                    );
+                }
+                print!("{}", run::print_qemu(&out, p, memory)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let opts = run::RunOptions {
                 mode,
                 accel,

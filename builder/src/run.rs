@@ -91,6 +91,8 @@ pub fn event_log_from_console(console: &[String]) -> Option<Result<Vec<u8>, Stri
 /// Errors starting or supervising QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("--print-qemu: {0}")]
+    Print(String),
     #[error("{path}: {source}")]
     Read {
         path: PathBuf,
@@ -432,4 +434,84 @@ pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
         elapsed,
         qemu_stderr,
     })
+}
+
+/// Confidential platforms `dcr-build run --platform … --print-qemu` prints a launch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Platform {
+    Snp,
+    Tdx,
+}
+
+/// The QEMU command line a host with SEV-SNP or TDX needs to launch this build exactly as its
+/// measurements.json assumes (vCPU type and count, kernel hashes, firmware). Writes the kernel
+/// (`.linux` of the UKI) to `<out>/vmlinuz` for it. Returns the text to print.
+pub fn print_qemu(out_dir: &Path, platform: Platform, memory_mib: u32) -> Result<String, RunError> {
+    let mpath = out_dir.join(crate::image::MEASUREMENTS);
+    let m: serde_json::Value = serde_json::from_slice(&read(&mpath)?)
+        .map_err(|e| RunError::Print(format!("{}: {e}", mpath.display())))?;
+    let key = match platform {
+        Platform::Snp => "snp",
+        Platform::Tdx => "tdx",
+    };
+    let pred = &m["measurements"][key];
+    if pred.is_null() {
+        return Err(RunError::Print(format!(
+            "{}: no {key} prediction (the recipe's platforms lack {key})",
+            mpath.display()
+        )));
+    }
+    let uki_path = out_dir.join(UKI);
+    let image = read(&uki_path)?;
+    let kernel = uki::section(&image, ".linux")?
+        .ok_or_else(|| RunError::Section(uki_path.clone(), ".linux"))?;
+    let kpath = out_dir.join("vmlinuz");
+    write(&kpath, kernel)?;
+    let cmdline = m["cmdline"].as_str().unwrap_or_default();
+    let fw_input = &m["inputs"][format!("firmware:{key}")];
+    let shape = &pred["shape"];
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let common = format!(
+        "-kernel {} -initrd {} -append {} -m {memory_mib}M -display none -serial stdio -no-reboot -netdev user,id=net0 -device virtio-net-pci,netdev=net0,romfile=",
+        quote(&kpath.display().to_string()),
+        quote(&out_dir.join(INITRD).display().to_string()),
+        quote(cmdline)
+    );
+    let mut text = String::new();
+    let fw_name = match platform {
+        Platform::Snp => "OVMF.amdsev.fd",
+        Platform::Tdx => "OVMF.fd",
+    };
+    text.push_str(&format!(
+        "# firmware {fw_name}: {} (sha256 {}); give its path to -bios\n",
+        fw_input["source"].as_str().unwrap_or("?"),
+        fw_input["sha256"].as_str().unwrap_or("?")
+    ));
+    match platform {
+        Platform::Snp => {
+            text.push_str(&format!(
+                "# SEV-SNP launch digest {} (vmm {}, guest features {})\n",
+                pred["launch_digest"].as_str().unwrap_or("?"),
+                shape["vmm"].as_str().unwrap_or("?"),
+                shape["guest_features"].as_str().unwrap_or("?")
+            ));
+            text.push_str(&format!(
+                "qemu-system-x86_64 -accel kvm -nodefaults -machine q35,confidential-guest-support=sev0,memory-backend=ram1 -cpu {} -smp {} -object memory-backend-memfd,id=ram1,size={memory_mib}M,share=true,prealloc=false -object sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on -bios {fw_name} {common}\n",
+                shape["vcpu_type"].as_str().unwrap_or("?"),
+                shape["vcpus"],
+            ));
+        }
+        Platform::Tdx => {
+            text.push_str(&format!(
+                "# TDX MRTD {} ({} page order; RTMRs: {})\n",
+                pred["mrtd"].as_str().unwrap_or("?"),
+                shape["page_order"].as_str().unwrap_or("?"),
+                shape["rtmrs"].as_str().unwrap_or("?")
+            ));
+            text.push_str(&format!(
+                "qemu-system-x86_64 -accel kvm -nodefaults -machine q35,kernel-irqchip=split,confidential-guest-support=tdx0 -object tdx-guest,id=tdx0 -cpu host -smp 2 -bios {fw_name} {common}\n"
+            ));
+        }
+    }
+    Ok(text)
 }

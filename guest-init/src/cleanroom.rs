@@ -48,7 +48,10 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(deadline_secs)))
+            // Waiting for an answer is bounded by the deadline; a large blob's body may take
+            // longer to stream than that, so the body itself is not.
+            .timeout_recv_response(Some(Duration::from_secs(deadline_secs)))
+            .timeout_send_body(Some(Duration::from_secs(deadline_secs.max(600))))
             .build()
             .new_agent();
         Client {
@@ -128,6 +131,51 @@ impl Client {
                     what,
                     format!("service {} unreachable until the deadline ({attempt} attempts; last: {problem})", self.base),
                 );
+            }
+            say(&format!(
+                "retry {what} attempt={attempt} in={}ms reason=\"{}\"",
+                backoff.as_millis(),
+                problem.replace('"', "'")
+            ));
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(4));
+        }
+    }
+}
+
+impl Client {
+    /// GET with the same retry rules, handing the body to `f` as a stream. `f` runs once, on
+    /// the first 2xx answer; its error is final (no retry: the bytes were bad, not the link).
+    fn get_stream<T>(
+        &self,
+        what: &'static str,
+        path: &str,
+        f: impl FnOnce(&mut dyn Read) -> Result<T, String>,
+    ) -> Result<T, StepError> {
+        let url = format!("{}{path}", self.base);
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let problem = match self.agent.get(&url).call() {
+                Ok(mut resp) if resp.status().is_success() => {
+                    let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+                    return f(&mut body).map_err(|detail| StepError { step: what, detail });
+                }
+                Ok(resp) if resp.status().is_client_error() => {
+                    return fail(
+                        what,
+                        format!(
+                            "refused by the service: HTTP {} for {path}",
+                            resp.status().as_u16()
+                        ),
+                    );
+                }
+                Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + backoff > self.deadline {
+                return fail(what, format!("service {} unreachable until the deadline ({attempt} attempts; last: {problem})", self.base));
             }
             say(&format!(
                 "retry {what} attempt={attempt} in={}ms reason=\"{}\"",
@@ -353,7 +401,9 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
     })
 }
 
-/// Fetch, authenticate and decrypt each dataset into the tmpfs.
+/// Fetch, authenticate and decrypt each dataset into the tmpfs, streaming (one chunk in
+/// memory at a time). A stream that fails authentication anywhere fails the run; its partial
+/// plaintext stays in RAM only and the machine powers off.
 fn fetch_inputs(c: &Contract, keys: &Keys, client: &Client) -> Result<Vec<String>, StepError> {
     let dir = Path::new(RUN_DIR).join("in");
     step(
@@ -368,50 +418,55 @@ fn fetch_inputs(c: &Contract, keys: &Keys, client: &Client) -> Result<Vec<String
                 format!("dataset {}: key {} was not released", d.id, d.key_id),
             );
         };
-        let sealed = client.call(
-            "inputs",
-            "GET",
-            &format!("/v1/blobs/{}", d.blob),
-            None,
-            None,
-            64 << 30,
-        )?;
-        let mut r = &sealed[..];
-        let header = step(
-            "inputs",
-            Header::read_from(&mut r).map_err(|e| format!("dataset {}: {e}", d.id)),
-        )?;
-        if header.key_id != d.key_id {
-            return fail(
-                "inputs",
-                format!(
-                    "dataset {}: sealed under key {}, the contract says {}",
-                    d.id, header.key_id, d.key_id
-                ),
-            );
-        }
-        let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
-        step(
-            "inputs",
-            Opener::new(r, dek, header)
-                .read_to_end(&mut plain)
-                .map_err(|e| format!("dataset {}: {e}", d.id)),
-        )?;
+        let start = Instant::now();
         let path = dir.join(&d.id);
-        step(
-            "inputs",
-            std::fs::write(&path, &plain[..]).map_err(|e| format!("{}: {e}", path.display())),
-        )?;
+        let (sealed, plain, digest) =
+            client.get_stream("inputs", &format!("/v1/blobs/{}", d.blob), |body| {
+                let mut hashing = HashingReader {
+                    inner: body,
+                    hash: Sha256::new(),
+                    n: 0,
+                };
+                let header = Header::read_from(&mut hashing)
+                    .map_err(|e| format!("dataset {}: {e}", d.id))?;
+                if header.key_id != d.key_id {
+                    return Err(format!(
+                        "dataset {}: sealed under key {}, the contract says {}",
+                        d.id, header.key_id, d.key_id
+                    ));
+                }
+                let mut opener = Opener::new(&mut hashing, dek, header);
+                let mut f =
+                    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let plain = std::io::copy(&mut opener, &mut f)
+                    .map_err(|e| format!("dataset {}: {e}", d.id))?;
+                drop(opener);
+                Ok((hashing.n, plain, hex::encode(hashing.hash.finalize())))
+            })?;
         say(&format!(
-            "input {} sealed={} bytes plaintext={} bytes sha256(sealed)={}",
+            "input {} sealed={sealed} bytes plaintext={plain} bytes sha256(sealed)={digest} time={:.1}s",
             d.id,
-            sealed.len(),
-            plain.len(),
-            hex::encode(Sha256::digest(&sealed))
+            start.elapsed().as_secs_f64()
         ));
         paths.push(path.display().to_string());
     }
     Ok(paths)
+}
+
+/// Counts and hashes what passes through (the sealed bytes, for the console line).
+struct HashingReader<R: Read> {
+    inner: R,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.hash.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
 }
 
 /// Run the (single) workload confined; returns its stdout.

@@ -268,17 +268,9 @@ fn predicted_launch_measurements_match_anchors() {
     let snp = &m.measurements["snp"];
     let shape = &snp["shape"];
     let t = TempDir::new("anchors");
-    // The firmware, fetched again by the recipe's pin (the builder's cache holds it).
-    let text = std::fs::read_to_string(reference_recipe().join("image.toml")).unwrap();
-    let recipe = dcr_build::recipe::parse(&text, std::path::Path::new("image.toml")).unwrap();
-    let fw_spec = &recipe.measure.snp.as_ref().unwrap().firmware;
-    let deb = fw_spec.deb.as_ref().unwrap();
-    let pkg = dcr_build::fetch::deb_package("firmware:snp", &deb.pin()).unwrap();
-    let files = dcr_build::fetch::extract("firmware:snp", &pkg, |p| p == deb.path).unwrap();
-    let fw = t.path().join("OVMF.amdsev.fd");
-    std::fs::write(&fw, &files[&deb.path]).unwrap();
+    let fw = snp_firmware(t.path());
     assert_eq!(
-        sha256_hex(&files[&deb.path]),
+        sha256_hex(&std::fs::read(&fw).unwrap()),
         shape["firmware_sha256"].as_str().unwrap()
     );
     let image = std::fs::read(out.join("image.efi")).unwrap();
@@ -314,4 +306,146 @@ fn predicted_launch_measurements_match_anchors() {
         m.measurements["tdx"]["mrtd"],
         v["tdx_derived_debian_ovmf"]["mrtd_single_pass_qemu_ge_9"]
     );
+}
+
+/// The recipe's SEV-SNP firmware, fetched again by its pin (the builder's cache holds it).
+fn snp_firmware(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(reference_recipe().join("image.toml")).unwrap();
+    let recipe = dcr_build::recipe::parse(&text, std::path::Path::new("image.toml")).unwrap();
+    let fw_spec = &recipe.measure.snp.as_ref().unwrap().firmware;
+    let deb = fw_spec.deb.as_ref().unwrap();
+    let pkg = dcr_build::fetch::deb_package("firmware:snp", &deb.pin()).unwrap();
+    let files = dcr_build::fetch::extract("firmware:snp", &pkg, |p| p == deb.path).unwrap();
+    let fw = dir.join("OVMF.amdsev.fd");
+    std::fs::write(&fw, &files[&deb.path]).unwrap();
+    fw
+}
+
+/// Split a printed command line (words separated by spaces, '…' quoting).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in line.chars() {
+        match ch {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn print_qemu_launches_what_was_measured() {
+    // The SNP command line a host needs, parsed back: its vCPU type and count, kernel hashes,
+    // kernel, initrd and cmdline are the measured shape, and sev-snp-measure given exactly
+    // those (plus the pinned firmware) prints the launch digest in measurements.json.
+    let Some(tool) = sev_snp_measure("print_qemu_launches_what_was_measured") else {
+        return;
+    };
+    let out = reference_build();
+    let m =
+        Measurements::from_json(&std::fs::read(out.join("measurements.json")).unwrap()).unwrap();
+    let snp = &m.measurements["snp"];
+    let shape = &snp["shape"];
+    let o = run_dcr_build(&[
+        "run",
+        out.to_str().unwrap(),
+        "--platform",
+        "snp",
+        "--print-qemu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "sha256 {}",
+            shape["firmware_sha256"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("qemu-system-x86_64"))
+        .expect("a command line");
+    let w = shell_words(line);
+    let after = |flag: &str| {
+        w[w.iter()
+            .position(|x| x == flag)
+            .unwrap_or_else(|| panic!("{flag} in {line}"))
+            + 1]
+        .clone()
+    };
+    assert_eq!(after("-cpu"), shape["vcpu_type"].as_str().unwrap());
+    assert_eq!(after("-smp"), shape["vcpus"].to_string());
+    assert_eq!(after("-append"), m.cmdline);
+    assert!(after("-object").starts_with("memory-backend-memfd"));
+    assert!(
+        line.contains("sev-snp-guest,id=sev0,") && line.contains("kernel-hashes=on"),
+        "{line}"
+    );
+    let kernel = after("-kernel");
+    let initrd = after("-initrd");
+    assert_eq!(std::path::Path::new(&initrd), out.join("initrd.cpio"));
+    assert_eq!(
+        sha256_hex(&std::fs::read(&kernel).unwrap()),
+        snp["kernel_hashes"]["kernel"].as_str().unwrap()
+    );
+    let t = TempDir::new("print-qemu");
+    let fw = snp_firmware(t.path());
+    let o = Command::new(&tool)
+        .arg("--mode=snp")
+        .arg(format!("--vcpus={}", after("-smp")))
+        .arg(format!("--vcpu-type={}", after("-cpu")))
+        .arg(format!("--ovmf={}", fw.display()))
+        .arg(format!("--kernel={kernel}"))
+        .arg(format!("--initrd={initrd}"))
+        .arg(format!("--append={}", after("-append")))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        snp["launch_digest"].as_str().unwrap()
+    );
+
+    // TDX: a tdx-guest object, the measured firmware named by digest.
+    let o = run_dcr_build(&[
+        "run",
+        out.to_str().unwrap(),
+        "--platform",
+        "tdx",
+        "--print-qemu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let tdx = &m.measurements["tdx"];
+    assert!(
+        text.contains(&format!(
+            "sha256 {}",
+            tdx["shape"]["firmware_sha256"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("MRTD {}", tdx["mrtd"].as_str().unwrap())),
+        "{text}"
+    );
+    assert!(
+        text.contains("-object tdx-guest,id=tdx0")
+            && text.contains("confidential-guest-support=tdx0"),
+        "{text}"
+    );
+    // Without --print-qemu there is nothing this host can launch.
+    let o = run_dcr_build(&["run", out.to_str().unwrap(), "--platform", "snp"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--print-qemu"), "{}", stderr(&o));
 }
