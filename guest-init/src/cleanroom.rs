@@ -197,10 +197,20 @@ struct Detected {
 }
 
 fn detect() -> Detected {
-    let tsm =
-        |p: &str| Path::new("/sys/kernel/config/tsm/report").is_dir() && Path::new(p).exists();
-    let snp = Path::new("/dev/sev-guest").exists() || tsm("/sys/module/sev_guest");
-    let tdx = Path::new("/dev/tdx_guest").exists() || tsm("/sys/module/tdx_guest");
+    // Evidence comes from configfs-tsm; its provider names the platform.
+    let provider = tsm_provider();
+    let snp = provider.as_deref() == Some("sev_guest");
+    let tdx = provider.as_deref() == Some("tdx_guest");
+    for (dev, found, what) in [
+        ("/dev/sev-guest", snp, "sev_guest"),
+        ("/dev/tdx_guest", tdx, "tdx_guest"),
+    ] {
+        if !found && Path::new(dev).exists() {
+            say(&format!(
+                "platform note: {dev} present but no configfs-tsm {what} provider (not used)"
+            ));
+        }
+    }
     let tpm = Path::new("/dev/tpmrm0").exists();
     let azure_hcl = tpm
         && crate::tpm::Tpm::open("/dev/tpmrm0")
@@ -233,7 +243,7 @@ fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
         chosen.map_or("none", |t| t.as_str())
     ));
     match chosen {
-        Some(Tee::Tpm) => Ok(Tee::Tpm),
+        Some(t @ (Tee::Tpm | Tee::Snp | Tee::Tdx)) => Ok(t),
         Some(t) => fail(
             "platform",
             format!("{} evidence collection is not in this guest-init yet; refusing to fall back to another platform", t.as_str()),
@@ -320,8 +330,95 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
         QUOTED_PCRS.len(),
         ek_cert.len()
     ));
+    release(c, digest, client, &ch.session_id, Tee::Tpm, &sk, evidence)
+}
+
+/// Evidence from configfs-tsm (SEV-SNP report + certificate table, or a TDX quote).
+fn attest_tsm(
+    c: &Contract,
+    digest: &[u8; 32],
+    client: &Client,
+    tee: Tee,
+) -> Result<Keys, StepError> {
+    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
+    let pk = sk.public();
+    let req = serde_json::json!({"tee": tee.as_str()});
+    let body = client.call(
+        "challenge",
+        "POST",
+        "/v1/challenge",
+        Some(&serde_json::to_vec(&req).expect("json")),
+        None,
+        1 << 20,
+    )?;
+    let ch: Challenge = step(
+        "challenge",
+        serde_json::from_slice(&body).map_err(|e| e.to_string()),
+    )?;
+    let nonce = step(
+        "challenge",
+        hex::decode(&ch.nonce).map_err(|e| format!("nonce: {e}")),
+    )?;
+    let rd = report_data(&nonce, &pk, digest);
+    let (provider, outblob, auxblob) = step("evidence", tsm_report(&rd))?;
+    let evidence = match tee {
+        Tee::Snp => serde_json::to_value(step(
+            "evidence",
+            dcr_protocol::evidence::snp_from_tsm(&outblob, &auxblob).map_err(|e| e.to_string()),
+        )?),
+        _ => serde_json::to_value(step(
+            "evidence",
+            dcr_protocol::evidence::tdx_from_tsm(&outblob).map_err(|e| e.to_string()),
+        )?),
+    }
+    .expect("json");
+    say(&format!(
+        "evidence tee={} provider={provider} outblob={} auxblob={} bytes",
+        tee.as_str(),
+        outblob.len(),
+        auxblob.len()
+    ));
+    release(c, digest, client, &ch.session_id, tee, &sk, evidence)
+}
+
+/// configfs-tsm: one report for `rd` (Documentation/ABI/testing/configfs-tsm-report).
+fn tsm_report(rd: &[u8; 64]) -> Result<(String, Vec<u8>, Vec<u8>), String> {
+    let dir = Path::new("/sys/kernel/config/tsm/report/dcr");
+    std::fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let r = (|| {
+        std::fs::write(dir.join("inblob"), rd).map_err(|e| format!("inblob: {e}"))?;
+        let provider =
+            std::fs::read_to_string(dir.join("provider")).map_err(|e| format!("provider: {e}"))?;
+        let out = std::fs::read(dir.join("outblob")).map_err(|e| format!("outblob: {e}"))?;
+        let aux = std::fs::read(dir.join("auxblob")).unwrap_or_default();
+        Ok((provider.trim().to_string(), out, aux))
+    })();
+    let _ = std::fs::remove_dir(dir);
+    r
+}
+
+/// The configfs-tsm provider, if the kernel offers one (`sev_guest` or `tdx_guest`).
+fn tsm_provider() -> Option<String> {
+    let dir = Path::new("/sys/kernel/config/tsm/report/dcr-probe");
+    std::fs::create_dir(dir).ok()?;
+    let p = std::fs::read_to_string(dir.join("provider")).ok();
+    let _ = std::fs::remove_dir(dir);
+    p.map(|s| s.trim().to_string())
+}
+
+/// Post the evidence; check the signed release; open the released keys.
+fn release(
+    c: &Contract,
+    digest: &[u8; 32],
+    client: &Client,
+    session_id: &str,
+    tee: Tee,
+    sk: &HpkeSecret,
+    evidence: serde_json::Value,
+) -> Result<Keys, StepError> {
+    let pk = sk.public();
     let req = serde_json::json!({
-        "session_id": ch.session_id, "tee": "tpm", "hpke_public_key": pk.to_text(),
+        "session_id": session_id, "tee": tee.as_str(), "hpke_public_key": pk.to_text(),
         "contract_digest": hex::encode(digest), "evidence": evidence,
     });
     let body = client.call(
@@ -347,7 +444,7 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
         "release",
         serde_json::from_slice(&payload).map_err(|e| e.to_string()),
     )?;
-    if rel.session_id != ch.session_id
+    if rel.session_id != session_id
         || rel.contract_digest != hex::encode(digest)
         || rel.hpke_public_key != pk.to_text()
     {
@@ -374,7 +471,7 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
         )?;
         let key = step(
             "release",
-            hpke_open(&sk, &enc, &info, k.key_id.as_bytes(), &ct)
+            hpke_open(sk, &enc, &info, k.key_id.as_bytes(), &ct)
                 .map_err(|e| format!("key {}: {e}", k.key_id)),
         )?;
         if k.key_id == UPLOAD_TOKEN_ID {
@@ -652,7 +749,8 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let client = Client::new(&c.service.url, c.service.deadline_secs);
     let keys = match tee {
         Tee::Tpm => attest_tpm(c, digest, &client)?,
-        _ => unreachable!("choose() only returns implemented platforms"),
+        Tee::Snp | Tee::Tdx => attest_tsm(c, digest, &client, tee)?,
+        Tee::AzSnpVtpm => unreachable!("choose() returns only platforms with a collector"),
     };
     step(
         "inputs",

@@ -82,6 +82,43 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
     }
 }
 
+/// The reference workload with k = 1, built as a static musl binary outside the workspace.
+fn modified_workload(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = std::fs::read_to_string(
+        workspace().join("images/clean-room/workloads/overlap/src/main.rs"),
+    )
+    .unwrap();
+    assert!(src.contains("const K: u64 = 50;"));
+    let krate = dir.join("overlap-k1");
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    std::fs::write(
+        krate.join("src/main.rs"),
+        src.replace("const K: u64 = 50;", "const K: u64 = 1;"),
+    )
+    .unwrap();
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        "[package]\nname = \"overlap\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[profile.release]\npanic = \"abort\"\n[workspace]\n",
+    )
+    .unwrap();
+    let o = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ])
+        .env("RUSTUP_TOOLCHAIN", "1.95.0")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .current_dir(&krate)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    krate.join("target/x86_64-unknown-linux-musl/release/overlap")
+}
+
 fn refused(room: &Room, image: &std::path::Path, output_blob: &str, reason: &str) -> String {
     let (code, console) = room.boot(image);
     assert_eq!(code, Some(1), "{console}");
@@ -190,7 +227,70 @@ fn every_fault_powers_off_with_its_reason_and_uploads_nothing() {
     );
     assert!(r.contains("reference.pcr."), "{r}");
 
-    // 7. Output rules: the contract demands k = 1000, the workload suppresses only below 50.
+    // 7. The negative run: the same recipe with a modified workload (k = 1) builds a
+    //    different image; the parties' keys are not released to it; no output appears.
+    let k1 = modified_workload(&room.dir);
+    let k1_sha = sha256_hex(&std::fs::read(&k1).unwrap());
+    let recipe_dir = room.dir.join("recipe-k1");
+    std::fs::create_dir_all(&recipe_dir).unwrap();
+    std::fs::write(recipe_dir.join("image.toml"), portable_recipe(&k1, &k1_sha)).unwrap();
+    let agreed = std::fs::read_to_string(room.dir.join("contract-a.toml")).unwrap();
+    let agreed_sha = dcr_protocol::contract::Contract::from_toml(&agreed)
+        .unwrap()
+        .workloads[0]
+        .sha256
+        .clone();
+    std::fs::write(
+        room.dir.join("contract-k1.toml"),
+        agreed.replace(&agreed_sha, &k1_sha),
+    )
+    .unwrap();
+    // The agreed contract itself does not build with another workload.
+    let o = Command::new(dcr_build())
+        .arg("image")
+        .arg(&recipe_dir)
+        .arg("--contract")
+        .arg(room.dir.join("contract-a.toml"))
+        .arg("--out")
+        .arg(room.dir.join("image-k1-refused"))
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("but the built workload overlap is"),
+        "{}",
+        stderr(&o)
+    );
+    let image_k1 = room.dir.join("image-k1");
+    let o = Command::new(dcr_build())
+        .arg("image")
+        .arg(&recipe_dir)
+        .arg("--contract")
+        .arg(room.dir.join("contract-k1.toml"))
+        .arg("--out")
+        .arg(&image_k1)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ma: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("measurements.json")).unwrap()).unwrap();
+    let mk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image_k1.join("measurements.json")).unwrap())
+            .unwrap();
+    assert_ne!(ma["contract_digest"], mk["contract_digest"]);
+    for pcr in ["9", "23"] {
+        assert_ne!(
+            ma["measurements"]["tpm"]["pcrs"][pcr], mk["measurements"]["tpm"]["pcrs"][pcr],
+            "PCR {pcr}"
+        );
+    }
+    refused(
+        &room,
+        &image_k1,
+        out_a,
+        "release: refused by the service: contract_mismatch",
+    );
+
+    // 8. Output rules: the contract demands k = 1000, the workload suppresses only below 50.
     let contract = room.contract("b", |c| {
         c.replace("min_group_size = 50", "min_group_size = 1000")
     });
@@ -203,7 +303,7 @@ fn every_fault_powers_off_with_its_reason_and_uploads_nothing() {
         "output: output rules: row 1: group of",
     );
 
-    // 8. The workload runs past its time limit and is killed.
+    // 9. The workload runs past its time limit and is killed.
     let contract = room.contract("c", |c| c.replace("timeout_secs = 600", "timeout_secs = 1"));
     let image_c = room.build(&contract, "c");
     let big = room.data("c", 300_000, 4);

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod contract;
+pub mod evidence;
 pub mod keys;
 pub mod recipients;
 pub mod release;

@@ -345,6 +345,24 @@ fn verify_tpm(st: &State, s: &Session, ev: &Value, rd: &[u8; 64]) -> Result<Clai
     })
 }
 
+/// Verify SEV-SNP or TDX evidence in the wire format (as `dcr_protocol::evidence` builds it
+/// from configfs-tsm) against the binding `rd` at `now`: the claims, or (code, message).
+/// TPM evidence needs a session (challenge credential) and goes through `/v1/attest` only.
+pub fn verify_evidence(
+    tee: Tee,
+    evidence: &Value,
+    rd: &[u8; 64],
+    now: u64,
+    tdx_collateral: Option<&[u8]>,
+) -> Result<Claims, (String, String)> {
+    let r = match tee {
+        Tee::Snp => verify_snp(evidence, rd, now),
+        Tee::Tdx => verify_tdx(tdx_collateral, evidence, rd, now),
+        Tee::Tpm | Tee::AzSnpVtpm => Err(bad("only snp and tdx evidence verify without a session")),
+    };
+    r.map_err(|e| (e.code.to_string(), e.message))
+}
+
 fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
     use crate::snp;
     let e: SnpEvidence =
@@ -368,12 +386,17 @@ fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
     })
 }
 
-fn verify_tdx(st: &State, ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
+fn verify_tdx(
+    collateral: Option<&[u8]>,
+    ev: &Value,
+    rd: &[u8; 64],
+    now: u64,
+) -> Result<Claims, Refusal> {
     use crate::tdx;
     let e: TdxEvidence =
         serde_json::from_value(ev.clone()).map_err(|e| bad(format!("evidence: {e}")))?;
     let quote = b64("evidence.quote", &e.quote)?;
-    let coll = st.cfg.tdx_collateral.as_ref().ok_or_else(|| {
+    let coll = collateral.ok_or_else(|| {
         forbidden(
             "evidence_invalid",
             "this service has no TDX collateral (--tdx-collateral)",
@@ -482,7 +505,7 @@ async fn decide(
     let claims = match req.tee {
         Tee::Tpm => verify_tpm(st, &session, &req.evidence, &rd)?,
         Tee::Snp => verify_snp(&req.evidence, &rd, now)?,
-        Tee::Tdx => verify_tdx(st, &req.evidence, &rd, now)?,
+        Tee::Tdx => verify_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
         Tee::AzSnpVtpm => {
             return Err(forbidden(
                 "unsupported_tee",

@@ -21,7 +21,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-pub use http::router;
+pub use http::{router, verify_evidence};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

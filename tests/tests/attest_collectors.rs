@@ -1,0 +1,97 @@
+//! guest-init's SEV-SNP and TDX evidence collectors (dcr_protocol::evidence, fed by
+//! configfs-tsm's outblob/auxblob in the guest) produce exactly what the key-release service
+//! verifies: real reports from ../shared/fixtures go through the collector and then through
+//! the service's verifier (with the binding set to the report's own REPORT_DATA, since no
+//! SNP/TDX hardware is here to bind ours).
+
+use base64::Engine;
+use dcr_attest::reference::Claims;
+use dcr_attest::service::verify_evidence;
+use dcr_protocol::evidence::*;
+use dcr_protocol::wire::Tee;
+use dcr_tests::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const JAN_2026: u64 = 1_767_225_600; // `date -u -d 2026-01-01 +%s`
+const JUN_2025: u64 = 1_750_809_600; // `date -u -d 2025-06-25 +%s`
+
+fn pem_der(pem: &[u8]) -> Vec<Vec<u8>> {
+    dcr_attest::snp::pem_certs(pem).unwrap()
+}
+
+#[test]
+fn snp_report_and_certificate_table_verify_at_the_service() {
+    let Some(fx) = fixtures("snp_collector") else {
+        return;
+    };
+    let d = fx.join("attest/snp/virtee-sev");
+    let report = std::fs::read(d.join("report_milan.bin")).unwrap();
+    let vcek = std::fs::read(d.join("vcek_milan.der")).unwrap();
+    let chain = pem_der(&std::fs::read(d.join("cert_chain_milan.pem")).unwrap());
+    // The host's certificate table, as SNP_GET_EXT_REPORT / configfs-tsm auxblob carry it.
+    let table = build_cert_table(&[
+        (GUID_ASK, &chain[0]),
+        (GUID_ARK, &chain[1]),
+        (GUID_VCEK, &vcek),
+    ]);
+    let ev = snp_from_tsm(&report, &table).unwrap();
+    assert_eq!(B64.decode(&ev.vcek).unwrap(), vcek);
+    let json = serde_json::to_value(&ev).unwrap();
+    let rd: [u8; 64] = report[0x50..0x90].try_into().unwrap();
+    let claims = verify_evidence(Tee::Snp, &json, &rd, JAN_2026, None).unwrap();
+    let measurement: [u8; 48] = report[0x90..0xC0].try_into().unwrap();
+    assert_eq!(
+        claims,
+        Claims::Snp {
+            launch_digest: measurement
+        }
+    );
+    // Another binding is refused as such; a flipped report byte is refused.
+    let mut other = rd;
+    other[0] ^= 1;
+    let (code, _) = verify_evidence(Tee::Snp, &json, &other, JAN_2026, None).unwrap_err();
+    assert_eq!(code, "binding_mismatch");
+    let mut bad = report.clone();
+    bad[0x95] ^= 1;
+    let json = serde_json::to_value(snp_from_tsm(&bad, &table).unwrap()).unwrap();
+    let (code, msg) = verify_evidence(Tee::Snp, &json, &rd, JAN_2026, None).unwrap_err();
+    assert_eq!(code, "evidence_invalid", "{msg}");
+    // A table without a VCEK/VLEK, or a truncated report, never leaves the collector.
+    let no_vek = build_cert_table(&[(GUID_ARK, &chain[1])]);
+    assert_eq!(
+        snp_from_tsm(&report, &no_vek).unwrap_err(),
+        EvidenceError::NoVek
+    );
+    assert!(snp_from_tsm(&report[..1000], &table).is_err());
+}
+
+#[test]
+fn tdx_quote_verifies_at_the_service() {
+    let Some(fx) = fixtures("tdx_collector") else {
+        return;
+    };
+    let d = fx.join("attest/tdx/dcap-qvl");
+    let quote = std::fs::read(d.join("tdx_quote")).unwrap();
+    let coll = std::fs::read(d.join("tdx_quote_collateral.json")).unwrap();
+    let ev = tdx_from_tsm(&quote).unwrap();
+    let json = serde_json::to_value(&ev).unwrap();
+    // Quote v4: 48-byte header, then the TD report (MRTD at +136, REPORTDATA at +520).
+    assert_eq!(u16::from_le_bytes([quote[0], quote[1]]), 4);
+    let rd: [u8; 64] = quote[48 + 520..48 + 584].try_into().unwrap();
+    let mrtd: [u8; 48] = quote[48 + 136..48 + 184].try_into().unwrap();
+    let claims = verify_evidence(Tee::Tdx, &json, &rd, JUN_2025, Some(&coll)).unwrap();
+    assert_eq!(claims, Claims::Tdx { mrtd });
+    let mut other = rd;
+    other[63] ^= 1;
+    let (code, _) = verify_evidence(Tee::Tdx, &json, &other, JUN_2025, Some(&coll)).unwrap_err();
+    assert_eq!(code, "binding_mismatch");
+    // Without collateral the service cannot judge it, and says so.
+    let (code, msg) = verify_evidence(Tee::Tdx, &json, &rd, JUN_2025, None).unwrap_err();
+    assert!(
+        code == "evidence_invalid" && msg.contains("collateral"),
+        "{msg}"
+    );
+    // Not a TDX quote (an SGX quote from the same fixtures) never leaves the collector.
+    let sgx = std::fs::read(d.join("sgx_quote")).unwrap();
+    assert!(tdx_from_tsm(&sgx).is_err());
+}
