@@ -268,14 +268,18 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
                 ),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-                "-chardev".into(),
-                format!("socket,id=chrtpm,path={}", tmp.join("swtpm.sock").display()),
-                "-tpmdev".into(),
-                "emulator,id=tpm0,chardev=chrtpm".into(),
-                "-device".into(),
-                "tpm-crb,tpmdev=tpm0".into(),
             ]);
         }
+    }
+    if has_tpm(o) {
+        args.extend([
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", tmp.join("swtpm.sock").display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-crb,tpmdev=tpm0".into(),
+        ]);
     }
     if o.net {
         // romfile= (empty): no iPXE option ROM, so the NIC adds no boot path of its own.
@@ -287,6 +291,11 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
         ]);
     }
     Ok(args)
+}
+
+/// A vTPM is attached under UEFI, and in direct boot when a TPM state is given.
+fn has_tpm(o: &RunOptions) -> bool {
+    o.mode == Mode::Uefi || o.tpm_state.is_some()
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), RunError> {
@@ -339,9 +348,10 @@ const ERR_PREFIX: &str = "dcr-init: power-off status=error reason=";
 pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
     let tmp = TempDir::new()?;
     let args = qemu_args(out_dir, &tmp.0, o)?;
-    let _swtpm = match o.mode {
-        Mode::Uefi => Some(start_swtpm(&tmp.0, o)?),
-        Mode::Direct => None,
+    let _swtpm = if has_tpm(o) {
+        Some(start_swtpm(&tmp.0, o)?)
+    } else {
+        None
     };
     eprintln!("+ {} {}", o.qemu, args.join(" "));
     let start = Instant::now();
