@@ -61,6 +61,40 @@ impl Client {
         }
     }
 
+    /// Run `once` until it settles: `Err(problem)` is retried (250 ms doubling to 4 s) until
+    /// the total deadline; `Ok(result)` is final either way.
+    fn retrying<T>(
+        &self,
+        what: &'static str,
+        mut once: impl FnMut() -> Result<Result<T, StepError>, String>,
+    ) -> Result<T, StepError> {
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let problem = match once() {
+                Ok(settled) => return settled,
+                Err(p) => p,
+            };
+            if Instant::now() + backoff > self.deadline {
+                return fail(
+                    what,
+                    format!(
+                        "service {} unreachable until the deadline ({attempt} attempts; last: {problem})",
+                        self.base
+                    ),
+                );
+            }
+            say(&format!(
+                "retry {what} attempt={attempt} in={}ms reason=\"{}\"",
+                backoff.as_millis(),
+                problem.replace('"', "'")
+            ));
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(4));
+        }
+    }
+
     /// One request; transport errors and 5xx are retried until the deadline, 4xx are final.
     fn call(
         &self,
@@ -72,10 +106,7 @@ impl Client {
         limit: u64,
     ) -> Result<Vec<u8>, StepError> {
         let url = format!("{}{path}", self.base);
-        let mut backoff = Duration::from_millis(250);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        self.retrying(what, || {
             let result = match method {
                 "GET" => {
                     let mut r = self.agent.get(&url);
@@ -102,48 +133,27 @@ impl Client {
                     r.send(body.unwrap_or_default())
                 }
             };
-            let problem = match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let bytes = resp.body_mut().with_config().limit(limit).read_to_vec();
-                    match (status, bytes) {
-                        (200..=299, Ok(b)) => return Ok(b),
-                        (400..=499, Ok(b)) => {
-                            let e: serde_json::Value =
-                                serde_json::from_slice(&b).unwrap_or_default();
-                            return fail(
-                                what,
-                                format!(
-                                    "refused by the service: {}: {}",
-                                    e["code"].as_str().unwrap_or("?"),
-                                    e["message"].as_str().unwrap_or("(no message)")
-                                ),
-                            );
-                        }
-                        (s, _) => format!("HTTP {s}"),
-                    }
+            let mut resp = result.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let bytes = resp.body_mut().with_config().limit(limit).read_to_vec();
+            match (status, bytes) {
+                (200..=299, Ok(b)) => Ok(Ok(b)),
+                (400..=499, Ok(b)) => {
+                    let e: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+                    Ok(fail(
+                        what,
+                        format!(
+                            "refused by the service: {}: {}",
+                            e["code"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("(no message)")
+                        ),
+                    ))
                 }
-                Err(e) => e.to_string(),
-            };
-            let now = Instant::now();
-            if now + backoff > self.deadline {
-                return fail(
-                    what,
-                    format!("service {} unreachable until the deadline ({attempt} attempts; last: {problem})", self.base),
-                );
+                (s, _) => Err(format!("HTTP {s}")),
             }
-            say(&format!(
-                "retry {what} attempt={attempt} in={}ms reason=\"{}\"",
-                backoff.as_millis(),
-                problem.replace('"', "'")
-            ));
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(4));
-        }
+        })
     }
-}
 
-impl Client {
     /// GET with the same retry rules, handing the body to `f` as a stream. `f` runs once, on
     /// the first 2xx answer; its error is final (no retry: the bytes were bad, not the link).
     fn get_stream<T>(
@@ -153,38 +163,25 @@ impl Client {
         f: impl FnOnce(&mut dyn Read) -> Result<T, String>,
     ) -> Result<T, StepError> {
         let url = format!("{}{path}", self.base);
-        let mut backoff = Duration::from_millis(250);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let problem = match self.agent.get(&url).call() {
-                Ok(mut resp) if resp.status().is_success() => {
-                    let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
-                    return f(&mut body).map_err(|detail| StepError { step: what, detail });
-                }
-                Ok(resp) if resp.status().is_client_error() => {
-                    return fail(
-                        what,
-                        format!(
-                            "refused by the service: HTTP {} for {path}",
-                            resp.status().as_u16()
-                        ),
-                    );
-                }
-                Ok(resp) => format!("HTTP {}", resp.status().as_u16()),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() + backoff > self.deadline {
-                return fail(what, format!("service {} unreachable until the deadline ({attempt} attempts; last: {problem})", self.base));
+        let mut f = Some(f);
+        self.retrying(what, || {
+            let mut resp = self.agent.get(&url).call().map_err(|e| e.to_string())?;
+            if resp.status().is_client_error() {
+                return Ok(fail(
+                    what,
+                    format!(
+                        "refused by the service: HTTP {} for {path}",
+                        resp.status().as_u16()
+                    ),
+                ));
             }
-            say(&format!(
-                "retry {what} attempt={attempt} in={}ms reason=\"{}\"",
-                backoff.as_millis(),
-                problem.replace('"', "'")
-            ));
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(4));
-        }
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status().as_u16()));
+            }
+            let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+            let f = f.take().expect("runs once: a 2xx answer settles the loop");
+            Ok(f(&mut body).map_err(|detail| StepError { step: what, detail }))
+        })
     }
 }
 
@@ -293,22 +290,7 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
     let pk = sk.public();
     let req = serde_json::json!({"tee": "tpm", "tpm": {
         "ek_public": B64.encode(&ek_public), "ek_cert": B64.encode(&ek_cert), "ak_public": B64.encode(&ak_public)}});
-    let body = client.call(
-        "challenge",
-        "POST",
-        "/v1/challenge",
-        Some(&serde_json::to_vec(&req).expect("json")),
-        None,
-        1 << 20,
-    )?;
-    let ch: Challenge = step(
-        "challenge",
-        serde_json::from_slice(&body).map_err(|e| e.to_string()),
-    )?;
-    let nonce = step(
-        "challenge",
-        hex::decode(&ch.nonce).map_err(|e| format!("nonce: {e}")),
-    )?;
+    let (ch, nonce) = challenge(client, &req)?;
     let cred = step(
         "challenge",
         B64.decode(ch.credential.as_deref().unwrap_or_default())
@@ -333,21 +315,13 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
     release(c, digest, client, &ch.session_id, Tee::Tpm, &sk, evidence)
 }
 
-/// Evidence from configfs-tsm (SEV-SNP report + certificate table, or a TDX quote).
-fn attest_tsm(
-    c: &Contract,
-    digest: &[u8; 32],
-    client: &Client,
-    tee: Tee,
-) -> Result<Keys, StepError> {
-    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
-    let pk = sk.public();
-    let req = serde_json::json!({"tee": tee.as_str()});
+/// POST /v1/challenge: the challenge and its nonce bytes.
+fn challenge(client: &Client, req: &serde_json::Value) -> Result<(Challenge, Vec<u8>), StepError> {
     let body = client.call(
         "challenge",
         "POST",
         "/v1/challenge",
-        Some(&serde_json::to_vec(&req).expect("json")),
+        Some(&serde_json::to_vec(req).expect("json")),
         None,
         1 << 20,
     )?;
@@ -359,6 +333,20 @@ fn attest_tsm(
         "challenge",
         hex::decode(&ch.nonce).map_err(|e| format!("nonce: {e}")),
     )?;
+    Ok((ch, nonce))
+}
+
+/// Evidence from configfs-tsm (SEV-SNP report + certificate table, or a TDX quote).
+fn attest_tsm(
+    c: &Contract,
+    digest: &[u8; 32],
+    client: &Client,
+    tee: Tee,
+) -> Result<Keys, StepError> {
+    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
+    let pk = sk.public();
+    let req = serde_json::json!({"tee": tee.as_str()});
+    let (ch, nonce) = challenge(client, &req)?;
     let rd = report_data(&nonce, &pk, digest);
     let (provider, outblob, auxblob) = step("evidence", tsm_report(&rd))?;
     let evidence = match tee {

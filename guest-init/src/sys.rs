@@ -9,25 +9,7 @@ use std::os::fd::AsRawFd;
 
 /// `mount(2)` with no data argument.
 pub fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
-    let source = CString::new(source)?;
-    let target = CString::new(target)?;
-    let fstype = CString::new(fstype)?;
-    // SAFETY: all three pointers come from live CStrings (NUL-terminated, valid for the call);
-    // a NULL data pointer is allowed by mount(2).
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    mount_data(source, target, fstype, flags, "")
 }
 
 /// `finit_module(2)` with empty parameters and no flags.

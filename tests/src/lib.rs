@@ -519,3 +519,47 @@ pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON response: {text}")),
     )
 }
+
+/// TPM2_ActivateCredential with tpm2-tools for the AK `ak.ctx` and the EK `ek.ctx` in `dir`
+/// (a policy session satisfying the EK's PolicySecret(endorsement)). The recovered secret, or
+/// None if the TPM refuses the credential.
+pub fn activate_credential(dir: &Path, tcti: &str, cred: &str) -> Option<Vec<u8>> {
+    let run = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", tcti)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let _ = std::fs::remove_file(dir.join("act.out"));
+    assert!(run(&[
+        "tpm2_startauthsession",
+        "--policy-session",
+        "-S",
+        "session.ctx"
+    ])
+    .status
+    .success());
+    assert!(run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"])
+        .status
+        .success());
+    let ok = run(&[
+        "tpm2_activatecredential",
+        "-c",
+        "ak.ctx",
+        "-C",
+        "ek.ctx",
+        "-i",
+        cred,
+        "-o",
+        "act.out",
+        "-P",
+        "session:session.ctx",
+    ])
+    .status
+    .success();
+    let _ = run(&["tpm2_flushcontext", "session.ctx"]);
+    let _ = run(&["tpm2_flushcontext", "-t"]);
+    ok.then(|| std::fs::read(dir.join("act.out")).unwrap())
+}

@@ -278,3 +278,26 @@ pub fn setup_service_with_keys(
     }
     (c.digest(), SigningPublic::from_text(&signing).unwrap())
 }
+
+/// The software TPM the load tests use (fixed PCR values) and the service arguments that
+/// trust its AK (`--tpm-ak`) and the publisher's token; files go to `d`.
+pub fn soft_tpm_service_args(d: &std::path::Path) -> (SoftTpm, Vec<String>) {
+    let tpm = SoftTpm::new(
+        7,
+        vec![
+            (4, [4u8; 32]),
+            (9, [9u8; 32]),
+            (11, [11u8; 32]),
+            (23, [23u8; 32]),
+        ],
+    );
+    std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
+    std::fs::write(d.join("tokens"), "publisher:publisher-token-0123456789\n").unwrap();
+    let args = vec![
+        "--tokens".to_string(),
+        d.join("tokens").display().to_string(),
+        "--tpm-ak".to_string(),
+        d.join("ak.pem").display().to_string(),
+    ];
+    (tpm, args)
+}

@@ -226,46 +226,7 @@ fn make_credential_activates_only_on_the_tpm_with_that_ek_and_ak() {
     tool(d, &tcti, &["tpm2_flushcontext", "-t"]);
     let secret: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
     std::fs::write(d.join("secret.bin"), &secret).unwrap();
-    let activate = |cred: &str| -> Option<Vec<u8>> {
-        let run = |args: &[&str]| {
-            Command::new(args[0])
-                .args(&args[1..])
-                .env("TPM2TOOLS_TCTI", &tcti)
-                .current_dir(d)
-                .output()
-                .unwrap()
-        };
-        assert!(run(&[
-            "tpm2_startauthsession",
-            "--policy-session",
-            "-S",
-            "session.ctx"
-        ])
-        .status
-        .success());
-        assert!(run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"])
-            .status
-            .success());
-        let _ = std::fs::remove_file(d.join("act.out"));
-        let ok = run(&[
-            "tpm2_activatecredential",
-            "-c",
-            "ak.ctx",
-            "-C",
-            "ek.ctx",
-            "-i",
-            cred,
-            "-o",
-            "act.out",
-            "-P",
-            "session:session.ctx",
-        ])
-        .status
-        .success();
-        let _ = run(&["tpm2_flushcontext", "session.ctx"]);
-        let _ = run(&["tpm2_flushcontext", "-t"]);
-        ok.then(|| std::fs::read(d.join("act.out")).unwrap())
-    };
+    let activate = |cred: &str| activate_credential(d, &tcti, cred);
     let make = |name: &str, out: &str| {
         let o = Command::new(dcr_attest())
             .args([

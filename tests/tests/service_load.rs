@@ -14,34 +14,13 @@ use std::time::Duration;
 use dcr_tests::load::*;
 use dcr_tests::*;
 
-fn soft_tpm() -> SoftTpm {
-    SoftTpm::new(
-        7,
-        vec![
-            (4, [4u8; 32]),
-            (9, [9u8; 32]),
-            (11, [11u8; 32]),
-            (23, [23u8; 32]),
-        ],
-    )
-}
-
 #[test]
 fn sixty_four_concurrent_clients_all_get_their_keys() {
     let t = TempDir::new("service-load");
     let d = t.path();
-    let tpm = soft_tpm();
-    std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
-    std::fs::write(d.join("tokens"), "publisher:publisher-token-0123456789\n").unwrap();
-    let svc = start_service(
-        &d.join("svc"),
-        &[
-            "--tokens",
-            d.join("tokens").to_str().unwrap(),
-            "--tpm-ak",
-            d.join("ak.pem").to_str().unwrap(),
-        ],
-    );
+    let (tpm, args) = soft_tpm_service_args(d);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = start_service(&d.join("svc"), &args);
     let (cd, signing) =
         setup_service_with_keys(d, &svc, &tpm, "load", &[("k1", false), ("k2", false)]);
     let stats = run_load(&svc.url, 64, 8, &tpm, &cd, &signing);
@@ -86,17 +65,8 @@ fn sixty_four_concurrent_clients_all_get_their_keys() {
 fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key_twice() {
     let t = TempDir::new("service-kill9");
     let d = t.path();
-    let tpm = soft_tpm();
-    std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
-    std::fs::write(d.join("tokens"), "publisher:publisher-token-0123456789\n").unwrap();
+    let (tpm, args) = soft_tpm_service_args(d);
     let data = d.join("svc");
-    let args = [
-        "--tokens",
-        d.join("tokens").to_str().unwrap(),
-        "--tpm-ak",
-        d.join("ak.pem").to_str().unwrap(),
-    ]
-    .map(String::from);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut svc = start_service(&data, &args);
     // Contract "once": a single-use key; contract "many": keys registered during the burst.

@@ -50,30 +50,8 @@ impl Tee<'_> {
 
     fn activate(&self, cred: &[u8]) -> Vec<u8> {
         std::fs::write(self.d.join("cred.bin"), cred).unwrap();
-        let _ = std::fs::remove_file(self.d.join("act.out"));
-        self.run(&[
-            "tpm2_startauthsession",
-            "--policy-session",
-            "-S",
-            "session.ctx",
-        ]);
-        self.run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]);
-        self.run(&[
-            "tpm2_activatecredential",
-            "-c",
-            "ak.ctx",
-            "-C",
-            "ek.ctx",
-            "-i",
-            "cred.bin",
-            "-o",
-            "act.out",
-            "-P",
-            "session:session.ctx",
-        ]);
-        self.run(&["tpm2_flushcontext", "session.ctx"]);
-        self.run(&["tpm2_flushcontext", "-t"]);
-        std::fs::read(self.d.join("act.out")).unwrap()
+        activate_credential(self.d, &self.tcti, "cred.bin")
+            .expect("the TPM activates the credential")
     }
 
     /// Challenge, activate, quote over `binding(nonce)`; returns the attest request.

@@ -20,12 +20,26 @@ use dcr_tests::cleanroom::*;
 use dcr_tests::*;
 
 /// Boot with `dcr-build run`, timestamping each console line as it arrives.
-fn timed_boot(room: &Room, image: &Path, mode: &str, memory: u32) -> (bool, Duration, Vec<(Duration, String)>) {
+fn timed_boot(
+    room: &Room,
+    image: &Path,
+    mode: &str,
+    memory: u32,
+) -> (bool, Duration, Vec<(Duration, String)>) {
     let start = Instant::now();
     let mut child = Command::new(dcr_build())
         .arg("run")
         .arg(image)
-        .args(["--mode", mode, "--net", "--timeout", "3600", "--memory", &memory.to_string(), "--tpm-state"])
+        .args([
+            "--mode",
+            mode,
+            "--net",
+            "--timeout",
+            "3600",
+            "--memory",
+            &memory.to_string(),
+            "--tpm-state",
+        ])
         .arg(&room.tpm_state)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -47,11 +61,21 @@ fn at(lines: &[(Duration, String)], needle: &str) -> Duration {
         .iter()
         .find(|(_, l)| l.contains(needle))
         .map(|(t, _)| *t)
-        .unwrap_or_else(|| panic!("no {needle:?} in {:?}", lines.iter().map(|(_, l)| l).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {needle:?} in {:?}",
+                lines.iter().map(|(_, l)| l).collect::<Vec<_>>()
+            )
+        })
 }
 
 fn last(lines: &[(Duration, String)], needle: &str) -> Duration {
-    lines.iter().rev().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t).unwrap()
+    lines
+        .iter()
+        .rev()
+        .find(|(_, l)| l.contains(needle))
+        .map(|(t, _)| *t)
+        .unwrap()
 }
 
 /// A copy of `image` whose initrd (and UKI .initrd) hold only a trivial static /init.
@@ -60,12 +84,30 @@ fn trivial_image(room: &Room, image: &Path) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let c = dir.join("init.c");
     std::fs::write(&c, "#include <unistd.h>\n#include <sys/reboot.h>\nint main(void){static const char m[]=\"dcr-init: power-off status=ok\\n\";write(1,m,sizeof m-1);sync();reboot(RB_POWER_OFF);return 0;}\n").unwrap();
-    let o = Command::new("musl-gcc").args(["-static", "-Os", "-o"]).arg(dir.join("init")).arg(&c).output().unwrap();
-    assert!(o.status.success(), "musl-gcc: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("musl-gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(dir.join("init"))
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "musl-gcc: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut t = dcr_build::initrd::Tree::new();
-    t.add_file("init", std::fs::read(dir.join("init")).unwrap(), 0o755).unwrap();
+    t.add_file("init", std::fs::read(dir.join("init")).unwrap(), 0o755)
+        .unwrap();
     t.add_dir("dev").unwrap();
-    t.add("dev/console", dcr_build::initrd::Node::CharDev { perm: 0o600, major: 5, minor: 1 }).unwrap();
+    t.add(
+        "dev/console",
+        dcr_build::initrd::Node::CharDev {
+            perm: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )
+    .unwrap();
     let cpio = t.to_cpio(0);
     std::fs::write(dir.join("initrd.cpio"), &cpio).unwrap();
     // The same stub (fetched by the recipe's pin), kernel, cmdline and metadata; the new initrd.
@@ -73,13 +115,31 @@ fn trivial_image(room: &Room, image: &Path) -> PathBuf {
     let recipe = dcr_build::recipe::parse(&text, Path::new("image.toml")).unwrap();
     let deb = recipe.stub.deb.as_ref().unwrap();
     let pkg = dcr_build::fetch::deb_package("stub", &deb.pin()).unwrap();
-    let stub = dcr_build::fetch::extract("stub", &pkg, |p| p == deb.path).unwrap().remove(&deb.path).unwrap();
+    let stub = dcr_build::fetch::extract("stub", &pkg, |p| p == deb.path)
+        .unwrap()
+        .remove(&deb.path)
+        .unwrap();
     let uki = std::fs::read(image.join("image.efi")).unwrap();
     let sec = |n: &str| dcr_build::uki::section(&uki, n).unwrap().unwrap().to_vec();
-    let (osrel, cmdline, uname, linux) = (sec(".osrel"), sec(".cmdline"), sec(".uname"), sec(".linux"));
-    let new = dcr_build::uki::assemble(&stub, &[(".osrel", &osrel), (".cmdline", &cmdline), (".uname", &uname), (".initrd", &cpio), (".linux", &linux)]).unwrap();
+    let (osrel, cmdline, uname, linux) =
+        (sec(".osrel"), sec(".cmdline"), sec(".uname"), sec(".linux"));
+    let new = dcr_build::uki::assemble(
+        &stub,
+        &[
+            (".osrel", &osrel),
+            (".cmdline", &cmdline),
+            (".uname", &uname),
+            (".initrd", &cpio),
+            (".linux", &linux),
+        ],
+    )
+    .unwrap();
     std::fs::write(dir.join("image.efi"), new).unwrap();
-    std::fs::copy(image.join("measurements.json"), dir.join("measurements.json")).unwrap();
+    std::fs::copy(
+        image.join("measurements.json"),
+        dir.join("measurements.json"),
+    )
+    .unwrap();
     dir
 }
 
@@ -97,11 +157,21 @@ fn boot_bench() {
                 // Direct boot has no firmware measurements: the reference PCRs are the ones
                 // this kernel + initrd + contract produce in it (read from a first boot).
                 let (_, _, lines) = timed_boot(&room, &image, "direct", 1024);
-                let pcrs = lines.iter().find_map(|(_, l)| l.split("dcr-init: pcrs sha256 ").nth(1).map(str::to_string)).expect("pcrs line");
+                let pcrs = lines
+                    .iter()
+                    .find_map(|(_, l)| l.split("dcr-init: pcrs sha256 ").nth(1).map(str::to_string))
+                    .expect("pcrs line");
                 let dir = room.dir.join(format!("reference-{tag}"));
                 std::fs::create_dir_all(&dir).unwrap();
-                let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(image.join("measurements.json")).unwrap()).unwrap();
-                let map: serde_json::Map<String, serde_json::Value> = pcrs.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.into())).collect();
+                let mut m: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(image.join("measurements.json")).unwrap(),
+                )
+                .unwrap();
+                let map: serde_json::Map<String, serde_json::Value> = pcrs
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
                 m["measurements"]["tpm"]["pcrs"] = map.into();
                 std::fs::write(dir.join("measurements.json"), m.to_string()).unwrap();
                 dir
@@ -125,7 +195,10 @@ fn boot_bench() {
             v[v.len() / 2]
         };
         let (f, b) = (med(&mut full), med(&mut base));
-        rows.push(format!("| {mode} | {b:.1} s | {f:.1} s | {:.2}× | {full:?} / {base:?} |", f / b));
+        rows.push(format!(
+            "| {mode} | {b:.1} s | {f:.1} s | {:.2}× | {full:?} / {base:?} |",
+            f / b
+        ));
     }
     println!("| boot | trivial static init | full clean-room run (10 K rows) | ratio | runs (full / trivial) |");
     println!("|---|---|---|---|---|");
@@ -141,7 +214,11 @@ fn phases_bench(sizes: &[u64]) {
     for (i, rows) in sizes.iter().enumerate() {
         let tag = format!("p{i}");
         let t0 = Instant::now();
-        let contract = room.contract(&tag, |c| c.replace("timeout_secs = 600", "timeout_secs = 3000").replace("cpu_secs = 600", "cpu_secs = 3000").replace("memory_mib = 1024", "memory_mib = 4096"));
+        let contract = room.contract(&tag, |c| {
+            c.replace("timeout_secs = 600", "timeout_secs = 3000")
+                .replace("cpu_secs = 600", "cpu_secs = 3000")
+                .replace("memory_mib = 1024", "memory_mib = 4096")
+        });
         let image = room.build(&contract, &tag);
         let t_build = t0.elapsed();
         let t1 = Instant::now();
@@ -150,7 +227,11 @@ fn phases_bench(sizes: &[u64]) {
         let t_data = t1.elapsed();
         let memory = if *rows > 2_000_000 { 6144 } else { 2048 };
         let (ok, took, lines) = timed_boot(&room, &image, "uefi", memory);
-        assert!(ok, "run failed: {:?}", lines.iter().map(|(_, l)| l).collect::<Vec<_>>());
+        assert!(
+            ok,
+            "run failed: {:?}",
+            lines.iter().map(|(_, l)| l).collect::<Vec<_>>()
+        );
         let total = t0.elapsed();
         let banner = at(&lines, "banner");
         let net = at(&lines, "dcr-init: network");
@@ -163,10 +244,22 @@ fn phases_bench(sizes: &[u64]) {
         // The native join of the same files, same workload binary, on the host.
         let wl = workspace().join("target/x86_64-unknown-linux-musl/guest/dcr-workload-overlap");
         let n0 = Instant::now();
-        let o = Command::new(&wl).arg(data.join("publisher.csv")).arg(data.join("advertiser.csv")).output().unwrap();
+        let o = Command::new(&wl)
+            .arg(data.join("publisher.csv"))
+            .arg(data.join("advertiser.csv"))
+            .output()
+            .unwrap();
         assert!(o.status.success());
         let native = n0.elapsed();
-        let vm_workload = lines.iter().find_map(|(_, l)| l.split(" time=").nth(1).filter(|_| l.contains("dcr-init: workload")).and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())).unwrap();
+        let vm_workload = lines
+            .iter()
+            .find_map(|(_, l)| {
+                l.split(" time=")
+                    .nth(1)
+                    .filter(|_| l.contains("dcr-init: workload"))
+                    .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
+            })
+            .unwrap();
         let total_rows = 2.0 * *rows as f64;
         println!(
             "| {rows} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} % |",

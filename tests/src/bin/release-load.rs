@@ -16,26 +16,9 @@ fn main() {
     let rounds = a.get(1).copied().unwrap_or(50);
     let t = TempDir::new("release-load");
     let d = t.path();
-    let tpm = SoftTpm::new(
-        7,
-        vec![
-            (4, [4u8; 32]),
-            (9, [9u8; 32]),
-            (11, [11u8; 32]),
-            (23, [23u8; 32]),
-        ],
-    );
-    std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
-    std::fs::write(d.join("tokens"), "publisher:publisher-token-0123456789\n").unwrap();
-    let svc = start_service(
-        &d.join("svc"),
-        &[
-            "--tokens",
-            d.join("tokens").to_str().unwrap(),
-            "--tpm-ak",
-            d.join("ak.pem").to_str().unwrap(),
-        ],
-    );
+    let (tpm, args) = soft_tpm_service_args(d);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = start_service(&d.join("svc"), &args);
     let (cd, signing) =
         setup_service_with_keys(d, &svc, &tpm, "load", &[("k1", false), ("k2", false)]);
     let s = run_load(&svc.url, clients, rounds, &tpm, &cd, &signing);
