@@ -9,8 +9,10 @@ pub mod azure;
 pub mod cli;
 pub mod credential;
 pub mod measure;
+#[cfg(feature = "service")]
 pub mod parties;
 pub mod reference;
+#[cfg(feature = "service")]
 pub mod service;
 pub mod snp;
 pub mod tdx;
