@@ -725,10 +725,10 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
             ));
         }
         Network::Dhcp {} => {
-            return fail(
-                "network",
-                "DHCP is not in this guest-init yet (static only)",
-            )
+            let (address, gateway) = step("network", crate::net::configure_dhcp("eth0"))?;
+            say(&format!(
+                "network dhcp address={address} gateway={gateway} interface=eth0"
+            ));
         }
     }
     let _ = std::fs::create_dir_all("/sys/kernel/config");

@@ -177,3 +177,26 @@ pub fn kill_group(pgid: u32) {
     // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
     unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
 }
+
+/// SO_BINDTODEVICE: send and receive only through `ifname` (DHCP before the interface has an
+/// address or a route).
+pub fn bind_to_device(sock: &std::net::UdpSocket, ifname: &str) -> io::Result<()> {
+    let name = CString::new(ifname)?;
+    let bytes = name.as_bytes_with_nul();
+    // SAFETY: the fd is owned by `sock` and open for the call; the option value points at
+    // `bytes` (a NUL-terminated interface name) with its exact length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            bytes.as_ptr().cast(),
+            bytes.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -5,7 +5,8 @@
 //! - Faults, each ending in a clean power off with the reason on the console and no output
 //!   uploaded: service refuses, service unreachable (deadline), forged service signature,
 //!   corrupted sealed input, workload failure, workload timeout, output violating the rules,
-//!   and an operator-changed kernel command line (measurements change, the service refuses).
+//!   and an operator-changed kernel command line (measurements change, the service refuses);
+//!   the negative run (a k = 1 workload builds another image; refused); DHCP networking.
 
 use std::process::Command;
 
@@ -314,6 +315,28 @@ fn every_fault_powers_off_with_its_reason_and_uploads_nothing() {
         "overlap-result-c.sealed",
         "workload: overlap timed out after 1 s",
     );
+
+    // DHCP instead of the static address (QEMU's user-network DHCP server): the same run.
+    let contract = room.contract("d", |c| {
+        c.replace(
+            "mode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"",
+            "mode = \"dhcp\"",
+        )
+    });
+    assert!(std::fs::read_to_string(&contract)
+        .unwrap()
+        .contains("mode = \"dhcp\""));
+    let image_d = room.build(&contract, "d");
+    room.provide("d", &data, &image_d);
+    let (code, console) = room.boot(&image_d);
+    assert_eq!(code, Some(0), "{console}");
+    assert!(
+        console.contains("dcr-init: network dhcp address=10.0.2.15/24 gateway=10.0.2.2"),
+        "{console}"
+    );
+    assert!(room
+        .result("overlap-result-d.sealed", "publisher")
+        .is_some());
 
     // And with everything restored, the same image runs through and both recipients open it.
     let (code, console) = room.boot(&image);
