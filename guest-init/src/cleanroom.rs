@@ -240,12 +240,14 @@ fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
         chosen.map_or("none", |t| t.as_str())
     ));
     match chosen {
-        Some(t @ (Tee::Tpm | Tee::Snp | Tee::Tdx)) => Ok(t),
-        Some(t) => fail(
+        Some(t) => Ok(t),
+        None => fail(
             "platform",
-            format!("{} evidence collection is not in this guest-init yet; refusing to fall back to another platform", t.as_str()),
+            format!(
+                "none of the contract's platforms [{}] is present",
+                allowed.join(",")
+            ),
         ),
-        None => fail("platform", format!("none of the contract's platforms [{}] is present", allowed.join(","))),
     }
 }
 
@@ -367,6 +369,72 @@ fn attest_tsm(
         auxblob.len()
     ));
     release(c, digest, client, &ch.session_id, tee, &sk, evidence)
+}
+
+/// Azure SNP CVM: the HCL report (vTPM NV 0x01400001), the VCEK from the instance metadata
+/// service, and a quote by the HCL-bound AK (0x81000003) over PCRs 0..23 — Trustee's
+/// az-snp-vtpm evidence.
+fn attest_azure(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, StepError> {
+    const HCL_NV_INDEX: u32 = 0x0140_0001;
+    const AZURE_AK: u32 = 0x8100_0003;
+    let mut tpm = step("tpm", crate::tpm::Tpm::open("/dev/tpmrm0"))?;
+    let hcl = step(
+        "evidence",
+        tpm.nv_read(HCL_NV_INDEX)
+            .map_err(|e| format!("HCL report at NV {HCL_NV_INDEX:#x}: {e}")),
+    )?;
+    let vcek = step("evidence", azure_vcek())?;
+    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
+    let pk = sk.public();
+    let (ch, nonce) = challenge(client, &serde_json::json!({"tee": Tee::AzSnpVtpm.as_str()}))?;
+    let rd = report_data(&nonce, &pk, digest);
+    let all: Vec<u32> = (0..24).collect();
+    let (message, signature) = step("tpm", tpm.quote(AZURE_AK, &rd, &all))?;
+    let values = pcr_values(&all)?;
+    let pcrs: Vec<Vec<u8>> = values.chunks(32).map(<[u8]>::to_vec).collect();
+    let evidence = step(
+        "evidence",
+        dcr_protocol::evidence::az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs)
+            .map_err(|e| e.to_string()),
+    )?;
+    say(&format!(
+        "evidence tee=az-snp-vtpm hcl-report={} quote={} vcek={} bytes",
+        hcl.len(),
+        message.len(),
+        vcek.len()
+    ));
+    release(
+        c,
+        digest,
+        client,
+        &ch.session_id,
+        Tee::AzSnpVtpm,
+        &sk,
+        evidence,
+    )
+}
+
+/// The VCEK (DER) from Azure's instance metadata service (THIM).
+fn azure_vcek() -> Result<Vec<u8>, String> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    let mut r = agent
+        .get("http://169.254.169.254/metadata/THIM/amd/certification")
+        .header("Metadata", "true")
+        .call()
+        .map_err(|e| format!("IMDS THIM: {e}"))?;
+    let body = r
+        .body_mut()
+        .read_to_vec()
+        .map_err(|e| format!("IMDS THIM: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("IMDS THIM: {e}"))?;
+    let pem = v["vcekCert"].as_str().ok_or("IMDS THIM: no vcekCert")?;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    B64.decode(b64.trim())
+        .map_err(|e| format!("IMDS THIM vcekCert: {e}"))
 }
 
 /// configfs-tsm: one report for `rd` (Documentation/ABI/testing/configfs-tsm-report).
@@ -738,7 +806,7 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let keys = match tee {
         Tee::Tpm => attest_tpm(c, digest, &client)?,
         Tee::Snp | Tee::Tdx => attest_tsm(c, digest, &client, tee)?,
-        Tee::AzSnpVtpm => unreachable!("choose() returns only platforms with a collector"),
+        Tee::AzSnpVtpm => attest_azure(c, digest, &client)?,
     };
     step(
         "inputs",

@@ -95,3 +95,41 @@ fn tdx_quote_verifies_at_the_service() {
     let sgx = std::fs::read(d.join("sgx_quote")).unwrap();
     assert!(tdx_from_tsm(&sgx).is_err());
 }
+
+#[test]
+fn azure_snp_vtpm_parts_verify_at_the_service() {
+    // Trustee's real az-snp-vtpm evidence taken apart into what guest-init reads on Azure
+    // (HCL report from NV 0x01400001, VCEK, vTPM quote message/signature, PCRs 0..23) and put
+    // back together by the collector: the service verifies it.
+    let Some(fx) = fixtures("azure_collector") else {
+        return;
+    };
+    let ev: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fx.join("attest/azure/trustee-az-snp-vtpm/evidence-v2.json")).unwrap(),
+    )
+    .unwrap();
+    let h = |s: &serde_json::Value| hex::decode(s.as_str().unwrap()).unwrap();
+    let hcl = B64.decode(ev["hcl_report"].as_str().unwrap()).unwrap();
+    let vcek = B64.decode(ev["vcek"].as_str().unwrap()).unwrap();
+    let message = h(&ev["tpm_quote"]["message"]);
+    let signature = h(&ev["tpm_quote"]["signature"]);
+    let pcrs: Vec<Vec<u8>> = ev["tpm_quote"]["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(h)
+        .collect();
+    let json = az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs).unwrap();
+    let nonce = dcr_attest::tpm::parse_attest(&message).unwrap().extra_data;
+    let claims = verify_evidence(Tee::AzSnpVtpm, &json, &nonce, JAN_2026, None).unwrap();
+    let Claims::Tpm { pcrs: got } = claims else {
+        panic!("vTPM claims")
+    };
+    assert_eq!(got.len(), 24);
+    assert_eq!(got[4].1, pcrs[4]);
+    let mut other = nonce.clone();
+    other[0] ^= 1;
+    let (code, _) = verify_evidence(Tee::AzSnpVtpm, &json, &other, JAN_2026, None).unwrap_err();
+    assert_eq!(code, "binding_mismatch");
+    assert!(az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs[..23]).is_err());
+}

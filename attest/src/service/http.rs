@@ -351,16 +351,44 @@ fn verify_tpm(st: &State, s: &Session, ev: &Value, rd: &[u8; 64]) -> Result<Clai
 pub fn verify_evidence(
     tee: Tee,
     evidence: &Value,
-    rd: &[u8; 64],
+    rd: &[u8],
     now: u64,
     tdx_collateral: Option<&[u8]>,
 ) -> Result<Claims, (String, String)> {
+    let rd64 = || -> Result<[u8; 64], Refusal> {
+        rd.try_into().map_err(|_| {
+            forbidden(
+                "binding_mismatch",
+                format!("the binding is {} bytes, SNP/TDX bind 64", rd.len()),
+            )
+        })
+    };
     let r = match tee {
-        Tee::Snp => verify_snp(evidence, rd, now),
-        Tee::Tdx => verify_tdx(tdx_collateral, evidence, rd, now),
-        Tee::Tpm | Tee::AzSnpVtpm => Err(bad("only snp and tdx evidence verify without a session")),
+        Tee::Snp => rd64().and_then(|rd| verify_snp(evidence, &rd, now)),
+        Tee::Tdx => rd64().and_then(|rd| verify_tdx(tdx_collateral, evidence, &rd, now)),
+        Tee::AzSnpVtpm => verify_az_snp(evidence, rd, now),
+        Tee::Tpm => Err(bad("tpm evidence needs a session (challenge credential)")),
     };
     r.map_err(|e| (e.code.to_string(), e.message))
+}
+
+/// Azure SNP CVM (Trustee az-snp-vtpm JSON): SNP report + VCEK, HCL binding of the runtime
+/// claims (and so of the AK), the vTPM quote by that AK over `rd`. Claims: the vTPM PCRs.
+fn verify_az_snp(ev: &Value, rd: &[u8], now: u64) -> Result<Claims, Refusal> {
+    let bytes = serde_json::to_vec(ev).map_err(|e| bad(e.to_string()))?;
+    let e = crate::azure::parse_snp_evidence(&bytes).map_err(|e| bad(format!("evidence: {e}")))?;
+    let v = crate::azure::verify_snp(&e, rd, now, &crate::snp::SnpPolicy::default(), &Vec::new());
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "vtpm.qualifying_data"));
+    }
+    Ok(Claims::Tpm {
+        pcrs: e
+            .pcrs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32, p.clone()))
+            .collect(),
+    })
 }
 
 fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
@@ -506,12 +534,9 @@ async fn decide(
         Tee::Tpm => verify_tpm(st, &session, &req.evidence, &rd)?,
         Tee::Snp => verify_snp(&req.evidence, &rd, now)?,
         Tee::Tdx => verify_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
-        Tee::AzSnpVtpm => {
-            return Err(forbidden(
-                "unsupported_tee",
-                "az-snp-vtpm key release is not implemented in this service yet",
-            ))
-        }
+        // Verified, but no key can name this platform until Azure reference values exist
+        // (registration refuses them), so the policy step refuses it.
+        Tee::AzSnpVtpm => verify_az_snp(&req.evidence, &rd, now)?,
     };
     let mut canon = Vec::new();
     dcr_protocol::contract::write_canonical(&req.evidence, &mut canon);
