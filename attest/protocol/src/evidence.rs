@@ -206,7 +206,8 @@ pub fn az_snp_vtpm(
             pcrs.len()
         )));
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
+    // Trustee writes these two fields in URL-safe base64 without padding.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     Ok(serde_json::json!({
         "version": 2,
         "tpm_quote": {
