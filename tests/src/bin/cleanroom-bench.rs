@@ -147,7 +147,7 @@ fn boot_bench() {
     let room = Room::new("boot-bench");
     let data = room.data("b", 10_000, 1);
     let mut rows = Vec::new();
-    for (mode, runs) in [("uefi", 2), ("direct", 2)] {
+    for (mode, runs) in [("uefi", 3), ("direct", 3)] {
         let mut full = Vec::new();
         for i in 0..runs {
             let tag = format!("{mode}{i}");
