@@ -249,3 +249,170 @@ pub fn verify_snp(
     }
     v
 }
+
+/// Trustee's az-tdx-vtpm evidence (version 1), decoded: the HCL report (with a TDREPORT), the
+/// TD quote fetched from IMDS, and the vTPM quote.
+#[derive(Debug, Clone)]
+pub struct TdxVtpmEvidence {
+    pub hcl_report: Vec<u8>,
+    pub td_quote: Vec<u8>,
+    pub quote_message: Vec<u8>,
+    pub quote_signature: Vec<u8>,
+    pub pcrs: Vec<Vec<u8>>,
+}
+
+/// Decode Trustee az-tdx-vtpm evidence (version 1).
+pub fn parse_tdx_evidence(json: &[u8]) -> Result<TdxVtpmEvidence, AzureError> {
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| AzureError::Evidence {
+        field: "(document)",
+        reason: e.to_string(),
+    })?;
+    if v["version"].as_u64() != Some(1) && v["version"].as_str() != Some("1") {
+        return Err(AzureError::Evidence {
+            field: "version",
+            reason: "must be 1".into(),
+        });
+    }
+    if v.get("td_quote").is_none() {
+        return Err(AzureError::Evidence {
+            field: "td_quote",
+            reason: "missing (not az-tdx-vtpm evidence)".into(),
+        });
+    }
+    // The vTPM part has the az-snp-vtpm shape; reuse its decoder with a placeholder VCEK.
+    let mut snp_shaped = v.clone();
+    snp_shaped["version"] = 2.into();
+    snp_shaped["vcek"] = "".into();
+    let common = parse_snp_evidence(&serde_json::to_vec(&snp_shaped).expect("json"))?;
+    let td_quote = v["td_quote"]
+        .as_str()
+        .and_then(|s| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s.trim_end_matches('='))
+                .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
+                .ok()
+        })
+        .ok_or(AzureError::Evidence {
+            field: "td_quote",
+            reason: "not base64".into(),
+        })?;
+    Ok(TdxVtpmEvidence {
+        hcl_report: common.hcl_report,
+        td_quote,
+        quote_message: common.quote_message,
+        quote_signature: common.quote_signature,
+        pcrs: common.pcrs,
+    })
+}
+
+/// REPORTDATA of a TD quote v4/v5 (header 48 bytes, v5 body descriptor 6 bytes, TD report
+/// REPORTDATA at body offset 520).
+fn td_quote_report_data(q: &[u8]) -> Option<&[u8]> {
+    let version = u16::from_le_bytes([*q.first()?, *q.get(1)?]);
+    let body = match version {
+        4 => 48,
+        5 => 48 + 6,
+        _ => return None,
+    };
+    q.get(body + 520..body + 584)
+}
+
+/// Verify Azure TDX evidence: the HCL report (type TDX) binds the runtime claims in its
+/// TDREPORT's REPORTDATA; the TD quote carries the same REPORTDATA and verifies against
+/// `collateral` (without collateral that check fails: no decision without Intel's
+/// collateral); HCLAkPub signs the vTPM quote over `nonce`.
+pub fn verify_tdx(
+    ev: &TdxVtpmEvidence,
+    nonce: &[u8],
+    now: u64,
+    collateral: Option<&[u8]>,
+    tdx_policy: &crate::tdx::TdxPolicy,
+    expected_pcrs: &tpm::ExpectedPcrs,
+) -> Verdict {
+    let mut v = Verdict::default();
+    let hcl = match parse_hcl(&ev.hcl_report) {
+        Ok(h) => h,
+        Err(e) => {
+            v.push("hcl.decode", false, e.to_string());
+            return v;
+        }
+    };
+    v.push(
+        "hcl.decode",
+        hcl.report_type == HCL_REPORT_TDX,
+        format!(
+            "version {}, report type {} (4 = TDX)",
+            hcl.version, hcl.report_type
+        ),
+    );
+    // TDREPORT: REPORTMACSTRUCT first; its REPORTDATA at offset 128.
+    let rd = &hcl.hw_report[128..192];
+    let want = Sha256::digest(&hcl.var_data);
+    v.push(
+        "hcl.binding",
+        rd[..32] == want[..] && rd[32..].iter().all(|&b| b == 0),
+        format!(
+            "TDREPORT REPORTDATA {} vs SHA-256(runtime claims) {}",
+            crate::measure::hex(&rd[..32]),
+            crate::measure::hex(&want)
+        ),
+    );
+    let qrd = td_quote_report_data(&ev.td_quote);
+    v.push(
+        "td_quote.binding",
+        qrd == Some(rd),
+        "the TD quote's REPORTDATA equals the HCL TDREPORT's".to_string(),
+    );
+    match collateral {
+        Some(c) => {
+            for ch in crate::tdx::verify(&ev.td_quote, c, now, tdx_policy).checks {
+                v.checks.push(crate::verdict::Check {
+                    name: format!("tdx.{}", ch.name),
+                    ..ch
+                });
+            }
+        }
+        None => {
+            v.push(
+                "tdx.collateral",
+                false,
+                "no collateral for this TD quote (give --collateral): its TCB cannot be judged",
+            );
+        }
+    }
+    let ak = match hcl_ak_pub(&hcl.var_data) {
+        Ok(k) => k,
+        Err(e) => {
+            v.push("hcl.ak", false, e.to_string());
+            return v;
+        }
+    };
+    v.push("hcl.ak", true, "HCLAkPub from the runtime claims");
+    let ak_der = {
+        use rsa::pkcs8::EncodePublicKey;
+        match ak.to_public_key_der() {
+            Ok(d) => d.as_bytes().to_vec(),
+            Err(e) => {
+                v.push("hcl.ak", false, e.to_string());
+                return v;
+            }
+        }
+    };
+    for c in tpm::verify(
+        &ak_der,
+        &ev.quote_message,
+        &ev.quote_signature,
+        &ev.pcrs.concat(),
+        nonce,
+        tpm::TPM_ALG_SHA256,
+        expected_pcrs,
+    )
+    .checks
+    {
+        v.checks.push(crate::verdict::Check {
+            name: format!("vtpm.{}", c.name),
+            ..c
+        });
+    }
+    v
+}

@@ -138,3 +138,61 @@ fn kinvolk_hcl_reports_bind_their_runtime_claims() {
         assert!(dcr_attest::azure::parse_hcl(&b[..100]).is_err());
     }
 }
+
+#[test]
+fn trustee_az_tdx_vtpm_evidence_binds_and_fails_closed_without_collateral() {
+    // Azure TDX (Trustee az-tdx-vtpm JSON): the HCL TDREPORT binds the runtime claims, the TD
+    // quote from IMDS carries the same REPORTDATA, HCLAkPub signs the vTPM quote; the fixtures
+    // hold no Intel collateral for this quote's platform, so the TD quote's TCB cannot be
+    // judged and the verdict is a refusal naming exactly that check.
+    let Some(fx) = fixtures("trustee_az_tdx_vtpm_evidence") else {
+        return;
+    };
+    let path = fx.join("attest/azure/trustee-az-tdx-vtpm/evidence-v1.json");
+    let ev: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let nonce = nonce_of(&ev);
+    let o = verify(&path, &nonce, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    let fails: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{out}");
+    assert!(fails[0].starts_with("FAIL tdx.collateral"), "{out}");
+    for check in [
+        "ok   hcl.binding",
+        "ok   td_quote.binding",
+        "ok   vtpm.signature",
+        "ok   vtpm.qualifying_data",
+        "ok   vtpm.pcrs.digest",
+    ] {
+        assert!(out.contains(check), "{check} in {out}");
+    }
+    // Collateral of another platform (dcap-qvl's fixture) does not make it pass.
+    let coll = fx.join("attest/tdx/dcap-qvl/tdx_quote_collateral.json");
+    let o = verify(&path, &nonce, &[format!("--collateral={}", coll.display())]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("FAIL tdx."), "{}", stdout(&o));
+    // A TD quote whose REPORTDATA is not the HCL report's is refused for that.
+    let t = TempDir::new("az-tdx");
+    let mut e2 = ev.clone();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut q = b64
+        .decode(ev["td_quote"].as_str().unwrap().trim_end_matches('='))
+        .unwrap();
+    q[48 + 520] ^= 1;
+    e2["td_quote"] = b64.encode(q).into();
+    let p2 = t.path().join("e2.json");
+    std::fs::write(&p2, e2.to_string()).unwrap();
+    let o = verify(&p2, &nonce, &[]);
+    assert!(
+        stdout(&o).contains("FAIL td_quote.binding"),
+        "{}",
+        stdout(&o)
+    );
+    // A wrong nonce is refused by the vTPM quote check.
+    let o = verify(&path, "00", &[]);
+    assert!(
+        stdout(&o).contains("FAIL vtpm.qualifying_data"),
+        "{}",
+        stdout(&o)
+    );
+}

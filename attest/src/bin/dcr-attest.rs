@@ -257,6 +257,9 @@ enum Verify {
         /// A VCEK to use instead of the one in the evidence (DER or PEM).
         #[arg(long, value_name = "PATH")]
         vcek: Option<PathBuf>,
+        /// az-tdx-vtpm evidence: dcap-qvl collateral for its TD quote.
+        #[arg(long, value_name = "PATH")]
+        collateral: Option<PathBuf>,
         /// Verification time (RFC 3339, UTC) [default: now].
         #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
@@ -766,11 +769,41 @@ fn real_main() -> anyhow::Result<ExitCode> {
             evidence,
             qualification,
             vcek,
+            collateral,
             at,
             expected,
             json,
         } => {
-            let mut ev = dcr_attest::azure::parse_snp_evidence(&read("--evidence", &evidence)?)
+            let bytes = read("--evidence", &evidence)?;
+            let is_tdx = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map(|v| v.get("td_quote").is_some())
+                .unwrap_or(false);
+            if is_tdx {
+                let ev = dcr_attest::azure::parse_tdx_evidence(&bytes)
+                    .with_context(|| evidence.display().to_string())?;
+                let nonce = match hex_bytes(&qualification) {
+                    Some(b) => b,
+                    None => read("--qualification", Path::new(&qualification))?,
+                };
+                let coll = match &collateral {
+                    Some(p) => Some(read("--collateral", p)?),
+                    None => None,
+                };
+                let want = match &expected {
+                    Some(p) => expected_pcrs(p)?,
+                    None => Vec::new(),
+                };
+                let verdict = dcr_attest::azure::verify_tdx(
+                    &ev,
+                    &nonce,
+                    verification_time(&at)?,
+                    coll.as_deref(),
+                    &dcr_attest::tdx::TdxPolicy::default(),
+                    &want,
+                );
+                return report(&verdict, json);
+            }
+            let mut ev = dcr_attest::azure::parse_snp_evidence(&bytes)
                 .with_context(|| evidence.display().to_string())?;
             if let Some(p) = &vcek {
                 ev.vcek_der = der_or_pem(read("--vcek", p)?)?;
