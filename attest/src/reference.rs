@@ -116,7 +116,7 @@ pub struct Measurements {
     pub kernel_release: String,
     /// The kernel command line inside the UKI `.cmdline` and used for direct boot.
     pub cmdline: String,
-    /// SHA-256 of the contract file as packed at /etc/dcr/contract.toml.
+    /// SHA-256 of the contract as packed at /etc/dcr/contract.json (its canonical JSON).
     pub contract_digest: Sha256,
     /// The Rust target the guest binaries were built for.
     pub guest_target: String,

@@ -36,7 +36,7 @@ pub enum Node {
     CharDev { perm: u32, major: u32, minor: u32 },
 }
 
-/// The file tree of an initramfs, keyed by relative path (`init`, `etc/dcr/contract.toml`).
+/// The file tree of an initramfs, keyed by relative path (`init`, `etc/dcr/contract.json`).
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
     nodes: BTreeMap<String, Node>,
