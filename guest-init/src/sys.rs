@@ -152,17 +152,20 @@ pub fn spawn_confined(
                 check(unsafe { libc::setrlimit($res, &r) })
             }};
         }
-        // SAFETY (all calls below): async-signal-safe syscalls without pointers, or with
-        // pointers to locals valid for the call, made in the forked child before exec.
+        // SAFETY: unshare(2) takes no pointers; async-signal-safe, in the child before exec.
         check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
         limit!(libc::RLIMIT_AS, mem)?;
         limit!(libc::RLIMIT_CPU, cpu)?;
         limit!(libc::RLIMIT_FSIZE, 0)?;
         limit!(libc::RLIMIT_NOFILE, 64)?;
         limit!(libc::RLIMIT_NPROC, 64)?;
+        // SAFETY: setgroups(2) with size 0 never reads the (null) list.
         check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: setgid(2) takes no pointers.
         check(unsafe { libc::setgid(gid) })?;
+        // SAFETY: setuid(2) takes no pointers.
         check(unsafe { libc::setuid(uid) })?;
+        // SAFETY: prctl(2) PR_SET_NO_NEW_PRIVS takes integer arguments only.
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
         Ok(())
     };

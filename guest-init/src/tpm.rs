@@ -394,6 +394,19 @@ impl Tpm {
     }
 }
 
+impl Tpm {
+    /// Whether an NV index is defined (TPM2_NV_ReadPublic succeeds).
+    pub fn nv_read_public_exists(&mut self, index: u32) -> io::Result<bool> {
+        let cmd = Cmd::new(TPM_ST_NO_SESSIONS, TPM_CC_NV_READ_PUBLIC)
+            .u32(index)
+            .done();
+        self.f.write_all(&cmd)?;
+        let mut resp = [0u8; 1024];
+        let n = self.f.read(&mut resp)?;
+        Ok(n >= 10 && resp[6..10] == [0, 0, 0, 0])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,18 +426,5 @@ mod tests {
             u32::from_be_bytes(c[2..6].try_into().unwrap()),
             c.len() as u32
         );
-    }
-}
-
-impl Tpm {
-    /// Whether an NV index is defined (TPM2_NV_ReadPublic succeeds).
-    pub fn nv_read_public_exists(&mut self, index: u32) -> io::Result<bool> {
-        let cmd = Cmd::new(TPM_ST_NO_SESSIONS, TPM_CC_NV_READ_PUBLIC)
-            .u32(index)
-            .done();
-        self.f.write_all(&cmd)?;
-        let mut resp = [0u8; 1024];
-        let n = self.f.read(&mut resp)?;
-        Ok(n >= 10 && resp[6..10] == [0, 0, 0, 0])
     }
 }

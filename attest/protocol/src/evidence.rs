@@ -67,8 +67,11 @@ pub enum EvidenceError {
     Quote(String),
 }
 
-/// The certificate table entries: (GUID, bytes).
-pub fn parse_cert_table(table: &[u8]) -> Result<Vec<([u8; 16], Vec<u8>)>, EvidenceError> {
+/// One certificate table entry: (GUID, certificate bytes).
+pub type CertEntry = ([u8; 16], Vec<u8>);
+
+/// The certificate table entries.
+pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertEntry>, EvidenceError> {
     let bad = |s: String| EvidenceError::CertTable(s);
     let mut out = Vec::new();
     let mut pos = 0;
@@ -155,6 +158,37 @@ pub fn tdx_from_tsm(outblob: &[u8]) -> Result<TdxEvidence, EvidenceError> {
     })
 }
 
+/// Azure SEV-SNP CVM evidence in Trustee's az-snp-vtpm format (version 2): the HCL report
+/// (vTPM NV index 0x01400001), the VCEK (DER; Azure's IMDS THIM endpoint serves it), and a
+/// vTPM quote by the HCL-bound AK (persistent handle 0x81000003) over all 24 SHA-256 PCRs
+/// with the binding as qualifying data.
+pub fn az_snp_vtpm(
+    hcl_report: &[u8],
+    vcek_der: &[u8],
+    quote_message: &[u8],
+    quote_signature: &[u8],
+    pcrs: &[Vec<u8>],
+) -> Result<serde_json::Value, EvidenceError> {
+    if pcrs.len() != 24 || pcrs.iter().any(|p| p.len() != 32) {
+        return Err(EvidenceError::Quote(format!(
+            "{} PCR values: az-snp-vtpm evidence carries SHA-256 PCRs 0..23",
+            pcrs.len()
+        )));
+    }
+    // Trustee writes these two fields in URL-safe base64 without padding.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Ok(serde_json::json!({
+        "version": 2,
+        "tpm_quote": {
+            "signature": hex::encode(quote_signature),
+            "message": hex::encode(quote_message),
+            "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
+        },
+        "hcl_report": b64.encode(hcl_report),
+        "vcek": b64.encode(vcek_der),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,35 +221,4 @@ mod tests {
             EvidenceError::NoVek
         );
     }
-}
-
-/// Azure SEV-SNP CVM evidence in Trustee's az-snp-vtpm format (version 2): the HCL report
-/// (vTPM NV index 0x01400001), the VCEK (DER; Azure's IMDS THIM endpoint serves it), and a
-/// vTPM quote by the HCL-bound AK (persistent handle 0x81000003) over all 24 SHA-256 PCRs
-/// with the binding as qualifying data.
-pub fn az_snp_vtpm(
-    hcl_report: &[u8],
-    vcek_der: &[u8],
-    quote_message: &[u8],
-    quote_signature: &[u8],
-    pcrs: &[Vec<u8>],
-) -> Result<serde_json::Value, EvidenceError> {
-    if pcrs.len() != 24 || pcrs.iter().any(|p| p.len() != 32) {
-        return Err(EvidenceError::Quote(format!(
-            "{} PCR values: az-snp-vtpm evidence carries SHA-256 PCRs 0..23",
-            pcrs.len()
-        )));
-    }
-    // Trustee writes these two fields in URL-safe base64 without padding.
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    Ok(serde_json::json!({
-        "version": 2,
-        "tpm_quote": {
-            "signature": hex::encode(quote_signature),
-            "message": hex::encode(quote_message),
-            "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
-        },
-        "hcl_report": b64.encode(hcl_report),
-        "vcek": b64.encode(vcek_der),
-    }))
 }

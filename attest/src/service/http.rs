@@ -202,12 +202,15 @@ async fn challenge(AxState(st): AxState<St>, body: Bytes) -> Result<Response, Re
     .into_response())
 }
 
+/// (tpm2-tools credential file, the secret it carries, the AK's name).
+type Credential = (Vec<u8>, Zeroizing<[u8; 32]>, Vec<u8>);
+
 /// EK certificate → trusted root, then MakeCredential for the AK's name.
 fn tpm_credential(
     st: &State,
     id: &dcr_protocol::wire::TpmIdentity,
     now: u64,
-) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>, Vec<u8>), Refusal> {
+) -> Result<Credential, Refusal> {
     use crate::credential;
     let ek_pub = b64("tpm.ek_public", &id.ek_public)?;
     let ek_cert = b64("tpm.ek_cert", &id.ek_cert)?;
@@ -314,7 +317,7 @@ fn verify_tpm(st: &State, s: &Session, ev: &Value, rd: &[u8; 64]) -> Result<Clai
         None => {
             let k = tpm::parse_ak(&ak).map_err(|e| bad(format!("evidence.ak_public: {e}")))?;
             let spki = tpm::ak_spki_der(&k);
-            if !st.cfg.pinned_aks.iter().any(|p| *p == spki) {
+            if !st.cfg.pinned_aks.contains(&spki) {
                 return Err(forbidden(
                     "ak_untrusted",
                     "AK is neither pinned (--tpm-ak) nor activated against a trusted EK",

@@ -4,8 +4,8 @@
 //! the same kernel with a trivial static init (prints the status line, powers off), for direct
 //! kernel boot and OVMF + UKI; both with the same QEMU devices (NIC, swtpm).
 //!
-//! `cleanroom-bench phases ROWS…` — end-to-end wall time and each phase's share (build, data
-//! + seal + upload, boot, attest, decrypt, workload, seal + upload, power off) at the given
+//! `cleanroom-bench phases ROWS…` — end-to-end wall time and each phase's share (build,
+//! data/seal/upload, boot, attest, decrypt, workload, seal/upload, power off) at the given
 //! sizes, and the in-VM join's rows/s against the same workload run natively on the host.
 //!
 //! Needs what the tests need (QEMU, OVMF, swtpm, musl-gcc for the trivial init).

@@ -98,7 +98,7 @@ fn main() {
             } else {
                 id(seed, 2, j)
             };
-            let converted = u8::from((r >> 32) % 10 == 0);
+            let converted = u8::from((r >> 32).is_multiple_of(10));
             writeln!(advertiser, "{user:016x},{converted}")?;
         }
         publisher.flush()?;
