@@ -194,12 +194,11 @@ pub fn verify_snp(
             hcl.version, hcl.report_type
         ),
     );
-    for c in snp::verify(&hcl.hw_report, &ev.vcek_der, None, now, snp_policy).checks {
-        v.checks.push(crate::verdict::Check {
-            name: format!("snp.{}", c.name),
-            ..c
-        });
-    }
+    push_prefixed(
+        &mut v,
+        "snp",
+        snp::verify(&hcl.hw_report, &ev.vcek_der, None, now, snp_policy),
+    );
     // REPORT_DATA = SHA-256(runtime claims) ‖ 32 zero bytes.
     let rd = &hcl.hw_report[0x50..0x90];
     let want = Sha256::digest(&hcl.var_data);
@@ -212,42 +211,61 @@ pub fn verify_snp(
             crate::measure::hex(&want)
         ),
     );
-    let ak = match hcl_ak_pub(&hcl.var_data) {
-        Ok(k) => k,
-        Err(e) => {
-            v.push("hcl.ak", false, e.to_string());
-            return v;
-        }
-    };
-    v.push("hcl.ak", true, "HCLAkPub from the runtime claims");
-    let ak_der = {
-        use rsa::pkcs8::EncodePublicKey;
-        match ak.to_public_key_der() {
-            Ok(d) => d.as_bytes().to_vec(),
-            Err(e) => {
-                v.push("hcl.ak", false, e.to_string());
-                return v;
-            }
-        }
-    };
-    let values: Vec<u8> = ev.pcrs.concat();
-    for c in tpm::verify(
-        &ak_der,
+    vtpm_checks(
+        &mut v,
+        &hcl.var_data,
         &ev.quote_message,
         &ev.quote_signature,
-        &values,
+        &ev.pcrs,
         nonce,
-        tpm::TPM_ALG_SHA256,
         expected_pcrs,
-    )
-    .checks
-    {
+    );
+    v
+}
+
+/// Checks `from` under `prefix.` (e.g. the SNP report's checks as `snp.*`).
+fn push_prefixed(v: &mut Verdict, prefix: &str, from: Verdict) {
+    for c in from.checks {
         v.checks.push(crate::verdict::Check {
-            name: format!("vtpm.{}", c.name),
+            name: format!("{prefix}.{}", c.name),
             ..c
         });
     }
-    v
+}
+
+/// HCLAkPub from the runtime claims, then the vTPM quote it signed over `nonce` (as
+/// `vtpm.*`): shared by the SNP and TDX evidence of Azure CVMs.
+fn vtpm_checks(
+    v: &mut Verdict,
+    var_data: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    pcrs: &[Vec<u8>],
+    nonce: &[u8],
+    expected_pcrs: &tpm::ExpectedPcrs,
+) {
+    use rsa::pkcs8::EncodePublicKey;
+    let ak_der = match hcl_ak_pub(var_data).and_then(|k| {
+        k.to_public_key_der()
+            .map_err(|e| AzureError::Hcl(e.to_string()))
+    }) {
+        Ok(d) => d.as_bytes().to_vec(),
+        Err(e) => {
+            v.push("hcl.ak", false, e.to_string());
+            return;
+        }
+    };
+    v.push("hcl.ak", true, "HCLAkPub from the runtime claims");
+    let quote = tpm::verify(
+        &ak_der,
+        message,
+        signature,
+        &pcrs.concat(),
+        nonce,
+        tpm::TPM_ALG_SHA256,
+        expected_pcrs,
+    );
+    push_prefixed(v, "vtpm", quote);
 }
 
 /// Trustee's az-tdx-vtpm evidence (version 1), decoded: the HCL report (with a TDREPORT), the
@@ -365,12 +383,11 @@ pub fn verify_tdx(
     );
     match collateral {
         Some(c) => {
-            for ch in crate::tdx::verify(&ev.td_quote, c, now, tdx_policy).checks {
-                v.checks.push(crate::verdict::Check {
-                    name: format!("tdx.{}", ch.name),
-                    ..ch
-                });
-            }
+            push_prefixed(
+                &mut v,
+                "tdx",
+                crate::tdx::verify(&ev.td_quote, c, now, tdx_policy),
+            );
         }
         None => {
             v.push(
@@ -380,39 +397,14 @@ pub fn verify_tdx(
             );
         }
     }
-    let ak = match hcl_ak_pub(&hcl.var_data) {
-        Ok(k) => k,
-        Err(e) => {
-            v.push("hcl.ak", false, e.to_string());
-            return v;
-        }
-    };
-    v.push("hcl.ak", true, "HCLAkPub from the runtime claims");
-    let ak_der = {
-        use rsa::pkcs8::EncodePublicKey;
-        match ak.to_public_key_der() {
-            Ok(d) => d.as_bytes().to_vec(),
-            Err(e) => {
-                v.push("hcl.ak", false, e.to_string());
-                return v;
-            }
-        }
-    };
-    for c in tpm::verify(
-        &ak_der,
+    vtpm_checks(
+        &mut v,
+        &hcl.var_data,
         &ev.quote_message,
         &ev.quote_signature,
-        &ev.pcrs.concat(),
+        &ev.pcrs,
         nonce,
-        tpm::TPM_ALG_SHA256,
         expected_pcrs,
-    )
-    .checks
-    {
-        v.checks.push(crate::verdict::Check {
-            name: format!("vtpm.{}", c.name),
-            ..c
-        });
-    }
+    );
     v
 }

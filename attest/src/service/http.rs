@@ -70,6 +70,10 @@ fn forbidden(code: &'static str, message: impl Into<String>) -> Refusal {
     refuse(StatusCode::FORBIDDEN, code, message)
 }
 
+fn unauthorized(message: impl Into<String>) -> Refusal {
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
 fn internal(message: impl Into<String>) -> Refusal {
     refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
 }
@@ -725,11 +729,7 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
         return audited(
             &st,
             audit,
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a registered party's bearer token is required",
-            ),
+            unauthorized("a registered party's bearer token is required"),
         )
         .await
         .into_response();
@@ -894,11 +894,7 @@ async fn put_blob(
                 return audited(
                     &st,
                     audit,
-                    refuse(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "upload token unknown or already used",
-                    ),
+                    unauthorized("upload token unknown or already used"),
                 )
                 .await
                 .into_response()
@@ -908,11 +904,7 @@ async fn put_blob(
             return audited(
                 &st,
                 audit,
-                refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "a party's bearer token or an upload token is required",
-                ),
+                unauthorized("a party's bearer token or an upload token is required"),
             )
             .await
             .into_response()
@@ -963,12 +955,7 @@ async fn put_blob(
         }
         Ok(_) => {
             let _ = std::fs::remove_file(&fin);
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "upload token already used",
-            )
-            .into_response()
+            unauthorized("upload token already used").into_response()
         }
         Err(e) => internal(format!("journal: {e}")).into_response(),
     }
