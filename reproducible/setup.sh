@@ -39,7 +39,8 @@ fi
 
 missing=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in qemu-system-x86 ovmf swtpm swtpm-tools gnutls-bin tpm2-tools libtss2-dev binutils git musl-tools; do
+for p in qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools gnutls-bin tpm2-tools libtss2-dev binutils git musl-tools \
+    gdisk dosfstools mtools; do
   have_pkg "$p" || missing+=("$p")
 done
 # QEMU must be the backports 10.x (sev-snp-guest / tdx-guest objects).

@@ -22,6 +22,9 @@ use dcr_attest::measure::hex;
 pub const INITRD: &str = "initrd.cpio";
 pub const UKI: &str = "image.efi";
 pub const MEASUREMENTS: &str = "measurements.json";
+/// The GPT disk image (ESP with the UKI), raw and as a fixed VHD.
+pub const DISK_RAW: &str = "disk.raw";
+pub const DISK_VHD: &str = "disk.vhd";
 
 /// Paths inside the initramfs.
 /// The contract in its canonical JSON form (docs/contract.md); its SHA-256 is the contract
@@ -192,6 +195,28 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ImageError> 
     Ok(())
 }
 
+/// Write `bytes ‖ tail` atomically, leaving holes for all-zero 64 KiB blocks (a disk image
+/// is mostly empty FAT clusters).
+fn write_sparse(dir: &Path, name: &str, bytes: &[u8], tail: &[u8]) -> Result<(), ImageError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |r: std::io::Result<()>| r.map_err(out_err(dir));
+    let mut f = std::fs::File::create(&tmp).map_err(out_err(dir))?;
+    for block in bytes.chunks(64 << 10) {
+        if block.iter().all(|b| *b == 0) {
+            io(f.seek(SeekFrom::Current(block.len() as i64)).map(|_| ()))?;
+        } else {
+            io(f.write_all(block))?;
+        }
+    }
+    io(f.write_all(tail))?;
+    io(f.set_len((bytes.len() + tail.len()) as u64))?;
+    io(f.sync_all())?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name)).map_err(out_err(dir))?;
+    Ok(())
+}
+
 /// Record a fetched package among the inputs (`deb:<package>`).
 fn record_deb(inputs: &mut BTreeMap<String, Input>, pin: &recipe::DebPin, pkg: &fetch::DebPackage) {
     inputs.insert(
@@ -346,6 +371,8 @@ pub struct Prepared {
     pub snp: Option<(SnpSpec, Vec<u8>)>,
     /// TDX shape and firmware bytes, when predicted.
     pub tdx: Option<(TdxSpec, Vec<u8>)>,
+    /// The disk image's settings, when one is built (`[disk]`, or `azure` in platforms).
+    pub disk: Option<recipe::DiskSpec>,
 }
 
 /// Load the recipe, get and verify every input, build the guest binaries. `out`, if given,
@@ -404,7 +431,15 @@ pub fn prepare(
     inputs.insert("contract".into(), input(contract_source, &contract));
 
     let (kernel, tree) = kernel_inputs(&r, &mut inputs)?;
-    let resolution = tree.resolve(&rec.kernel.modules)?;
+    let mut wanted = rec.kernel.modules.clone();
+    if rec.platforms.contains(&Platform::Azure) {
+        for m in recipe::AZURE_MODULES {
+            if !wanted.iter().any(|w| w.replace('-', "_") == m) {
+                wanted.push(m.to_string());
+            }
+        }
+    }
+    let resolution = tree.resolve(&wanted)?;
     for b in &resolution.builtin {
         eprintln!(
             "note: module {b} is built into {}; nothing to pack",
@@ -505,6 +540,11 @@ pub fn prepare(
         platforms: rec.platforms.clone(),
         snp,
         tdx,
+        disk: match &rec.disk {
+            Some(d) => Some(d.clone()),
+            None if rec.platforms.contains(&Platform::Azure) => Some(recipe::DiskSpec::default()),
+            None => None,
+        },
     })
 }
 
@@ -612,6 +652,82 @@ fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageE
     }))
 }
 
+/// The vTPM PCRs that identify the image on an Azure confidential VM, whatever firmware
+/// Microsoft ships: PCR 9 (the initrd, measured by the kernel's EFI stub), PCR 11 (the UKI
+/// sections, measured by systemd-stub) and PCR 23 (contract and workloads, by guest-init).
+/// PCR 4 also covers the firmware's own boot-path events, which are Hyper-V UEFI's there:
+/// recorded as informational, not required.
+pub const AZURE_PCRS: [u32; 3] = [9, 11, 23];
+
+fn azure_prediction(p: &Prepared, packed: &Packed) -> Result<serde_json::Value, ImageError> {
+    let pcrs = tpm_pcrs(p, packed)?;
+    let required: serde_json::Map<String, serde_json::Value> = pcrs
+        .iter()
+        .filter(|x| AZURE_PCRS.contains(&x.index))
+        .map(|x| (x.index.to_string(), hex(&x.value).into()))
+        .collect();
+    let informational: serde_json::Map<String, serde_json::Value> = pcrs
+        .iter()
+        .filter(|x| !AZURE_PCRS.contains(&x.index))
+        .map(|x| (x.index.to_string(), hex(&x.value).into()))
+        .collect();
+    Ok(serde_json::json!({
+        "shape": {
+            "boot": "Azure confidential VM (SEV-SNP DCasv5/ECasv5 or TDX DCesv5/ECesv5, paravisor vTPM) booting disk.vhd: \\EFI\\BOOT\\BOOTX64.EFI = image.efi",
+            "bank": "sha256",
+            "hardware": "the SNP MEASUREMENT / TDX MRTD cover Microsoft's paravisor and firmware, not this image: checked for genuineness (VCEK / DCAP, VMPL 0, HCL binding of the vTPM key), not pinned",
+        },
+        "pcrs": required,
+        "pcrs_firmware_dependent": informational,
+    }))
+}
+
+/// The SHA-256 PCRs of an OVMF + systemd-stub boot of the UKI, plus PCR 23.
+fn tpm_pcrs(
+    p: &Prepared,
+    packed: &Packed,
+) -> Result<Vec<dcr_attest::measure::tpm::Pcr>, ImageError> {
+    let mut pcrs =
+        crate::measure::tpm_prediction(&packed.uki).map_err(|reason| ImageError::Input {
+            input: UKI.into(),
+            reason,
+        })?;
+    let workloads: Vec<(&str, &[u8])> = p
+        .pack
+        .workloads
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    pcrs.push(dcr_attest::measure::tpm::pcr23(
+        sha256(&p.pack.contract).0,
+        &workloads,
+    ));
+    Ok(pcrs)
+}
+
+/// Build the disk image of a packed build (pure): the raw disk and its VHD footer.
+pub fn disk_image(
+    p: &Prepared,
+    packed: &Packed,
+) -> Result<Option<(crate::disk::Disk, [u8; 512])>, ImageError> {
+    let Some(spec) = &p.disk else {
+        return Ok(None);
+    };
+    let seed = crate::disk::seed(&p.pack.name, &p.pack.version, &packed.uki);
+    let disk = crate::disk::build(&crate::disk::DiskInput {
+        uki: &packed.uki,
+        seed,
+        epoch: u64::from(p.pack.mtime),
+        size_mib: spec.size_mib,
+    })
+    .map_err(|e| ImageError::Input {
+        input: "disk".into(),
+        reason: e.to_string(),
+    })?;
+    let footer = crate::disk::vhd_footer(disk.raw.len() as u64, u64::from(p.pack.mtime), &seed);
+    Ok(Some((disk, footer)))
+}
+
 /// The reference values of a packed build: digests of everything, and the launch
 /// measurements predicted for the recipe's platforms. Pure.
 pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, ImageError> {
@@ -629,22 +745,7 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
     for platform in &p.platforms {
         match platform {
             Platform::Tpm => {
-                let mut pcrs = crate::measure::tpm_prediction(&packed.uki).map_err(|reason| {
-                    ImageError::Input {
-                        input: UKI.into(),
-                        reason,
-                    }
-                })?;
-                let workloads: Vec<(&str, &[u8])> = p
-                    .pack
-                    .workloads
-                    .iter()
-                    .map(|(n, b)| (n.as_str(), b.as_slice()))
-                    .collect();
-                pcrs.push(dcr_attest::measure::tpm::pcr23(
-                    sha256(&p.pack.contract).0,
-                    &workloads,
-                ));
+                let pcrs = tpm_pcrs(p, packed)?;
                 let values: serde_json::Map<String, serde_json::Value> = pcrs
                     .iter()
                     .map(|p| (p.index.to_string(), hex(&p.value).into()))
@@ -675,9 +776,9 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
                     measurements.insert("tdx".to_string(), tdx_prediction(spec, fw)?);
                 }
             }
-            // Azure's vTPM values come with the Azure issue; nothing is written, so a
-            // verifier finds no reference values for it (and refuses).
-            Platform::Azure => {}
+            Platform::Azure => {
+                measurements.insert("azure".to_string(), azure_prediction(p, packed)?);
+            }
         }
     }
     Ok(Measurements {
@@ -699,7 +800,31 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
 pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, ImageError> {
     let prepared = prepare(recipe_path, opts, Some(&opts.out))?;
     let packed = pack(&prepared.pack)?;
-    let m = reference_values(&prepared, &packed)?;
+    let mut m = reference_values(&prepared, &packed)?;
+    let disk = disk_image(&prepared, &packed)?;
+    if let Some((d, footer)) = &disk {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&d.raw);
+        let raw_sha = dcr_attest::reference::Sha256(h.clone().finalize().into());
+        h.update(footer);
+        let vhd_sha = dcr_attest::reference::Sha256(h.finalize().into());
+        let size = d.raw.len() as u64;
+        m.artifacts.insert(
+            DISK_RAW.into(),
+            Artifact {
+                sha256: raw_sha,
+                size,
+            },
+        );
+        m.artifacts.insert(
+            DISK_VHD.into(),
+            Artifact {
+                sha256: vhd_sha,
+                size: size + 512,
+            },
+        );
+    }
     for p in &prepared.platforms {
         if !m.measurements.contains_key(p.as_str()) {
             eprintln!(
@@ -710,6 +835,20 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
     }
     write_atomic(&opts.out, INITRD, &packed.initrd)?;
     write_atomic(&opts.out, UKI, &packed.uki)?;
+    if let Some((d, footer)) = &disk {
+        write_sparse(&opts.out, DISK_RAW, &d.raw, &[])?;
+        write_sparse(&opts.out, DISK_VHD, &d.raw, footer)?;
+        eprintln!(
+            "disk: {} MiB GPT, disk GUID {}, ESP {} (LBA {}..={}, FAT32, {}-byte clusters, serial {:08X})",
+            d.size_mib,
+            d.disk_guid.to_text(),
+            d.esp_guid.to_text(),
+            d.esp_first_lba,
+            d.esp_last_lba,
+            d.cluster_size,
+            d.fat_serial
+        );
+    }
     write_atomic(&opts.out, MEASUREMENTS, &m.to_canonical_json()?)?;
     Ok(m)
 }

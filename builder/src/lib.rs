@@ -12,6 +12,7 @@ pub mod cargo;
 pub mod compare;
 pub mod deb;
 pub mod diagnose;
+pub mod disk;
 pub mod fetch;
 pub mod image;
 pub mod initrd;

@@ -235,7 +235,24 @@ pub struct Recipe {
     /// What the SNP and TDX predictions assume; required for those platforms.
     #[serde(default)]
     pub measure: MeasureSpec,
+    /// A bootable disk image (GPT + FAT32 ESP, raw and fixed VHD). Always built when
+    /// `platforms` names `azure`.
+    pub disk: Option<DiskSpec>,
 }
+
+/// `[disk]`: the disk image's size.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Size in MiB; absent: the smallest size that holds the UKI and has an exact VHD
+    /// geometry (see docs/azure.md).
+    pub size_mib: Option<u64>,
+}
+
+/// Modules packed (with their dependencies) whenever the recipe targets Azure: the VMBus and
+/// its storage and network drivers. On other machines hv_vmbus refuses to load (ENODEV) and
+/// guest-init counts it and its dependants as absent.
+pub const AZURE_MODULES: [&str; 3] = ["hv_vmbus", "hv_storvsc", "hv_netvsc"];
 
 /// A recipe plus the directory its relative paths are resolved against.
 #[derive(Debug, Clone)]

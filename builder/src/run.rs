@@ -22,6 +22,11 @@ pub enum Mode {
     Direct,
     /// OVMF + UKI from an ESP, with an swtpm TPM 2.0.
     Uefi,
+    /// OVMF + swtpm booting the built disk image disk.vhd (fixed VHD, QEMU format vpc): what
+    /// an Azure confidential VM boots.
+    Vhd,
+    /// The same with disk.raw.
+    Raw,
 }
 
 /// QEMU accelerator.
@@ -236,18 +241,40 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
                 cmdline,
             ]);
         }
-        Mode::Uefi => {
-            let boot = tmp.join("esp/EFI/BOOT");
-            std::fs::create_dir_all(&boot).map_err(RunError::Temp)?;
-            write(&boot.join("BOOTX64.EFI"), &image)?;
+        Mode::Uefi | Mode::Vhd | Mode::Raw => {
             let vars = tmp.join("OVMF_VARS.fd");
             write(&vars, &read(&o.ovmf_vars)?)?;
             // Fail early and clearly if the firmware is missing.
             read(&o.ovmf_code)?;
-            let esp = format!(
-                "format=raw,readonly=on,file=fat:{}",
-                tmp.join("esp").display()
-            );
+            let esp = match o.mode {
+                Mode::Vhd | Mode::Raw => {
+                    let (name, format) = if o.mode == Mode::Vhd {
+                        (crate::image::DISK_VHD, "vpc")
+                    } else {
+                        (crate::image::DISK_RAW, "raw")
+                    };
+                    let disk = out_dir.join(name);
+                    if !disk.is_file() {
+                        return Err(RunError::Read {
+                            path: disk,
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "no disk image: build a recipe with [disk] or platform azure",
+                            ),
+                        });
+                    }
+                    format!("format={format},readonly=on,file={}", disk.display())
+                }
+                _ => {
+                    let boot = tmp.join("esp/EFI/BOOT");
+                    std::fs::create_dir_all(&boot).map_err(RunError::Temp)?;
+                    write(&boot.join("BOOTX64.EFI"), &image)?;
+                    format!(
+                        "format=raw,readonly=on,file=fat:{}",
+                        tmp.join("esp").display()
+                    )
+                }
+            };
             if o.net {
                 // With a NIC, OVMF also offers network boot: pin the ESP as the first boot
                 // option so the boot path (and PCR 4) stays the UKI's.
@@ -295,7 +322,7 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
 
 /// A vTPM is attached under UEFI, and in direct boot when a TPM state is given.
 fn has_tpm(o: &RunOptions) -> bool {
-    o.mode == Mode::Uefi || o.tpm_state.is_some()
+    o.mode != Mode::Direct || o.tpm_state.is_some()
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), RunError> {

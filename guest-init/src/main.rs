@@ -136,7 +136,7 @@ struct Loaded {
     /// Loaded (or already present).
     loaded: Vec<String>,
     /// Refused with ENODEV: a driver for hardware this machine does not have (sev-guest off
-    /// SNP, tdx-guest off TDX). Platform detection decides later, explicitly, what is needed.
+    /// SNP, tdx-guest off TDX, hv_vmbus off Hyper-V), and the modules depending on one. Platform detection decides later, explicitly, what is needed.
     absent: Vec<String>,
 }
 
@@ -151,6 +151,12 @@ fn load_modules(dir: &Path) -> Result<Loaded, StepError> {
     let lines = step("modules", parse_modules_dep(&text))?;
     let mut out = Loaded::default();
     for line in &lines {
+        // A driver on top of an absent bus (hv_netvsc without Hyper-V's hv_vmbus) is absent
+        // too: the hardware it drives cannot be here.
+        if line.deps.iter().any(|d| out.absent.contains(d)) {
+            out.absent.push(line.module.clone());
+            continue;
+        }
         if let Some(missing) = line.deps.iter().find(|d| !out.loaded.contains(d)) {
             return step(
                 "modules",

@@ -364,12 +364,18 @@ impl Room {
 
     /// Boot `image` (UEFI, swtpm from this room's EK-certified state, NIC): (exit code, console).
     pub fn boot(&self, image: &Path) -> (Option<i32>, String) {
+        self.boot_mode(image, "uefi")
+    }
+
+    /// Boot `image` with `dcr-build run --mode <mode>` (uefi, vhd, raw), otherwise as
+    /// [`Room::boot`].
+    pub fn boot_mode(&self, image: &Path, mode: &str) -> (Option<i32>, String) {
         let o = Command::new(dcr_build())
             .arg("run")
             .arg(image)
             .args([
                 "--mode",
-                "uefi",
+                mode,
                 "--net",
                 "--timeout",
                 "600",
