@@ -239,6 +239,53 @@ mod tests {
     }
 
     #[test]
+    fn azure_claims_use_azure_pcrs_only() {
+        let mut m = sample();
+        let pcr = |b: u8| vec![b; 32];
+        m.measurements.insert(
+            "tpm".into(),
+            serde_json::json!({"pcrs": {"4": hex::encode(pcr(4)), "11": hex::encode(pcr(11))}}),
+        );
+        let quoted: Vec<(u32, Vec<u8>)> = (0..24).map(|i| (i, pcr(i as u8))).collect();
+        // No azure section: an Azure quote is refused even though tpm.pcrs would match.
+        let v = m.evaluate(&Claims::Azure {
+            pcrs: quoted.clone(),
+        });
+        assert!(!v.ok());
+        m.measurements.insert(
+            "azure".into(),
+            serde_json::json!({"pcrs": {"9": hex::encode(pcr(9)), "11": hex::encode(pcr(11)), "23": hex::encode(pcr(23))},
+                               "pcrs_firmware_dependent": {"4": hex::encode(pcr(99))}}),
+        );
+        // PCR 4 differs from the OVMF prediction (Microsoft's firmware) and is not required.
+        assert!(m
+            .evaluate(&Claims::Azure {
+                pcrs: quoted.clone()
+            })
+            .ok());
+        assert!(m
+            .evaluate(&Claims::Tpm {
+                pcrs: quoted.clone()
+            })
+            .ok());
+        for idx in [9usize, 11, 23] {
+            let mut q = quoted.clone();
+            q[idx].1[0] ^= 1;
+            let v = m.evaluate(&Claims::Azure { pcrs: q });
+            assert!(!v.ok(), "PCR {idx}");
+            assert!(
+                format!("{v:?}").contains(&format!("reference.pcr.{idx}")),
+                "{v:?}"
+            );
+        }
+        m.measurements.insert(
+            "azure".into(),
+            serde_json::json!({"pcrs": {"24": hex::encode(pcr(1))}}),
+        );
+        assert!(m.pcrs_of("azure").unwrap_err().contains("not a PCR index"));
+    }
+
+    #[test]
     fn bad_digest_is_refused() {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["contract_digest"] = "abcd".into();
@@ -256,28 +303,43 @@ pub enum Claims {
     Snp { launch_digest: [u8; 48] },
     /// MRTD of a verified TDX quote.
     Tdx { mrtd: [u8; 48] },
+    /// SHA-256 PCRs of an Azure CVM's vTPM, from a quote by the AK the hardware report binds
+    /// (az-snp-vtpm, az-tdx-vtpm). Compared with `azure.pcrs`, not `tpm.pcrs`: on Azure the
+    /// firmware is Microsoft's, so only the firmware-independent PCRs are reference values.
+    Azure { pcrs: Vec<(u32, Vec<u8>)> },
 }
 
 impl Measurements {
     /// The SHA-256 PCRs predicted in `tpm.pcrs`, sorted by index.
     pub fn expected_pcrs(&self) -> Result<Vec<(u32, Vec<u8>)>, String> {
+        self.pcrs_of("tpm")
+    }
+
+    /// The SHA-256 PCRs `<platform>.pcrs` (`tpm` or `azure`), sorted by index.
+    pub fn pcrs_of(&self, platform: &str) -> Result<Vec<(u32, Vec<u8>)>, String> {
         let pcrs = self
             .measurements
-            .get("tpm")
+            .get(platform)
             .and_then(|t| t["pcrs"].as_object())
-            .ok_or("no tpm.pcrs (the recipe's platforms lack tpm)")?;
+            .ok_or_else(|| {
+                format!("no {platform}.pcrs (the recipe's platforms lack {platform})")
+            })?;
         let mut want = Vec::new();
         for (k, v) in pcrs {
-            let idx: u32 = k.parse().map_err(|_| format!("tpm.pcrs key {k:?}"))?;
+            let idx: u32 = k
+                .parse()
+                .ok()
+                .filter(|i| *i < 24)
+                .ok_or_else(|| format!("{platform}.pcrs key {k:?} is not a PCR index"))?;
             let val = v
                 .as_str()
                 .and_then(|s| hex::decode(s).ok())
                 .filter(|b| b.len() == 32)
-                .ok_or_else(|| format!("tpm.pcrs.{k} is not 32 bytes of hex"))?;
+                .ok_or_else(|| format!("{platform}.pcrs.{k} is not 32 bytes of hex"))?;
             want.push((idx, val));
         }
         if want.is_empty() {
-            return Err("tpm.pcrs is empty".into());
+            return Err(format!("{platform}.pcrs is empty"));
         }
         want.sort();
         Ok(want)
@@ -304,25 +366,31 @@ impl Measurements {
         let mut v = crate::verdict::Verdict::default();
         let h = crate::measure::hex;
         match claims {
-            Claims::Tpm { pcrs } => match self.expected_pcrs() {
-                Err(e) => {
-                    v.push("reference.tpm", false, e);
-                }
-                Ok(want) => {
-                    for (idx, w) in want {
-                        let got = pcrs.iter().find(|(i, _)| *i == idx).map(|(_, d)| d);
-                        v.push(
-                            &format!("reference.pcr.{idx}"),
-                            got == Some(&w),
-                            format!(
-                                "quoted {} vs reference {}",
-                                got.map(|g| h(g)).unwrap_or_else(|| "not quoted".into()),
-                                h(&w)
-                            ),
-                        );
+            Claims::Tpm { pcrs } | Claims::Azure { pcrs } => {
+                match self.pcrs_of(if matches!(claims, Claims::Tpm { .. }) {
+                    "tpm"
+                } else {
+                    "azure"
+                }) {
+                    Err(e) => {
+                        v.push("reference.pcrs", false, e);
+                    }
+                    Ok(want) => {
+                        for (idx, w) in want {
+                            let got = pcrs.iter().find(|(i, _)| *i == idx).map(|(_, d)| d);
+                            v.push(
+                                &format!("reference.pcr.{idx}"),
+                                got == Some(&w),
+                                format!(
+                                    "quoted {} vs reference {}",
+                                    got.map(|g| h(g)).unwrap_or_else(|| "not quoted".into()),
+                                    h(&w)
+                                ),
+                            );
+                        }
                     }
                 }
-            },
+            }
             Claims::Snp { launch_digest } => match self.expected_48("snp", "launch_digest") {
                 Err(e) => {
                     v.push("reference.snp", false, e);

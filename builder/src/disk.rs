@@ -218,7 +218,7 @@ pub fn vhd_geometry(sectors: u64) -> (u16, u8, u8) {
     } else {
         let mut s = 17;
         let mut c = total / s;
-        let mut h = (c + 1023) / 1024;
+        let mut h = c.div_ceil(1024);
         if h < 4 {
             h = 4;
         }

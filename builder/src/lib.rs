@@ -13,6 +13,7 @@ pub mod compare;
 pub mod deb;
 pub mod diagnose;
 pub mod disk;
+pub mod export;
 pub mod fetch;
 pub mod image;
 pub mod initrd;

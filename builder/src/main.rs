@@ -18,6 +18,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ExportCmd {
+    /// Azure Key Vault / Managed HSM Secure Key Release policy (JSON, grammar 1.0.0) to stdout.
+    Skr {
+        /// measurements.json of the build.
+        #[arg(long, value_name = "PATH")]
+        measurements: PathBuf,
+        /// The Microsoft Azure Attestation provider whose tokens the vault accepts.
+        #[arg(long, value_name = "URL")]
+        maa: String,
+        /// Hardware accepted.
+        #[arg(long, value_enum, default_value = "any")]
+        tee: dcr_build::export::AzureTee,
+    },
+    /// Trustee: the RVPS registration message (JSON) to stdout, and with --rego a policy
+    /// fragment to that file.
+    Trustee {
+        #[arg(long, value_name = "PATH")]
+        measurements: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        rego: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Build a recipe (a directory with image.toml, or the file) into initrd.cpio, image.efi
     /// and measurements.json.
@@ -58,6 +82,12 @@ enum Cmd {
     },
     /// Compare two build outputs; exit 0 if identical, 1 if not (each difference named).
     Compare { a: PathBuf, b: PathBuf },
+    /// Export a build's Azure reference values for other key brokers: an Azure Key Vault
+    /// Secure Key Release policy, or Trustee RVPS reference values plus a Rego fragment.
+    Export {
+        #[command(subcommand)]
+        what: ExportCmd,
+    },
     /// Boot a build output in QEMU; exit 0 only if the guest reported success and powered off.
     Run {
         out: PathBuf,
@@ -266,6 +296,29 @@ fn real_main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Cmd::Export { what } => {
+            let path = match &what {
+                ExportCmd::Skr { measurements, .. } | ExportCmd::Trustee { measurements, .. } => {
+                    measurements
+                }
+            };
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let m = dcr_attest::reference::Measurements::from_json(&bytes)
+                .with_context(|| path.display().to_string())?;
+            let doc = match what {
+                ExportCmd::Skr { maa, tee, .. } => dcr_build::export::skr_policy(&m, &maa, tee)?,
+                ExportCmd::Trustee { rego, .. } => {
+                    if let Some(r) = rego {
+                        std::fs::write(&r, dcr_build::export::trustee_rego(&m)?)
+                            .with_context(|| format!("writing {}", r.display()))?;
+                    }
+                    dcr_build::export::trustee_rvps(&m)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Compare { a, b } => {
             let report = compare::compare_dirs(&a, &b)

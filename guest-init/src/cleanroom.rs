@@ -191,6 +191,21 @@ struct Detected {
     tdx: bool,
     tpm: bool,
     azure_hcl: bool,
+    /// The HCL report's IGVM report type (2 = SNP, 4 = TDX), when there is one.
+    azure_report_type: Option<u32>,
+}
+
+/// The Azure paravisor's HCL report, in the vTPM's NV index 0x01400001.
+const HCL_NV_INDEX: u32 = 0x0140_0001;
+/// Offset of the IGVM request data's report_type in the HCL report (32-byte header, then
+/// the 1184-byte hardware report, then data_size and version).
+const HCL_REPORT_TYPE_AT: usize = 32 + 1184 + 8;
+const HCL_REPORT_SNP: u32 = 2;
+const HCL_REPORT_TDX: u32 = 4;
+
+fn hcl_report_type(hcl: &[u8]) -> Option<u32> {
+    let b = hcl.get(HCL_REPORT_TYPE_AT..HCL_REPORT_TYPE_AT + 4)?;
+    (hcl.get(..4) == Some(b"HCLA")).then(|| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn detect() -> Detected {
@@ -211,13 +226,22 @@ fn detect() -> Detected {
     let tpm = Path::new("/dev/tpmrm0").exists();
     let azure_hcl = tpm
         && crate::tpm::Tpm::open("/dev/tpmrm0")
-            .and_then(|mut t| t.nv_read_public_exists(0x0140_0001))
+            .and_then(|mut t| t.nv_read_public_exists(HCL_NV_INDEX))
             .unwrap_or(false);
+    let azure_report_type = if azure_hcl {
+        crate::tpm::Tpm::open("/dev/tpmrm0")
+            .and_then(|mut t| t.nv_read(HCL_NV_INDEX))
+            .ok()
+            .and_then(|r| hcl_report_type(&r))
+    } else {
+        None
+    };
     Detected {
         snp,
         tdx,
         tpm,
         azure_hcl,
+        azure_report_type,
     }
 }
 
@@ -228,14 +252,21 @@ fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
         Tee::Snp => d.snp,
         Tee::Tdx => d.tdx,
         Tee::Tpm => d.tpm && !d.azure_hcl,
-        Tee::AzSnpVtpm => d.azure_hcl,
+        Tee::AzSnpVtpm => d.azure_report_type == Some(HCL_REPORT_SNP),
+        Tee::AzTdxVtpm => d.azure_report_type == Some(HCL_REPORT_TDX),
     });
     say(&format!(
         "platform detected snp={} tdx={} tpm={} azure-hcl={} contract=[{}] using={}",
         yn(d.snp),
         yn(d.tdx),
         yn(d.tpm),
-        yn(d.azure_hcl),
+        match (d.azure_hcl, d.azure_report_type) {
+            (false, _) => "no".to_string(),
+            (true, Some(HCL_REPORT_SNP)) => "snp".to_string(),
+            (true, Some(HCL_REPORT_TDX)) => "tdx".to_string(),
+            (true, Some(t)) => format!("unknown-report-type-{t}"),
+            (true, None) => "unreadable".to_string(),
+        },
         allowed.join(","),
         chosen.map_or("none", |t| t.as_str())
     ));
@@ -374,8 +405,14 @@ fn attest_tsm(
 /// Azure SNP CVM: the HCL report (vTPM NV 0x01400001), the VCEK from the instance metadata
 /// service, and a quote by the HCL-bound AK (0x81000003) over PCRs 0..23 — Trustee's
 /// az-snp-vtpm evidence.
-fn attest_azure(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, StepError> {
-    const HCL_NV_INDEX: u32 = 0x0140_0001;
+/// Azure TDX CVM: the HCL report's TDREPORT is turned into a TD quote by the instance
+/// metadata service; with the vTPM quote that is Trustee's az-tdx-vtpm evidence.
+fn attest_azure(
+    c: &Contract,
+    digest: &[u8; 32],
+    client: &Client,
+    tee: Tee,
+) -> Result<Keys, StepError> {
     const AZURE_AK: u32 = 0x8100_0003;
     let mut tpm = step("tpm", crate::tpm::Tpm::open("/dev/tpmrm0"))?;
     let hcl = step(
@@ -383,10 +420,30 @@ fn attest_azure(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys
         tpm.nv_read(HCL_NV_INDEX)
             .map_err(|e| format!("HCL report at NV {HCL_NV_INDEX:#x}: {e}")),
     )?;
-    let vcek = step("evidence", azure_vcek())?;
+    let want = if tee == Tee::AzTdxVtpm {
+        HCL_REPORT_TDX
+    } else {
+        HCL_REPORT_SNP
+    };
+    if hcl_report_type(&hcl) != Some(want) {
+        return fail(
+            "evidence",
+            format!(
+                "HCL report type {:?} is not {want} ({})",
+                hcl_report_type(&hcl),
+                tee.as_str()
+            ),
+        );
+    }
+    // The hardware part: SNP needs the VCEK, TDX a quote of the TDREPORT (1024 bytes at 32).
+    let hw = if tee == Tee::AzTdxVtpm {
+        step("evidence", azure_td_quote(&hcl[32..32 + 1024]))?
+    } else {
+        step("evidence", azure_vcek())?
+    };
     let sk = HpkeSecret::generate(&mut rand_core::OsRng);
     let pk = sk.public();
-    let (ch, nonce) = challenge(client, &serde_json::json!({"tee": Tee::AzSnpVtpm.as_str()}))?;
+    let (ch, nonce) = challenge(client, &serde_json::json!({"tee": tee.as_str()}))?;
     let rd = report_data(&nonce, &pk, digest);
     let all: Vec<u32> = (0..24).collect();
     let (message, signature) = step("tpm", tpm.quote(AZURE_AK, &rd, &all))?;
@@ -394,24 +451,52 @@ fn attest_azure(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys
     let pcrs: Vec<Vec<u8>> = values.chunks(32).map(<[u8]>::to_vec).collect();
     let evidence = step(
         "evidence",
-        dcr_protocol::evidence::az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs)
-            .map_err(|e| e.to_string()),
+        if tee == Tee::AzTdxVtpm {
+            dcr_protocol::evidence::az_tdx_vtpm(&hcl, &hw, &message, &signature, &pcrs)
+        } else {
+            dcr_protocol::evidence::az_snp_vtpm(&hcl, &hw, &message, &signature, &pcrs)
+        }
+        .map_err(|e| e.to_string()),
     )?;
     say(&format!(
-        "evidence tee=az-snp-vtpm hcl-report={} quote={} vcek={} bytes",
+        "evidence tee={} hcl-report={} quote={} {}={} bytes",
+        tee.as_str(),
         hcl.len(),
         message.len(),
-        vcek.len()
+        if tee == Tee::AzTdxVtpm {
+            "td-quote"
+        } else {
+            "vcek"
+        },
+        hw.len()
     ));
-    release(
-        c,
-        digest,
-        client,
-        &ch.session_id,
-        Tee::AzSnpVtpm,
-        &sk,
-        evidence,
-    )
+    release(c, digest, client, &ch.session_id, tee, &sk, evidence)
+}
+
+/// A TD quote of `tdreport` from Azure's instance metadata service
+/// (`POST /acc/tdquote {"report": base64url}` → `{"quote": base64url}`).
+fn azure_td_quote(tdreport: &[u8]) -> Result<Vec<u8>, String> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    let body = serde_json::json!({ "report": b64.encode(tdreport) }).to_string();
+    let mut r = agent
+        .post("http://169.254.169.254/acc/tdquote")
+        .header("Metadata", "true")
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .map_err(|e| format!("IMDS tdquote: {e}"))?;
+    let body = r
+        .body_mut()
+        .read_to_vec()
+        .map_err(|e| format!("IMDS tdquote: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("IMDS tdquote: {e}"))?;
+    let q = v["quote"].as_str().ok_or("IMDS tdquote: no quote")?;
+    b64.decode(q.trim_end_matches('='))
+        .map_err(|e| format!("IMDS tdquote quote: {e}"))
 }
 
 /// The VCEK (DER) from Azure's instance metadata service (THIM).
@@ -806,7 +891,7 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let keys = match tee {
         Tee::Tpm => attest_tpm(c, digest, &client)?,
         Tee::Snp | Tee::Tdx => attest_tsm(c, digest, &client, tee)?,
-        Tee::AzSnpVtpm => attest_azure(c, digest, &client)?,
+        Tee::AzSnpVtpm | Tee::AzTdxVtpm => attest_azure(c, digest, &client, tee)?,
     };
     step(
         "inputs",
@@ -863,4 +948,31 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
         c.output.blob
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixtures directory (`DCR_FIXTURES`, else `../shared/fixtures` beside the workspace).
+    fn fixtures() -> std::path::PathBuf {
+        std::env::var_os("DCR_FIXTURES")
+            .map(Into::into)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+    }
+
+    #[test]
+    fn hcl_report_type_picks_the_azure_platform() {
+        // Real HCL reports from Azure SNP and TDX CVMs (kinvolk azure-cvm-tooling test data).
+        let d = fixtures().join("attest/azure/kinvolk");
+        let snp = std::fs::read(d.join("hcl-report-snp.bin")).expect("fixture");
+        let tdx = std::fs::read(d.join("hcl-report-tdx.bin")).expect("fixture");
+        assert_eq!(hcl_report_type(&snp), Some(HCL_REPORT_SNP));
+        assert_eq!(hcl_report_type(&tdx), Some(HCL_REPORT_TDX));
+        // Not an HCL report, or cut short: no type (and so no Azure platform chosen).
+        let mut bad = snp.clone();
+        bad[0] ^= 1;
+        assert_eq!(hcl_report_type(&bad), None);
+        assert_eq!(hcl_report_type(&snp[..HCL_REPORT_TYPE_AT + 3]), None);
+    }
 }

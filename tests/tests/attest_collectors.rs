@@ -132,8 +132,8 @@ fn azure_snp_vtpm_parts_verify_at_the_service() {
     assert_eq!(json["tpm_quote"]["pcrs"], ev["tpm_quote"]["pcrs"]);
     let nonce = dcr_attest::tpm::parse_attest(&message).unwrap().extra_data;
     let claims = verify_evidence(Tee::AzSnpVtpm, &json, &nonce, JAN_2026, None).unwrap();
-    let Claims::Tpm { pcrs: got } = claims else {
-        panic!("vTPM claims")
+    let Claims::Azure { pcrs: got } = claims else {
+        panic!("Azure vTPM claims")
     };
     assert_eq!(got.len(), 24);
     assert_eq!(got[4].1, pcrs[4]);
@@ -142,4 +142,54 @@ fn azure_snp_vtpm_parts_verify_at_the_service() {
     let (code, _) = verify_evidence(Tee::AzSnpVtpm, &json, &other, JAN_2026, None).unwrap_err();
     assert_eq!(code, "binding_mismatch");
     assert!(az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs[..23]).is_err());
+}
+
+#[test]
+fn azure_tdx_vtpm_parts_reassemble_and_fail_closed_without_collateral() {
+    // Trustee's real az-tdx-vtpm evidence taken apart into what guest-init reads on an Azure
+    // TDX CVM (HCL report, the IMDS TD quote, the vTPM quote) and put back together: the same
+    // document, and the service refuses it for the one thing it cannot judge here (no Intel
+    // collateral for that platform), not for the binding or the quote.
+    let Some(fx) = fixtures("azure_tdx_collector") else {
+        return;
+    };
+    let ev: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fx.join("attest/azure/trustee-az-tdx-vtpm/evidence-v1.json")).unwrap(),
+    )
+    .unwrap();
+    let h = |s: &serde_json::Value| hex::decode(s.as_str().unwrap()).unwrap();
+    let b64u = |f: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(ev[f].as_str().unwrap().trim_end_matches('='))
+            .unwrap()
+    };
+    let (hcl, td_quote) = (b64u("hcl_report"), b64u("td_quote"));
+    let message = h(&ev["tpm_quote"]["message"]);
+    let signature = h(&ev["tpm_quote"]["signature"]);
+    let pcrs: Vec<Vec<u8>> = ev["tpm_quote"]["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(h)
+        .collect();
+    let json =
+        dcr_protocol::evidence::az_tdx_vtpm(&hcl, &td_quote, &message, &signature, &pcrs).unwrap();
+    let norm = |v: &serde_json::Value| v.as_str().unwrap().trim_end_matches('=').to_string();
+    assert_eq!(json["version"], 1);
+    assert_eq!(norm(&json["hcl_report"]), norm(&ev["hcl_report"]));
+    assert_eq!(norm(&json["td_quote"]), norm(&ev["td_quote"]));
+    assert_eq!(json["tpm_quote"], ev["tpm_quote"]);
+    assert!(json.get("vcek").is_none());
+    let nonce = dcr_attest::tpm::parse_attest(&message).unwrap().extra_data;
+    let (code, msg) = verify_evidence(Tee::AzTdxVtpm, &json, &nonce, JAN_2026, None).unwrap_err();
+    assert_eq!(code, "evidence_invalid", "{msg}");
+    assert!(msg.contains("collateral"), "{msg}");
+    let mut other = nonce.clone();
+    other[0] ^= 1;
+    let (code, msg) = verify_evidence(Tee::AzTdxVtpm, &json, &other, JAN_2026, None).unwrap_err();
+    assert_ne!(code, "ok");
+    assert!(
+        msg.contains("qualifying_data") || code == "binding_mismatch",
+        "{code}: {msg}"
+    );
 }

@@ -8,6 +8,9 @@
 //! - `sgdisk -v` finds no GPT problem; `sgdisk -i 1` shows the EFI System Partition type and
 //!   the GUIDs printed at build time; `fsck.fat -n` finds the ESP clean; mtools reads
 //!   `\EFI\BOOT\BOOTX64.EFI` back equal to image.efi;
+//! - the exported Secure Key Release policy and Trustee reference values hold the Azure
+//!   PCRs of measurements.json; the service registers a key for az-snp-vtpm/az-tdx-vtpm only
+//!   with those Azure reference values present;
 //! - QEMU + OVMF + swtpm boots disk.vhd to the same successful clean-room run as the UKI
 //!   (the service releases the keys only if the quoted PCRs equal measurements.json).
 
@@ -162,6 +165,8 @@ fn disk_image_is_reproducible_valid_and_boots_the_clean_room() {
         serde_json::from_slice(&std::fs::read(image.join("measurements.json")).unwrap()).unwrap();
     tool_checks(&image, &m);
 
+    exports_carry_the_azure_values(&room, &image, &m);
+
     // Boot the VHD: the same clean room as from the UKI.
     let data = room.data("v", 2000, 5);
     room.provide("v", &data, &image);
@@ -193,4 +198,155 @@ fn disk_image_is_reproducible_valid_and_boots_the_clean_room() {
         String::from_utf8(room.result("overlap-result-v.sealed", "publisher").unwrap()).unwrap(),
         want
     );
+}
+
+fn exports_carry_the_azure_values(room: &Room, image: &Path, m: &serde_json::Value) {
+    let azure = m["measurements"]["azure"]["pcrs"]
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        azure.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["11", "23", "9"]
+    );
+    // The Azure PCRs are the booted ones of the same image (checked at boot below via tpm).
+    for (k, v) in &azure {
+        assert_eq!(&m["measurements"]["tpm"]["pcrs"][k], v, "azure.pcrs.{k}");
+    }
+    let mpath = image.join("measurements.json");
+    let o = Command::new(dcr_build())
+        .args([
+            "export",
+            "skr",
+            "--maa",
+            "https://sharedeus.eus.attest.azure.net",
+            "--tee",
+            "snp",
+            "--measurements",
+        ])
+        .arg(&mpath)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["version"], "1.0.0");
+    let auth = &p["anyOf"][0];
+    assert_eq!(auth["authority"], "https://sharedeus.eus.attest.azure.net");
+    let all = auth["allOf"].as_array().unwrap();
+    assert!(all.contains(&serde_json::json!({"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"})));
+    assert!(all.contains(&serde_json::json!({"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"})));
+    for (k, v) in &azure {
+        let claim = format!("dcr-pcr{:02}", k.parse::<u32>().unwrap());
+        assert!(
+            all.contains(&serde_json::json!({"claim": claim, "equals": v})),
+            "{claim} in {p}"
+        );
+    }
+    let o = Command::new(dcr_build())
+        .args([
+            "export",
+            "skr",
+            "--maa",
+            "http://insecure",
+            "--measurements",
+        ])
+        .arg(&mpath)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && stderr(&o).contains("--maa"),
+        "{}",
+        stderr(&o)
+    );
+
+    let rego = image.join("dcr.rego");
+    let o = Command::new(dcr_build())
+        .args(["export", "trustee", "--measurements"])
+        .arg(&mpath)
+        .arg("--rego")
+        .arg(&rego)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let msg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (msg["version"].as_str(), msg["type"].as_str()),
+        (Some("0.1.0"), Some("sample"))
+    );
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            msg["payload"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for (k, v) in &azure {
+        assert_eq!(payload[format!("dcr_pcr{k}")], serde_json::json!([v]));
+    }
+    let rego = std::fs::read_to_string(&rego).unwrap();
+    assert!(
+        rego.contains("package policy") && rego.contains("input[\"az-snp-vtpm\"].tpm.pcr11"),
+        "{rego}"
+    );
+
+    // The service: a key for the Azure platforms registers against these reference values,
+    // and is refused against reference values without an azure section.
+    let register = |reference: &Path, key: &str| {
+        let dir = &room.dir;
+        let o = Command::new(dcr_attest())
+            .current_dir(dir)
+            .args([
+                "seal",
+                "--in",
+                "tokens",
+                "--out",
+                &format!("{key}.sealed"),
+                "--key-id",
+                key,
+                "--dek-out",
+                &format!("{key}.dek"),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        // A contract whose dataset uses this key id.
+        let text = std::fs::read_to_string(dir.join("contract-v.toml")).unwrap();
+        let text = text.replacen(
+            "key_id = \"publisher-segments-v\"",
+            &format!("key_id = \"{key}\""),
+            1,
+        );
+        assert!(text.contains(key));
+        std::fs::write(dir.join(format!("contract-{key}.toml")), text).unwrap();
+        Command::new(dcr_attest())
+            .current_dir(dir)
+            .args(["register", "--service", &room.svc.url, "--service-pub"])
+            .arg(room.svc.data_dir.join("service.pub.json"))
+            .args([
+                "--token-file",
+                "publisher.token",
+                "--dek",
+                &format!("{key}.dek"),
+                "--contract",
+                &format!("contract-{key}.toml"),
+            ])
+            .arg("--reference")
+            .arg(reference)
+            .args(["--platform", "az-snp-vtpm", "--platform", "az-tdx-vtpm"])
+            .output()
+            .unwrap()
+    };
+    let o = register(&mpath, "azure-key-1");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let mut without = m.clone();
+    without["measurements"]
+        .as_object_mut()
+        .unwrap()
+        .remove("azure");
+    let wpath = image.join("no-azure.json");
+    std::fs::write(&wpath, without.to_string()).unwrap();
+    let o = register(&wpath, "azure-key-2");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("azure.pcrs"), "{}", stderr(&o));
 }

@@ -326,7 +326,7 @@ impl Contract {
         if self.platforms.is_empty() {
             return Err(field(
                 "platforms",
-                "at least one of tpm, snp, tdx, az-snp-vtpm",
+                "at least one of tpm, snp, tdx, az-snp-vtpm, az-tdx-vtpm",
             ));
         }
         if let Network::Static { address, gateway } = &self.network {

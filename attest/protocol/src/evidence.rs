@@ -189,6 +189,25 @@ pub fn az_snp_vtpm(
     }))
 }
 
+/// Azure TDX CVM evidence in Trustee's az-tdx-vtpm format (version 1): the HCL report (whose
+/// hardware report is a TDREPORT), the TD quote Azure's IMDS made of that TDREPORT
+/// (`POST /acc/tdquote`), and the vTPM quote as for [`az_snp_vtpm`].
+pub fn az_tdx_vtpm(
+    hcl_report: &[u8],
+    td_quote: &[u8],
+    quote_message: &[u8],
+    quote_signature: &[u8],
+    pcrs: &[Vec<u8>],
+) -> Result<serde_json::Value, EvidenceError> {
+    let mut v = az_snp_vtpm(hcl_report, &[], quote_message, quote_signature, pcrs)?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let o = v.as_object_mut().expect("object");
+    o.remove("vcek");
+    o.insert("version".into(), 1.into());
+    o.insert("td_quote".into(), b64.encode(td_quote).into());
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

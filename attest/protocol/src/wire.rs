@@ -13,8 +13,10 @@ pub enum Tee {
     Snp,
     /// Intel TDX quote (collateral on the service side).
     Tdx,
-    /// Azure CVM: HCL report + vTPM quote (Trustee az-snp-vtpm evidence).
+    /// Azure SEV-SNP CVM: HCL report + VCEK + vTPM quote (Trustee az-snp-vtpm evidence).
     AzSnpVtpm,
+    /// Azure TDX CVM: HCL report + TD quote (from IMDS) + vTPM quote (Trustee az-tdx-vtpm).
+    AzTdxVtpm,
 }
 
 impl Tee {
@@ -24,6 +26,7 @@ impl Tee {
             Tee::Snp => "snp",
             Tee::Tdx => "tdx",
             Tee::AzSnpVtpm => "az-snp-vtpm",
+            Tee::AzTdxVtpm => "az-tdx-vtpm",
         }
     }
 }

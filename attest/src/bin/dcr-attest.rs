@@ -514,7 +514,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| {
                     serde_json::from_value::<Tee>(serde_json::Value::String(p.clone())).map_err(
-                        |_| anyhow::anyhow!("--platform {p:?}: one of tpm, snp, tdx, az-snp-vtpm"),
+                        |_| {
+                            anyhow::anyhow!(
+                                "--platform {p:?}: one of tpm, snp, tdx, az-snp-vtpm, az-tdx-vtpm"
+                            )
+                        },
                     )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;

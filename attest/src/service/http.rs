@@ -374,6 +374,7 @@ pub fn verify_evidence(
         Tee::Snp => rd64().and_then(|rd| verify_snp(evidence, &rd, now)),
         Tee::Tdx => rd64().and_then(|rd| verify_tdx(tdx_collateral, evidence, &rd, now)),
         Tee::AzSnpVtpm => verify_az_snp(evidence, rd, now),
+        Tee::AzTdxVtpm => verify_az_tdx(tdx_collateral, evidence, rd, now),
         Tee::Tpm => Err(bad("tpm evidence needs a session (challenge credential)")),
     };
     r.map_err(|e| (e.code.to_string(), e.message))
@@ -388,14 +389,42 @@ fn verify_az_snp(ev: &Value, rd: &[u8], now: u64) -> Result<Claims, Refusal> {
     if !v.ok() {
         return Err(evidence_refusal(&v, "vtpm.qualifying_data"));
     }
-    Ok(Claims::Tpm {
-        pcrs: e
-            .pcrs
+    Ok(azure_claims(&e.pcrs))
+}
+
+fn azure_claims(pcrs: &[Vec<u8>]) -> Claims {
+    Claims::Azure {
+        pcrs: pcrs
             .iter()
             .enumerate()
             .map(|(i, p)| (i as u32, p.clone()))
             .collect(),
-    })
+    }
+}
+
+/// Azure TDX CVM (Trustee az-tdx-vtpm JSON): the TD quote (DCAP, with the service's
+/// collateral) carries the HCL TDREPORT's REPORTDATA, which binds the runtime claims and so
+/// the AK; that AK's vTPM quote over `rd`. Claims: the vTPM PCRs.
+fn verify_az_tdx(
+    collateral: Option<&[u8]>,
+    ev: &Value,
+    rd: &[u8],
+    now: u64,
+) -> Result<Claims, Refusal> {
+    let bytes = serde_json::to_vec(ev).map_err(|e| bad(e.to_string()))?;
+    let e = crate::azure::parse_tdx_evidence(&bytes).map_err(|e| bad(format!("evidence: {e}")))?;
+    let v = crate::azure::verify_tdx(
+        &e,
+        rd,
+        now,
+        collateral,
+        &crate::tdx::TdxPolicy::default(),
+        &Vec::new(),
+    );
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "vtpm.qualifying_data"));
+    }
+    Ok(azure_claims(&e.pcrs))
 }
 
 fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
@@ -541,9 +570,8 @@ async fn decide(
         Tee::Tpm => verify_tpm(st, &session, &req.evidence, &rd)?,
         Tee::Snp => verify_snp(&req.evidence, &rd, now)?,
         Tee::Tdx => verify_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
-        // Verified, but no key can name this platform until Azure reference values exist
-        // (registration refuses them), so the policy step refuses it.
         Tee::AzSnpVtpm => verify_az_snp(&req.evidence, &rd, now)?,
+        Tee::AzTdxVtpm => verify_az_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
     };
     let mut canon = Vec::new();
     dcr_protocol::contract::write_canonical(&req.evidence, &mut canon);
@@ -758,7 +786,7 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
                 Tee::Tpm => m.expected_pcrs().map(|_| ()),
                 Tee::Snp => m.expected_48("snp", "launch_digest").map(|_| ()),
                 Tee::Tdx => m.expected_48("tdx", "mrtd").map(|_| ()),
-                Tee::AzSnpVtpm => Err("az-snp-vtpm has no reference values yet".to_string()),
+                Tee::AzSnpVtpm | Tee::AzTdxVtpm => m.pcrs_of("azure").map(|_| ()),
             };
             ok.map_err(|e| bad(format!("policy.reference: {e}")))?;
         }
