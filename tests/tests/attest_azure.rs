@@ -196,3 +196,66 @@ fn trustee_az_tdx_vtpm_evidence_binds_and_fails_closed_without_collateral() {
         stdout(&o)
     );
 }
+
+#[test]
+fn expected_azure_pcrs_are_required() {
+    // `--expected measurements.json` compares the quoted PCRs with azure.pcrs (not tpm.pcrs):
+    // reference values equal to the evidence's PCRs 9, 11 and 23 pass; one flipped value fails
+    // naming that PCR; a measurements.json without an azure section is an error.
+    let Some(fx) = fixtures("expected_azure_pcrs_are_required") else {
+        return;
+    };
+    let path = fx.join("attest/azure/trustee-az-snp-vtpm/evidence-v2.json");
+    let ev: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let nonce = nonce_of(&ev);
+    let pcr = |i: usize| ev["tpm_quote"]["pcrs"][i].as_str().unwrap().to_string();
+    let t = TempDir::new("az-expected");
+    let doc = |azure: Option<serde_json::Value>| {
+        let mut v = serde_json::json!({
+            "schema_version": dcr_attest::reference::SCHEMA_VERSION,
+            "recipe": "r", "recipe_version": "1", "source_date_epoch": 1,
+            "kernel_release": "6.12", "cmdline": "console=ttyS0",
+            "contract_digest": "11".repeat(32), "guest_target": "x86_64-unknown-linux-musl",
+            "inputs": {}, "artifacts": {},
+            // tpm.pcrs deliberately wrong: must not be what the Azure check uses.
+            "measurements": {"tpm": {"pcrs": {"11": "00".repeat(32)}}},
+        });
+        if let Some(a) = azure {
+            v["measurements"]["azure"] = a;
+        }
+        v
+    };
+    let write = |name: &str, v: serde_json::Value| {
+        let p = t.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        format!("--expected={}", p.display())
+    };
+    let good = write(
+        "good.json",
+        doc(Some(
+            serde_json::json!({"pcrs": {"9": pcr(9), "11": pcr(11), "23": pcr(23)}}),
+        )),
+    );
+    let o = verify(&path, &nonce, &[good]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let mut flipped = pcr(11);
+    flipped.replace_range(0..2, if &flipped[0..2] == "00" { "01" } else { "00" });
+    let bad = write(
+        "bad.json",
+        doc(Some(
+            serde_json::json!({"pcrs": {"9": pcr(9), "11": flipped, "23": pcr(23)}}),
+        )),
+    );
+    let o = verify(&path, &nonce, &[bad]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let fails: Vec<String> = stdout(&o)
+        .lines()
+        .filter(|l| l.starts_with("FAIL"))
+        .map(str::to_string)
+        .collect();
+    assert!(fails.len() == 1 && fails[0].contains("11"), "{fails:?}");
+    let none = write("none.json", doc(None));
+    let o = verify(&path, &nonce, &[none]);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("azure.pcrs"), "{}", stderr(&o));
+}

@@ -247,7 +247,8 @@ enum Verify {
         #[arg(long)]
         json: bool,
     },
-    /// Azure SEV-SNP CVM evidence (Trustee az-snp-vtpm JSON): HCL report, VCEK, vTPM quote.
+    /// Azure CVM evidence (Trustee az-snp-vtpm or az-tdx-vtpm JSON): HCL report, VCEK or TD
+    /// quote, vTPM quote.
     Azure {
         #[arg(long, value_name = "PATH")]
         evidence: PathBuf,
@@ -263,7 +264,7 @@ enum Verify {
         /// Verification time (RFC 3339, UTC) [default: now].
         #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
-        /// Also require the SHA-256 PCRs predicted in this measurements.json (tpm.pcrs).
+        /// Also require the Azure PCRs predicted in this measurements.json (azure.pcrs).
         #[arg(long, value_name = "PATH")]
         expected: Option<PathBuf>,
         #[arg(long)]
@@ -368,11 +369,16 @@ fn expected_48(path: &Path, platform: &str, field: &str) -> anyhow::Result<[u8; 
 }
 
 /// The SHA-256 PCRs predicted in a measurements.json (`tpm.pcrs`), sorted by index.
-fn expected_pcrs(p: &Path) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
+/// `tpm.pcrs` (or `azure.pcrs` with `platform` "azure") of a measurements.json.
+fn expected_pcrs_of(p: &Path, platform: &str) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
     let bytes = read("--expected", p)?;
     let m = Measurements::from_json(&bytes).with_context(|| p.display().to_string())?;
-    m.expected_pcrs()
+    m.pcrs_of(platform)
         .map_err(|e| anyhow::anyhow!("--expected {}: {e}", p.display()))
+}
+
+fn expected_pcrs(p: &Path) -> anyhow::Result<Vec<(u32, Vec<u8>)>> {
+    expected_pcrs_of(p, "tpm")
 }
 
 /// Even-length hex (optionally 0x-prefixed) to bytes.
@@ -794,7 +800,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     None => None,
                 };
                 let want = match &expected {
-                    Some(p) => expected_pcrs(p)?,
+                    Some(p) => expected_pcrs_of(p, "azure")?,
                     None => Vec::new(),
                 };
                 let verdict = dcr_attest::azure::verify_tdx(
@@ -818,7 +824,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             let now = verification_time(&at)?;
             let want = match &expected {
-                Some(p) => expected_pcrs(p)?,
+                Some(p) => expected_pcrs_of(p, "azure")?,
                 None => Vec::new(),
             };
             let verdict =
