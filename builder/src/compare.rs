@@ -104,6 +104,84 @@ pub fn compare_file(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
         out.extend(compare_pe(name, a, b));
     } else if name.ends_with(".json") {
         out.extend(compare_json(name, a, b));
+    } else if name.ends_with(".raw") || name.ends_with(".vhd") {
+        out.extend(compare_disk(name, a, b));
+    }
+    out
+}
+
+/// A disk image: its identifiers, the VHD footer, then each ESP file (a changed UKI is
+/// explained by the image.efi lines).
+fn compare_disk(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
+    let (da, db) = match (crate::disk::inspect(a), crate::disk::inspect(b)) {
+        (Ok(x), Ok(y)) => (x, y),
+        (ra, rb) => {
+            return vec![format!(
+                "{name}: cannot read ({})",
+                ra.err()
+                    .or(rb.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    let mut diff = |what: &str, x: String, y: String| {
+        if x != y {
+            out.push(format!("{name}: {what} {x} → {y}"));
+        }
+    };
+    diff(
+        "GPT disk GUID",
+        da.disk_guid.to_text(),
+        db.disk_guid.to_text(),
+    );
+    diff(
+        "ESP partition GUID",
+        da.esp_guid.to_text(),
+        db.esp_guid.to_text(),
+    );
+    diff(
+        "ESP LBAs",
+        format!("{}..={}", da.esp_first_lba, da.esp_last_lba),
+        format!("{}..={}", db.esp_first_lba, db.esp_last_lba),
+    );
+    diff(
+        "FAT serial",
+        format!("{:08X}", da.fat_serial),
+        format!("{:08X}", db.fat_serial),
+    );
+    diff(
+        "VHD footer (creator, unique id, timestamp)",
+        format!("{:?}", da.vhd),
+        format!("{:?}", db.vhd),
+    );
+    let fa: BTreeMap<&str, &[u8]> = da
+        .files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let fb: BTreeMap<&str, &[u8]> = db
+        .files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    for p in fa
+        .keys()
+        .chain(fb.keys())
+        .copied()
+        .collect::<BTreeSet<&str>>()
+    {
+        match (fa.get(p), fb.get(p)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => out.push(format!(
+                "{name}: ESP file {p}: sha256 {} → {}",
+                sha256(x),
+                sha256(y)
+            )),
+            (Some(_), None) => out.push(format!("{name}: ESP file {p} only in the first")),
+            (None, _) => out.push(format!("{name}: ESP file {p} only in the second")),
+        }
     }
     out
 }

@@ -203,6 +203,9 @@ fn one_byte_workload_change_is_explained_by_compare() {
         "measurements.json: inputs.workload:overlap.sha256",
         "measurements.json: artifacts.image.efi.sha256",
         "measurements.json: artifacts.initrd.cpio.sha256",
+        "disk.raw: ESP file EFI/BOOT/BOOTX64.EFI: sha256",
+        "disk.vhd: ESP file EFI/BOOT/BOOTX64.EFI: sha256",
+        "disk.raw: GPT disk GUID",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -1,5 +1,5 @@
 //! What dcr-build reads from outside: recipes, .deb files, cpio archives, PE images, bzImage
-//! headers and kernel modules.
+//! headers, kernel modules and disk images.
 #![no_main]
 use std::path::Path;
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -14,4 +14,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = dcr_build::bzimage::kernel_release(data);
     let _ = dcr_build::kmod::modinfo("fuzz.ko", data);
     let _ = dcr_build::measure::tpm_prediction(data);
+    let _ = dcr_build::disk::inspect(data);
 });
