@@ -136,8 +136,8 @@ pub struct SnpArgs {
     pub json: bool,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, MeasureError> {
-    std::fs::read(path).map_err(|source| MeasureError::Read {
+fn read(path: &Path) -> Result<crate::sys::FileBytes, MeasureError> {
+    crate::sys::read_file(path).map_err(|source| MeasureError::Read {
         path: path.to_path_buf(),
         source,
     })
