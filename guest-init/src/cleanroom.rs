@@ -473,49 +473,51 @@ fn attest_azure(
     release(c, digest, client, &ch.session_id, tee, &sk, evidence)
 }
 
-/// A TD quote of `tdreport` from Azure's instance metadata service
-/// (`POST /acc/tdquote {"report": base64url}` → `{"quote": base64url}`).
-fn azure_td_quote(tdreport: &[u8]) -> Result<Vec<u8>, String> {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// Azure's instance metadata service (IMDS, 169.254.169.254): one request with the
+/// `Metadata: true` header, `body` POSTed as JSON if given; the answer as JSON.
+fn imds(
+    what: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(20)))
         .build()
         .new_agent();
-    let body = serde_json::json!({ "report": b64.encode(tdreport) }).to_string();
-    let mut r = agent
-        .post("http://169.254.169.254/acc/tdquote")
-        .header("Metadata", "true")
-        .header("Content-Type", "application/json")
-        .send(body.as_bytes())
-        .map_err(|e| format!("IMDS tdquote: {e}"))?;
-    let body = r
+    let url = format!("http://169.254.169.254{path}");
+    let r = match body {
+        Some(b) => agent
+            .post(&url)
+            .header("Metadata", "true")
+            .header("Content-Type", "application/json")
+            .send(b.to_string().as_bytes()),
+        None => agent.get(&url).header("Metadata", "true").call(),
+    };
+    let bytes = r
+        .map_err(|e| format!("IMDS {what}: {e}"))?
         .body_mut()
         .read_to_vec()
-        .map_err(|e| format!("IMDS tdquote: {e}"))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("IMDS tdquote: {e}"))?;
+        .map_err(|e| format!("IMDS {what}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("IMDS {what}: {e}"))
+}
+
+/// A TD quote of `tdreport` from IMDS (`POST /acc/tdquote {"report": base64url}` →
+/// `{"quote": base64url}`).
+fn azure_td_quote(tdreport: &[u8]) -> Result<Vec<u8>, String> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let v = imds(
+        "tdquote",
+        "/acc/tdquote",
+        Some(serde_json::json!({ "report": b64.encode(tdreport) })),
+    )?;
     let q = v["quote"].as_str().ok_or("IMDS tdquote: no quote")?;
     b64.decode(q.trim_end_matches('='))
         .map_err(|e| format!("IMDS tdquote quote: {e}"))
 }
 
-/// The VCEK (DER) from Azure's instance metadata service (THIM).
+/// The VCEK (DER) from IMDS (THIM).
 fn azure_vcek() -> Result<Vec<u8>, String> {
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent();
-    let mut r = agent
-        .get("http://169.254.169.254/metadata/THIM/amd/certification")
-        .header("Metadata", "true")
-        .call()
-        .map_err(|e| format!("IMDS THIM: {e}"))?;
-    let body = r
-        .body_mut()
-        .read_to_vec()
-        .map_err(|e| format!("IMDS THIM: {e}"))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("IMDS THIM: {e}"))?;
+    let v = imds("THIM", "/metadata/THIM/amd/certification", None)?;
     let pem = v["vcekCert"].as_str().ok_or("IMDS THIM: no vcekCert")?;
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     B64.decode(b64.trim())

@@ -96,6 +96,38 @@ fn tdx_quote_verifies_at_the_service() {
     assert!(tdx_from_tsm(&sgx).is_err());
 }
 
+/// Trustee Azure evidence taken apart as guest-init reads it: the JSON document, two
+/// base64url fields by name, and the vTPM quote (message, signature, PCRs 0..23).
+struct AzureParts {
+    ev: serde_json::Value,
+    fields: Vec<Vec<u8>>,
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    pcrs: Vec<Vec<u8>>,
+}
+
+fn azure_parts(path: &std::path::Path, fields: [&str; 2]) -> AzureParts {
+    let ev: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let h = |s: &serde_json::Value| hex::decode(s.as_str().unwrap()).unwrap();
+    let b64u = |f: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(ev[f].as_str().unwrap().trim_end_matches('='))
+            .unwrap()
+    };
+    AzureParts {
+        fields: fields.iter().map(|f| b64u(f)).collect(),
+        message: h(&ev["tpm_quote"]["message"]),
+        signature: h(&ev["tpm_quote"]["signature"]),
+        pcrs: ev["tpm_quote"]["pcrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(h)
+            .collect(),
+        ev,
+    }
+}
+
 #[test]
 fn azure_snp_vtpm_parts_verify_at_the_service() {
     // Trustee's real az-snp-vtpm evidence taken apart into what guest-init reads on Azure
@@ -104,25 +136,17 @@ fn azure_snp_vtpm_parts_verify_at_the_service() {
     let Some(fx) = fixtures("azure_collector") else {
         return;
     };
-    let ev: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fx.join("attest/azure/trustee-az-snp-vtpm/evidence-v2.json")).unwrap(),
-    )
-    .unwrap();
-    let h = |s: &serde_json::Value| hex::decode(s.as_str().unwrap()).unwrap();
-    let b64u = |f: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(ev[f].as_str().unwrap().trim_end_matches('='))
-            .unwrap()
-    };
-    let (hcl, vcek) = (b64u("hcl_report"), b64u("vcek"));
-    let message = h(&ev["tpm_quote"]["message"]);
-    let signature = h(&ev["tpm_quote"]["signature"]);
-    let pcrs: Vec<Vec<u8>> = ev["tpm_quote"]["pcrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(h)
-        .collect();
+    let AzureParts {
+        ev,
+        fields,
+        message,
+        signature,
+        pcrs,
+    } = azure_parts(
+        &fx.join("attest/azure/trustee-az-snp-vtpm/evidence-v2.json"),
+        ["hcl_report", "vcek"],
+    );
+    let (hcl, vcek) = (&fields[0], &fields[1]);
     let json = az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs).unwrap();
     // Field for field what Trustee wrote (its fixture), apart from encoding details we share.
     assert_eq!(
@@ -153,25 +177,17 @@ fn azure_tdx_vtpm_parts_reassemble_and_fail_closed_without_collateral() {
     let Some(fx) = fixtures("azure_tdx_collector") else {
         return;
     };
-    let ev: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fx.join("attest/azure/trustee-az-tdx-vtpm/evidence-v1.json")).unwrap(),
-    )
-    .unwrap();
-    let h = |s: &serde_json::Value| hex::decode(s.as_str().unwrap()).unwrap();
-    let b64u = |f: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(ev[f].as_str().unwrap().trim_end_matches('='))
-            .unwrap()
-    };
-    let (hcl, td_quote) = (b64u("hcl_report"), b64u("td_quote"));
-    let message = h(&ev["tpm_quote"]["message"]);
-    let signature = h(&ev["tpm_quote"]["signature"]);
-    let pcrs: Vec<Vec<u8>> = ev["tpm_quote"]["pcrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(h)
-        .collect();
+    let AzureParts {
+        ev,
+        fields,
+        message,
+        signature,
+        pcrs,
+    } = azure_parts(
+        &fx.join("attest/azure/trustee-az-tdx-vtpm/evidence-v1.json"),
+        ["hcl_report", "td_quote"],
+    );
+    let (hcl, td_quote) = (&fields[0], &fields[1]);
     let json =
         dcr_protocol::evidence::az_tdx_vtpm(&hcl, &td_quote, &message, &signature, &pcrs).unwrap();
     let norm = |v: &serde_json::Value| v.as_str().unwrap().trim_end_matches('=').to_string();
