@@ -147,7 +147,7 @@ fn azure_snp_vtpm_parts_verify_at_the_service() {
         ["hcl_report", "vcek"],
     );
     let (hcl, vcek) = (&fields[0], &fields[1]);
-    let json = az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs).unwrap();
+    let json = az_snp_vtpm(hcl, vcek, &message, &signature, &pcrs).unwrap();
     // Field for field what Trustee wrote (its fixture), apart from encoding details we share.
     assert_eq!(
         json["hcl_report"],
@@ -165,7 +165,7 @@ fn azure_snp_vtpm_parts_verify_at_the_service() {
     other[0] ^= 1;
     let (code, _) = verify_evidence(Tee::AzSnpVtpm, &json, &other, JAN_2026, None).unwrap_err();
     assert_eq!(code, "binding_mismatch");
-    assert!(az_snp_vtpm(&hcl, &vcek, &message, &signature, &pcrs[..23]).is_err());
+    assert!(az_snp_vtpm(hcl, vcek, &message, &signature, &pcrs[..23]).is_err());
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn azure_tdx_vtpm_parts_reassemble_and_fail_closed_without_collateral() {
     );
     let (hcl, td_quote) = (&fields[0], &fields[1]);
     let json =
-        dcr_protocol::evidence::az_tdx_vtpm(&hcl, &td_quote, &message, &signature, &pcrs).unwrap();
+        dcr_protocol::evidence::az_tdx_vtpm(hcl, td_quote, &message, &signature, &pcrs).unwrap();
     let norm = |v: &serde_json::Value| v.as_str().unwrap().trim_end_matches('=').to_string();
     assert_eq!(json["version"], 1);
     assert_eq!(norm(&json["hcl_report"]), norm(&ev["hcl_report"]));
