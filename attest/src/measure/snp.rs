@@ -419,18 +419,24 @@ fn page_digests(data: &[u8]) -> Vec<[u8; 48]> {
         return pages.iter().map(digest).collect();
     }
     let per = pages.len().div_ceil(threads);
+    let mut chunks: Vec<&[&[u8]]> = pages.chunks(per).collect();
+    // The calling thread hashes the last chunk itself: one thread fewer to start.
+    let own = chunks.pop().unwrap_or_default();
     std::thread::scope(|s| {
-        let handles: Vec<_> = pages
-            .chunks(per)
+        let handles: Vec<_> = chunks
+            .into_iter()
             .map(|chunk| s.spawn(move || chunk.iter().map(digest).collect::<Vec<_>>()))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
+        let last: Vec<[u8; 48]> = own.iter().map(digest).collect();
+        let mut out: Vec<[u8; 48]> = Vec::with_capacity(pages.len());
+        for h in handles {
+            match h.join() {
+                Ok(v) => out.extend(v),
                 Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+            }
+        }
+        out.extend(last);
+        out
     })
 }
 
