@@ -520,6 +520,17 @@ pub fn prepare(
             reason,
         }
     })?;
+    if rec.platforms.contains(&Platform::Azure)
+        && matches!(
+            parsed.network,
+            dcr_protocol::contract::Network::Static { .. }
+        )
+    {
+        eprintln!(
+            "note: {}: network is static; on Azure the address comes from DHCP ([network] mode = \"dhcp\", docs/azure.md)",
+            contract_path.display()
+        );
+    }
 
     Ok(Prepared {
         pack: PackInputs {
