@@ -125,6 +125,10 @@ enum Cmd {
         /// swtpm_setup --create-ek-cert).
         #[arg(long, value_name = "DIR")]
         tpm_state: Option<PathBuf>,
+        /// Tests only: serve Azure's instance metadata (169.254.169.254:80) from this host
+        /// address (ip:port); the user network becomes 169.254.169.0/24 (host at .2). Needs --net.
+        #[arg(long, value_name = "IP:PORT", requires = "net", hide = true)]
+        fake_imds: Option<String>,
         /// A confidential platform: with --print-qemu, print the QEMU command line a host with
         /// that hardware needs (this machine has neither, so nothing is started).
         #[arg(long, value_enum)]
@@ -353,6 +357,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             save_event_log,
             net,
             tpm_state,
+            fake_imds,
             platform,
             print_qemu,
         } => {
@@ -379,6 +384,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 echo: !quiet,
                 net,
                 tpm_state,
+                fake_imds,
             };
             let r = run::run(&out, &opts)?;
             let secs = r.elapsed.as_secs_f64();

@@ -58,6 +58,11 @@ pub struct RunOptions {
     /// Start swtpm from a copy of this state directory (e.g. one manufactured by swtpm_setup
     /// with an EK certificate) instead of a blank TPM.
     pub tpm_state: Option<PathBuf>,
+    /// Tests only: an Azure instance-metadata stand-in. The user network becomes
+    /// 169.254.169.0/24 (guest 169.254.169.15 by DHCP, host loopback at 169.254.169.2) and
+    /// guest connections to 169.254.169.254:80 are forwarded to this host address (`ip:port`).
+    /// It serves what IMDS serves; the evidence is still verified by the service.
+    pub fake_imds: Option<String>,
 }
 
 /// The firmware event log guest-init printed (`dcr-init: eventlog … base64=…`), decoded and
@@ -309,10 +314,16 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
         ]);
     }
     if o.net {
+        let netdev = match &o.fake_imds {
+            Some(hostfwd) => format!(
+                "user,id=net0,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,guestfwd=tcp:169.254.169.254:80-tcp:{hostfwd}"
+            ),
+            None => "user,id=net0".into(),
+        };
         // romfile= (empty): no iPXE option ROM, so the NIC adds no boot path of its own.
         args.extend([
             "-netdev".into(),
-            "user,id=net0".into(),
+            netdev,
             "-device".into(),
             "virtio-net-pci,netdev=net0,romfile=".into(),
         ]);

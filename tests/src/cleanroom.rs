@@ -370,6 +370,11 @@ impl Room {
     /// Boot `image` with `dcr-build run --mode <mode>` (uefi, vhd, raw), otherwise as
     /// [`Room::boot`].
     pub fn boot_mode(&self, image: &Path, mode: &str) -> (Option<i32>, String) {
+        self.boot_with(image, mode, &[])
+    }
+
+    /// [`Room::boot_mode`] with extra `dcr-build run` arguments.
+    pub fn boot_with(&self, image: &Path, mode: &str, extra: &[&str]) -> (Option<i32>, String) {
         let o = Command::new(dcr_build())
             .arg("run")
             .arg(image)
@@ -384,6 +389,7 @@ impl Room {
                 "--tpm-state",
             ])
             .arg(&self.tpm_state)
+            .args(extra)
             .output()
             .unwrap();
         let console = stdout(&o);

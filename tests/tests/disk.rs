@@ -12,7 +12,10 @@
 //!   PCRs of measurements.json; the service registers a key for az-snp-vtpm/az-tdx-vtpm only
 //!   with those Azure reference values present;
 //! - QEMU + OVMF + swtpm boots disk.vhd to the same successful clean-room run as the UKI
-//!   (the service releases the keys only if the quoted PCRs equal measurements.json).
+//!   (the service releases the keys only if the quoted PCRs equal measurements.json);
+//! - guest-init's Azure SNP path runs in that boot against a vTPM holding a real HCL report and
+//!   a stand-in IMDS, and the service refuses it for the one thing only Azure can provide
+//!   (a quote by the HCL-bound AK).
 
 use std::path::Path;
 use std::process::Command;
@@ -198,6 +201,171 @@ fn disk_image_is_reproducible_valid_and_boots_the_clean_room() {
         String::from_utf8(room.result("overlap-result-v.sealed", "publisher").unwrap()).unwrap(),
         want
     );
+
+    azure_guest_path_reaches_the_vtpm_check(&room);
+}
+
+/// A one-request-per-connection HTTP stand-in for Azure's instance metadata service: answers
+/// the THIM VCEK request with `vcek_pem`, anything else 404. Returns its loopback address.
+fn fake_imds(vcek_pem: String) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, body) = if req.starts_with("GET /metadata/THIM/amd/certification ")
+                && req.to_ascii_lowercase().contains("metadata: true")
+            {
+                (
+                    "200 OK",
+                    serde_json::json!({ "vcekCert": vcek_pem }).to_string(),
+                )
+            } else {
+                ("404 Not Found", "{}".to_string())
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// guest-init's Azure SNP path in a real boot, as far as this machine allows: the vTPM holds a
+/// real Azure HCL report (kinvolk's SNP fixture, 2,048 bytes: swtpm's NV index limit) at NV
+/// 0x01400001 and an RSA AK persisted at 0x81000003, IMDS is a stand-in serving the fixture's
+/// VCEK, the contract uses DHCP like Azure. The guest must detect `azure-hcl=snp`, choose
+/// az-snp-vtpm, read the report, fetch the VCEK, quote with the AK and send Trustee-format
+/// evidence; the service must refuse it because the quote is not signed by the HCLAkPub the
+/// report binds (this swtpm is not Azure's vTPM) — and for nothing the guest got wrong: the
+/// HCL binding, the quote's qualifying data and its PCR digest all pass. (The service also
+/// says snp.report.signature / snp.vek.hwid: the VCEK in kinvolk's certs.pem belongs to
+/// another chip than its SNP HCL report; Trustee's matching pair has a 2,600-byte report.)
+fn azure_guest_path_reaches_the_vtpm_check(room: &Room) {
+    let Some(fx) = fixtures("azure_guest_path") else {
+        return;
+    };
+    let az = fx.join("attest/azure/kinvolk");
+    let hcl = az.join("hcl-report-snp.bin");
+    let size = std::fs::metadata(&hcl).unwrap().len().to_string();
+    {
+        let (_sw, tcti) = start_swtpm(&room.tpm_state, "not-need-init,startup-clear");
+        let d = room.dir.as_path();
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_nvdefine",
+                "0x01400001",
+                "-C",
+                "o",
+                "-s",
+                &size,
+                "-a",
+                "ownerread|ownerwrite",
+            ],
+        );
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_nvwrite",
+                "0x01400001",
+                "-C",
+                "o",
+                "-i",
+                hcl.to_str().unwrap(),
+            ],
+        );
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_createprimary",
+                "-C",
+                "o",
+                "-G",
+                "rsa2048:rsassa-sha256:null",
+                "-a",
+                "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda",
+                "-c",
+                "azure-ak.ctx",
+            ],
+        );
+        tool(
+            d,
+            &tcti,
+            &[
+                "tpm2_evictcontrol",
+                "-C",
+                "o",
+                "-c",
+                "azure-ak.ctx",
+                "0x81000003",
+            ],
+        );
+        tool(d, &tcti, &["tpm2_shutdown"]);
+    }
+    let pem = std::fs::read_to_string(az.join("certs.pem")).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let vcek = pem[..pem.find(end).unwrap() + end.len()].to_string();
+    let imds = fake_imds(vcek);
+    let contract = room.contract("az", |c| {
+        c.replace(
+            "mode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"",
+            "mode = \"dhcp\"",
+        )
+        .replace("http://10.0.2.2:", "http://169.254.169.2:")
+    });
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(
+        text.contains("mode = \"dhcp\"") && text.contains("169.254.169.2"),
+        "{text}"
+    );
+    let image = room.build(&contract, "az");
+    let (code, console) = room.boot_with(&image, "vhd", &["--fake-imds", &imds]);
+    assert_ne!(code, Some(0), "{console}");
+    for line in [
+        "dcr-init: network dhcp address=169.254.169.15/24 gateway=169.254.169.2",
+        "azure-hcl=snp",
+        "using=az-snp-vtpm",
+        "dcr-init: evidence tee=az-snp-vtpm hcl-report=2048 ",
+    ] {
+        assert!(console.contains(line), "{line} missing:\n{console}");
+    }
+    let reason =
+        power_off_reason(&console).unwrap_or_else(|| panic!("no power-off line:\n{console}"));
+    assert!(
+        reason.contains("refused by the service: evidence_invalid"),
+        "{reason}"
+    );
+    // What the service refused, from its audit log: the AK, and only the AK-dependent checks.
+    let refusal = audit_records(&room.svc.data_dir)
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.to_string().contains("az-snp-vtpm") && r.to_string().contains("evidence_invalid")
+        })
+        .unwrap_or_else(|| panic!("no az-snp-vtpm refusal in the audit log"))
+        .to_string();
+    assert!(refusal.contains("vtpm.signature"), "{refusal}");
+    for fine in [
+        "hcl.binding",
+        "vtpm.qualifying_data",
+        "vtpm.pcrs.digest",
+        "hcl.decode",
+    ] {
+        assert!(
+            !refusal.contains(&format!("{fine}:")),
+            "{fine} failed: {refusal}"
+        );
+    }
 }
 
 fn exports_carry_the_azure_values(room: &Room, image: &Path, m: &serde_json::Value) {
