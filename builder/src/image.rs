@@ -664,14 +664,13 @@ fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageE
 }
 
 /// The vTPM PCRs that identify the image on an Azure confidential VM, whatever firmware
-/// Microsoft ships: PCR 9 (the initrd, measured by the kernel's EFI stub), PCR 11 (the UKI
+/// Microsoft ships: PCR 9 (command line and initrd, by the kernel's EFI stub), PCR 11 (the UKI
 /// sections, measured by systemd-stub) and PCR 23 (contract and workloads, by guest-init).
 /// PCR 4 also covers the firmware's own boot-path events, which are Hyper-V UEFI's there:
 /// recorded as informational, not required.
 pub const AZURE_PCRS: [u32; 3] = [9, 11, 23];
 
-fn azure_prediction(p: &Prepared, packed: &Packed) -> Result<serde_json::Value, ImageError> {
-    let pcrs = tpm_pcrs(p, packed)?;
+fn azure_prediction(pcrs: &[dcr_attest::measure::tpm::Pcr]) -> serde_json::Value {
     let required: serde_json::Map<String, serde_json::Value> = pcrs
         .iter()
         .filter(|x| AZURE_PCRS.contains(&x.index))
@@ -682,7 +681,7 @@ fn azure_prediction(p: &Prepared, packed: &Packed) -> Result<serde_json::Value, 
         .filter(|x| !AZURE_PCRS.contains(&x.index))
         .map(|x| (x.index.to_string(), hex(&x.value).into()))
         .collect();
-    Ok(serde_json::json!({
+    serde_json::json!({
         "shape": {
             "boot": "Azure confidential VM (SEV-SNP DCasv5/ECasv5 or TDX DCesv5/ECesv5, paravisor vTPM) booting disk.vhd: \\EFI\\BOOT\\BOOTX64.EFI = image.efi",
             "bank": "sha256",
@@ -690,7 +689,7 @@ fn azure_prediction(p: &Prepared, packed: &Packed) -> Result<serde_json::Value, 
         },
         "pcrs": required,
         "pcrs_firmware_dependent": informational,
-    }))
+    })
 }
 
 /// The SHA-256 PCRs of an OVMF + systemd-stub boot of the UKI, plus PCR 23.
@@ -752,11 +751,16 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
             },
         );
     }
+    // The PCR prediction serves both the tpm and the azure reference values: computed once.
+    let pcrs = if p.platforms.contains(&Platform::Tpm) || p.platforms.contains(&Platform::Azure) {
+        tpm_pcrs(p, packed)?
+    } else {
+        Vec::new()
+    };
     let mut measurements = BTreeMap::new();
     for platform in &p.platforms {
         match platform {
             Platform::Tpm => {
-                let pcrs = tpm_pcrs(p, packed)?;
                 let values: serde_json::Map<String, serde_json::Value> = pcrs
                     .iter()
                     .map(|p| (p.index.to_string(), hex(&p.value).into()))
@@ -788,7 +792,7 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
                 }
             }
             Platform::Azure => {
-                measurements.insert("azure".to_string(), azure_prediction(p, packed)?);
+                measurements.insert("azure".to_string(), azure_prediction(&pcrs));
             }
         }
     }
