@@ -179,21 +179,9 @@ pub fn verify_snp(
     expected_pcrs: &tpm::ExpectedPcrs,
 ) -> Verdict {
     let mut v = Verdict::default();
-    let hcl = match parse_hcl(&ev.hcl_report) {
-        Ok(h) => h,
-        Err(e) => {
-            v.push("hcl.decode", false, e.to_string());
-            return v;
-        }
+    let Some(hcl) = decode_hcl(&mut v, &ev.hcl_report, HCL_REPORT_SNP, "SNP") else {
+        return v;
     };
-    v.push(
-        "hcl.decode",
-        hcl.report_type == HCL_REPORT_SNP,
-        format!(
-            "version {}, report type {} (2 = SNP)",
-            hcl.version, hcl.report_type
-        ),
-    );
     push_prefixed(
         &mut v,
         "snp",
@@ -221,6 +209,28 @@ pub fn verify_snp(
         expected_pcrs,
     );
     v
+}
+
+/// Decode the HCL report and check its hardware report type (`hcl.decode`); None (with the
+/// failed check recorded) if it does not decode.
+fn decode_hcl(v: &mut Verdict, bytes: &[u8], want: u32, name: &str) -> Option<HclReport> {
+    match parse_hcl(bytes) {
+        Ok(hcl) => {
+            v.push(
+                "hcl.decode",
+                hcl.report_type == want,
+                format!(
+                    "version {}, report type {} ({want} = {name})",
+                    hcl.version, hcl.report_type
+                ),
+            );
+            Some(hcl)
+        }
+        Err(e) => {
+            v.push("hcl.decode", false, e.to_string());
+            None
+        }
+    }
 }
 
 /// Checks `from` under `prefix.` (e.g. the SNP report's checks as `snp.*`).
@@ -348,21 +358,9 @@ pub fn verify_tdx(
     expected_pcrs: &tpm::ExpectedPcrs,
 ) -> Verdict {
     let mut v = Verdict::default();
-    let hcl = match parse_hcl(&ev.hcl_report) {
-        Ok(h) => h,
-        Err(e) => {
-            v.push("hcl.decode", false, e.to_string());
-            return v;
-        }
+    let Some(hcl) = decode_hcl(&mut v, &ev.hcl_report, HCL_REPORT_TDX, "TDX") else {
+        return v;
     };
-    v.push(
-        "hcl.decode",
-        hcl.report_type == HCL_REPORT_TDX,
-        format!(
-            "version {}, report type {} (4 = TDX)",
-            hcl.version, hcl.report_type
-        ),
-    );
     // TDREPORT: REPORTMACSTRUCT first; its REPORTDATA at offset 128.
     let rd = &hcl.hw_report[128..192];
     let want = Sha256::digest(&hcl.var_data);
