@@ -3,71 +3,199 @@
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt.
 #
 # - bookworm-backports enabled (dcr-build's recipes pin packages from it: the 6.12 cloud
-#   kernel and systemd-boot-efi 254; `apt-get download` needs the package lists);
-# - qemu-system-x86 10.0 (backports), ovmf, swtpm, tpm2-tools, libtss2-dev, binutils;
+#   kernel and systemd-boot-efi 254; `apt-get download` needs the package lists). The machine's
+#   own Debian mirror is read from whichever apt layout it has: Debian's deb822 files
+#   (sources.list.d/*.sources, the layout of Debian 12's cloud and container images), one-line
+#   files (sources.list, sources.list.d/*.list), or both; backports already enabled in either
+#   form is left as it is. The new entry is written in the layout the mirror was found in.
+# - the packages below (derived by running the README's commands on a pristine
+#   `mmdebstrap --variant=apt` root: reproducible/fresh-machine.sh);
 # - the Rust toolchain of rust-toolchain.toml with the x86_64-unknown-linux-musl target
-#   (guest binaries are static musl executables).
+#   (guest binaries are static musl executables);
+# - sev-snp-measure 0.0.13 (PyPI) in a venv: the anchor the SNP measurement tests compare with.
+#
+# usage: reproducible/setup.sh [--sources-only]
+#   --sources-only   only find the mirror and enable backports (no apt-get update/install)
+# Environment: DCR_APT_ETC (default /etc/apt: the apt configuration directory to read and
+# write; tests point it at throwaway directories), DCR_SETUP_EXTRA_PACKAGES (more packages to
+# require), DCR_CACHE (where the venv lives; default ~/.cache/dcr).
 set -euo pipefail
-
 top=$(cd "$(dirname "$0")/.." && pwd)
+DCR_TOP=$top
+DCR_HINT="setup did not finish; fix the cause above and run bash reproducible/setup.sh again"
+. "$top/reproducible/lib.sh"
+
+sources_only=""
+case "${1:-}" in
+  "") ;;
+  --sources-only) sources_only=1 ;;
+  *) die "unknown argument '$1' (usage: reproducible/setup.sh [--sources-only])" ;;
+esac
+
+apt_etc=${DCR_APT_ETC:-/etc/apt}
 SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null 2>&1 || die "not root and no sudo: run it as root (apt-get installs packages)"
+  SUDO=sudo
+fi
 
 say() { echo "setup: $*" >&2; }
 
-backports=/etc/apt/sources.list.d/dcr-bookworm-backports.list
-if ! grep -rqs '^deb .*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ &&
-   ! grep -rqs 'Suites:.*bookworm-backports' /etc/apt/sources.list.d/; then
-  # The machine's own Debian mirror (the one its bookworm sources use).
-  mirror=$(grep -rhoE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
-           tr -d ' ' | head -1)
-  if [ -z "$mirror" ]; then
-    say "error: no Debian mirror found in /etc/apt/sources* to enable bookworm-backports from"
-    exit 1
+# Every enabled apt entry as one line: `<layout> <file> <type> <uri> <suite> <signed-by|->`,
+# layout `list` (one-line) or `sources` (deb822). Comments, disabled stanzas (Enabled: no) and
+# files apt ignores (other extensions) are skipped.
+apt_entries() {
+  local f files=()
+  [ -f "$apt_etc/sources.list" ] && files+=("$apt_etc/sources.list")
+  if [ -d "$apt_etc/sources.list.d" ]; then
+    for f in "$apt_etc"/sources.list.d/*.list "$apt_etc"/sources.list.d/*.sources; do
+      [ -f "$f" ] && files+=("$f")
+    done
   fi
-  say "enabling bookworm-backports from $mirror"
-  echo "deb $mirror bookworm-backports main" | $SUDO tee "$backports" >/dev/null
+  [ "${#files[@]}" -gt 0 ] || return 0
+  for f in "${files[@]}"; do
+    case "$f" in
+      *.sources) awk -v file="$f" '
+        function flush(   i, j, nu, ns, u, s, t, nt) {
+          if (enabled != "no" && types != "" && uris != "") {
+            nt = split(types, t, /[ \t]+/); nu = split(uris, u, /[ \t]+/); ns = split(suites, s, /[ \t]+/)
+            for (k = 1; k <= nt; k++) for (i = 1; i <= nu; i++) for (j = 1; j <= ns; j++)
+              if (t[k] != "" && u[i] != "" && s[j] != "")
+                print "sources", file, t[k], u[i], s[j], (signed ~ /^\// ? signed : "-")
+          }
+          types = ""; uris = ""; suites = ""; enabled = ""; signed = ""; field = ""
+        }
+        /^[ \t]*#/ { next }
+        /^[ \t]*$/ { flush(); next }
+        /^[ \t]/ { if (field == "uris") uris = uris " " $0; else if (field == "suites") suites = suites " " $0
+                   else if (field == "types") types = types " " $0; next }
+        {
+          n = index($0, ":"); if (n == 0) next
+          key = tolower(substr($0, 1, n - 1)); val = substr($0, n + 1)
+          gsub(/^[ \t]+|[ \t]+$/, "", val); field = key
+          if (key == "types") types = val; else if (key == "uris") uris = val
+          else if (key == "suites") suites = val; else if (key == "enabled") enabled = tolower(val)
+          else if (key == "signed-by") signed = val
+        }
+        END { flush() }' "$f" ;;
+      *) awk -v file="$f" '
+        { sub(/#.*/, "") }
+        NF == 0 { next }
+        {
+          type = $1; i = 2; signed = "-"
+          if ($i ~ /^\[/) {
+            opts = ""
+            for (; i <= NF; i++) { opts = opts " " $i; if ($i ~ /\]$/) { i++; break } }
+            if (match(opts, /signed-by=[^] \t]+/)) signed = substr(opts, RSTART + 10, RLENGTH - 10)
+          }
+          if (i + 1 <= NF) print "list", file, type, $i, $(i + 1), signed
+        }' "$f" ;;
+    esac
+  done
+}
+
+# 1. bookworm-backports.
+enable_backports() {
+  local entries have mirror_line layout file uri signed out
+  entries=$(apt_entries)
+  have=$(awk '$3 == "deb" && $5 == "bookworm-backports" { print $2; exit }' <<<"$entries")
+  if [ -n "$have" ]; then
+    say "bookworm-backports already enabled ($have)"
+    return 0
+  fi
+  # The machine's own Debian mirror: the http(s) URI of its `bookworm` entry.
+  mirror_line=$(awk '$3 == "deb" && $5 == "bookworm" && $4 ~ /^https?:\/\// { print; exit }' <<<"$entries")
+  if [ -z "$mirror_line" ]; then
+    die "no Debian bookworm mirror in $apt_etc/sources.list or $apt_etc/sources.list.d/*.list|*.sources to enable bookworm-backports from; add it yourself, e.g. printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $apt_etc/sources.list.d/bookworm-backports.sources"
+  fi
+  read -r layout file _ uri _ signed <<<"$mirror_line"
+  if [ "$layout" = sources ]; then
+    out=$apt_etc/sources.list.d/dcr-bookworm-backports.sources
+    {
+      printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$uri"
+      if [ "$signed" != - ]; then printf 'Signed-By: %s\n' "$signed"; fi
+    } | $SUDO tee "$out" >/dev/null
+  else
+    out=$apt_etc/sources.list.d/dcr-bookworm-backports.list
+    if [ "$signed" != - ]; then
+      echo "deb [signed-by=$signed] $uri bookworm-backports main"
+    else
+      echo "deb $uri bookworm-backports main"
+    fi | $SUDO tee "$out" >/dev/null
+  fi
+  say "enabled bookworm-backports from $uri (mirror of $file) in $out"
   need_update=1
-fi
+}
 
-# apt-get download of the pinned packages needs fresh lists that include backports.
+need_update=""
+[ -d "$apt_etc" ] || die "apt configuration directory $apt_etc does not exist"
+enable_backports
+if [ -n "$sources_only" ]; then exit 0; fi
+
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: this script is for Debian 12 (bookworm)"
+
+# 2. Package lists that include backports (apt-get download of the pinned packages needs them).
+apt_log=$(mktemp "${TMPDIR:-/tmp}/dcr-setup-apt.XXXXXX")
+trap 'rm -f "$apt_log"' EXIT
 policy=$(apt-cache policy linux-image-cloud-amd64 2>/dev/null || true)
-if [ -n "${need_update:-}" ] || [[ "$policy" != *bpo12* ]]; then
+if [ -n "$need_update" ] || [[ "$policy" != *bpo12* ]]; then
   say "apt-get update"
-  $SUDO apt-get update -q >/dev/null || say "warning: apt-get update reported errors (continuing)"
+  if ! $SUDO apt-get update -q >"$apt_log" 2>&1; then
+    # Another source failing (a third-party repository, say) must not stop us; what we need
+    # is checked right below.
+    say "warning: apt-get update reported errors:"
+    grep -E '^(E|W|Err):' "$apt_log" | head -5 >&2 || true
+  fi
+  policy=$(apt-cache policy linux-image-cloud-amd64 2>/dev/null || true)
+  if [[ "$policy" != *bpo12* ]]; then
+    die "bookworm-backports is enabled but apt has no package lists from it (apt-cache policy linux-image-cloud-amd64 shows no ~bpo12 version); check the mirror with apt-get update"
+  fi
 fi
 
+# 3. Packages. qemu-system-x86 must be the backports 10.x (sev-snp-guest / tdx-guest objects).
+# gcc + libc6-dev: the linker rustc calls and the C parts of ring and liblzma-sys; musl-tools:
+# the same for the musl guest; python3-venv: the sev-snp-measure venv; mmdebstrap:
+# reproducible/fresh-machine.sh.
+packages=(qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools gnutls-bin tpm2-tools libtss2-dev
+  binutils git gcc libc6-dev musl-tools pkgconf python3 python3-venv ca-certificates openssl
+  gdisk dosfstools mtools bsdextrautils mmdebstrap)
+# shellcheck disable=SC2206
+packages+=(${DCR_SETUP_EXTRA_PACKAGES:-})
 missing=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools gnutls-bin tpm2-tools libtss2-dev binutils git musl-tools \
-    gdisk dosfstools mtools; do
+for p in "${packages[@]}"; do
   have_pkg "$p" || missing+=("$p")
 done
-# QEMU must be the backports 10.x (sev-snp-guest / tdx-guest objects).
 if have_pkg qemu-system-x86 && ! dpkg-query -W -f='${Version}' qemu-system-x86 | grep -q '^1:10'; then
   missing+=(qemu-system-x86)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]}"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    -t bookworm-backports "${missing[@]}" >/dev/null
+  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      -t bookworm-backports "${missing[@]}" >"$apt_log" 2>&1; then
+    grep -E '^(E|W):' "$apt_log" | head -5 >&2 || tail -5 "$apt_log" >&2
+    die "apt-get install failed for: ${missing[*]} (apt's messages above)"
+  fi
 fi
 
+# 4. Rust: the pinned toolchain (rust-toolchain.toml) and the musl target.
 if ! command -v cargo >/dev/null 2>&1; then
-  say "error: cargo not found; install Rust with rustup first (the toolchain is pinned in rust-toolchain.toml)"
-  exit 1
+  die "cargo not found; install Rust with rustup first (the toolchain is pinned in rust-toolchain.toml), or add ~/.cargo/bin to PATH"
 fi
 cd "$top"
 if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
   say "adding the Rust target x86_64-unknown-linux-musl"
-  rustup target add x86_64-unknown-linux-musl >/dev/null
+  rustup target add x86_64-unknown-linux-musl >/dev/null ||
+    die "rustup could not add the target x86_64-unknown-linux-musl (the guest is a static musl binary)"
 fi
-# sev-snp-measure (PyPI) is the anchor the SNP measurement tests run side by side with ours.
+
+# 5. sev-snp-measure (PyPI), the anchor the SNP measurement tests run side by side with ours.
 venv="${DCR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dcr}/sev-snp-measure-0.0.13"
 if [ ! -x "$venv/bin/sev-snp-measure" ]; then
   say "installing sev-snp-measure 0.0.13 into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'sev-snp-measure==0.0.13'
+  python3 -m venv "$venv" >"$apt_log" 2>&1 || { cat "$apt_log" >&2; die "python3 -m venv $venv failed"; }
+  "$venv/bin/pip" install -q 'sev-snp-measure==0.0.13' ||
+    die "pip could not install sev-snp-measure==0.0.13 into $venv (PyPI reachable? pip's message above)"
 fi
 
 say "ready: $(qemu-system-x86_64 --version | head -1), $(swtpm --version 2>&1 | head -1), $(cargo --version)"
