@@ -7,6 +7,9 @@
 #        images/clean-room into out/clean-room, which provides the kernel and initrd)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+DCR_TOP=$top
+DCR_HINT="needs bash reproducible/setup.sh, cargo build --release and dcr-build image images/clean-room --out out/clean-room first"
+. "$top/reproducible/lib.sh"
 cd "$top"
 n=${1:-15}
 fx=${DCR_FIXTURES:-$top/../shared/fixtures}
@@ -14,6 +17,10 @@ snpm=${DCR_SEV_SNP_MEASURE:-${DCR_CACHE:-$HOME/.cache/dcr}/sev-snp-measure-0.0.1
 dcr=$top/target/release/dcr-build
 ovmf=/usr/share/ovmf/OVMF.fd
 amd=$fx/measure/sev-snp-measure/ovmf_AmdSev_suffix.bin
+[ -x "$snpm" ] || die "sev-snp-measure not found at $snpm (bash reproducible/setup.sh installs it)"
+[ -x "$dcr" ] || die "$dcr not built (cargo build --locked --release -p dcr-build)"
+[ -f out/clean-room/image.efi ] || die "out/clean-room/image.efi missing (target/release/dcr-build image images/clean-room)"
+[ -f "$amd" ] || die "fixture $amd missing (DCR_FIXTURES)"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 # Kernel and initrd of the reference image.
 "$dcr" measure tpm --uki out/clean-room/image.efi >/dev/null
@@ -38,8 +45,8 @@ time_ms() { # command... -> median wall ms over n runs
 }
 fw_args=(--mode snp --vcpus 4 --vcpu-type EPYC-Milan --ovmf "$ovmf")
 k_args=(--mode snp --vcpus 4 --vcpu-type EPYC-Milan --ovmf "$amd" --kernel "$work/vmlinuz" --initrd "$work/initrd" --append "console=ttyS0")
-[ "$("$dcr" measure snp "${fw_args[@]}")" = "$("$snpm" "${fw_args[@]}")" ] || { echo "digests differ (firmware only)"; exit 1; }
-[ "$("$dcr" measure snp "${k_args[@]}")" = "$("$snpm" "${k_args[@]}")" ] || { echo "digests differ (kernel)"; exit 1; }
+[ "$("$dcr" measure snp "${fw_args[@]}")" = "$("$snpm" "${fw_args[@]}")" ] || die "dcr-build and sev-snp-measure digests differ (firmware only): benchmark void"
+[ "$("$dcr" measure snp "${k_args[@]}")" = "$("$snpm" "${k_args[@]}")" ] || die "dcr-build and sev-snp-measure digests differ (kernel): benchmark void"
 a=$(time_ms "$snpm" "${fw_args[@]}"); b=$(time_ms "$dcr" measure snp "${fw_args[@]}")
 echo "firmware only (Debian OVMF.fd 2 MiB, 4 vCPUs): sev-snp-measure ${a} ms, dcr-build ${b} ms, speed-up $(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.1f", a/b}')x"
 c=$(time_ms "$snpm" "${k_args[@]}"); d=$(time_ms "$dcr" measure snp "${k_args[@]}")

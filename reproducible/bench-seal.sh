@@ -3,7 +3,10 @@
 # OpenSSL's largest default size, and 1 MiB) in the same run; prints the ratios.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+DCR_TOP=$top
+. "$top/reproducible/lib.sh"
 cd "$top"
+command -v openssl >/dev/null 2>&1 || die "openssl not found (apt-get install openssl)"
 cargo build --locked --release -p dcr-tests --bin seal-bench --quiet
 ours=$(taskset -c 0 target/release/seal-bench "${1:-512}")
 echo "$ours"

@@ -19,7 +19,8 @@ dcr_on_err() {
   local rc=$1 line=$2 cmd=$3 src=$4
   # Commands inside $( … ) and ( … ) fail again in the parent: report once, at the top.
   if [ "${BASH_SUBSHELL:-0}" -gt 0 ]; then exit "$rc"; fi
-  echo "error: ${src#"${DCR_TOP:-}/"}:$line: \`$cmd\` failed (exit $rc); $DCR_HINT" >&2
+  if [ -n "${DCR_TOP:-}" ]; then src=${src#"$DCR_TOP/"}; fi
+  echo "error: $src:$line: \`$cmd\` failed (exit $rc); $DCR_HINT" >&2
   exit "$rc"
 }
 set -E

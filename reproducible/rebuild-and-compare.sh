@@ -13,6 +13,9 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+DCR_TOP=$top
+DCR_HINT="the rebuild did not finish; fix the cause above and run bash reproducible/rebuild-and-compare.sh again"
+. "$top/reproducible/lib.sh"
 cd "$top"
 if [ "$#" -gt 0 ]; then
   recipes=("$@")
@@ -73,4 +76,6 @@ for r in "${recipes[@]}"; do
   fi
 done
 echo "reproducible: $passed passed, $failed failed"
-exit $status
+if [ "$status" != 0 ]; then
+  die "$failed recipe(s) did not rebuild byte for byte (the differences are named above)"
+fi

@@ -3,6 +3,9 @@
 # unit and end-to-end (`cargo test`, QEMU boots included) and the rebuild-and-compare harness.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+DCR_TOP=$top
+DCR_HINT="the tests stopped; fix the cause above and run bash tests/run.sh again"
+. "$top/reproducible/lib.sh"
 cd "$top"
 
 bash reproducible/setup.sh

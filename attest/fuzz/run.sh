@@ -5,9 +5,14 @@
 #
 # usage: attest/fuzz/run.sh [seconds-per-target] [target ...]
 set -euo pipefail
+DCR_TOP=$(cd "$(dirname "$0")/../.." && pwd)
+DCR_HINT="fuzzing stopped; the lines above say why"
+. "$DCR_TOP/reproducible/lib.sh"
 cd "$(dirname "$0")"
 secs=${1:-60}
 shift || true
+rustup toolchain list 2>/dev/null | grep -q '^nightly' ||
+  die "needs the nightly Rust toolchain (rustup toolchain install nightly) for cargo-fuzz"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo +nightly install cargo-fuzz --locked
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then

@@ -186,6 +186,24 @@ pub fn list(archive: &[u8]) -> Result<Vec<EntryInfo>, InitrdError> {
     Ok(out)
 }
 
+/// The content of the regular file at `path` in a newc archive, if there is one.
+pub fn read_file(archive: &[u8], path: &str) -> Result<Option<Vec<u8>>, InitrdError> {
+    let mut cursor = Cursor::new(archive);
+    loop {
+        let mut reader = cpio::NewcReader::new(cursor).map_err(InitrdError::Read)?;
+        if reader.entry().is_trailer() {
+            return Ok(None);
+        }
+        let e = reader.entry();
+        if e.name() == path && e.mode() & 0o170000 == 0o100000 {
+            let mut data = Vec::with_capacity(e.file_size() as usize);
+            reader.read_to_end(&mut data).map_err(InitrdError::Read)?;
+            return Ok(Some(data));
+        }
+        cursor = reader.finish().map_err(InitrdError::Read)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +226,19 @@ mod tests {
             .all(|e| e.mtime == 5 && e.uid == 0 && e.gid == 0));
         assert_eq!(entries[1].mode, S_IFDIR | 0o755);
         assert_eq!(ca.len() % 4, 0);
+    }
+
+    #[test]
+    fn read_file_finds_regular_files_only() {
+        let mut t = Tree::new();
+        t.add_file("etc/dcr/contract.json", b"{}".to_vec(), 0o644).unwrap();
+        t.add_file("init", b"init".to_vec(), 0o755).unwrap();
+        let a = t.to_cpio(0);
+        assert_eq!(read_file(&a, "etc/dcr/contract.json").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(read_file(&a, "init").unwrap(), Some(b"init".to_vec()));
+        assert_eq!(read_file(&a, "etc/dcr").unwrap(), None, "a directory is not a file");
+        assert_eq!(read_file(&a, "missing").unwrap(), None);
+        assert!(read_file(&a[..a.len() / 2], "missing").is_err(), "truncated archive");
     }
 
     #[test]

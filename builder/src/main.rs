@@ -129,6 +129,11 @@ enum Cmd {
         /// address (ip:port); the user network becomes 169.254.169.0/24 (host at .2). Needs --net.
         #[arg(long, value_name = "IP:PORT", requires = "net", hide = true)]
         fake_imds: Option<String>,
+        /// Boot without the network the image's contract needs (by default `run` refuses, and
+        /// with --net checks that the contract's service answers before booting): the guest
+        /// measures, reports and stops at its network step.
+        #[arg(long, conflicts_with = "net")]
+        offline: bool,
         /// A confidential platform: with --print-qemu, print the QEMU command line a host with
         /// that hardware needs (this machine has neither, so nothing is started).
         #[arg(long, value_enum)]
@@ -358,6 +363,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             net,
             tpm_state,
             fake_imds,
+            offline,
             platform,
             print_qemu,
         } => {
@@ -385,6 +391,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 net,
                 tpm_state,
                 fake_imds,
+                offline,
             };
             let r = run::run(&out, &opts)?;
             let secs = r.elapsed.as_secs_f64();

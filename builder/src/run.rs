@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::image::{INITRD, UKI};
+use crate::image::{CONTRACT_PATH, INITRD, UKI};
 use crate::uki;
 
 /// How to boot.
@@ -63,6 +63,9 @@ pub struct RunOptions {
     /// guest connections to 169.254.169.254:80 are forwarded to this host address (`ip:port`).
     /// It serves what IMDS serves; the evidence is still verified by the service.
     pub fake_imds: Option<String>,
+    /// Boot without the network the image's contract needs: the guest reports, measures and
+    /// stops at its network step (for checking a boot and its measurements, not a run).
+    pub offline: bool,
 }
 
 /// The firmware event log guest-init printed (`dcr-init: eventlog … base64=…`), decoded and
@@ -123,6 +126,103 @@ pub enum RunError {
     Temp(#[source] std::io::Error),
     #[error("swtpm did not create its socket {0} within 10 s")]
     Swtpm(PathBuf),
+    #[error("{0}: {CONTRACT_PATH}: {1}")]
+    Contract(PathBuf, String),
+    #[error("the image's contract needs a network: its guest calls the key-release service at {url}; add --net (QEMU user networking: guest 10.0.2.15, host loopback at 10.0.2.2), or --offline to boot only as far as the guest's network step")]
+    NeedsNet { url: String },
+    #[error("the image's contract names the key-release service {url}, which has no host:port")]
+    ServiceUrl { url: String },
+    #[error("nothing answers at {addr}, where the guest's key-release service {url} leads ({reason}); start it first (dcr-attest serve --listen {addr} …), or boot with --offline")]
+    ServiceDown {
+        url: String,
+        addr: String,
+        reason: String,
+    },
+}
+
+/// What the image's contract asks of a run, checked before booting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preflight {
+    /// The image has no contract (or the run is --offline): nothing to check.
+    NoService,
+    /// The guest will call `url`, which from this host is `addr`, and something answers there.
+    Service { url: String, addr: String },
+}
+
+/// `http://host:port[/…]` → (host, port); `None` when there is no explicit host and port.
+fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+/// Read the contract packed in `out_dir/initrd.cpio` and check what the run needs before the
+/// boot: a network when the contract names a service (refused without `--net` unless
+/// `--offline`), and that something answers where the guest's service URL leads from this host
+/// (QEMU user networking maps the guest's 10.0.2.2 — 169.254.169.2 with `fake_imds` — to the
+/// host's loopback; other addresses are reached through the host's own network).
+pub fn preflight(out_dir: &Path, o: &RunOptions) -> Result<Preflight, RunError> {
+    let path = out_dir.join(INITRD);
+    let archive = std::fs::read(&path).map_err(|source| RunError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let contract = match crate::initrd::read_file(&archive, CONTRACT_PATH)
+        .map_err(|e| RunError::Contract(path.clone(), e.to_string()))?
+    {
+        None => return Ok(Preflight::NoService),
+        Some(bytes) => dcr_protocol::contract::Contract::from_canonical_json(&bytes)
+            .map_err(|e| RunError::Contract(path.clone(), e.to_string()))?,
+    };
+    let url = contract.service.url.clone();
+    if o.offline {
+        return Ok(Preflight::NoService);
+    }
+    if !o.net {
+        return Err(RunError::NeedsNet { url });
+    }
+    let (host, port) = url_host_port(&url).ok_or_else(|| RunError::ServiceUrl { url: url.clone() })?;
+    let host_alias = if o.fake_imds.is_some() {
+        "169.254.169.2"
+    } else {
+        "10.0.2.2"
+    };
+    let target = if host == host_alias {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    let addr = if target.contains(':') {
+        format!("[{target}]:{port}")
+    } else {
+        format!("{target}:{port}")
+    };
+    let down = |reason: String| RunError::ServiceDown {
+        url: url.clone(),
+        addr: addr.clone(),
+        reason,
+    };
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| down(e.to_string()))?
+        .collect();
+    let mut last = String::from("no address");
+    for a in addrs {
+        match std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
+            Ok(_) => return Ok(Preflight::Service { url, addr }),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(down(last))
 }
 
 /// How the guest ended.
@@ -384,6 +484,15 @@ const ERR_PREFIX: &str = "dcr-init: power-off status=error reason=";
 
 /// Boot the build in `out_dir`.
 pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
+    match preflight(out_dir, o)? {
+        Preflight::Service { url, addr } => eprintln!(
+            "run: the guest will call the key-release service at {url} (from this host {addr}: answering)"
+        ),
+        Preflight::NoService if o.offline => eprintln!(
+            "run: --offline: no network; the guest stops at its network step"
+        ),
+        Preflight::NoService => {}
+    }
     let tmp = TempDir::new()?;
     let args = qemu_args(out_dir, &tmp.0, o)?;
     let _swtpm = if has_tpm(o) {
@@ -562,4 +671,18 @@ pub fn print_qemu(out_dir: &Path, platform: Platform, memory_mib: u32) -> Result
         }
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn service_url_host_and_port() {
+        use super::url_host_port as f;
+        assert_eq!(f("http://10.0.2.2:8443"), Some(("10.0.2.2".into(), 8443)));
+        assert_eq!(f("http://10.0.2.2:8443/v1?x"), Some(("10.0.2.2".into(), 8443)));
+        assert_eq!(f("https://[::1]:9/"), Some(("::1".into(), 9)));
+        for bad in ["http://", "http://host", "http://:80", "http://h:0", "http://h:99999", "ftp://h:1", "http://u@h:1"] {
+            assert_eq!(f(bad), None, "{bad}");
+        }
+    }
 }

@@ -13,6 +13,9 @@
 # Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+DCR_TOP=$top
+DCR_HINT="the main job stopped; fix the cause above and run bash images/clean-room/run.sh again"
+. "$top/reproducible/lib.sh"
 cd "$top"
 rows=${ROWS:-10000}
 seed=${SEED:-1}
@@ -59,7 +62,7 @@ svc_pid=$!
 trap 'kill $svc_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q '^listening on' service.out 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' service.out)
-[ -n "$url" ] || { echo "error: the service did not start: $(cat service.log)"; exit 1; }
+[ -n "$url" ] || die "the key-release service did not start within 10 s: $(tr '\n' ' ' < service.log)"
 port=${url##*:}
 signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' service/service.pub.json)
 echo "service $url, signing key $signing"

@@ -26,6 +26,7 @@ fn boot(mode: &str) {
         mode,
         "--timeout",
         "300",
+        "--offline",
     ]);
     let console = stdout(&o);
     // No NIC is attached here: guest-init measures and reports, then stops at the clean
@@ -116,6 +117,7 @@ fn guest_error_is_reported_as_failure() {
         "--append",
         "rdinit=/nonexistent init=/nonexistent",
         "--quiet",
+        "--offline",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
@@ -123,4 +125,34 @@ fn guest_error_is_reported_as_failure() {
         "{}",
         stdout(&o)
     );
+}
+
+#[test]
+fn run_refuses_before_booting_when_the_contract_needs_a_network() {
+    // The reference contract's guest calls the key-release service: without --net the guest
+    // could only fail at its network step, so `run` says so at once, naming --net and the URL,
+    // and boots nothing (no qemu started: no console line).
+    let out = reference_build();
+    let o = run_dcr_build(&["run", out.to_str().unwrap(), "--mode", "direct"]);
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: ") && err.contains("--net"), "{err}");
+    assert!(err.contains("http://10.0.2.2:8443"), "names the service URL: {err}");
+    assert!(!stdout(&o).contains("dcr-init"), "booted anyway: {}", stdout(&o));
+    assert!(!err.contains("qemu-system"), "started qemu: {err}");
+
+    // With --net but nothing listening where 10.0.2.2:8443 leads (the host's 127.0.0.1:8443):
+    // refused before the boot, naming the address.
+    match std::net::TcpListener::bind("127.0.0.1:8443") {
+        Err(e) => eprintln!("SKIP service-down half: 127.0.0.1:8443 is in use here ({e})"),
+        Ok(l) => {
+            drop(l);
+            let o = run_dcr_build(&["run", out.to_str().unwrap(), "--mode", "direct", "--net"]);
+            assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+            let err = stderr(&o);
+            assert!(err.contains("nothing answers at 127.0.0.1:8443"), "{err}");
+            assert!(!stdout(&o).contains("dcr-init"), "booted anyway: {}", stdout(&o));
+        }
+    }
 }
