@@ -5,7 +5,9 @@
 #         ca-certificates, git, python3 and curl; apt sources in Debian's deb822 layout
 #         (/etc/apt/sources.list.d/debian.sources, no sources.list: Debian 12's cloud and
 #         container images). This machine's registry settings come along: its CA certificates
-#         (added to the root's trust store), its apt.conf.d, pip configuration and cargo home.
+#         (added to the root's trust store), its apt settings for reaching the mirror (proxy,
+#         CA, validity checks: the Acquire:: part of apt-config dump), pip configuration and
+#         cargo home.
 #         A clean checkout (git ls-files) goes to /work/main with ../shared beside it; the
 #         machine's Rust toolchain (rustup and cargo homes) is bound in: the fresh machine comes
 #         with Rust, and the crate download cache is shared. The target directory never is.
@@ -77,10 +79,12 @@ declare -A took
 phase() { local now; now=$(date +%s); took[$1]=$((now - phase_start)); phase_start=$now; }
 
 echo "== fresh-machine: pristine Debian 12 root from $mirror in $root"
-aptopts=()
-for f in /etc/apt/apt.conf.d/*; do
-  [ -f "$f" ] && grep -q '^[[:space:]]*Acquire' "$f" && aptopts+=("--aptopt=$f")
-done
+# The machine's apt settings for reaching its mirror (proxies, CA, validity checks), as one
+# apt.conf file: given to mmdebstrap and kept in the root. Not the rest of its apt.conf.d
+# (image-specific hooks such as appstream's fail in a bare root).
+apt-config dump | grep -E '^Acquire::(http|https|ftp|Check-Valid-Until|Check-Date|Retries|Max-ValidTime|By-Hash|ForceIPv4|ForceIPv6)' \
+  >"$base/00machine-registry" || true
+aptopts=("--aptopt=$base/00machine-registry")
 mmdebstrap --quiet --variant=apt --include=ca-certificates,git,python3,curl "${aptopts[@]}" \
   bookworm "$root" "deb $mirror bookworm main" >"$base/mmdebstrap.log" 2>&1 ||
   { tail -20 "$base/mmdebstrap.log" >&2; die "mmdebstrap failed (its last lines above; full log $base/mmdebstrap.log)"; }
@@ -93,11 +97,9 @@ rm -f "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/*
     printf '\nTypes: deb\nURIs: %s\nSuites: bookworm-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$security"
   fi
 } > "$root/etc/apt/sources.list.d/debian.sources"
-# The machine's registry settings: apt.conf.d (files the root lacks), pip, CA certificates
-# (those in this machine's bundle that Debian's lacks go to the root's local store).
-for f in /etc/apt/apt.conf.d/*; do
-  [ -f "$f" ] && [ ! -e "$root/etc/apt/apt.conf.d/$(basename "$f")" ] && cp "$f" "$root/etc/apt/apt.conf.d/"
-done
+# The machine's registry settings: apt (above), pip, CA certificates (those in this machine's
+# bundle that Debian's lacks go to the root's local store).
+cp "$base/00machine-registry" "$root/etc/apt/apt.conf.d/00machine-registry"
 [ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 [ -d /etc/pip ] && cp -r /etc/pip "$root/etc/pip"
 mkdir -p "$root/usr/local/share/ca-certificates"
@@ -111,7 +113,8 @@ for i, c in enumerate(extra):
     open(f"{sys.argv[3]}/dcr-machine-{i}.crt", "w").write(c + "\n")
 print(f"fresh-machine: {len(extra)} CA certificate(s) of this machine added to the root's trust store")
 PY
-chroot "$root" update-ca-certificates >/dev/null
+chroot "$root" update-ca-certificates >"$base/update-ca-certificates.log" 2>&1 ||
+  { cat "$base/update-ca-certificates.log" >&2; die "update-ca-certificates failed in the root"; }
 
 # A clean checkout (tracked files as they are in the work tree) and ../shared beside it.
 mkdir -p "$root/work/main" "$root/root/.rustup" "$root/root/.cargo"

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use dcr_protocol::keys::{hpke_seal, HpkePublic, HpkeSecret, SigningPublic};
-use dcr_protocol::release::register_info;
+use dcr_protocol::release::{policy_binding, register_info, Signed, RECEIPT_DOMAIN};
 use dcr_protocol::seal::{Dek, Header, Opener, Sealer};
-use dcr_protocol::wire::{ApiError, RegisterRequest, ReleasePolicy, ServiceInfo, Wrapped};
+use dcr_protocol::wire::{
+    ApiError, RegisterRequest, RegistrationReceipt, ReleasePolicy, ServiceInfo, Wrapped,
+};
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -184,15 +186,62 @@ pub fn open_with_dek(input: &Path, out: &Path, dek_file: &Path) -> Result<u64, P
     Ok(n)
 }
 
-/// Open a sealed output (recipient table + stream) with a recipient secret key.
-pub fn open_as_recipient(input: &Path, out: &Path, key: &Path) -> Result<u64, PartyError> {
+/// Reads through to `inner` while hashing every byte read.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Open a run's result as a recipient: a signed result (docs/sealed-data.md) whose proof must
+/// verify — the service's release signed by the key the contract pins, for this contract's
+/// digest and output blob, and the TEE's signature (by the result key bound into the evidence
+/// the service verified) over the sealed output's SHA-256 — then the sealed output with the
+/// recipient secret key. Nothing is left at `out` unless everything verified.
+pub fn open_result(
+    input: &Path,
+    out: &Path,
+    key: &Path,
+    contract: &dcr_protocol::contract::Contract,
+) -> Result<u64, PartyError> {
+    use dcr_protocol::result;
     let sk = read_secret_key(key)?;
-    let r = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| ferr(input, e))?);
-    let mut o = dcr_protocol::recipients::open_as(r, &sk).map_err(|e| ferr(input, e))?;
+    let mut r = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| ferr(input, e))?);
+    let mut prefix = [0u8; result::PREFIX_LEN];
+    r.read_exact(&mut prefix)
+        .map_err(|_| ferr(input, result::ResultError::NotSigned))?;
+    let n = result::proof_len(&prefix).map_err(|e| ferr(input, e))?;
+    let mut proof = vec![0u8; n];
+    r.read_exact(&mut proof)
+        .map_err(|_| ferr(input, "signed result: truncated proof"))?;
+    let proof = result::parse_proof(&proof).map_err(|e| ferr(input, e))?;
+    let (_, signed_digest) = result::verify_proof(
+        &proof,
+        &contract.signing_key(),
+        &contract.digest(),
+        &contract.output.blob,
+    )
+    .map_err(|e| ferr(input, e))?;
+    let mut hr = HashingReader {
+        inner: r,
+        hash: Sha256::new(),
+    };
     let mut n = 0;
     write_atomically(out, |w| {
+        let mut o = dcr_protocol::recipients::open_as(&mut hr, &sk).map_err(|e| ferr(input, e))?;
         n = copy(&mut o, w, input, out)?;
-        Ok(())
+        drop(o);
+        // Anything after the sealed stream is refused by the opener; hash what is left anyway.
+        std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| ferr(input, e))?;
+        let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new()).finalize().into();
+        result::check_digest(&signed_digest, &actual).map_err(|e| ferr(input, e))
     })?;
     Ok(n)
 }
@@ -281,15 +330,20 @@ impl Client {
     }
 
     /// Register a DEK with its release policy; the DEK travels HPKE-wrapped to the service's
-    /// registration key, which must be the one in the pinned `service.pub.json`.
+    /// registration key, which must be the one in the pinned `service.pub.json`, bound to the
+    /// whole policy and owner (`policy_binding` as the HPKE aad: a policy changed in transit
+    /// does not open). The answer must be a receipt signed by the pinned signing key that
+    /// names exactly this key, owner, contract and policy.
     pub fn register(
         &self,
         token: &str,
         pinned: &ServiceInfo,
         key_id: &str,
+        owner: &str,
         dek: &Dek,
         policy: ReleasePolicy,
-    ) -> Result<(), PartyError> {
+        contract_canonical: &[u8],
+    ) -> Result<RegistrationReceipt, PartyError> {
         let live = self.service_info()?;
         if live != *pinned {
             return Err(PartyError::Format(format!(
@@ -301,19 +355,15 @@ impl Client {
                 pinned.registration_key
             )));
         }
-        SigningPublic::from_text(&pinned.signing_key)
+        let signing = SigningPublic::from_text(&pinned.signing_key)
             .map_err(|e| PartyError::Format(e.to_string()))?;
         let reg = HpkePublic::from_text(&pinned.registration_key)
             .map_err(|e| PartyError::Format(e.to_string()))?;
-        let (enc, ct) = hpke_seal(
-            &reg,
-            &register_info(key_id),
-            key_id.as_bytes(),
-            &dek.0,
-            &mut OsRng,
-        )
-        .map_err(|e| PartyError::Format(e.to_string()))?;
+        let binding = policy_binding(key_id, owner, &policy);
+        let (enc, ct) = hpke_seal(&reg, &register_info(key_id), &binding, &dek.0, &mut OsRng)
+            .map_err(|e| PartyError::Format(e.to_string()))?;
         let b64 = base64::engine::general_purpose::STANDARD;
+        let contract_digest = policy.contract_digest.clone();
         let req = RegisterRequest {
             key_id: key_id.to_string(),
             wrapped_dek: Wrapped {
@@ -321,22 +371,51 @@ impl Client {
                 ciphertext: b64.encode(ct),
             },
             policy,
+            contract: String::from_utf8(contract_canonical.to_vec())
+                .map_err(|_| PartyError::Format("contract: not UTF-8".into()))?,
         };
-        self.post_json(
+        let body = self.post_json(
             "/v1/keys",
             Some(token),
             &serde_json::to_value(req).expect("json"),
         )?;
-        Ok(())
+        let bad = |why: &str| PartyError::Format(format!("service {}: registration receipt: {why}", self.url));
+        let signed: Signed = serde_json::from_slice(&body).map_err(|_| bad("not a signed receipt"))?;
+        let payload = signed
+            .verify_in(RECEIPT_DOMAIN, &signing)
+            .map_err(|_| bad(&format!("not signed by the pinned key {}", pinned.signing_key)))?;
+        let receipt: RegistrationReceipt =
+            serde_json::from_slice(&payload).map_err(|e| bad(&e.to_string()))?;
+        if receipt.key_id != key_id
+            || receipt.owner != owner
+            || receipt.contract_digest != contract_digest
+            || receipt.policy_binding != hex::encode(binding)
+        {
+            return Err(bad(&format!(
+                "names key {} of {} for contract {} with policy {}, not what was sent",
+                receipt.key_id, receipt.owner, receipt.contract_digest, receipt.policy_binding
+            )));
+        }
+        Ok(receipt)
     }
 
-    /// PUT a blob from a file (streamed). `auth` is the whole Authorization header value.
-    pub fn put_blob(&self, auth: &str, name: &str, file: &Path) -> Result<u64, PartyError> {
+    /// PUT a blob of a contract (digest, hex) from a file (streamed). `auth` is the whole
+    /// Authorization header value.
+    pub fn put_blob(
+        &self,
+        auth: &str,
+        contract_digest: &str,
+        name: &str,
+        file: &Path,
+    ) -> Result<u64, PartyError> {
         let f = std::fs::File::open(file).map_err(|e| ferr(file, e))?;
         let len = f.metadata().map_err(|e| ferr(file, e))?.len();
         let resp = self
             .agent
-            .put(&format!("{}/v1/blobs/{name}", self.url))
+            .put(&format!(
+                "{}/v1/contracts/{contract_digest}/blobs/{name}",
+                self.url
+            ))
             .header("authorization", auth)
             .header("content-length", &len.to_string())
             .send(ureq::SendBody::from_reader(&mut std::io::BufReader::new(f)))
@@ -345,11 +424,14 @@ impl Client {
         Ok(len)
     }
 
-    /// GET a blob into a file (atomically; never overwrites).
-    pub fn get_blob(&self, name: &str, out: &Path) -> Result<u64, PartyError> {
+    /// GET a blob of a contract into a file (atomically; never overwrites).
+    pub fn get_blob(&self, contract_digest: &str, name: &str, out: &Path) -> Result<u64, PartyError> {
         let mut resp = self
             .agent
-            .get(&format!("{}/v1/blobs/{name}", self.url))
+            .get(&format!(
+                "{}/v1/contracts/{contract_digest}/blobs/{name}",
+                self.url
+            ))
             .call()
             .map_err(|e| self.http(e))?;
         let status = resp.status().as_u16();

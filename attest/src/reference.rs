@@ -254,10 +254,8 @@ mod tests {
         assert!(!v.ok());
         m.measurements.insert(
             "azure".into(),
-            serde_json::json!({"pcrs": {"9": hex::encode(pcr(9)), "11": hex::encode(pcr(11)), "23": hex::encode(pcr(23))},
-                               "pcrs_firmware_dependent": {"4": hex::encode(pcr(99))}}),
+            serde_json::json!({"pcrs": {"4": hex::encode(pcr(4)), "9": hex::encode(pcr(9)), "11": hex::encode(pcr(11)), "23": hex::encode(pcr(23))}}),
         );
-        // PCR 4 differs from the OVMF prediction (Microsoft's firmware) and is not required.
         assert!(m
             .evaluate(&Claims::Azure {
                 pcrs: quoted.clone()
@@ -268,7 +266,9 @@ mod tests {
                 pcrs: quoted.clone()
             })
             .ok());
-        for idx in [9usize, 11, 23] {
+        // PCR 4 (the firmware's measurement of the UKI: the root of the chain) is required too:
+        // an OS that replays 9, 11 and 23 but booted something else is refused.
+        for idx in [4usize, 9, 11, 23] {
             let mut q = quoted.clone();
             q[idx].1[0] ^= 1;
             let v = m.evaluate(&Claims::Azure { pcrs: q });
@@ -283,6 +283,21 @@ mod tests {
             serde_json::json!({"pcrs": {"24": hex::encode(pcr(1))}}),
         );
         assert!(m.pcrs_of("azure").unwrap_err().contains("not a PCR index"));
+    }
+
+    #[test]
+    fn tdx_claims_are_refused_even_with_the_reference_mrtd() {
+        // MRTD is the TD firmware only: a TD running another kernel/initrd/command line from
+        // the same firmware has the same MRTD, so MRTD alone never releases.
+        let mut m = sample();
+        let mrtd = [0xabu8; 48];
+        m.measurements
+            .insert("tdx".into(), serde_json::json!({"mrtd": hex::encode(mrtd)}));
+        let v = m.evaluate(&Claims::Tdx { mrtd });
+        assert!(!v.ok());
+        let text = format!("{v:?}");
+        assert!(text.contains("reference.tdx.rtmrs") && text.contains("RTMR1/RTMR2"), "{text}");
+        assert!(v.checks.iter().any(|c| c.name == "reference.tdx.mrtd" && c.ok));
     }
 
     #[test]
@@ -412,6 +427,12 @@ impl Measurements {
                         "reference.tdx.mrtd",
                         *mrtd == w,
                         format!("quoted {} vs reference {}", h(mrtd), h(&w)),
+                    );
+                    // MRTD is the firmware only: refuse until the RTMRs are predicted.
+                    v.push(
+                        "reference.tdx.rtmrs",
+                        false,
+                        crate::tdx::RTMRS_NOT_PREDICTED,
                     );
                 }
             },

@@ -15,6 +15,9 @@ pub struct TdxPolicy {
     pub allow_debug: bool,
     /// Accepted MRTDs (empty: not checked here).
     pub mrtd: Vec<[u8; 48]>,
+    /// The quote is to be matched to an image (`--expected`): that needs RTMR1/RTMR2, which are
+    /// not predicted yet, so the check `rtmrs` fails with the reason ([`RTMRS_NOT_PREDICTED`]).
+    pub match_image: bool,
     pub report_data: Option<[u8; 64]>,
 }
 
@@ -24,10 +27,17 @@ impl Default for TdxPolicy {
             allowed_status: vec!["UpToDate".into()],
             allow_debug: false,
             mrtd: Vec::new(),
+            match_image: false,
             report_data: None,
         }
     }
 }
+
+/// Why a TDX quote is never matched to an image yet: MRTD is the TD firmware's measurement
+/// only. The kernel, command line and initrd (and so guest-init, the contract and the
+/// workloads) are measured into RTMR1/RTMR2 by TDVF, which dcr does not predict yet; a
+/// reference of MRTD alone would accept any TD booted from the same firmware running anything.
+pub const RTMRS_NOT_PREDICTED: &str = "RTMR1/RTMR2 (kernel, command line, initrd) are not predicted yet and MRTD covers only the TD firmware: a TDX quote cannot be matched to an image, so it is refused";
 
 /// The TD report fields a policy looks at.
 fn td_fields(r: &Report) -> Option<(&[u8; 8], &[u8; 48], &[u8; 64])> {
@@ -141,6 +151,9 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
                 "REPORT_DATA vs the expected binding",
             );
         }
+    }
+    if policy.match_image {
+        v.push("rtmrs", false, RTMRS_NOT_PREDICTED);
     }
     v
 }

@@ -663,12 +663,14 @@ fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageE
     }))
 }
 
-/// The vTPM PCRs that identify the image on an Azure confidential VM, whatever firmware
-/// Microsoft ships: PCR 9 (command line and initrd, by the kernel's EFI stub), PCR 11 (the UKI
-/// sections, measured by systemd-stub) and PCR 23 (contract and workloads, by guest-init).
-/// PCR 4 also covers the firmware's own boot-path events, which are Hyper-V UEFI's there:
-/// recorded as informational, not required.
-pub const AZURE_PCRS: [u32; 3] = [9, 11, 23];
+/// The vTPM PCRs required of an Azure confidential VM: PCR 4 (the firmware's measurement of
+/// the boot application, the UKI, and of the kernel systemd-stub loads: the root of the chain;
+/// without it an OS the attacker controls could replay the others), PCR 9 (command line and
+/// initrd, by the kernel's EFI stub), PCR 11 (the UKI sections, by systemd-stub) and PCR 23
+/// (contract and workloads, by guest-init). PCR 4 is predicted with OVMF's boot-path events;
+/// that Hyper-V UEFI logs the same ones is not confirmed on a real Azure VM (docs/azure.md):
+/// if it does not, release fails closed.
+pub const AZURE_PCRS: [u32; 4] = [4, 9, 11, 23];
 
 fn azure_prediction(pcrs: &[dcr_attest::measure::tpm::Pcr]) -> serde_json::Value {
     let required: serde_json::Map<String, serde_json::Value> = pcrs
@@ -676,19 +678,14 @@ fn azure_prediction(pcrs: &[dcr_attest::measure::tpm::Pcr]) -> serde_json::Value
         .filter(|x| AZURE_PCRS.contains(&x.index))
         .map(|x| (x.index.to_string(), hex(&x.value).into()))
         .collect();
-    let informational: serde_json::Map<String, serde_json::Value> = pcrs
-        .iter()
-        .filter(|x| !AZURE_PCRS.contains(&x.index))
-        .map(|x| (x.index.to_string(), hex(&x.value).into()))
-        .collect();
     serde_json::json!({
         "shape": {
             "boot": "Azure confidential VM (SEV-SNP DCasv5/ECasv5 or TDX DCesv5/ECesv5, paravisor vTPM) booting disk.vhd: \\EFI\\BOOT\\BOOTX64.EFI = image.efi",
             "bank": "sha256",
             "hardware": "the SNP MEASUREMENT / TDX MRTD cover Microsoft's paravisor and firmware, not this image: checked for genuineness (VCEK / DCAP, VMPL 0, HCL binding of the vTPM key), not pinned",
+            "pcr4": "predicted with OVMF's boot-path events (EV_EFI_ACTION 'Calling EFI Application from Boot Option', separator, the Authenticode digests of the UKI and of the kernel it loads); not yet confirmed on Hyper-V UEFI: a different event there fails closed",
         },
         "pcrs": required,
-        "pcrs_firmware_dependent": informational,
     })
 }
 

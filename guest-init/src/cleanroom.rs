@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use dcr_protocol::contract::{Contract, Network};
-use dcr_protocol::keys::{hpke_open, HpkeSecret};
+use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningSecret};
 use dcr_protocol::release::{release_info, report_data, Signed};
 use dcr_protocol::seal::{Dek, Header, Opener};
 use dcr_protocol::wire::{Challenge, Release, Tee};
@@ -300,13 +300,40 @@ fn pcr_values(pcrs: &[u32]) -> Result<Vec<u8>, StepError> {
     Ok(out)
 }
 
-/// Released keys: key id → DEK, plus the upload token.
+/// Released keys: key id → DEK, plus the upload token, and the signed release itself (the
+/// result's proof carries it: it names this TEE's result key).
 struct Keys {
     deks: Vec<(String, Dek)>,
     upload_token: Zeroizing<Vec<u8>>,
+    release: Signed,
 }
 
-fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, StepError> {
+/// This boot's ephemeral keys, both bound into the evidence (`report_data`): the HPKE key the
+/// service seals keys to, and the Ed25519 key the result is signed with.
+pub struct TeeKeys {
+    hpke: HpkeSecret,
+    result: SigningSecret,
+}
+
+impl TeeKeys {
+    fn generate() -> Self {
+        TeeKeys {
+            hpke: HpkeSecret::generate(&mut rand_core::OsRng),
+            result: SigningSecret::generate(&mut rand_core::OsRng),
+        }
+    }
+
+    fn report_data(&self, nonce: &[u8], digest: &[u8; 32]) -> [u8; 64] {
+        report_data(nonce, &self.hpke.public(), digest, &self.result.public())
+    }
+}
+
+fn attest_tpm(
+    c: &Contract,
+    digest: &[u8; 32],
+    client: &Client,
+    tk: &TeeKeys,
+) -> Result<Keys, StepError> {
     let mut tpm = step("tpm", crate::tpm::Tpm::open("/dev/tpmrm0"))?;
     let (ek, ek_public) = step("tpm", tpm.create_ek())?;
     let ek_cert = step(
@@ -319,8 +346,6 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
         }),
     )?;
     let (ak, ak_public) = step("tpm", tpm.create_ak())?;
-    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
-    let pk = sk.public();
     let req = serde_json::json!({"tee": "tpm", "tpm": {
         "ek_public": B64.encode(&ek_public), "ek_cert": B64.encode(&ek_cert), "ak_public": B64.encode(&ak_public)}});
     let (ch, nonce) = challenge(client, &req)?;
@@ -330,7 +355,7 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
             .map_err(|e| format!("credential: {e}")),
     )?;
     let secret = Zeroizing::new(step("tpm", tpm.activate_credential(ak, ek, &cred))?);
-    let rd = report_data(&nonce, &pk, digest);
+    let rd = tk.report_data(&nonce, digest);
     let (message, signature) = step("tpm", tpm.quote(ak, &rd, &QUOTED_PCRS))?;
     let pcrs = pcr_values(&QUOTED_PCRS)?;
     let evidence = serde_json::json!({
@@ -345,7 +370,7 @@ fn attest_tpm(c: &Contract, digest: &[u8; 32], client: &Client) -> Result<Keys, 
         QUOTED_PCRS.len(),
         ek_cert.len()
     ));
-    release(c, digest, client, &ch.session_id, Tee::Tpm, &sk, evidence)
+    release(c, digest, client, &ch.session_id, Tee::Tpm, tk, evidence)
 }
 
 /// POST /v1/challenge: the challenge and its nonce bytes.
@@ -375,12 +400,11 @@ fn attest_tsm(
     digest: &[u8; 32],
     client: &Client,
     tee: Tee,
+    tk: &TeeKeys,
 ) -> Result<Keys, StepError> {
-    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
-    let pk = sk.public();
     let req = serde_json::json!({"tee": tee.as_str()});
     let (ch, nonce) = challenge(client, &req)?;
-    let rd = report_data(&nonce, &pk, digest);
+    let rd = tk.report_data(&nonce, digest);
     let (provider, outblob, auxblob) = step("evidence", tsm_report(&rd))?;
     let evidence = match tee {
         Tee::Snp => serde_json::to_value(step(
@@ -399,7 +423,7 @@ fn attest_tsm(
         outblob.len(),
         auxblob.len()
     ));
-    release(c, digest, client, &ch.session_id, tee, &sk, evidence)
+    release(c, digest, client, &ch.session_id, tee, tk, evidence)
 }
 
 /// Azure SNP CVM: the HCL report (vTPM NV 0x01400001), the VCEK from the instance metadata
@@ -412,6 +436,7 @@ fn attest_azure(
     digest: &[u8; 32],
     client: &Client,
     tee: Tee,
+    tk: &TeeKeys,
 ) -> Result<Keys, StepError> {
     const AZURE_AK: u32 = 0x8100_0003;
     let mut tpm = step("tpm", crate::tpm::Tpm::open("/dev/tpmrm0"))?;
@@ -441,10 +466,8 @@ fn attest_azure(
     } else {
         step("evidence", azure_vcek())?
     };
-    let sk = HpkeSecret::generate(&mut rand_core::OsRng);
-    let pk = sk.public();
     let (ch, nonce) = challenge(client, &serde_json::json!({"tee": tee.as_str()}))?;
-    let rd = report_data(&nonce, &pk, digest);
+    let rd = tk.report_data(&nonce, digest);
     let all: Vec<u32> = (0..24).collect();
     let (message, signature) = step("tpm", tpm.quote(AZURE_AK, &rd, &all))?;
     let values = pcr_values(&all)?;
@@ -470,7 +493,7 @@ fn attest_azure(
         },
         hw.len()
     ));
-    release(c, digest, client, &ch.session_id, tee, &sk, evidence)
+    release(c, digest, client, &ch.session_id, tee, tk, evidence)
 }
 
 /// Azure's instance metadata service (IMDS, 169.254.169.254): one request with the
@@ -556,12 +579,14 @@ fn release(
     client: &Client,
     session_id: &str,
     tee: Tee,
-    sk: &HpkeSecret,
+    tk: &TeeKeys,
     evidence: serde_json::Value,
 ) -> Result<Keys, StepError> {
+    let sk = &tk.hpke;
     let pk = sk.public();
     let req = serde_json::json!({
         "session_id": session_id, "tee": tee.as_str(), "hpke_public_key": pk.to_text(),
+        "result_key": tk.result.public().to_text(),
         "contract_digest": hex::encode(digest), "evidence": evidence,
     });
     let body = client.call(
@@ -590,6 +615,7 @@ fn release(
     if rel.session_id != session_id
         || rel.contract_digest != hex::encode(digest)
         || rel.hpke_public_key != pk.to_text()
+        || rel.result_key != tk.result.public().to_text()
     {
         return fail(
             "release",
@@ -638,13 +664,24 @@ fn release(
             step: "release",
             detail: "no upload token in the release".into(),
         })?,
+        release: signed,
     })
 }
 
 /// Fetch, authenticate and decrypt each dataset into the tmpfs, streaming (one chunk in
 /// memory at a time). A stream that fails authentication anywhere fails the run; its partial
 /// plaintext stays in RAM only and the machine powers off.
-fn fetch_inputs(c: &Contract, keys: &Keys, client: &Client) -> Result<Vec<String>, StepError> {
+/// A contract's blob at the service.
+fn blob_path(digest: &[u8; 32], name: &str) -> String {
+    format!("/v1/contracts/{}/blobs/{name}", hex::encode(digest))
+}
+
+fn fetch_inputs(
+    c: &Contract,
+    digest: &[u8; 32],
+    keys: &Keys,
+    client: &Client,
+) -> Result<Vec<String>, StepError> {
     let dir = Path::new(RUN_DIR).join("in");
     step(
         "inputs",
@@ -661,7 +698,7 @@ fn fetch_inputs(c: &Contract, keys: &Keys, client: &Client) -> Result<Vec<String
         let start = Instant::now();
         let path = dir.join(&d.id);
         let (sealed, plain, digest) =
-            client.get_stream("inputs", &format!("/v1/blobs/{}", d.blob), |body| {
+            client.get_stream("inputs", &blob_path(digest, &d.blob), |body| {
                 let mut hashing = HashingReader {
                     inner: body,
                     hash: Sha256::new(),
@@ -890,10 +927,11 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let _ = crate::sys::mount("configfs", "/sys/kernel/config", "configfs", 0);
     let tee = choose(c, &detect())?;
     let client = Client::new(&c.service.url, c.service.deadline_secs);
+    let tk = TeeKeys::generate();
     let keys = match tee {
-        Tee::Tpm => attest_tpm(c, digest, &client)?,
-        Tee::Snp | Tee::Tdx => attest_tsm(c, digest, &client, tee)?,
-        Tee::AzSnpVtpm | Tee::AzTdxVtpm => attest_azure(c, digest, &client, tee)?,
+        Tee::Tpm => attest_tpm(c, digest, &client, &tk)?,
+        Tee::Snp | Tee::Tdx => attest_tsm(c, digest, &client, tee, &tk)?,
+        Tee::AzSnpVtpm | Tee::AzTdxVtpm => attest_azure(c, digest, &client, tee, &tk)?,
     };
     step(
         "inputs",
@@ -910,7 +948,7 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
         )
         .map_err(|e| format!("tmpfs {RUN_DIR}: {e}")),
     )?;
-    let inputs = fetch_inputs(c, &keys, &client)?;
+    let inputs = fetch_inputs(c, digest, &keys, &client)?;
     let out = run_workload(c, &inputs)?;
     let rows = step(
         "output",
@@ -933,19 +971,29 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     )?;
     let sealed = step("output", sealer.finish().map_err(|e| e.to_string()))?;
     drop(out);
+    // The result carries its proof: the service's signed release (naming this TEE's result
+    // key) and this key's signature over the sealed bytes.
+    let signed = dcr_protocol::result::sign(
+        &tk.result,
+        &keys.release,
+        digest,
+        &c.output.blob,
+        &sealed,
+    );
     let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
     client.call(
         "upload",
         "PUT",
-        &format!("/v1/blobs/{}", c.output.blob),
-        Some(&sealed),
+        &blob_path(digest, &c.output.blob),
+        Some(&signed),
         Some(&auth),
         1 << 20,
     )?;
     say(&format!(
-        "output rows={rows} sealed={} bytes sha256={} recipients={} blob={}",
+        "output rows={rows} sealed={} bytes signed={} bytes sha256={} recipients={} blob={}",
         sealed.len(),
-        hex::encode(Sha256::digest(&sealed)),
+        signed.len(),
+        hex::encode(Sha256::digest(&signed)),
         c.recipients.len(),
         c.output.blob
     ));

@@ -97,7 +97,8 @@ for party in publisher advertiser; do
   "$bin/dcr-attest" register --service "$url" --service-pub service/service.pub.json \
     --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
     --reference image/measurements.json --platform tpm
-  "$bin/dcr-attest" put --service "$url" --token-file "keys/$party.token" --name "$blob" --in "data/$party.sealed"
+  "$bin/dcr-attest" put --service "$url" --token-file "keys/$party.token" --contract contract.toml \
+    --name "$blob" --in "data/$party.sealed"
 done
 
 step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the service"
@@ -106,8 +107,10 @@ step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the 
   | grep --line-buffered -E '^(dcr-init|run):' | tee console.log
 
 step "the publisher fetches and opens the result"
-"$bin/dcr-attest" get --service "$url" --name overlap-result.sealed --out result.sealed
-"$bin/dcr-attest" open --in result.sealed --out result.csv --key keys/publisher.key
+"$bin/dcr-attest" get --service "$url" --contract contract.toml --name overlap-result.sealed --out result.sealed
+# open checks the result's proof first: the service's signed release (key pinned in the
+# contract) names the TEE's result key, whose signature covers the sealed bytes.
+"$bin/dcr-attest" open --in result.sealed --out result.csv --key keys/publisher.key --contract contract.toml
 echo "== result (audience overlap and conversions per segment; groups under k = 50 suppressed)"
 column -s, -t < result.csv 2>/dev/null || cat result.csv
 step "done: $work/result.csv"

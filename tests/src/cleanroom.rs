@@ -352,6 +352,8 @@ impl Room {
                     &self.svc.url,
                     "--token-file",
                     &format!("{party}.token"),
+                    "--contract",
+                    &contract,
                     "--name",
                     &blob,
                     "--in",
@@ -404,14 +406,35 @@ impl Room {
         (o.status.code(), console)
     }
 
-    /// The blob `name` opened with the recipient key `party`.key, or None if there is none.
+    /// The contract file of this room (`contract-<tag>.toml`) that declares blob `name`.
+    pub fn contract_of_blob(&self, name: &str) -> PathBuf {
+        for e in std::fs::read_dir(&self.dir).unwrap() {
+            let p = e.unwrap().path();
+            let f = p.file_name().unwrap().to_string_lossy().into_owned();
+            if !(f.starts_with("contract-") && f.ends_with(".toml")) {
+                continue;
+            }
+            let c = dcr_protocol::contract::Contract::from_toml(&std::fs::read_to_string(&p).unwrap())
+                .unwrap();
+            if c.output.blob == name || c.datasets.iter().any(|d| d.blob == name) {
+                return p;
+            }
+        }
+        panic!("no contract in {} declares blob {name}", self.dir.display())
+    }
+
+    /// The blob `name` opened with the recipient key `party`.key (its proof checked against
+    /// the contract that declares it), or None if there is none.
     pub fn result(&self, name: &str, party: &str) -> Option<Vec<u8>> {
         let sealed = self.dir.join(format!("{name}.{party}.fetched"));
         let _ = std::fs::remove_file(&sealed);
+        let contract = self.contract_of_blob(name);
         let o = self.attest(&[
             "get",
             "--service",
             &self.svc.url,
+            "--contract",
+            contract.to_str().unwrap(),
             "--name",
             name,
             "--out",
@@ -432,6 +455,8 @@ impl Room {
                 out.to_str().unwrap(),
                 "--key",
                 &format!("{party}.key"),
+                "--contract",
+                contract.to_str().unwrap(),
             ]),
             "open",
         );
@@ -440,7 +465,15 @@ impl Room {
 
     /// The service's stored blob file (to play an untrusted object store).
     pub fn blob_path(&self, name: &str) -> PathBuf {
-        self.svc.data_dir.join("blobs").join(name)
+        let c = dcr_protocol::contract::Contract::from_toml(
+            &std::fs::read_to_string(self.contract_of_blob(name)).unwrap(),
+        )
+        .unwrap();
+        self.svc
+            .data_dir
+            .join("blobs")
+            .join(hex::encode(c.digest()))
+            .join(name)
     }
 }
 

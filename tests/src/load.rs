@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningPublic};
+use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningPublic, SigningSecret};
 use dcr_protocol::release::{release_info, report_data, Signed};
 use dcr_protocol::wire::Release;
 use p256::ecdsa::{signature::Signer, Signature, SigningKey};
@@ -87,6 +87,26 @@ pub fn release_once(
     contract_digest: &[u8; 32],
     signing: &SigningPublic,
 ) -> Result<Vec<String>, String> {
+    release_keys(agent, url, tpm, contract_digest, signing).map(|r| r.keys.into_iter().map(|(k, _)| k).collect())
+}
+
+/// What a TEE holds after a release: the signed response, every released key (upload token
+/// included) and its result-signing key.
+pub struct Released {
+    pub signed: Signed,
+    pub release: Release,
+    pub keys: Vec<(String, Vec<u8>)>,
+    pub result_key: SigningSecret,
+}
+
+/// [`release_once`], keeping what was released.
+pub fn release_keys(
+    agent: &ureq::Agent,
+    url: &str,
+    tpm: &SoftTpm,
+    contract_digest: &[u8; 32],
+    signing: &SigningPublic,
+) -> Result<Released, String> {
     let post = |path: &str, body: serde_json::Value| -> Result<(u16, serde_json::Value), String> {
         let mut r = agent
             .post(&format!("{url}{path}"))
@@ -108,10 +128,13 @@ pub fn release_once(
     let sk = HpkeSecret::generate(&mut rand_core::OsRng);
     let pk = sk.public();
     let nonce = hex::decode(ch["nonce"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
-    let rd = report_data(&nonce, &pk, contract_digest);
+    let result_key = SigningSecret::generate(&mut rand_core::OsRng);
+    let rk = result_key.public();
+    let rd = report_data(&nonce, &pk, contract_digest, &rk);
     let (m, s, p) = tpm.quote(&rd);
     let req = serde_json::json!({
         "session_id": ch["session_id"], "tee": "tpm", "hpke_public_key": pk.to_text(),
+        "result_key": rk.to_text(),
         "contract_digest": hex::encode(contract_digest),
         "evidence": {"message": B64.encode(m), "signature": B64.encode(s), "pcrs": B64.encode(p),
                      "ak_public": B64.encode(tpm.ak_pem())},
@@ -121,6 +144,7 @@ pub fn release_once(
         return Err(body["code"].as_str().unwrap_or("?").to_string());
     }
     let signed: Signed = serde_json::from_value(body).map_err(|e| e.to_string())?;
+    let signed_copy = signed.clone();
     let payload = signed.verify(signing).map_err(|e| e.to_string())?;
     let rel: Release = serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
     let ed: [u8; 32] = hex::decode(&rel.evidence_digest)
@@ -137,10 +161,16 @@ pub fn release_once(
         if dek.len() != 32 {
             return Err(format!("key {} is {} bytes", k.key_id, dek.len()));
         }
-        ids.push(k.key_id.clone());
+        ids.push((k.key_id.clone(), dek.to_vec()));
     }
-    Ok(ids)
+    Ok(Released {
+        signed: signed_copy,
+        release: rel,
+        keys: ids,
+        result_key,
+    })
 }
+
 
 #[derive(Debug, Default)]
 pub struct LoadStats {

@@ -57,8 +57,10 @@ fn dcap_qvl_quote_verifies_up_to_date() {
             ),
         ],
     );
-    refused_for(&o, &["mrtd"]);
-    assert_eq!(stdout(&o).matches("FAIL").count(), 1, "{}", stdout(&o));
+    // And RTMR1/2 (kernel, initrd, command line) are not predicted: never matched to an image.
+    refused_for(&o, &["mrtd", "rtmrs"]);
+    assert_eq!(stdout(&o).matches("FAIL").count(), 2, "{}", stdout(&o));
+    assert!(stdout(&o).contains("RTMR1/RTMR2"), "{}", stdout(&o));
 }
 
 #[test]

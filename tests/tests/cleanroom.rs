@@ -58,6 +58,8 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         .arg(work.join("result-advertiser.csv"))
         .arg("--key")
         .arg(work.join("keys/advertiser.key"))
+        .arg("--contract")
+        .arg(work.join("contract.toml"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

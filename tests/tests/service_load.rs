@@ -71,7 +71,19 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
     let mut svc = start_service(&data, &args);
     // Contract "once": a single-use key; contract "many": keys registered during the burst.
     let (once_cd, signing) = setup_service_with_keys(d, &svc, &tpm, "once", &[("once-1", true)]);
-    let (many_cd, _) = setup_service_with_keys(d, &svc, &tpm, "many", &[("many-0", false)]);
+    let (many_cd0, _) = setup_service_with_keys(d, &svc, &tpm, "many", &[("many-0", false)]);
+    // The service registers only a contract's own dataset keys, owned by the registering
+    // party: each registration under load comes with its own contract (the "many" contract
+    // with that key as its dataset's).
+    let many = dcr_protocol::contract::Contract::from_toml(
+        &std::fs::read_to_string(d.join("many.toml")).unwrap(),
+    )
+    .unwrap();
+    let contract_for = |id: &str| {
+        let mut c = many.clone();
+        c.datasets[0].key_id = id.to_string();
+        (c.canonical_json(), c.digest())
+    };
     let stop = AtomicBool::new(false);
     let acked_regs = Mutex::new(Vec::<String>::new());
     let once_released = Mutex::new(0usize);
@@ -87,8 +99,8 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
     std::thread::scope(|s| {
         // Registrations.
         for w in 0..4 {
-            let (stop, acked, url, pinned, reference) =
-                (&stop, &acked_regs, &url, &pinned, &reference);
+            let (stop, acked, url, pinned, reference, contract_for) =
+                (&stop, &acked_regs, &url, &pinned, &reference, &contract_for);
             s.spawn(move || {
                 let client = dcr_attest::parties::Client::new(url);
                 let mut n = 0;
@@ -96,15 +108,24 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
                     let id = format!("reg-{w}-{n}");
                     n += 1;
                     let dek = dcr_protocol::seal::Dek::generate(&mut rand_core::OsRng);
+                    let (canon, cd) = contract_for(&id);
                     let policy = dcr_protocol::wire::ReleasePolicy {
-                        contract_digest: hex::encode(many_cd),
+                        contract_digest: hex::encode(cd),
                         platforms: vec![dcr_protocol::wire::Tee::Tpm],
                         reference: reference.clone(),
                         single_use: false,
                         expires: "2099-01-01T00:00:00Z".into(),
                     };
-                    match client.register("publisher-token-0123456789", pinned, &id, &dek, policy) {
-                        Ok(()) => acked.lock().unwrap().push(id),
+                    match client.register(
+                        "publisher-token-0123456789",
+                        pinned,
+                        &id,
+                        "publisher",
+                        &dek,
+                        policy,
+                        &canon,
+                    ) {
+                        Ok(_) => acked.lock().unwrap().push(id),
                         Err(_) => break, // the service died
                     }
                 }
@@ -121,7 +142,7 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
                     .build()
                     .new_agent();
                 while !stop.load(Ordering::Relaxed) {
-                    let cd = if w % 2 == 0 { &once_cd } else { &many_cd };
+                    let cd = if w % 2 == 0 { &once_cd } else { &many_cd0 };
                     match release_once(&agent, url, tpm, cd, signing) {
                         Ok(ids) => {
                             if ids.iter().any(|k| k == "once-1") {
@@ -159,15 +180,24 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
     let client = dcr_attest::parties::Client::new(&svc.url);
     for id in &acked {
         let dek = dcr_protocol::seal::Dek::generate(&mut rand_core::OsRng);
+        let (canon, cd) = contract_for(id);
         let policy = dcr_protocol::wire::ReleasePolicy {
-            contract_digest: hex::encode(many_cd),
+            contract_digest: hex::encode(cd),
             platforms: vec![dcr_protocol::wire::Tee::Tpm],
             reference: reference.clone(),
             single_use: false,
             expires: "2099-01-01T00:00:00Z".into(),
         };
         let e = client
-            .register("publisher-token-0123456789", &pinned, id, &dek, policy)
+            .register(
+                "publisher-token-0123456789",
+                &pinned,
+                id,
+                "publisher",
+                &dek,
+                policy,
+                &canon,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("conflict"), "{id}: {e}");
     }

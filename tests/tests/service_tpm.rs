@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
-use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningPublic};
+use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningPublic, SigningSecret};
 use dcr_protocol::release::{release_info, report_data, Signed};
 use dcr_protocol::wire::Release;
 use dcr_tests::*;
@@ -70,7 +70,8 @@ impl Tee<'_> {
         assert_eq!(st, 200, "{ch}");
         let nonce = hex::decode(ch["nonce"].as_str().unwrap()).unwrap();
         let secret = self.activate(&B64.decode(ch["credential"].as_str().unwrap()).unwrap());
-        let rd = report_data(&nonce, quote_pk, quote_digest);
+        let rk = SigningSecret::generate(&mut OsRng).public();
+        let rd = report_data(&nonce, quote_pk, quote_digest, &rk);
         for f in ["q.msg", "q.sig", "q.pcrs"] {
             let _ = std::fs::remove_file(self.d.join(f));
         }
@@ -98,6 +99,7 @@ impl Tee<'_> {
             "session_id": ch["session_id"],
             "tee": "tpm",
             "hpke_public_key": pk,
+            "result_key": rk.to_text(),
             "contract_digest": hex::encode(contract_digest),
             "evidence": {
                 "message": f("q.msg"), "signature": f("q.sig"), "pcrs": f("q.pcrs"),
@@ -426,7 +428,7 @@ fn swtpm_evidence_gets_its_key_and_every_bad_request_is_refused_and_audited() {
         &serde_json::json!({"tee": "tpm"}),
     );
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    let late = serde_json::json!({"session_id": ch["session_id"], "tee": "tpm", "hpke_public_key": tee_pk.to_text(), "contract_digest": hex::encode(contract_digest), "evidence": {}});
+    let late = serde_json::json!({"session_id": ch["session_id"], "tee": "tpm", "hpke_public_key": tee_pk.to_text(), "result_key": SigningSecret::generate(&mut OsRng).public().to_text(), "contract_digest": hex::encode(contract_digest), "evidence": {}});
     refused(
         &short,
         &post(&format!("{}/v1/attest", short.url), &late),

@@ -9,6 +9,7 @@ pub mod evidence;
 pub mod keys;
 pub mod recipients;
 pub mod release;
+pub mod result;
 pub mod seal;
 pub mod time;
 pub mod wire;

@@ -1,7 +1,13 @@
 //! The key-release binding (docs/protocol.md):
 //!
 //! - evidence binding (SNP/TDX REPORT_DATA, TPM qualifying data), 64 bytes:
-//!   `SHA-512("dcr/v1/evidence\0" ‖ u32 len ‖ nonce ‖ u32 32 ‖ hpke_pk ‖ contract_digest)`;
+//!   `SHA-512("dcr/v2/evidence\0" ‖ u32 len ‖ nonce ‖ u32 32 ‖ hpke_pk ‖ contract_digest ‖
+//!   u32 32 ‖ result_key)`: the TEE's ephemeral HPKE key (keys come to it) and its ephemeral
+//!   Ed25519 key (its results are signed with it);
+//! - registration: the DEK is HPKE-wrapped to the service with `aad` = [`policy_binding`], the
+//!   SHA-256 of the whole release policy (key id, owner, contract digest, platforms, reference
+//!   values digest, single use, expiry): a policy changed in transit does not open; the service
+//!   answers with a receipt signed under [`RECEIPT_DOMAIN`];
 //! - each released DEK: HPKE to the TEE's ephemeral key with
 //!   `info = "dcr/v1/key-release\0" ‖ evidence_digest ‖ session_id ‖ 0 ‖ key_id ‖ 0 ‖ contract_digest`
 //!   and `aad = key_id`, so a released key opens only for the evidence it was released against;
@@ -12,13 +18,23 @@ use sha2::{Digest, Sha512};
 
 use crate::keys::{HpkePublic, KeyError, SigningPublic, SigningSecret};
 
-pub const EVIDENCE_DOMAIN: &[u8] = b"dcr/v1/evidence\0";
+pub const EVIDENCE_DOMAIN: &[u8] = b"dcr/v2/evidence\0";
 pub const RELEASE_DOMAIN: &[u8] = b"dcr/v1/key-release\0";
 pub const RESPONSE_DOMAIN: &[u8] = b"dcr/v1/response\0";
 pub const REGISTER_DOMAIN: &[u8] = b"dcr/v1/register\0";
+pub const REGISTER_POLICY_DOMAIN: &[u8] = b"dcr/v1/register-policy\0";
+/// Domain of the service's signed registration receipt.
+pub const RECEIPT_DOMAIN: &[u8] = b"dcr/v1/registration\0";
+/// Domain of the TEE's signature over a sealed result (crate::result).
+pub const RESULT_DOMAIN: &[u8] = b"dcr/v1/result\0";
 
 /// The 64-byte value the TEE puts into its evidence.
-pub fn report_data(nonce: &[u8], hpke_pk: &HpkePublic, contract_digest: &[u8; 32]) -> [u8; 64] {
+pub fn report_data(
+    nonce: &[u8],
+    hpke_pk: &HpkePublic,
+    contract_digest: &[u8; 32],
+    result_key: &SigningPublic,
+) -> [u8; 64] {
     let mut h = Sha512::new();
     h.update(EVIDENCE_DOMAIN);
     h.update((nonce.len() as u32).to_be_bytes());
@@ -26,6 +42,33 @@ pub fn report_data(nonce: &[u8], hpke_pk: &HpkePublic, contract_digest: &[u8; 32
     h.update(32u32.to_be_bytes());
     h.update(hpke_pk.0);
     h.update(contract_digest);
+    h.update(32u32.to_be_bytes());
+    h.update(result_key.0);
+    h.finalize().into()
+}
+
+/// What a registration binds the DEK to: SHA-256 of `REGISTER_POLICY_DOMAIN` ‖ the canonical
+/// JSON of `{key_id, owner, contract_digest, platforms, reference_sha256, single_use, expires}`
+/// (`reference_sha256` = SHA-256 of the reference values' canonical JSON). Used as the HPKE
+/// `aad` of the wrapped DEK and named in the signed receipt.
+pub fn policy_binding(key_id: &str, owner: &str, policy: &crate::wire::ReleasePolicy) -> [u8; 32] {
+    use sha2::Sha256;
+    let mut reference = Vec::new();
+    crate::contract::write_canonical(&policy.reference, &mut reference);
+    let doc = serde_json::json!({
+        "key_id": key_id,
+        "owner": owner,
+        "contract_digest": policy.contract_digest,
+        "platforms": policy.platforms.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "reference_sha256": hex::encode(Sha256::digest(&reference)),
+        "single_use": policy.single_use,
+        "expires": policy.expires,
+    });
+    let mut canon = Vec::new();
+    crate::contract::write_canonical(&doc, &mut canon);
+    let mut h = Sha256::new();
+    h.update(REGISTER_POLICY_DOMAIN);
+    h.update(&canon);
     h.finalize().into()
 }
 
@@ -63,23 +106,35 @@ pub struct Signed {
 }
 
 impl Signed {
+    /// A release response (`RESPONSE_DOMAIN`).
     pub fn sign(key: &SigningSecret, payload: &[u8]) -> Self {
+        Self::sign_in(RESPONSE_DOMAIN, key, payload)
+    }
+
+    /// The payload bytes of a release response, only if the signature verifies with `key`.
+    pub fn verify(&self, key: &SigningPublic) -> Result<Vec<u8>, KeyError> {
+        self.verify_in(RESPONSE_DOMAIN, key)
+    }
+
+    /// Sign `payload` under `domain` (one domain per kind of document, so that a signature on
+    /// one kind never verifies as another).
+    pub fn sign_in(domain: &[u8], key: &SigningSecret, payload: &[u8]) -> Self {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         Signed {
             payload: b64.encode(payload),
-            signature: b64.encode(key.sign(RESPONSE_DOMAIN, payload)),
+            signature: b64.encode(key.sign(domain, payload)),
         }
     }
 
-    /// The payload bytes, only if the signature verifies with `key`.
-    pub fn verify(&self, key: &SigningPublic) -> Result<Vec<u8>, KeyError> {
+    /// The payload bytes, only if the signature under `domain` verifies with `key`.
+    pub fn verify_in(&self, domain: &[u8], key: &SigningPublic) -> Result<Vec<u8>, KeyError> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let err = || KeyError::Signature(key.to_text());
         let payload = b64.decode(&self.payload).map_err(|_| err())?;
         let sig = b64.decode(&self.signature).map_err(|_| err())?;
-        key.verify(RESPONSE_DOMAIN, &payload, &sig)?;
+        key.verify(domain, &payload, &sig)?;
         Ok(payload)
     }
 }

@@ -74,6 +74,9 @@ pub struct AttestRequest {
     pub tee: Tee,
     /// The TEE's ephemeral HPKE key, `x25519:<hex>`.
     pub hpke_public_key: String,
+    /// The TEE's ephemeral result-signing key, `ed25519:<hex>` (bound into the evidence; the
+    /// signed release vouches for it, and results carry its signature).
+    pub result_key: String,
     /// SHA-256 of the canonical contract, hex.
     pub contract_digest: String,
     /// Platform evidence; its shape follows `tee` ([`TpmEvidence`], [`SnpEvidence`], …).
@@ -121,6 +124,8 @@ pub struct Release {
     pub evidence_digest: String,
     pub contract_digest: String,
     pub hpke_public_key: String,
+    /// The attested TEE's result-signing key (as in the request's evidence binding).
+    pub result_key: String,
     pub issued_at: u64,
     pub keys: Vec<ReleasedKey>,
 }
@@ -165,8 +170,41 @@ pub struct ReleasePolicy {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub key_id: String,
+    /// The DEK, HPKE-wrapped to the registration key with `aad` = the policy binding
+    /// (`release::policy_binding(key_id, owner, policy)`).
     pub wrapped_dek: Wrapped,
     pub policy: ReleasePolicy,
+    /// The contract, as packed (canonical JSON text): its digest must be
+    /// `policy.contract_digest`; the service checks the key id is a dataset key of it owned by
+    /// the registering party, and keeps it to scope that contract's blobs.
+    pub contract: String,
+}
+
+/// The payload of the service's answer to a registration, signed under
+/// `release::RECEIPT_DOMAIN` with the service's signing key: the party checks every field
+/// against what it sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationReceipt {
+    pub key_id: String,
+    /// The party the service registered the key for (the contract's owner of the dataset).
+    pub owner: String,
+    pub contract_digest: String,
+    /// `release::policy_binding` of what was stored, hex.
+    pub policy_binding: String,
+    pub registered_at: u64,
+}
+
+/// What a released upload token may do (kept by the service beside the token's hash): write
+/// exactly the contract's output blob, once, before `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UploadGrant {
+    pub session_id: String,
+    pub contract_digest: String,
+    pub blob: String,
+    /// Unix seconds.
+    pub expires_at: u64,
 }
 
 /// The service's public keys (service.pub.json, GET /v1/service).

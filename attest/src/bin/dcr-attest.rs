@@ -70,7 +70,8 @@ enum Cmd {
         #[arg(long, default_value_t = dcr_protocol::seal::DEFAULT_CHUNK_SIZE)]
         chunk_size: u32,
     },
-    /// Open a sealed output as a recipient (--key), or a sealed stream with its DEK (--dek).
+    /// Open a run's signed result as a recipient (--key, with the --contract it ran: the proof
+    /// must show an attested TEE produced it), or a sealed stream with its DEK (--dek).
     Open {
         #[arg(long = "in", value_name = "PATH")]
         input: PathBuf,
@@ -80,11 +81,15 @@ enum Cmd {
             long,
             value_name = "PATH",
             conflicts_with = "dek",
-            required_unless_present = "dek"
+            required_unless_present = "dek",
+            requires = "contract"
         )]
         key: Option<PathBuf>,
         #[arg(long, value_name = "PATH")]
         dek: Option<PathBuf>,
+        /// The contract (TOML) of the run: pins the service key and names the output blob.
+        #[arg(long, value_name = "PATH")]
+        contract: Option<PathBuf>,
     },
     /// Register a DEK with the service, with its release policy.
     Register {
@@ -114,21 +119,27 @@ enum Cmd {
         #[arg(long, value_name = "RFC3339")]
         expires: Option<String>,
     },
-    /// Upload a blob (sealed data) to the service.
+    /// Upload a blob (sealed data) of a contract to the service (only its dataset's owner may).
     Put {
         #[arg(long, value_name = "URL")]
         service: String,
         #[arg(long, value_name = "PATH")]
         token_file: PathBuf,
+        /// The contract (TOML) whose blob this is.
+        #[arg(long, value_name = "PATH")]
+        contract: PathBuf,
         #[arg(long)]
         name: String,
         #[arg(long = "in", value_name = "PATH")]
         input: PathBuf,
     },
-    /// Download a blob from the service.
+    /// Download a blob of a contract from the service.
     Get {
         #[arg(long, value_name = "URL")]
         service: String,
+        /// The contract (TOML) whose blob this is.
+        #[arg(long, value_name = "PATH")]
+        contract: PathBuf,
         #[arg(long)]
         name: String,
         #[arg(long, value_name = "PATH")]
@@ -361,6 +372,14 @@ fn verification_time(at: &Option<String>) -> anyhow::Result<u64> {
 }
 
 /// A 48-byte hex value at `measurements.<platform>.<field>` of a measurements.json.
+/// A contract (TOML), checked.
+fn read_contract(path: &Path) -> anyhow::Result<dcr_protocol::contract::Contract> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--contract {}", path.display()))?;
+    dcr_protocol::contract::Contract::from_toml(&text)
+        .with_context(|| format!("--contract {}", path.display()))
+}
+
 fn expected_48(path: &Path, platform: &str, field: &str) -> anyhow::Result<[u8; 48]> {
     let bytes = read("--expected", path)?;
     let m = Measurements::from_json(&bytes).with_context(|| path.display().to_string())?;
@@ -476,9 +495,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
             out,
             key,
             dek,
+            contract,
         } => {
             let n = match (key, dek) {
-                (Some(k), _) => dcr_attest::parties::open_as_recipient(&input, &out, &k)?,
+                (Some(k), _) => {
+                    let path = contract.context("--key needs --contract")?;
+                    let c = read_contract(&path)?;
+                    dcr_attest::parties::open_result(&input, &out, &k, &c)?
+                }
                 (None, Some(d)) => dcr_attest::parties::open_with_dek(&input, &out, &d)?,
                 (None, None) => anyhow::bail!("--key or --dek is required"),
             };
@@ -502,16 +526,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("--token-file {}", token_file.display()))?;
             let (key_id, dek) = dcr_attest::parties::read_dek(&dek)?;
-            let text = std::fs::read_to_string(&contract)
-                .with_context(|| format!("--contract {}", contract.display()))?;
-            let c = dcr_protocol::contract::Contract::from_toml(&text)
-                .with_context(|| format!("--contract {}", contract.display()))?;
-            if !c.datasets.iter().any(|d| d.key_id == key_id) {
+            let c = read_contract(&contract)?;
+            let Some(dataset) = c.datasets.iter().find(|d| d.key_id == key_id) else {
                 anyhow::bail!(
                     "--contract {}: no dataset uses key {key_id:?}",
                     contract.display()
                 );
-            }
+            };
             let refv: serde_json::Value = serde_json::from_slice(&read("--reference", &reference)?)
                 .with_context(|| format!("--reference {}", reference.display()))?;
             Measurements::from_json(&serde_json::to_vec(&refv)?)
@@ -535,37 +556,54 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 single_use,
                 expires: expires.unwrap_or_else(|| c.expires.clone()),
             };
-            dcr_attest::parties::Client::new(&service).register(
+            let receipt = dcr_attest::parties::Client::new(&service).register(
                 token.trim(),
                 &pinned,
                 &key_id,
+                &dataset.owner,
                 &dek,
                 policy,
+                &c.canonical_json(),
             )?;
             println!(
-                "registered key {key_id} for contract {}",
-                hex::encode(c.digest())
+                "registered key {key_id} of {} for contract {} (receipt signed by the pinned service key; policy {})",
+                receipt.owner,
+                hex::encode(c.digest()),
+                receipt.policy_binding
             );
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Put {
             service,
             token_file,
+            contract,
             name,
             input,
         } => {
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("--token-file {}", token_file.display()))?;
+            let c = read_contract(&contract)?;
             let n = dcr_attest::parties::Client::new(&service).put_blob(
                 &format!("Bearer {}", token.trim()),
+                &hex::encode(c.digest()),
                 &name,
                 &input,
             )?;
             println!("stored blob {name} ({n} bytes)");
             return Ok(ExitCode::SUCCESS);
         }
-        Cmd::Get { service, name, out } => {
-            let n = dcr_attest::parties::Client::new(&service).get_blob(&name, &out)?;
+        Cmd::Get {
+            service,
+            contract,
+            name,
+            out,
+        } => {
+            let c = read_contract(&contract)?;
+            let n = dcr_attest::parties::Client::new(&service).get_blob(
+                &hex::encode(c.digest()),
+                &name,
+                &out,
+            )?;
             println!("fetched blob {name} ({n} bytes) to {}", out.display());
             return Ok(ExitCode::SUCCESS);
         }
@@ -712,6 +750,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             policy.allowed_status.extend(allow_status);
             if let Some(p) = &expected {
                 policy.mrtd.push(expected_48(p, "tdx", "mrtd")?);
+                policy.match_image = true;
             }
             report(&dcr_attest::tdx::verify(&q, &c, now, &policy), json)
         }

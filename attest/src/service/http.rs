@@ -9,17 +9,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use dcr_protocol::keys::{hpke_open, hpke_seal, HpkePublic};
-use dcr_protocol::release::{register_info, release_info, report_data, Signed};
+use dcr_protocol::keys::{hpke_open, hpke_seal, HpkePublic, SigningPublic};
+use dcr_protocol::release::{
+    policy_binding, register_info, release_info, report_data, Signed, RECEIPT_DOMAIN,
+};
 use dcr_protocol::wire::{
-    ApiError, AttestRequest, Challenge, ChallengeRequest, RegisterRequest, Release, ReleasedKey,
-    SnpEvidence, TdxEvidence, Tee, TpmEvidence,
+    ApiError, AttestRequest, Challenge, ChallengeRequest, RegisterRequest, RegistrationReceipt,
+    Release, ReleasedKey, SnpEvidence, TdxEvidence, Tee, TpmEvidence, UploadGrant,
 };
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::contracts;
 use super::journal::{Op, Outcome};
 use super::{unix_now, Session, State};
 use crate::reference::{Claims, Measurements};
@@ -29,6 +32,14 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// The key id under which a release carries the single-use output upload token.
 pub const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
 const MAX_BLOB: u64 = 64 << 30;
+/// How long an upload token released to a TEE stays valid.
+const UPLOAD_TTL_SECS: u64 = 86_400;
+
+/// Keys are stored per contract: a key id is a dataset's key within one contract, so the
+/// same id in another party's contract is another key (no squatting across contracts).
+fn store_id(contract_digest: &str, key_id: &str) -> String {
+    format!("{contract_digest}/{key_id}")
+}
 
 pub fn router(state: St) -> Router {
     Router::new()
@@ -37,7 +48,7 @@ pub fn router(state: St) -> Router {
         .route("/v1/attest", post(attest))
         .route("/v1/keys", post(register))
         .route(
-            "/v1/blobs/{name}",
+            "/v1/contracts/{digest}/blobs/{name}",
             get(get_blob)
                 .put(put_blob)
                 .layer(DefaultBodyLimit::disable()),
@@ -564,8 +575,10 @@ async fn decide(
     }
     let tee_pk = HpkePublic::from_text(&req.hpke_public_key)
         .map_err(|e| bad(format!("hpke_public_key: {e}")))?;
+    let result_key = SigningPublic::from_text(&req.result_key)
+        .map_err(|e| bad(format!("result_key: {e}")))?;
     let contract_digest = hex32("contract_digest", &req.contract_digest)?;
-    let rd = report_data(&session.nonce, &tee_pk, &contract_digest);
+    let rd = report_data(&session.nonce, &tee_pk, &contract_digest, &result_key);
     let claims = match req.tee {
         Tee::Tpm => verify_tpm(st, &session, &req.evidence, &rd)?,
         Tee::Snp => verify_snp(&req.evidence, &rd, now)?,
@@ -603,6 +616,9 @@ async fn decide(
             ),
         ));
     }
+    let contract = contracts::load(&st.cfg.data_dir, &req.contract_digest)
+        .map_err(|e| internal(e.to_string()))?
+        .ok_or_else(|| internal("keys are registered for a contract this service does not keep"))?;
     let mut reasons = Vec::new();
     let mut allowed = Vec::new();
     for r in for_contract {
@@ -647,7 +663,7 @@ async fn decide(
         if r.policy.single_use
             && st
                 .journal
-                .is_spent(&r.key_id)
+                .is_spent(&store_id(&r.policy.contract_digest, &r.key_id))
                 .map_err(|e| internal(format!("store: {e}")))?
         {
             reasons.push((
@@ -672,7 +688,8 @@ async fn decide(
     for r in &allowed {
         let at_rest =
             hex::decode(&r.dek_at_rest).map_err(|_| internal("store record: dek_at_rest"))?;
-        let dek = st.keys.unwrap_at_rest(&r.key_id, &at_rest).ok_or_else(|| {
+        let id = store_id(&r.policy.contract_digest, &r.key_id);
+        let dek = st.keys.unwrap_at_rest(&id, &at_rest).ok_or_else(|| {
             internal(format!(
                 "key {} does not decrypt with the master key",
                 r.key_id
@@ -692,7 +709,7 @@ async fn decide(
             ciphertext: B64.encode(ct),
         });
         if r.policy.single_use {
-            single_use.push(r.key_id.clone());
+            single_use.push(id);
         }
     }
     let mut token = Zeroizing::new([0u8; 32]);
@@ -721,6 +738,7 @@ async fn decide(
         evidence_digest: hex::encode(evidence_digest),
         contract_digest: req.contract_digest.clone(),
         hpke_public_key: req.hpke_public_key.clone(),
+        result_key: req.result_key.clone(),
         issued_at: now,
         keys: released,
     };
@@ -729,9 +747,14 @@ async fn decide(
     let key_ids: Vec<Value> = allowed.iter().map(|r| r.key_id.clone().into()).collect();
     audit.insert("decision".into(), "release".into());
     audit.insert("keys".into(), Value::Array(key_ids));
-    let upload_record =
-        serde_json::to_vec(&json!({"session_id": req.session_id, "expires_at": now + 86400}))
-            .expect("json");
+    // The token writes this contract's output blob, once, for a day.
+    let upload_record = serde_json::to_vec(&UploadGrant {
+        session_id: req.session_id.clone(),
+        contract_digest: req.contract_digest.clone(),
+        blob: contract.output.blob.clone(),
+        expires_at: now + UPLOAD_TTL_SECS,
+    })
+    .expect("json");
     let op = Op::Release {
         single_use,
         session: req.session_id.clone(),
@@ -771,8 +794,46 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
             return Err(bad("key ids starting with \"dcr.\" are reserved"));
         }
         hex32("policy.contract_digest", &req.policy.contract_digest)?;
+        // The contract itself: the key must be one of its dataset keys, owned by this party.
+        let contract = dcr_protocol::contract::Contract::from_canonical_json(req.contract.as_bytes())
+            .map_err(|e| bad(format!("contract: {e}")))?;
+        let digest: [u8; 32] = Sha256::digest(req.contract.as_bytes()).into();
+        if hex::encode(digest) != req.policy.contract_digest {
+            return Err(bad(
+                "policy.contract_digest: not the SHA-256 of the contract sent with it",
+            ));
+        }
+        let Some(dataset) = contract.datasets.iter().find(|d| d.key_id == req.key_id) else {
+            return Err(forbidden(
+                "not_owner",
+                format!(
+                    "key {} is no dataset's key in contract {}",
+                    req.key_id, req.policy.contract_digest
+                ),
+            ));
+        };
+        if dataset.owner != party {
+            return Err(forbidden(
+                "not_owner",
+                format!(
+                    "key {} is dataset {}'s, owned by party {} in contract {}; party {party} may not register it",
+                    req.key_id, dataset.id, dataset.owner, req.policy.contract_digest
+                ),
+            ));
+        }
         if req.policy.platforms.is_empty() {
             return Err(bad("policy.platforms: at least one platform"));
+        }
+        if let Some(t) = req
+            .policy
+            .platforms
+            .iter()
+            .find(|t| !contract.platforms.contains(t))
+        {
+            return Err(bad(format!(
+                "policy.platforms: {} is not among the contract's platforms",
+                t.as_str()
+            )));
         }
         if dcr_protocol::time::parse_rfc3339(&req.policy.expires).is_none() {
             return Err(bad("policy.expires: expected RFC 3339 UTC"));
@@ -781,6 +842,12 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
             &serde_json::to_vec(&req.policy.reference).map_err(|e| bad(e.to_string()))?,
         )
         .map_err(|e| bad(format!("policy.reference: {e}")))?;
+        if req.policy.platforms.contains(&Tee::Tdx) {
+            return Err(forbidden(
+                "policy_refused",
+                format!("policy.platforms: tdx: {}", crate::tdx::RTMRS_NOT_PREDICTED),
+            ));
+        }
         for t in &req.policy.platforms {
             let ok = match t {
                 Tee::Tpm => m.expected_pcrs().map(|_| ()),
@@ -792,31 +859,48 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
         }
         let enc = b64("wrapped_dek.enc", &req.wrapped_dek.enc)?;
         let ct = b64("wrapped_dek.ciphertext", &req.wrapped_dek.ciphertext)?;
+        // The DEK was wrapped for exactly this policy and owner: anything changed in transit
+        // (reference values, platforms, single use, expiry, contract) does not open.
+        let binding = policy_binding(&req.key_id, &party, &req.policy);
         let dek = hpke_open(
             &st.keys.registration,
             &enc,
             &register_info(&req.key_id),
-            req.key_id.as_bytes(),
+            &binding,
             &ct,
         )
-        .map_err(|_| bad("wrapped_dek: does not open with this service's registration key"))?;
+        .map_err(|_| {
+            bad("wrapped_dek: does not open with this service's registration key for this policy (changed in transit, or wrapped for another policy or owner)")
+        })?;
         if dek.len() != 32 {
             return Err(bad("wrapped_dek: not a 32-byte key"));
         }
+        contracts::store(&st.cfg.data_dir, &digest, req.contract.as_bytes())
+            .map_err(|e| internal(e.to_string()))?;
+        let id = store_id(&req.policy.contract_digest, &req.key_id);
+        let registered_at = unix_now();
+        let receipt = RegistrationReceipt {
+            key_id: req.key_id.clone(),
+            owner: party.clone(),
+            contract_digest: req.policy.contract_digest.clone(),
+            policy_binding: hex::encode(binding),
+            registered_at,
+        };
         let rec = KeyRecord {
             key_id: req.key_id.clone(),
             owner: party.clone(),
-            registered_at: unix_now(),
+            registered_at,
             policy: req.policy,
-            dek_at_rest: hex::encode(st.keys.wrap_at_rest(&req.key_id, &dek)),
+            dek_at_rest: hex::encode(st.keys.wrap_at_rest(&id, &dek)),
         };
         Ok((
-            req.key_id,
+            id,
             serde_json::to_vec(&rec).map_err(|e| internal(e.to_string()))?,
+            receipt,
         ))
     }
     .await;
-    let (key_id, record) = match r {
+    let (key_id, record, receipt) = match r {
         Ok(x) => x,
         Err(e) => return audited(&st, audit, e).await.into_response(),
     };
@@ -832,7 +916,14 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
         )
         .await
     {
-        Ok(Outcome::Done) => (StatusCode::CREATED, Json(json!({"key_id": key_id}))).into_response(),
+        Ok(Outcome::Done) => {
+            let payload = serde_json::to_vec(&receipt).expect("json");
+            (
+                StatusCode::CREATED,
+                Json(Signed::sign_in(RECEIPT_DOMAIN, &st.keys.signing, &payload)),
+            )
+                .into_response()
+        }
         Ok(_) => refuse(
             StatusCode::CONFLICT,
             "conflict",
@@ -851,21 +942,27 @@ fn blob_name_ok(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+fn blob_path_ok(digest: &str, name: &str) -> Result<(), Refusal> {
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad("contract digest: expected 64 lowercase hex digits"));
+    }
+    if !blob_name_ok(name) {
+        return Err(bad("blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'"));
+    }
+    Ok(())
+}
+
 async fn get_blob(
     AxState(st): AxState<St>,
-    UrlPath(name): UrlPath<String>,
+    UrlPath((digest, name)): UrlPath<(String, String)>,
 ) -> Result<Response, Refusal> {
-    if !blob_name_ok(&name) {
-        return Err(bad(
-            "blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'",
-        ));
-    }
-    let path = st.cfg.data_dir.join("blobs").join(&name);
+    blob_path_ok(&digest, &name)?;
+    let path = contracts::blob_dir(&st.cfg.data_dir, &digest).join(&name);
     let f = tokio::fs::File::open(&path).await.map_err(|_| {
         refuse(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no blob {name}"),
+            format!("no blob {name} for contract {digest}"),
         )
     })?;
     let len = f
@@ -881,65 +978,104 @@ async fn get_blob(
         .into_response())
 }
 
-async fn put_blob(
-    AxState(st): AxState<St>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut audit = audit_base("blob");
-    audit.insert("blob".into(), name.clone().into());
-    if !blob_name_ok(&name) {
-        return audited(
-            &st,
-            audit,
-            bad("blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'"),
-        )
-        .await
-        .into_response();
-    }
-    // A party's token, or the single-use upload token released to an attested TEE.
+/// Who may write `name` in the contract's namespace: the owner of the dataset whose blob it
+/// is (party token), or the TEE with the upload token released for this contract's output
+/// blob (unused, unexpired). Returns the upload token's hash when that is the writer.
+fn blob_writer(
+    st: &State,
+    headers: &HeaderMap,
+    contract: &dcr_protocol::contract::Contract,
+    digest: &str,
+    name: &str,
+    audit: &mut Map<String, Value>,
+) -> Result<Option<[u8; 32]>, Refusal> {
     let upload_hash = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Upload "))
         .and_then(|t| hex::decode(t.trim()).ok())
         .map(|t| <[u8; 32]>::from(Sha256::digest(&t)));
-    let who = match (party(&st, &headers), upload_hash) {
-        (Some(p), _) => {
-            audit.insert("party".into(), p.into());
-            None
+    if let Some(p) = party(st, headers) {
+        audit.insert("party".into(), p.clone().into());
+        if name == contract.output.blob {
+            return Err(forbidden(
+                "not_owner",
+                format!("{name} is the contract's output blob: only the attested TEE writes it"),
+            ));
         }
-        (None, Some(h)) => match st.journal.upload(&h) {
-            Ok(Some(r)) if !r.is_empty() => {
-                audit.insert(
-                    "upload".into(),
-                    String::from_utf8_lossy(&r).into_owned().into(),
-                );
-                Some(h)
-            }
-            _ => {
-                return audited(
-                    &st,
-                    audit,
-                    unauthorized("upload token unknown or already used"),
-                )
-                .await
-                .into_response()
-            }
-        },
-        (None, None) => {
-            return audited(
-                &st,
-                audit,
-                unauthorized("a party's bearer token or an upload token is required"),
-            )
-            .await
-            .into_response()
-        }
+        return match contract.datasets.iter().find(|d| d.blob == name) {
+            Some(d) if d.owner == p => Ok(None),
+            Some(d) => Err(forbidden(
+                "not_owner",
+                format!("{name} is dataset {}'s blob, owned by party {}; party {p} may not write it", d.id, d.owner),
+            )),
+            None => Err(forbidden(
+                "not_owner",
+                format!("the contract declares no blob {name}"),
+            )),
+        };
+    }
+    let Some(h) = upload_hash else {
+        return Err(unauthorized(
+            "a party's bearer token or an upload token is required",
+        ));
     };
-    let dir = st.cfg.data_dir.join("blobs");
-    let tmp = dir.join(format!(".tmp-{}", hex::encode(rand32())));
+    let grant = match st.journal.upload(&h) {
+        Ok(Some(r)) if !r.is_empty() => serde_json::from_slice::<UploadGrant>(&r)
+            .map_err(|e| internal(format!("upload record: {e}")))?,
+        Ok(_) => return Err(unauthorized("upload token unknown or already used")),
+        Err(e) => return Err(internal(format!("store: {e}"))),
+    };
+    audit.insert("upload".into(), grant.session_id.clone().into());
+    if grant.contract_digest != digest || grant.blob != name {
+        return Err(unauthorized(format!(
+            "this upload token writes {} of contract {} only",
+            grant.blob, grant.contract_digest
+        )));
+    }
+    if unix_now() > grant.expires_at {
+        return Err(unauthorized(format!(
+            "upload token expired at {}",
+            dcr_protocol::time::format_rfc3339(grant.expires_at)
+        )));
+    }
+    Ok(Some(h))
+}
+
+async fn put_blob(
+    AxState(st): AxState<St>,
+    UrlPath((digest, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut audit = audit_base("blob");
+    if let Err(r) = blob_path_ok(&digest, &name) {
+        return audited(&st, audit, r).await.into_response();
+    }
+    audit.insert("contract_digest".into(), digest.clone().into());
+    audit.insert("blob".into(), name.clone().into());
+    let contract = match contracts::load(&st.cfg.data_dir, &digest) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            let r = refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_contract",
+                format!("contract {digest} is not registered (a party registers a key with it first)"),
+            );
+            return audited(&st, audit, r).await.into_response();
+        }
+        Err(e) => return audited(&st, audit, internal(e.to_string())).await.into_response(),
+    };
+    let who = match blob_writer(&st, &headers, &contract, &digest, &name, &mut audit) {
+        Ok(w) => w,
+        Err(r) => return audited(&st, audit, r).await.into_response(),
+    };
+    let root = st.cfg.data_dir.join("blobs");
+    let dir = contracts::blob_dir(&st.cfg.data_dir, &digest);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return audited(&st, audit, internal(format!("blobs: {e}"))).await.into_response();
+    }
+    let tmp = root.join(format!(".tmp-{}", hex::encode(rand32())));
     let fin = dir.join(&name);
     let written = write_body(body, &tmp).await;
     let r = match written {

@@ -7,6 +7,7 @@
 //! the TEE's key and bound to the evidence digest, in a response signed with the service key.
 //! Every decision is in the audit log before the response leaves (see `journal`).
 
+mod contracts;
 mod http;
 pub mod journal;
 

@@ -1,0 +1,530 @@
+//! Regression tests for the outside review's findings against `dcr-attest serve` (issue N),
+//! each reproducing the attack on loopback and now seeing it refused:
+//! - a registration's policy rewritten in transit (reference values, single use, expiry)
+//!   while the wrapped DEK is passed through; a forged registration receipt;
+//! - a key id registered by a party that does not own the dataset (or no dataset at all),
+//!   and squatting it in another contract;
+//! - blob names written by a party that does not own them, the output blob written by a
+//!   party, an upload token used for another blob or contract;
+//! - a forged result (sealed to the recipients, no proof, or a proof by a key the service
+//!   never vouched for) that `open` must refuse;
+//! - a TDX registration (MRTD covers only the firmware).
+//!
+//! The TEE is the software TPM of the load tests (a pinned AK), so releases are real.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+use dcr_protocol::keys::{hpke_seal, HpkePublic, SigningPublic, SigningSecret};
+use dcr_protocol::release::{policy_binding, register_info, Signed, RECEIPT_DOMAIN};
+use dcr_protocol::wire::{RegisterRequest, RegistrationReceipt, ReleasePolicy, Tee, Wrapped};
+use dcr_tests::load::{release_keys, SoftTpm};
+use dcr_tests::*;
+use rand_core::OsRng;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const PUB_TOKEN: &str = "publisher-token-0123456789";
+const ADV_TOKEN: &str = "advertiser-token-0123456789";
+
+struct Room {
+    _t: TempDir,
+    d: PathBuf,
+    svc: Service,
+    tpm: SoftTpm,
+    signing: SigningPublic,
+    info: dcr_protocol::wire::ServiceInfo,
+}
+
+fn two_party_contract(name: &str, signing: &str, pub_key: &str, adv_key: &str) -> String {
+    format!(
+        r#"version = 1
+name = "{name}"
+expires = "2099-01-01T00:00:00Z"
+platforms = ["tpm", "tdx"]
+parties = [{{ id = "publisher", name = "Publisher" }}, {{ id = "advertiser", name = "Advertiser" }}]
+datasets = [{{ id = "pub", owner = "publisher", key_id = "pub-1", blob = "pub.sealed" }},
+            {{ id = "adv", owner = "advertiser", key_id = "adv-1", blob = "adv.sealed" }}]
+network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
+[[workloads]]
+name = "overlap"
+sha256 = "{w}"
+inputs = ["pub", "adv"]
+limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
+[output]
+min_group_size = 50
+allowed_columns = ["segment", "overlap"]
+count_column = "overlap"
+blob = "out.sealed"
+[[recipients]]
+party = "publisher"
+hpke_public_key = "{pub_key}"
+[[recipients]]
+party = "advertiser"
+hpke_public_key = "{adv_key}"
+[service]
+url = "http://127.0.0.1:1"
+signing_key = "{signing}"
+deadline_secs = 60
+"#,
+        w = "ab".repeat(32)
+    )
+}
+
+impl Room {
+    fn new(tag: &str) -> Room {
+        let t = TempDir::new(tag);
+        let d = t.path().to_path_buf();
+        let tpm = SoftTpm::new(
+            9,
+            vec![(4, [4u8; 32]), (9, [9u8; 32]), (11, [11u8; 32]), (23, [23u8; 32])],
+        );
+        std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
+        std::fs::write(
+            d.join("tokens"),
+            format!("publisher:{PUB_TOKEN}\nadvertiser:{ADV_TOKEN}\n"),
+        )
+        .unwrap();
+        std::fs::write(d.join("publisher.token"), PUB_TOKEN).unwrap();
+        std::fs::write(d.join("advertiser.token"), ADV_TOKEN).unwrap();
+        let svc = start_service(
+            &d.join("svc"),
+            &[
+                "--tokens",
+                d.join("tokens").to_str().unwrap(),
+                "--tpm-ak",
+                d.join("ak.pem").to_str().unwrap(),
+            ],
+        );
+        let info: dcr_protocol::wire::ServiceInfo = serde_json::from_slice(
+            &std::fs::read(svc.data_dir.join("service.pub.json")).unwrap(),
+        )
+        .unwrap();
+        let signing = SigningPublic::from_text(&info.signing_key).unwrap();
+        for p in ["publisher", "advertiser"] {
+            ok(&cli(&d, &["keygen", "--out-dir", ".", "--name", p]));
+        }
+        let key = |p: &str| std::fs::read_to_string(d.join(format!("{p}.pub"))).unwrap().trim().to_string();
+        std::fs::write(
+            d.join("contract.toml"),
+            two_party_contract("room", &info.signing_key, &key("publisher"), &key("advertiser")),
+        )
+        .unwrap();
+        let pcrs: Vec<(u32, String)> = tpm.pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect();
+        std::fs::write(d.join("measurements.json"), tpm_reference(&pcrs).to_string()).unwrap();
+        for (k, party) in [("pub-1", "publisher"), ("adv-1", "advertiser"), ("pub-2", "x")] {
+            std::fs::write(d.join(format!("{party}-{k}.plain")), format!("{k} rows\n")).unwrap();
+            ok(&cli(
+                &d,
+                &[
+                    "seal",
+                    "--in",
+                    &format!("{party}-{k}.plain"),
+                    "--out",
+                    &format!("{k}.sealed"),
+                    "--key-id",
+                    k,
+                    "--dek-out",
+                    &format!("{k}.dek"),
+                ],
+            ));
+        }
+        Room { _t: t, d, svc, tpm, signing, info }
+    }
+
+    fn contract(&self) -> dcr_protocol::contract::Contract {
+        dcr_protocol::contract::Contract::from_toml(
+            &std::fs::read_to_string(self.d.join("contract.toml")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn register(&self, party: &str, key: &str, contract: &str, platform: &str) -> Output {
+        cli(
+            &self.d,
+            &[
+                "register",
+                "--service",
+                &self.svc.url,
+                "--service-pub",
+                self.svc.data_dir.join("service.pub.json").to_str().unwrap(),
+                "--token-file",
+                &format!("{party}.token"),
+                "--dek",
+                &format!("{key}.dek"),
+                "--contract",
+                contract,
+                "--reference",
+                "measurements.json",
+                "--platform",
+                platform,
+            ],
+        )
+    }
+
+    fn put(&self, auth_party: &str, name: &str, file: &str) -> Output {
+        cli(
+            &self.d,
+            &[
+                "put",
+                "--service",
+                &self.svc.url,
+                "--token-file",
+                &format!("{auth_party}.token"),
+                "--contract",
+                "contract.toml",
+                "--name",
+                name,
+                "--in",
+                file,
+            ],
+        )
+    }
+
+    /// PUT raw bytes with an Authorization header value; (status, body).
+    fn put_raw(&self, digest: &str, name: &str, auth: &str, body: &[u8]) -> (u16, String) {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let mut r = agent
+            .put(&format!("{}/v1/contracts/{digest}/blobs/{name}", self.svc.url))
+            .header("authorization", auth)
+            .send(body)
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+}
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(dcr_attest())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+}
+
+fn refused_with(o: &Output, code: &str) -> String {
+    assert!(!o.status.success(), "accepted: {}", stdout(o));
+    let e = stderr(o);
+    assert!(e.contains(code), "expected {code}: {e}");
+    e
+}
+
+#[test]
+fn key_ids_are_registered_only_by_their_dataset_owner_and_cannot_be_squatted() {
+    let r = Room::new("sec-keys");
+    // The advertiser takes the publisher's key id first: refused, naming the owner.
+    let e = refused_with(&r.register("advertiser", "pub-1", "contract.toml", "tpm"), "not_owner");
+    assert!(e.contains("owned by party publisher"), "{e}");
+    // A key id no dataset of the contract uses (the review's `publisher-segments-2`).
+    let e = refused_with(&r.register("advertiser", "pub-2", "contract.toml", "tpm"), "");
+    assert!(e.contains("no dataset uses key") || e.contains("not_owner"), "{e}");
+    // Sent straight to the service (the CLI checks the contract first): still refused there.
+    let c = r.contract();
+    let (_, dek) = dcr_attest::parties::read_dek(&r.d.join("pub-2.dek")).unwrap();
+    let policy = ReleasePolicy {
+        contract_digest: hex::encode(c.digest()),
+        platforms: vec![Tee::Tpm],
+        reference: serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap(),
+        single_use: false,
+        expires: "2099-01-01T00:00:00Z".into(),
+    };
+    let err = dcr_attest::parties::Client::new(&r.svc.url)
+        .register(ADV_TOKEN, &r.info, "pub-2", "advertiser", &dek, policy, &c.canonical_json())
+        .unwrap_err();
+    assert!(err.to_string().contains("not_owner"), "{err}");
+
+    // The advertiser's own contract naming itself owner of "pub-1": a different contract, so
+    // it registers there — and the publisher's registration in the real contract still works.
+    let squat = std::fs::read_to_string(r.d.join("contract.toml"))
+        .unwrap()
+        .replace("name = \"room\"", "name = \"squat\"")
+        .replace(
+            "owner = \"publisher\", key_id = \"pub-1\"",
+            "owner = \"advertiser\", key_id = \"pub-1\"",
+        );
+    std::fs::write(r.d.join("squat.toml"), squat).unwrap();
+    ok(&r.register("advertiser", "pub-1", "squat.toml", "tpm"));
+    ok(&r.register("publisher", "pub-1", "contract.toml", "tpm"));
+    ok(&r.register("advertiser", "adv-1", "contract.toml", "tpm"));
+    // The owner's second registration of the same key is still a conflict, never an overwrite.
+    refused_with(&r.register("publisher", "pub-1", "contract.toml", "tpm"), "conflict");
+}
+
+#[test]
+fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
+    let r = Room::new("sec-policy");
+    let c = r.contract();
+    let (_, dek) = dcr_attest::parties::read_dek(&r.d.join("pub-1.dek")).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap();
+    let policy = ReleasePolicy {
+        contract_digest: hex::encode(c.digest()),
+        platforms: vec![Tee::Tpm],
+        reference: reference.clone(),
+        single_use: true,
+        expires: "2099-01-01T00:00:00Z".into(),
+    };
+    // What the publisher's CLI sends: the DEK wrapped for exactly this policy.
+    let reg = HpkePublic::from_text(&r.info.registration_key).unwrap();
+    let binding = policy_binding("pub-1", "publisher", &policy);
+    let (enc, ct) = hpke_seal(&reg, &register_info("pub-1"), &binding, &dek.0, &mut OsRng).unwrap();
+    let sent = RegisterRequest {
+        key_id: "pub-1".into(),
+        wrapped_dek: Wrapped {
+            enc: B64.encode(enc),
+            ciphertext: B64.encode(ct),
+        },
+        policy,
+        contract: String::from_utf8(c.canonical_json()).unwrap(),
+    };
+    let post = |req: &RegisterRequest| {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let mut resp = agent
+            .post(&format!("{}/v1/keys", r.svc.url))
+            .header("authorization", &format!("Bearer {PUB_TOKEN}"))
+            .send(serde_json::to_vec(req).unwrap())
+            .unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+    };
+    // The man in the middle rewrites the reference values (PCR 23 of another image), the
+    // single-use flag and the expiry, passing the wrapped DEK through: nothing opens.
+    let mut other_ref = reference.clone();
+    other_ref["measurements"]["tpm"]["pcrs"]["23"] = "cd".repeat(32).into();
+    let edits: Vec<(&str, Box<dyn Fn(&mut RegisterRequest)>)> = vec![
+        ("reference", Box::new(move |q: &mut RegisterRequest| q.policy.reference = other_ref.clone())),
+        ("single_use", Box::new(|q: &mut RegisterRequest| q.policy.single_use = false)),
+        ("expires", Box::new(|q: &mut RegisterRequest| q.policy.expires = "2199-01-01T00:00:00Z".into())),
+        ("platforms", Box::new(|q: &mut RegisterRequest| q.policy.platforms = vec![Tee::Tpm, Tee::Tpm])),
+    ];
+    for (what, edit) in &edits {
+        let mut q = sent.clone();
+        edit(&mut q);
+        let (st, body) = post(&q);
+        assert_eq!(st, 400, "{what}: {body}");
+        assert!(body.contains("wrapped_dek"), "{what}: {body}");
+    }
+    // Unchanged: registered, and the answer is a receipt signed by the service key under the
+    // receipt domain, naming exactly what was sent.
+    let (st, body) = post(&sent);
+    assert_eq!(st, 201, "{body}");
+    let signed: Signed = serde_json::from_str(&body).unwrap();
+    let receipt: RegistrationReceipt =
+        serde_json::from_slice(&signed.verify_in(RECEIPT_DOMAIN, &r.signing).unwrap()).unwrap();
+    assert_eq!(receipt.key_id, "pub-1");
+    assert_eq!(receipt.owner, "publisher");
+    assert_eq!(receipt.policy_binding, hex::encode(binding));
+    // Domain separation: a receipt is not a release response.
+    assert!(signed.verify(&r.signing).is_err());
+
+    // A forged receipt (a service that does not hold the pinned key answers /v1/keys): the
+    // client refuses it.
+    let fake = FakeService::start(&r.info);
+    let (_, dek2) = dcr_attest::parties::read_dek(&r.d.join("adv-1.dek")).unwrap();
+    let policy = ReleasePolicy {
+        contract_digest: hex::encode(c.digest()),
+        platforms: vec![Tee::Tpm],
+        reference,
+        single_use: false,
+        expires: "2099-01-01T00:00:00Z".into(),
+    };
+    let err = dcr_attest::parties::Client::new(&fake.url)
+        .register(ADV_TOKEN, &r.info, "adv-1", "advertiser", &dek2, policy, &c.canonical_json())
+        .unwrap_err();
+    assert!(err.to_string().contains("not signed by the pinned key"), "{err}");
+}
+
+/// A stand-in service on loopback that presents the pinned public keys but signs its
+/// registration receipts with another key (what a man in the middle can do).
+struct FakeService {
+    url: String,
+}
+
+impl FakeService {
+    fn start(pinned: &dcr_protocol::wire::ServiceInfo) -> FakeService {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let info = serde_json::to_vec(pinned).unwrap();
+        std::thread::spawn(move || {
+            let forger = SigningSecret::generate(&mut OsRng);
+            for s in l.incoming().take(4) {
+                let Ok(mut s) = s else { return };
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                let answer = if first.starts_with("GET /v1/service") {
+                    info.clone()
+                } else {
+                    let req: RegisterRequest = serde_json::from_slice(&body).unwrap();
+                    let receipt = RegistrationReceipt {
+                        key_id: req.key_id.clone(),
+                        owner: "advertiser".into(),
+                        contract_digest: req.policy.contract_digest.clone(),
+                        policy_binding: hex::encode(policy_binding(&req.key_id, "advertiser", &req.policy)),
+                        registered_at: 1,
+                    };
+                    serde_json::to_vec(&Signed::sign_in(
+                        RECEIPT_DOMAIN,
+                        &forger,
+                        &serde_json::to_vec(&receipt).unwrap(),
+                    ))
+                    .unwrap()
+                };
+                let status = if first.starts_with("GET") { "200 OK" } else { "201 Created" };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = s.write_all(&answer);
+            }
+        });
+        FakeService { url }
+    }
+}
+
+#[test]
+fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_proof() {
+    let r = Room::new("sec-blobs");
+    let c = r.contract();
+    let digest = hex::encode(c.digest());
+    // Before the contract is registered, nobody writes its blobs.
+    let e = refused_with(&r.put("publisher", "pub.sealed", "pub-1.sealed"), "unknown_contract");
+    assert!(e.contains(&digest), "{e}");
+    ok(&r.register("publisher", "pub-1", "contract.toml", "tpm"));
+    ok(&r.register("advertiser", "adv-1", "contract.toml", "tpm"));
+    // The advertiser squats the publisher's dataset name, and writes the output name with
+    // forged rows: both refused; an undeclared name too.
+    let e = refused_with(&r.put("advertiser", "pub.sealed", "adv-1.sealed"), "not_owner");
+    assert!(e.contains("owned by party publisher"), "{e}");
+    refused_with(&r.put("advertiser", "out.sealed", "adv-1.sealed"), "not_owner");
+    refused_with(&r.put("advertiser", "anything.sealed", "adv-1.sealed"), "not_owner");
+    // The owners upload theirs.
+    ok(&r.put("publisher", "pub.sealed", "pub-1.sealed"));
+    ok(&r.put("advertiser", "adv.sealed", "adv-1.sealed"));
+
+    // A release (the soft TPM as the TEE): its upload token writes this contract's output
+    // blob only, once.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let rel = release_keys(&agent, &r.svc.url, &r.tpm, &c.digest(), &r.signing).unwrap();
+    assert_eq!(rel.release.result_key, rel.result_key.public().to_text());
+    let token = &rel.keys.iter().find(|(k, _)| k == "dcr.upload-token").unwrap().1;
+    let auth = format!("Upload {}", hex::encode(token));
+    let (st, body) = r.put_raw(&digest, "adv2.sealed", &auth, b"x");
+    assert_eq!(st, 401, "another blob name: {body}");
+    assert!(body.contains("writes out.sealed"), "{body}");
+    let (st, body) = r.put_raw(&"ab".repeat(32), "out.sealed", &auth, b"x");
+    assert_eq!(st, 404, "another (unregistered) contract: {body}");
+
+    // The TEE's result: sealed to both recipients, signed with its attested result key.
+    let recipients = c.recipient_keys();
+    let mut sealer = dcr_protocol::recipients::seal_to(
+        Vec::new(),
+        &recipients,
+        "dcr.output",
+        dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
+        &mut OsRng,
+    )
+    .unwrap();
+    sealer.write_all(b"segment,overlap\nsports,120\n").unwrap();
+    let sealed = sealer.finish().unwrap();
+    let signed = dcr_protocol::result::sign(&rel.result_key, &rel.signed, &c.digest(), "out.sealed", &sealed);
+    let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);
+    assert_eq!(st, 201, "{body}");
+    let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);
+    assert_eq!(st, 401, "used twice: {body}");
+    ok(&cli(&r.d, &["get", "--service", &r.svc.url, "--contract", "contract.toml", "--name", "out.sealed", "--out", "got.sealed"]));
+    ok(&cli(&r.d, &["open", "--in", "got.sealed", "--out", "got.csv", "--key", "advertiser.key", "--contract", "contract.toml"]));
+    assert_eq!(std::fs::read(r.d.join("got.csv")).unwrap(), b"segment,overlap\nsports,120\n");
+
+    // Forged results (the review's `sports,99999,99999` sealed to both recipients' public
+    // keys), offered to `open` as files:
+    let mut sealer = dcr_protocol::recipients::seal_to(
+        Vec::new(),
+        &recipients,
+        "dcr.output",
+        dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
+        &mut OsRng,
+    )
+    .unwrap();
+    sealer.write_all(b"segment,overlap\nsports,99999\n").unwrap();
+    let forged = sealer.finish().unwrap();
+    let open = |bytes: &[u8], tag: &str| {
+        std::fs::write(r.d.join(format!("{tag}.sealed")), bytes).unwrap();
+        let o = cli(
+            &r.d,
+            &["open", "--in", &format!("{tag}.sealed"), "--out", &format!("{tag}.csv"), "--key", "publisher.key", "--contract", "contract.toml"],
+        );
+        assert!(!r.d.join(format!("{tag}.csv")).exists(), "{tag}: plaintext left behind");
+        assert!(!r.d.join(format!("{tag}.csv.partial")).exists(), "{tag}: partial left behind");
+        o
+    };
+    // (a) no proof at all;
+    let e = refused_with(&open(&forged, "bare"), "not a signed result");
+    assert!(e.starts_with("error: "), "{e}");
+    // (b) the real release, signed by a key the service never vouched for;
+    let forger = SigningSecret::generate(&mut OsRng);
+    let f = dcr_protocol::result::sign(&forger, &rel.signed, &c.digest(), "out.sealed", &forged);
+    refused_with(&open(&f, "forged-key"), "TEE's signature does not verify");
+    // (c) the genuine proof with other sealed bytes behind it;
+    let (proof, _) = dcr_protocol::result::split(&signed).unwrap();
+    let mut spliced = signed[..signed.len() - sealed.len()].to_vec();
+    spliced.extend_from_slice(&forged);
+    assert_eq!(dcr_protocol::result::split(&spliced).unwrap().0, proof);
+    refused_with(&open(&spliced, "spliced"), "SHA-256 is not the signed one");
+    // (d) a genuine result of another contract.
+    let other = std::fs::read_to_string(r.d.join("contract.toml"))
+        .unwrap()
+        .replace("name = \"room\"", "name = \"other\"");
+    std::fs::write(r.d.join("other.toml"), other).unwrap();
+    let o = cli(&r.d, &["open", "--in", "got.sealed", "--out", "other.csv", "--key", "publisher.key", "--contract", "other.toml"]);
+    refused_with(&o, "released for contract");
+    // --key without --contract is refused by the CLI.
+    let o = cli(&r.d, &["open", "--in", "got.sealed", "--out", "x.csv", "--key", "publisher.key"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn tdx_is_refused_until_its_rtmrs_are_predicted() {
+    let r = Room::new("sec-tdx");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap();
+    m["measurements"]["tdx"] = serde_json::json!({"mrtd": "ab".repeat(48)});
+    std::fs::write(r.d.join("tdx.json"), m.to_string()).unwrap();
+    let o = cli(
+        &r.d,
+        &[
+            "register", "--service", &r.svc.url, "--service-pub",
+            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
+            "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "contract.toml",
+            "--reference", "tdx.json", "--platform", "tdx",
+        ],
+    );
+    let e = refused_with(&o, "policy_refused");
+    assert!(e.contains("RTMR1/RTMR2"), "{e}");
+}
