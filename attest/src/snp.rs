@@ -300,6 +300,15 @@ fn der_small_int(b: &[u8]) -> Option<u64> {
     )
 }
 
+/// The product (from the VEK's issuer) and the decoded REPORTED_TCB of a report — what a
+/// minimum-TCB policy compares; call it after [`verify`] accepted the pair.
+pub fn reported_tcb(report: &[u8], vek_der: &[u8]) -> Option<(Product, Tcb)> {
+    let r = Report::parse(report).ok()?;
+    let cert = X509::from_der(vek_der).ok()?;
+    let p = product_of(&cert)?;
+    Some((p, Tcb::decode(r.reported_tcb, p)))
+}
+
 fn product_of(cert: &X509) -> Option<Product> {
     let issuer = cert.tbs_certificate.issuer.to_string();
     if issuer.contains("Milan") {

@@ -860,49 +860,10 @@ fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec<u8>
     Ok(out)
 }
 
-/// The contract's output rules: a CSV whose header names only allowed columns including the
-/// count column, and no row whose count is below min_group_size.
+/// The contract's output rules (dcr_protocol::output: strict CSV, header = the contract's
+/// columns, every value valid for its column): the number of rows, or the violation.
 pub fn check_output(c: &Contract, out: &[u8]) -> Result<usize, String> {
-    let text = std::str::from_utf8(out).map_err(|_| "output is not UTF-8".to_string())?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or("output is empty (no CSV header)")?
-        .split(',')
-        .collect();
-    for h in &header {
-        if !c.output.allowed_columns.iter().any(|a| a == h) {
-            return Err(format!("column {h:?} is not in output.allowed_columns"));
-        }
-    }
-    let count_idx = header
-        .iter()
-        .position(|h| *h == c.output.count_column)
-        .ok_or_else(|| format!("no {:?} column", c.output.count_column))?;
-    let mut rows = 0;
-    for (i, l) in lines.enumerate() {
-        let f: Vec<&str> = l.split(',').collect();
-        if f.len() != header.len() {
-            return Err(format!(
-                "row {}: {} fields, header has {}",
-                i + 1,
-                f.len(),
-                header.len()
-            ));
-        }
-        let n: u64 = f[count_idx]
-            .parse()
-            .map_err(|_| format!("row {}: {} is not a count", i + 1, c.output.count_column))?;
-        if n < c.output.min_group_size {
-            return Err(format!(
-                "row {}: group of {n} is below min_group_size {}",
-                i + 1,
-                c.output.min_group_size
-            ));
-        }
-        rows += 1;
-    }
-    Ok(rows)
+    dcr_protocol::output::check(&c.output, out).map_err(|e| e.to_string())
 }
 
 pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {

@@ -486,8 +486,7 @@ inputs = ["users"]
 limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
 [output]
 min_group_size = 50
-allowed_columns = ["segment", "count"]
-count_column = "count"
+columns = [{{ name = "segment", kind = "label", max_len = 32 }}, {{ name = "count", kind = "count" }}]
 blob = "result.sealed"
 [[recipients]]
 party = "publisher"

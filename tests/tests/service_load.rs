@@ -115,6 +115,7 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
                         reference: reference.clone(),
                         single_use: false,
                         expires: "2099-01-01T00:00:00Z".into(),
+                        snp_min_tcb: None,
                     };
                     match client.register(
                         "publisher-token-0123456789",
@@ -187,6 +188,7 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
             reference: reference.clone(),
             single_use: false,
             expires: "2099-01-01T00:00:00Z".into(),
+            snp_min_tcb: None,
         };
         let e = client
             .register(

@@ -42,7 +42,7 @@ fn two_party_contract(name: &str, signing: &str, pub_key: &str, adv_key: &str) -
         r#"version = 1
 name = "{name}"
 expires = "2099-01-01T00:00:00Z"
-platforms = ["tpm", "tdx"]
+platforms = ["tpm", "snp", "tdx"]
 parties = [{{ id = "publisher", name = "Publisher" }}, {{ id = "advertiser", name = "Advertiser" }}]
 datasets = [{{ id = "pub", owner = "publisher", key_id = "pub-1", blob = "pub.sealed" }},
             {{ id = "adv", owner = "advertiser", key_id = "adv-1", blob = "adv.sealed" }}]
@@ -54,8 +54,7 @@ inputs = ["pub", "adv"]
 limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
 [output]
 min_group_size = 50
-allowed_columns = ["segment", "overlap"]
-count_column = "overlap"
+columns = [{{ name = "segment", kind = "label", max_len = 32 }}, {{ name = "overlap", kind = "count" }}]
 blob = "out.sealed"
 [[recipients]]
 party = "publisher"
@@ -234,6 +233,7 @@ fn key_ids_are_registered_only_by_their_dataset_owner_and_cannot_be_squatted() {
         reference: serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap(),
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
+        snp_min_tcb: None,
     };
     let err = dcr_attest::parties::Client::new(&r.svc.url)
         .register(ADV_TOKEN, &r.info, "pub-2", "advertiser", &dek, policy, &c.canonical_json())
@@ -270,6 +270,7 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         reference: reference.clone(),
         single_use: true,
         expires: "2099-01-01T00:00:00Z".into(),
+        snp_min_tcb: None,
     };
     // What the publisher's CLI sends: the DEK wrapped for exactly this policy.
     let reg = HpkePublic::from_text(&r.info.registration_key).unwrap();
@@ -336,6 +337,7 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         reference,
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
+        snp_min_tcb: None,
     };
     let err = dcr_attest::parties::Client::new(&fake.url)
         .register(ADV_TOKEN, &r.info, "adv-1", "advertiser", &dek2, policy, &c.canonical_json())
@@ -527,4 +529,50 @@ fn tdx_is_refused_until_its_rtmrs_are_predicted() {
     );
     let e = refused_with(&o, "policy_refused");
     assert!(e.contains("RTMR1/RTMR2"), "{e}");
+}
+
+#[test]
+fn snp_keys_carry_a_minimum_tcb() {
+    let r = Room::new("sec-snp-tcb");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap();
+    m["measurements"]["snp"] = serde_json::json!({"launch_digest": "ab".repeat(48)});
+    std::fs::write(r.d.join("snp.json"), m.to_string()).unwrap();
+    // Without a minimum TCB the service refuses the registration (sent as a client that does
+    // not fill one in would send it).
+    let c = r.contract();
+    let (_, dek) = dcr_attest::parties::read_dek(&r.d.join("pub-1.dek")).unwrap();
+    let policy = ReleasePolicy {
+        contract_digest: hex::encode(c.digest()),
+        platforms: vec![Tee::Snp],
+        reference: m.clone(),
+        single_use: false,
+        expires: "2099-01-01T00:00:00Z".into(),
+        snp_min_tcb: None,
+    };
+    let err = dcr_attest::parties::Client::new(&r.svc.url)
+        .register(PUB_TOKEN, &r.info, "pub-1", "publisher", &dek, policy, &c.canonical_json())
+        .unwrap_err();
+    assert!(err.to_string().contains("policy.snp_min_tcb"), "{err}");
+    // The CLI registers the documented Milan default (and a stated Genoa level).
+    let o = cli(
+        &r.d,
+        &[
+            "register", "--service", &r.svc.url, "--service-pub",
+            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
+            "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "contract.toml",
+            "--reference", "snp.json", "--platform", "snp", "--snp-min-tcb", "genoa:bl=10,tee=0,snp=23,ucode=84",
+        ],
+    );
+    ok(&o);
+    let o = cli(
+        &r.d,
+        &[
+            "register", "--service", &r.svc.url, "--service-pub",
+            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
+            "--token-file", "advertiser.token", "--dek", "adv-1.dek", "--contract", "contract.toml",
+            "--reference", "snp.json", "--platform", "snp", "--snp-min-tcb", "genoa:bl=10",
+        ],
+    );
+    refused_with(&o, "--snp-min-tcb");
 }

@@ -91,12 +91,40 @@ pub struct Limits {
 pub struct OutputRules {
     /// Groups with fewer members are suppressed (k-anonymity threshold).
     pub min_group_size: u64,
-    /// Columns an output row may have.
-    pub allowed_columns: Vec<String>,
-    /// The column holding each group's member count.
-    pub count_column: String,
+    /// The output's columns, in order: its CSV header is exactly these names
+    /// (crate::output checks every row against them).
+    pub columns: Vec<OutputColumn>,
     /// The blob name of the sealed output.
     pub blob: String,
+}
+
+/// One output column and what its values may be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OutputColumn {
+    /// A group label: 1..=max_len of `[A-Za-z0-9_.-]`, starting with a letter or digit (no
+    /// free text, no spreadsheet formulas), and one of `values` when given.
+    Label {
+        name: String,
+        max_len: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        values: Option<Vec<String>>,
+    },
+    /// The group's member count (exactly one column): a canonical decimal ≥ min_group_size.
+    Count { name: String },
+    /// Another integer aggregate: a canonical decimal (no sign but `-`, no leading zeros) in
+    /// `min..=max`.
+    Integer { name: String, min: i64, max: i64 },
+}
+
+impl OutputColumn {
+    pub fn name(&self) -> &str {
+        match self {
+            OutputColumn::Label { name, .. }
+            | OutputColumn::Count { name }
+            | OutputColumn::Integer { name, .. } => name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,16 +314,8 @@ impl Contract {
         if self.output.min_group_size == 0 {
             return Err(field("output.min_group_size", "must be >= 1"));
         }
-        if !self
-            .output
-            .allowed_columns
-            .contains(&self.output.count_column)
-        {
-            return Err(field(
-                "output.count_column",
-                "must be one of output.allowed_columns",
-            ));
-        }
+        crate::output::validate_columns(&self.output.columns)
+            .map_err(|(f, why)| field(format!("output.columns{f}"), why))?;
         if !id_ok(&self.output.blob) {
             return Err(field("output.blob", "must be 1-64 of [A-Za-z0-9._-]"));
         }

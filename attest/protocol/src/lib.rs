@@ -7,6 +7,7 @@
 pub mod contract;
 pub mod evidence;
 pub mod keys;
+pub mod output;
 pub mod recipients;
 pub mod release;
 pub mod result;

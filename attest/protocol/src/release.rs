@@ -63,6 +63,7 @@ pub fn policy_binding(key_id: &str, owner: &str, policy: &crate::wire::ReleasePo
         "reference_sha256": hex::encode(Sha256::digest(&reference)),
         "single_use": policy.single_use,
         "expires": policy.expires,
+        "snp_min_tcb": policy.snp_min_tcb,
     });
     let mut canon = Vec::new();
     crate::contract::write_canonical(&doc, &mut canon);

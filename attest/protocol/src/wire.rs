@@ -163,6 +163,76 @@ pub struct ReleasePolicy {
     pub single_use: bool,
     /// RFC 3339 UTC; no release after it.
     pub expires: String,
+    /// The oldest SEV-SNP firmware a report may come from, per product (REPORTED_TCB, for
+    /// `snp` and `az-snp-vtpm`); required when either is among the platforms. A report from
+    /// a product the policy names no minimum for is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snp_min_tcb: Option<SnpMinTcb>,
+}
+
+/// Minimum REPORTED_TCB per AMD product (the TCB_VERSION layout differs between products).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnpMinTcb {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milan: Option<TcbLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genoa: Option<TcbLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turin: Option<TcbLevel>,
+}
+
+/// SEV-SNP TCB_VERSION components (SEV-SNP ABI spec §2.2; `fmc` on Turin only).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TcbLevel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmc: Option<u8>,
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+}
+
+/// The minimum the parties' CLI registers for Milan unless told otherwise: SEV firmware
+/// 1.55.29 with microcode SPL 219 (0xDB), the level Milan hosts patched in 2025 report
+/// (bootloader 4, TEE 0, SNP 24, microcode 219; seen with snphost, virtee/snphost#125).
+/// Genoa and Turin have no default: a party states theirs (`--snp-min-tcb genoa:…`), or
+/// reports from them are refused.
+pub const MILAN_MIN_TCB: TcbLevel = TcbLevel {
+    fmc: None,
+    bootloader: 4,
+    tee: 0,
+    snp: 24,
+    microcode: 219,
+};
+
+impl TcbLevel {
+    /// `bl=N,tee=N,snp=N,ucode=N[,fmc=N]`.
+    pub fn parse(s: &str) -> Result<TcbLevel, String> {
+        let mut t = TcbLevel::default();
+        let mut seen = [false; 4];
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected name=value"))?;
+            let v: u8 = v
+                .parse()
+                .map_err(|_| format!("{k}: {v:?} is not 0..255"))?;
+            match k {
+                "bl" => (t.bootloader, seen[0]) = (v, true),
+                "tee" => (t.tee, seen[1]) = (v, true),
+                "snp" => (t.snp, seen[2]) = (v, true),
+                "ucode" => (t.microcode, seen[3]) = (v, true),
+                "fmc" => t.fmc = Some(v),
+                _ => return Err(format!("{k}: one of bl, tee, snp, ucode, fmc")),
+            }
+        }
+        if seen.iter().any(|s| !s) {
+            return Err("bl, tee, snp and ucode are all required".into());
+        }
+        Ok(t)
+    }
 }
 
 /// POST /v1/keys (authenticated)

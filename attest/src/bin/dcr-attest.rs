@@ -118,6 +118,11 @@ enum Cmd {
         /// No release after this time (RFC 3339 UTC) [default: the contract's expiry].
         #[arg(long, value_name = "RFC3339")]
         expires: Option<String>,
+        /// Oldest SEV-SNP firmware accepted, per product (for snp / az-snp-vtpm), e.g.
+        /// `genoa:bl=10,tee=0,snp=23,ucode=84`; repeat per product. Default: Milan
+        /// bl=4,tee=0,snp=24,ucode=219 (docs/protocol.md); products not named are refused.
+        #[arg(long, value_name = "PRODUCT:LEVEL")]
+        snp_min_tcb: Vec<String>,
     },
     /// Upload a blob (sealed data) of a contract to the service (only its dataset's owner may).
     Put {
@@ -519,8 +524,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             platform,
             single_use,
             expires,
+            snp_min_tcb,
         } => {
-            use dcr_protocol::wire::{ReleasePolicy, ServiceInfo, Tee};
+            use dcr_protocol::wire::{ReleasePolicy, ServiceInfo, SnpMinTcb, TcbLevel, Tee};
             let pinned: ServiceInfo = serde_json::from_slice(&read("--service-pub", &service_pub)?)
                 .with_context(|| format!("--service-pub {}", service_pub.display()))?;
             let token = std::fs::read_to_string(&token_file)
@@ -549,12 +555,38 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let min_tcb = if platforms.iter().any(|t| matches!(t, Tee::Snp | Tee::AzSnpVtpm)) {
+                let mut m = SnpMinTcb {
+                    milan: Some(dcr_protocol::wire::MILAN_MIN_TCB),
+                    ..Default::default()
+                };
+                for spec in &snp_min_tcb {
+                    let (product, level) = spec.split_once(':').ok_or_else(|| {
+                        anyhow::anyhow!("--snp-min-tcb {spec:?}: expected PRODUCT:bl=N,tee=N,snp=N,ucode=N")
+                    })?;
+                    let level = TcbLevel::parse(level)
+                        .map_err(|e| anyhow::anyhow!("--snp-min-tcb {spec:?}: {e}"))?;
+                    match product {
+                        "milan" => m.milan = Some(level),
+                        "genoa" => m.genoa = Some(level),
+                        "turin" => m.turin = Some(level),
+                        _ => anyhow::bail!("--snp-min-tcb {spec:?}: product one of milan, genoa, turin"),
+                    }
+                }
+                Some(m)
+            } else {
+                if !snp_min_tcb.is_empty() {
+                    anyhow::bail!("--snp-min-tcb: no snp or az-snp-vtpm platform to apply it to");
+                }
+                None
+            };
             let policy = ReleasePolicy {
                 contract_digest: hex::encode(c.digest()),
                 platforms,
                 reference: refv,
                 single_use,
                 expires: expires.unwrap_or_else(|| c.expires.clone()),
+                snp_min_tcb: min_tcb,
             };
             let receipt = dcr_attest::parties::Client::new(&service).register(
                 token.trim(),

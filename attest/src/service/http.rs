@@ -382,9 +382,9 @@ pub fn verify_evidence(
         })
     };
     let r = match tee {
-        Tee::Snp => rd64().and_then(|rd| verify_snp(evidence, &rd, now)),
+        Tee::Snp => rd64().and_then(|rd| verify_snp(evidence, &rd, now).map(|(c, _)| c)),
         Tee::Tdx => rd64().and_then(|rd| verify_tdx(tdx_collateral, evidence, &rd, now)),
-        Tee::AzSnpVtpm => verify_az_snp(evidence, rd, now),
+        Tee::AzSnpVtpm => verify_az_snp(evidence, rd, now).map(|(c, _)| c),
         Tee::AzTdxVtpm => verify_az_tdx(tdx_collateral, evidence, rd, now),
         Tee::Tpm => Err(bad("tpm evidence needs a session (challenge credential)")),
     };
@@ -393,14 +393,21 @@ pub fn verify_evidence(
 
 /// Azure SNP CVM (Trustee az-snp-vtpm JSON): SNP report + VCEK, HCL binding of the runtime
 /// claims (and so of the AK), the vTPM quote by that AK over `rd`. Claims: the vTPM PCRs.
-fn verify_az_snp(ev: &Value, rd: &[u8], now: u64) -> Result<Claims, Refusal> {
+/// The product and REPORTED_TCB of verified SEV-SNP evidence (compared with each key's
+/// minimum), if the evidence is SEV-SNP.
+type SnpTcb = Option<(crate::snp::Product, crate::snp::Tcb)>;
+
+fn verify_az_snp(ev: &Value, rd: &[u8], now: u64) -> Result<(Claims, SnpTcb), Refusal> {
     let bytes = serde_json::to_vec(ev).map_err(|e| bad(e.to_string()))?;
     let e = crate::azure::parse_snp_evidence(&bytes).map_err(|e| bad(format!("evidence: {e}")))?;
     let v = crate::azure::verify_snp(&e, rd, now, &crate::snp::SnpPolicy::default(), &Vec::new());
     if !v.ok() {
         return Err(evidence_refusal(&v, "vtpm.qualifying_data"));
     }
-    Ok(azure_claims(&e.pcrs))
+    let hcl = crate::azure::parse_hcl(&e.hcl_report).map_err(|e| bad(format!("evidence: {e}")))?;
+    let tcb = crate::snp::reported_tcb(&hcl.hw_report, &e.vcek_der)
+        .ok_or_else(|| bad("evidence: SNP report or VCEK product unreadable"))?;
+    Ok((azure_claims(&e.pcrs), Some(tcb)))
 }
 
 fn azure_claims(pcrs: &[Vec<u8>]) -> Claims {
@@ -438,7 +445,7 @@ fn verify_az_tdx(
     Ok(azure_claims(&e.pcrs))
 }
 
-fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
+fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<(Claims, SnpTcb), Refusal> {
     use crate::snp;
     let e: SnpEvidence =
         serde_json::from_value(ev.clone()).map_err(|e| bad(format!("evidence: {e}")))?;
@@ -456,9 +463,14 @@ fn verify_snp(ev: &Value, rd: &[u8; 64], now: u64) -> Result<Claims, Refusal> {
         return Err(evidence_refusal(&v, "report_data"));
     }
     let r = snp::Report::parse(&report).map_err(|e| bad(e.to_string()))?;
-    Ok(Claims::Snp {
-        launch_digest: r.measurement,
-    })
+    let tcb = snp::reported_tcb(&report, &vcek)
+        .ok_or_else(|| bad("evidence: VCEK names no known product"))?;
+    Ok((
+        Claims::Snp {
+            launch_digest: r.measurement,
+        },
+        Some(tcb),
+    ))
 }
 
 fn verify_tdx(
@@ -579,12 +591,18 @@ async fn decide(
         .map_err(|e| bad(format!("result_key: {e}")))?;
     let contract_digest = hex32("contract_digest", &req.contract_digest)?;
     let rd = report_data(&session.nonce, &tee_pk, &contract_digest, &result_key);
-    let claims = match req.tee {
-        Tee::Tpm => verify_tpm(st, &session, &req.evidence, &rd)?,
+    let (claims, snp_tcb) = match req.tee {
+        Tee::Tpm => (verify_tpm(st, &session, &req.evidence, &rd)?, None),
         Tee::Snp => verify_snp(&req.evidence, &rd, now)?,
-        Tee::Tdx => verify_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
+        Tee::Tdx => (
+            verify_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
+            None,
+        ),
         Tee::AzSnpVtpm => verify_az_snp(&req.evidence, &rd, now)?,
-        Tee::AzTdxVtpm => verify_az_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
+        Tee::AzTdxVtpm => (
+            verify_az_tdx(st.cfg.tdx_collateral.as_deref(), &req.evidence, &rd, now)?,
+            None,
+        ),
     };
     let mut canon = Vec::new();
     dcr_protocol::contract::write_canonical(&req.evidence, &mut canon);
@@ -652,6 +670,14 @@ async fn decide(
                 continue;
             }
         };
+        if let Some((product, tcb)) = &snp_tcb {
+            if let Err(e) =
+                super::policy::snp_tcb_allowed(r.policy.snp_min_tcb.as_ref(), *product, tcb)
+            {
+                reasons.push(("tcb_too_old", format!("{}: {e}", r.key_id)));
+                continue;
+            }
+        }
         let v = m.evaluate(&claims);
         if !v.ok() {
             reasons.push((
@@ -842,6 +868,17 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
             &serde_json::to_vec(&req.policy.reference).map_err(|e| bad(e.to_string()))?,
         )
         .map_err(|e| bad(format!("policy.reference: {e}")))?;
+        if req
+            .policy
+            .platforms
+            .iter()
+            .any(|t| matches!(t, Tee::Snp | Tee::AzSnpVtpm))
+            && req.policy.snp_min_tcb.is_none()
+        {
+            return Err(bad(
+                "policy.snp_min_tcb: required for snp and az-snp-vtpm (the oldest SEV-SNP firmware to accept, per product)",
+            ));
+        }
         if req.policy.platforms.contains(&Tee::Tdx) {
             return Err(forbidden(
                 "policy_refused",

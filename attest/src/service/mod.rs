@@ -9,6 +9,7 @@
 
 mod contracts;
 mod http;
+mod policy;
 pub mod journal;
 
 use std::collections::HashMap;
