@@ -18,8 +18,10 @@
 # (Python's sqlite3 on the parties' plaintext: join on user, group by segment, groups under
 # k = 50 removed). Prints the wall time of each phase.
 #
-# usage: reproducible/fresh-machine.sh [--keep]
+# usage: reproducible/fresh-machine.sh [--keep] [--tests]
 #   --keep   leave the root (default: removed at the end, pass or fail)
+#   --tests  run the README's other command, `bash tests/run.sh`, instead of the main job
+#            (proves the test command installs what it needs; no table check)
 # Environment: FRESH_DIR (parent of the root; default /var/tmp), ROWS, SEED (for run.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,11 +31,19 @@ DCR_HINT="the fresh-machine check did not finish; fix the cause above and run ba
 . "$top/reproducible/apt-sources.sh"
 
 keep=""
-case "${1:-}" in
-  "") ;;
-  --keep) keep=1 ;;
-  *) die "unknown argument '$1' (usage: reproducible/fresh-machine.sh [--keep])" ;;
-esac
+command_name=main
+for arg in "$@"; do
+  case "$arg" in
+    --keep) keep=1 ;;
+    --tests) command_name=tests ;;
+    *) die "unknown argument '$arg' (usage: reproducible/fresh-machine.sh [--keep] [--tests])" ;;
+  esac
+done
+if [ "$command_name" = tests ]; then
+  readme_command="bash tests/run.sh"
+else
+  readme_command="bash images/clean-room/run.sh"
+fi
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap, mounts and chroot)"
 for tool in mmdebstrap unshare chroot python3 git findmnt; do
   command -v "$tool" >/dev/null 2>&1 ||
@@ -129,7 +139,9 @@ phase root
 
 # The environment a user's login shell has: rustup's PATH, the registries' CA settings.
 envs=(HOME=/root "PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-  LANG=C.UTF-8 "TERM=${TERM:-dumb}" "CI=${CI:-}" "ROWS=${ROWS:-10000}" "SEED=${SEED:-1}")
+  LANG=C.UTF-8 "TERM=${TERM:-dumb}" "ROWS=${ROWS:-10000}" "SEED=${SEED:-1}")
+# Under --tests a missing tool must fail a test, never skip it (the tests' CI rule).
+if [ "$command_name" = tests ]; then envs+=(CI=true); else envs+=("CI=${CI:-}"); fi
 while IFS='=' read -r name _; do
   case "$name" in
     SSL_CERT_FILE|SSL_CERT_DIR|CURL_CA_BUNDLE|REQUESTS_CA_BUNDLE|GIT_SSL_CAINFO|PIP_CERT|PIP_INDEX_URL|\
@@ -140,20 +152,20 @@ while IFS='=' read -r name _; do
   esac
 done < <(env)
 
-echo "== fresh-machine: bash images/clean-room/run.sh in the root (chroot, private mount namespace)"
+echo "== fresh-machine: $readme_command in the root (chroot, private mount namespace)"
 marks=$base/marks
 (
 rc=0
 unshare --mount --propagation private -- bash -euc '
-  root=$1 rustup_home=$2 cargo_home=$3; shift 3
+  root=$1 rustup_home=$2 cargo_home=$3 readme_command=$4; shift 4
   mount --rbind /dev "$root/dev"
   mount -t proc proc "$root/proc"
   mount -t sysfs -o ro sysfs "$root/sys"
   mount -t tmpfs tmpfs "$root/tmp"
   mount --bind "$rustup_home" "$root/root/.rustup"
   mount --bind "$cargo_home" "$root/root/.cargo"
-  exec chroot "$root" /usr/bin/env -i "$@" bash -c "cd /work/main && exec bash images/clean-room/run.sh"
-' fresh "$root" "$rustup_home" "$cargo_home" "${envs[@]}" </dev/null 2>&1 || rc=$?
+  exec chroot "$root" /usr/bin/env -i "$@" bash -c "cd /work/main && exec $readme_command"
+' fresh "$root" "$rustup_home" "$cargo_home" "$readme_command" "${envs[@]}" </dev/null 2>&1 || rc=$?
 echo "$rc" >"$base/status"
 ) |
   while IFS= read -r line; do
@@ -177,7 +189,11 @@ if [ -n "$is" ] && [ -n "$ie" ]; then took[build]=$((took[build] + ie - is)); fi
 took[run]=$((end - phase_start - took[setup] - took[build]))
 printf 'fresh-machine: wall time root %ss, setup %ss, build %ss (cargo build + dcr-build image), run %ss; total %ss\n' \
   "${took[root]}" "${took[setup]}" "${took[build]}" "${took[run]}" "$((end - t0))"
-[ "$status" = 0 ] || die "the main job failed in the fresh root (exit $status): its output above, log $log"
+[ "$status" = 0 ] || die "$readme_command failed in the fresh root (exit $status): its output above, log $log"
+if [ "$command_name" = tests ]; then
+  echo "fresh-machine: passed ($readme_command)"
+  exit 0
+fi
 
 # The table must be printed, and equal what sqlite3 computes from the parties' plaintext.
 run_dir=$root/work/main/out/clean-room-run

@@ -303,7 +303,7 @@ fn every_fault_powers_off_with_its_reason_and_uploads_nothing() {
         &room,
         &image_b,
         "overlap-result-b.sealed",
-        "output: output rules: row 1: group of",
+        "output: output rules: row 1: column overlap: group of",
     );
 
     // 9. The workload runs past its time limit and is killed.
