@@ -406,8 +406,9 @@ impl Room {
         (o.status.code(), console)
     }
 
-    /// The contract file of this room (`contract-<tag>.toml`) that declares blob `name`.
-    pub fn contract_of_blob(&self, name: &str) -> PathBuf {
+    /// The contract files of this room (`contract-<tag>.toml`) that declare blob `name`.
+    pub fn contracts_of_blob(&self, name: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
         for e in std::fs::read_dir(&self.dir).unwrap() {
             let p = e.unwrap().path();
             let f = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -417,33 +418,46 @@ impl Room {
             let c = dcr_protocol::contract::Contract::from_toml(&std::fs::read_to_string(&p).unwrap())
                 .unwrap();
             if c.output.blob == name || c.datasets.iter().any(|d| d.blob == name) {
-                return p;
+                found.push(p);
             }
         }
-        panic!("no contract in {} declares blob {name}", self.dir.display())
+        assert!(!found.is_empty(), "no contract in {} declares blob {name}", self.dir.display());
+        found.sort();
+        found
+    }
+
+    /// The contract of this room that declares blob `name` (exactly one).
+    pub fn contract_of_blob(&self, name: &str) -> PathBuf {
+        let mut found = self.contracts_of_blob(name);
+        assert_eq!(found.len(), 1, "several contracts declare blob {name}: {found:?}");
+        found.remove(0)
     }
 
     /// The blob `name` opened with the recipient key `party`.key (its proof checked against
-    /// the contract that declares it), or None if there is none.
+    /// the contract it was stored under), or None if no contract that declares it has it.
     pub fn result(&self, name: &str, party: &str) -> Option<Vec<u8>> {
         let sealed = self.dir.join(format!("{name}.{party}.fetched"));
-        let _ = std::fs::remove_file(&sealed);
-        let contract = self.contract_of_blob(name);
-        let o = self.attest(&[
-            "get",
-            "--service",
-            &self.svc.url,
-            "--contract",
-            contract.to_str().unwrap(),
-            "--name",
-            name,
-            "--out",
-            sealed.to_str().unwrap(),
-        ]);
-        if !o.status.success() {
+        let mut hit = None;
+        for contract in self.contracts_of_blob(name) {
+            let _ = std::fs::remove_file(&sealed);
+            let o = self.attest(&[
+                "get",
+                "--service",
+                &self.svc.url,
+                "--contract",
+                contract.to_str().unwrap(),
+                "--name",
+                name,
+                "--out",
+                sealed.to_str().unwrap(),
+            ]);
+            if o.status.success() {
+                hit = Some(contract);
+                break;
+            }
             assert!(stderr(&o).contains("not_found"), "{}", stderr(&o));
-            return None;
         }
+        let contract = hit?;
         let out = self.dir.join(format!("{name}.{party}.csv"));
         let _ = std::fs::remove_file(&out);
         ok(

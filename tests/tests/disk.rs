@@ -486,7 +486,7 @@ fn exports_carry_the_azure_values(room: &Room, image: &Path, m: &serde_json::Val
             1,
         );
         assert!(text.contains(key));
-        std::fs::write(dir.join(format!("contract-{key}.toml")), text).unwrap();
+        std::fs::write(dir.join(format!("azure-{key}.contract.toml")), text).unwrap();
         Command::new(dcr_attest())
             .current_dir(dir)
             .args(["register", "--service", &room.svc.url, "--service-pub"])
@@ -497,7 +497,7 @@ fn exports_carry_the_azure_values(room: &Room, image: &Path, m: &serde_json::Val
                 "--dek",
                 &format!("{key}.dek"),
                 "--contract",
-                &format!("contract-{key}.toml"),
+                &format!("azure-{key}.contract.toml"),
             ])
             .arg("--reference")
             .arg(reference)
