@@ -259,17 +259,27 @@ pub fn unix_now() -> u64 {
 pub fn serve(cfg: Config) -> Result<(), ServiceError> {
     let keys = load_or_create_keys(&cfg.data_dir)?;
     let (journal, audit) = journal::Journal::open(&cfg.data_dir)?;
+    if let Some(q) = &audit.quarantine {
+        eprintln!(
+            "dcr-attest serve: audit.log: moved a torn or corrupt {}-byte tail after record {} to {}",
+            audit.truncated,
+            audit.records,
+            q.display()
+        );
+    }
     eprintln!(
-        "dcr-attest serve: data dir {}, {} audit records{}, signing key {}",
+        "dcr-attest serve: data dir {}, {} audit records, signing key {}",
         cfg.data_dir.display(),
         audit.records,
-        if audit.truncated > 0 {
-            format!(" (dropped a torn {}-byte tail)", audit.truncated)
-        } else {
-            String::new()
-        },
         keys.signing.public().to_text()
     );
+    let removed = remove_blob_temps(&cfg.data_dir)?;
+    if removed > 0 {
+        eprintln!(
+            "dcr-attest serve: removed {removed} unfinished blob upload(s) (.tmp-*) from {}",
+            cfg.data_dir.join("blobs").display()
+        );
+    }
     let listen = cfg.listen;
     let state = std::sync::Arc::new(State {
         cfg,
@@ -306,4 +316,24 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
             .await
             .map_err(|e| file_err(Path::new(&listen.to_string()), e))
     })
+}
+
+/// Remove `.tmp-*` files in `DIR/blobs` (uploads cut short by a crash; a finished upload is
+/// linked under its name before its temporary file is removed). Returns how many.
+pub fn remove_blob_temps(data_dir: &Path) -> Result<usize, ServiceError> {
+    let dir = data_dir.join("blobs");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(file_err(&dir, e)),
+    };
+    let mut n = 0;
+    for e in rd {
+        let e = e.map_err(|e| file_err(&dir, e))?;
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            std::fs::remove_file(e.path()).map_err(|err| file_err(&e.path(), err))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
