@@ -368,6 +368,46 @@ impl Journal {
     }
 }
 
+/// Longest string kept in an audit field (`message`: [`MAX_MESSAGE`]); longer ones are cut
+/// (at a character boundary) and marked with `…`, so a request cannot grow the log by more
+/// than a bounded amount whatever it sends.
+pub const MAX_FIELD: usize = 128;
+pub const MAX_MESSAGE: usize = 512;
+
+fn bound_str(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
+/// Bound every string (and array) in an audit record.
+pub fn bound_record(m: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    for (k, v) in m.iter_mut() {
+        let max = if k == "message" {
+            MAX_MESSAGE
+        } else {
+            MAX_FIELD
+        };
+        match v {
+            Value::String(s) => bound_str(s, max),
+            Value::Array(a) => {
+                for x in a.iter_mut() {
+                    if let Value::String(s) = x {
+                        bound_str(s, MAX_FIELD);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 struct Committer {
     db: Store,
     file: File,
@@ -425,6 +465,7 @@ impl Committer {
         let (seq0, prev0) = (self.seq, self.prev);
         for j in &mut jobs {
             self.seq += 1;
+            bound_record(&mut j.audit);
             j.audit.insert("seq".into(), self.seq.into());
             j.audit.insert("prev".into(), hex::encode(self.prev).into());
             let line = serde_json::to_string(&j.audit).unwrap_or_default();
@@ -651,5 +692,15 @@ mod tests {
         std::fs::write(&log, &bytes).unwrap();
         assert!(recover_audit(&log).is_err());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn audit_fields_are_bounded() {
+        let mut m = serde_json::Map::new();
+        m.insert("session_id".into(), "é".repeat(1 << 19).into());
+        m.insert("message".into(), "x".repeat(1 << 20).into());
+        m.insert("keys".into(), serde_json::json!(["k".repeat(1000)]));
+        bound_record(&mut m);
+        assert!(serde_json::to_string(&m).unwrap().len() < 1024);
     }
 }

@@ -9,6 +9,8 @@
 
 mod http;
 pub mod journal;
+pub mod net;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,7 +60,11 @@ pub struct Config {
     /// dcap-qvl collateral bundle for TDX quotes.
     pub tdx_collateral: Option<Vec<u8>>,
     pub nonce_ttl_secs: u64,
+    /// Outstanding challenges in all, and per client (IPv4 address or IPv6 /64).
     pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+    /// Connection limits and timeouts of the listener.
+    pub limits: net::Limits,
 }
 
 /// Read `party:token` lines (tokens at least 16 characters; `#` comments).
@@ -243,7 +249,7 @@ pub struct State {
     pub cfg: Config,
     pub keys: Keys,
     pub journal: journal::Journal,
-    pub sessions: Mutex<HashMap<String, Session>>,
+    pub sessions: Mutex<sessions::Sessions>,
     /// Session ids already used, until they would have expired (to name replays).
     pub used: Mutex<HashMap<String, u64>>,
 }
@@ -281,11 +287,26 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         );
     }
     let listen = cfg.listen;
+    let mut limits = cfg.limits.clone();
+    // Leave room for the store, the log, blobs being written and the listener itself.
+    if let Some(nofile) = net::open_files_limit() {
+        let room = nofile.saturating_sub(64).max(1);
+        if limits.max_connections > room {
+            eprintln!(
+                "dcr-attest serve: --max-connections {} lowered to {room} (open files limit {nofile})",
+                limits.max_connections
+            );
+            limits.max_connections = room;
+        }
+    }
     let state = std::sync::Arc::new(State {
+        sessions: Mutex::new(sessions::Sessions::new(
+            cfg.max_sessions,
+            cfg.max_sessions_per_client,
+        )),
         cfg,
         keys,
         journal,
-        sessions: Mutex::new(HashMap::new()),
         used: Mutex::new(HashMap::new()),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -303,18 +324,20 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         println!("listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            })
-            .await
-            .map_err(|e| file_err(Path::new(&listen.to_string()), e))
+        net::serve(listener, router(state), limits, async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await;
+        Ok(())
     })
 }
 
