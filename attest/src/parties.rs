@@ -98,17 +98,43 @@ pub fn write_atomically(
     out: &Path,
     f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), PartyError>,
 ) -> Result<(), PartyError> {
+    write_atomically_mode(out, None, f)
+}
+
+/// [`write_atomically`] for plaintext: the file is mode 0600 from its creation, whatever the
+/// umask.
+pub fn write_private_atomically(
+    out: &Path,
+    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), PartyError>,
+) -> Result<(), PartyError> {
+    write_atomically_mode(out, Some(0o600), f)
+}
+
+fn write_atomically_mode(
+    out: &Path,
+    mode: Option<u32>,
+    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), PartyError>,
+) -> Result<(), PartyError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if out.exists() {
         return Err(ferr(out, "exists (refusing to overwrite)"));
     }
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(|e| ferr(&tmp, e))?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    if let Some(m) = mode {
+        o.mode(m);
+    }
+    let file = o.open(&tmp).map_err(|e| ferr(&tmp, e))?;
+    if let Some(m) = mode {
+        // The umask can only take bits away; set exactly `m` (before any byte is written).
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(m)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ferr(&tmp, e));
+        }
+    }
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let r = f(&mut w).and_then(|_| {
         let file = w.into_inner().map_err(|e| ferr(&tmp, e.error()))?;
@@ -179,7 +205,7 @@ pub fn open_with_dek(input: &Path, out: &Path, dek_file: &Path) -> Result<u64, P
     }
     let mut o = Opener::new(r, &dek, header);
     let mut n = 0;
-    write_atomically(out, |w| {
+    write_private_atomically(out, |w| {
         n = copy(&mut o, w, input, out)?;
         Ok(())
     })?;
@@ -234,7 +260,7 @@ pub fn open_result(
         hash: Sha256::new(),
     };
     let mut n = 0;
-    write_atomically(out, |w| {
+    write_private_atomically(out, |w| {
         let mut o = dcr_protocol::recipients::open_as(&mut hr, &sk).map_err(|e| ferr(input, e))?;
         n = copy(&mut o, w, input, out)?;
         drop(o);
@@ -462,4 +488,36 @@ pub fn file_sha256(path: &Path) -> Result<String, PartyError> {
         h.update(&buf[..k]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn opened_plaintext_is_created_0600() {
+        let d = std::env::temp_dir().join(format!("dcr-parties-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("plain"), b"the rows").unwrap();
+        seal_file(
+            &d.join("plain"),
+            &d.join("plain.sealed"),
+            "k1",
+            &d.join("k1.dek"),
+            4096,
+        )
+        .unwrap();
+        // Whatever the umask (the test process's is usually 022: 0644 before the fix).
+        open_with_dek(&d.join("plain.sealed"), &d.join("out"), &d.join("k1.dek")).unwrap();
+        let mode = std::fs::metadata(d.join("out"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert_eq!(std::fs::read(d.join("out")).unwrap(), b"the rows");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

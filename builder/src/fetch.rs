@@ -27,6 +27,12 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("input {input}: {path}: {reason}")]
+    Refused {
+        input: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("input {input}: `apt-get download {spec}` failed ({status}): {stderr}")]
     Apt {
         input: String,
@@ -79,13 +85,73 @@ pub fn check(input: &str, bytes: &[u8], expected: Sha256) -> Result<(), FetchErr
     Ok(())
 }
 
-/// Read a local input file.
+/// The largest local input (kernel, firmware, stub, module, workload file).
+pub const MAX_LOCAL_INPUT: u64 = 4 << 30;
+/// The largest contract (TOML) and recipe.
+pub const MAX_CONTRACT: u64 = 1 << 20;
+
+/// Read a local input file (a regular file of at most [`MAX_LOCAL_INPUT`] bytes).
 pub fn read_local(input: &str, path: &Path) -> Result<Vec<u8>, FetchError> {
-    std::fs::read(path).map_err(|source| FetchError::Read {
+    read_local_max(input, path, MAX_LOCAL_INPUT)
+}
+
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Read a local input that must be a regular file of at most `max` bytes. Devices, FIFOs and
+/// the like are refused before they are opened (`/dev/zero` never ends, a FIFO blocks).
+pub fn read_local_max(input: &str, path: &Path, max: u64) -> Result<Vec<u8>, FetchError> {
+    use std::io::Read;
+    let read_err = |source| FetchError::Read {
         input: input.to_string(),
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let refused = |reason: String| FetchError::Refused {
+        input: input.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "{} (expected a regular file)",
+            file_kind(meta.file_type())
+        )));
+    }
+    let too_big = |n: u64| refused(format!("{n} bytes or more, over the limit of {max} bytes"));
+    if meta.len() > max {
+        return Err(too_big(meta.len()));
+    }
+    let f = std::fs::File::open(path).map_err(read_err)?;
+    // The file may have changed between the stat and the open: check what was opened.
+    let meta = f.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "{} (expected a regular file)",
+            file_kind(meta.file_type())
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(max) as usize);
+    f.take(max + 1).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// The package cache: `$DCR_CACHE`, else `$XDG_CACHE_HOME/dcr`, else `~/.cache/dcr`.

@@ -396,7 +396,7 @@ pub fn prepare(
         Some(p) => p.clone(),
         None => r.resolve(&rec.contract),
     };
-    let contract_text = fetch::read_local("contract", &contract_path)?;
+    let contract_text = fetch::read_local_max("contract", &contract_path, fetch::MAX_CONTRACT)?;
     let parsed = std::str::from_utf8(&contract_text)
         .map_err(|_| dcr_protocol::contract::ContractError::Parse("not UTF-8".into()))
         .and_then(dcr_protocol::contract::Contract::from_toml)
@@ -409,7 +409,8 @@ pub fn prepare(
     for w in &rec.workloads {
         if let (Some(file), Some(sha)) = (&w.file, &w.sha256) {
             let input_name = format!("workload:{}", w.name);
-            let bytes = fetch::read_local(&input_name, &r.resolve(file))?;
+            let bytes =
+                fetch::read_local(&format!("{input_name} (workloads.file)"), &r.resolve(file))?;
             fetch::check(&input_name, &bytes, sha.0)?;
             local_workloads.push((w.name.clone(), bytes, format!("file:{}", file.display())));
         }
@@ -419,7 +420,7 @@ pub fn prepare(
     }
 
     let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
-    let recipe_bytes = fetch::read_local("recipe", &r.path)?;
+    let recipe_bytes = fetch::read_local_max("recipe", &r.path, fetch::MAX_CONTRACT)?;
     inputs.insert(
         "recipe".into(),
         input("file:image.toml".into(), &recipe_bytes),

@@ -276,7 +276,7 @@ pub fn load(path: &Path) -> Result<LoadedRecipe, RecipeError> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| RecipeError::Read {
+    let text = read_recipe_text(&file).map_err(|source| RecipeError::Read {
         path: file.clone(),
         source,
     })?;
@@ -290,6 +290,26 @@ pub fn load(path: &Path) -> Result<LoadedRecipe, RecipeError> {
         path: file,
         dir,
     })
+}
+
+/// The recipe file: a regular file of at most 1 MiB (a device or FIFO would never end).
+fn read_recipe_text(file: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    // Checked before opening (opening a FIFO blocks) and again on what was opened.
+    if !std::fs::metadata(file)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let f = std::fs::File::open(file)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    f.take(MAX + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(text)
 }
 
 /// Parse and validate recipe text; `path` only names the file in errors.

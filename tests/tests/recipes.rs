@@ -1,5 +1,7 @@
 //! Bad recipes: each gives one line naming the problem and a non-zero exit, and writes nothing.
 
+use std::path::Path;
+
 use dcr_tests::*;
 
 struct Case {
@@ -195,4 +197,128 @@ fn not_a_recipe_at_all() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("image.toml"), "{err}");
+}
+
+/// Run dcr-build; kill it if it has not finished in `secs` (the old behaviour on a device or
+/// FIFO input was to hang, reading without end).
+fn run_dcr_build_within(args: &[&str], secs: u64) -> std::process::Output {
+    let mut child = std::process::Command::new(dcr_build())
+        .args(args)
+        .current_dir(workspace())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dcr-build");
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() > secs {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dcr-build {args:?} still running after {secs} s (reading a device or FIFO?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A recipe whose `contract` or workload `file` is `special`: one error line naming the
+/// input (the recipe field) and the path, quickly, and nothing written.
+fn special_input(tag: &str, which: &str, special: &Path, expect: &[&str]) {
+    let t = TempDir::new(tag);
+    let wf = t.path().join("overlap.bin");
+    std::fs::write(&wf, b"workload").unwrap();
+    let mut text = portable_recipe(&wf, &sha256_hex(b"workload"));
+    if which == "contract" {
+        let start = text.find("contract = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        text = format!(
+            "{}contract = \"{}\"{}",
+            &text[..start],
+            special.display(),
+            &text[end..]
+        );
+    } else {
+        text = text.replace(wf.to_str().unwrap(), special.to_str().unwrap());
+    }
+    std::fs::write(t.path().join("image.toml"), text).unwrap();
+    let out = t.path().join("out");
+    let o = run_dcr_build_within(
+        &[
+            "image",
+            t.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        60,
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("error: "), "{err}");
+    for needle in expect {
+        assert!(last.contains(needle), "{needle:?} not in {last:?}");
+    }
+    assert!(!out.join("image.efi").exists());
+}
+
+#[test]
+fn contract_is_a_device() {
+    special_input(
+        "contract-dev-zero",
+        "contract",
+        Path::new("/dev/zero"),
+        &["input contract", "/dev/zero", "character device"],
+    );
+}
+
+#[test]
+fn contract_over_1_mib() {
+    let t = TempDir::new("contract-big");
+    let big = t.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; (1 << 20) + 1]).unwrap();
+    special_input(
+        "contract-big",
+        "contract",
+        &big,
+        &[
+            "input contract",
+            "big.toml",
+            "over the limit of 1048576 bytes",
+        ],
+    );
+}
+
+#[test]
+fn workload_file_is_a_fifo_or_device() {
+    let t = TempDir::new("workload-fifo");
+    let fifo = t.path().join("workload.fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    special_input(
+        "workload-fifo",
+        "workload",
+        &fifo,
+        &["workload:", "workloads.file", "workload.fifo", "FIFO"],
+    );
+    special_input(
+        "workload-dev",
+        "workload",
+        Path::new("/dev/zero"),
+        &["workloads.file", "/dev/zero", "character device"],
+    );
+}
+
+#[test]
+fn recipe_is_a_device() {
+    let o = run_dcr_build_within(&["image", "/dev/zero"], 60);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
 }

@@ -12,6 +12,11 @@ use crate::keys::{HpkePublic, SigningPublic};
 
 pub const VERSION: u32 = 1;
 
+/// Upper bounds of the workload limits: the guest computes `MiB << 20` in u64 and arms
+/// timers in seconds; these keep every value meaningful (1 TiB, one week).
+pub const MAX_MIB: u64 = 1 << 20;
+pub const MAX_SECS: u64 = 7 * 24 * 3600;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContractError {
     #[error("contract: {0}")]
@@ -264,6 +269,12 @@ impl Contract {
                     "malformed or duplicate",
                 ));
             }
+            if d.key_id.starts_with("dcr.") {
+                return Err(field(
+                    format!("datasets[{i}].key_id"),
+                    "key ids starting with \"dcr.\" are reserved for the service",
+                ));
+            }
             if !id_ok(&d.blob) {
                 return Err(field(
                     format!("datasets[{i}].blob"),
@@ -297,14 +308,17 @@ impl Contract {
                 }
             }
             let l = &w.limits;
-            for (n, v) in [
-                ("timeout_secs", l.timeout_secs),
-                ("cpu_secs", l.cpu_secs),
-                ("memory_mib", l.memory_mib),
-                ("output_mib", l.output_mib),
+            for (n, v, max) in [
+                ("timeout_secs", l.timeout_secs, MAX_SECS),
+                ("cpu_secs", l.cpu_secs, MAX_SECS),
+                ("memory_mib", l.memory_mib, MAX_MIB),
+                ("output_mib", l.output_mib, MAX_MIB),
             ] {
-                if v == 0 {
-                    return Err(field(format!("workloads[{i}].limits.{n}"), "must be > 0"));
+                if v == 0 || v > max {
+                    return Err(field(
+                        format!("workloads[{i}].limits.{n}"),
+                        format!("{v}: must be 1 to {max}"),
+                    ));
                 }
             }
         }
@@ -319,9 +333,24 @@ impl Contract {
         if !id_ok(&self.output.blob) {
             return Err(field("output.blob", "must be 1-64 of [A-Za-z0-9._-]"));
         }
+        if let Some(i) = self
+            .datasets
+            .iter()
+            .position(|d| d.blob == self.output.blob)
+        {
+            return Err(field(
+                "output.blob",
+                format!(
+                    "{:?} is datasets[{i}].blob (the output must not overwrite an input)",
+                    self.output.blob
+                ),
+            ));
+        }
         if self.recipients.is_empty() {
             return Err(field("recipients", "at least one recipient"));
         }
+        let mut recipient_parties = BTreeSet::new();
+        let mut recipient_keys = BTreeSet::new();
         for (i, r) in self.recipients.iter().enumerate() {
             if !parties.contains(r.party.as_str()) {
                 return Err(field(
@@ -329,17 +358,27 @@ impl Contract {
                     format!("{:?} is not a party", r.party),
                 ));
             }
-            HpkePublic::from_text(&r.hpke_public_key)
+            if !recipient_parties.insert(r.party.as_str()) {
+                return Err(field(
+                    format!("recipients[{i}].party"),
+                    format!("{:?} is a recipient twice", r.party),
+                ));
+            }
+            let k = HpkePublic::from_text(&r.hpke_public_key)
                 .map_err(|e| field(format!("recipients[{i}].hpke_public_key"), e.to_string()))?;
+            if !recipient_keys.insert(k.to_text()) {
+                return Err(field(
+                    format!("recipients[{i}].hpke_public_key"),
+                    "the same key as an earlier recipient",
+                ));
+            }
         }
-        if !(self.service.url.starts_with("http://") || self.service.url.starts_with("https://")) {
+        check_service_url(&self.service.url).map_err(|r| field("service.url", r))?;
+        if self.service.deadline_secs == 0 || self.service.deadline_secs > MAX_SECS {
             return Err(field(
-                "service.url",
-                "expected http://host:port or https://…",
+                "service.deadline_secs",
+                format!("{}: must be 1 to {MAX_SECS}", self.service.deadline_secs),
             ));
-        }
-        if self.service.deadline_secs == 0 {
-            return Err(field("service.deadline_secs", "must be > 0"));
         }
         SigningPublic::from_text(&self.service.signing_key)
             .map_err(|e| field("service.signing_key", e.to_string()))?;
@@ -364,6 +403,53 @@ impl Contract {
         }
         Ok(())
     }
+}
+
+/// `http://host:port` or `https://host:port`, optionally followed by a path: a host name, an
+/// IPv4 address or a bracketed IPv6 address, and a port 1-65535.
+fn check_service_url(url: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected http://host:port or https://host:port";
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:.80}: {EXPECTED}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if path
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "{url:.80}: the path must be plain (no query, fragment or spaces)"
+        ));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:.80}: no port; {EXPECTED}"))?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    if !host_ok {
+        return Err(format!("{url:.80}: bad or missing host; {EXPECTED}"));
+    }
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && matches!(port.parse::<u32>(), Ok(1..=65535));
+    if !port_ok {
+        return Err(format!("{url:.80}: port must be 1-65535; {EXPECTED}"));
+    }
+    Ok(())
 }
 
 /// Canonical JSON: objects with keys sorted by their UTF-8 bytes, no whitespace, serde_json's
@@ -396,5 +482,194 @@ pub fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
             out.push(b']');
         }
         other => out.extend_from_slice(serde_json::to_string(other).expect("scalar").as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> String {
+        let k1 = format!("x25519:{}", "11".repeat(32));
+        let k2 = format!("x25519:{}", "22".repeat(32));
+        let sk = crate::keys::SigningSecret::generate(&mut rand_core::OsRng)
+            .public()
+            .to_text();
+        format!(
+            r#"version = 1
+name = "t"
+expires = "2099-01-01T00:00:00Z"
+platforms = ["tpm"]
+parties = [{{ id = "a", name = "A" }}, {{ id = "b", name = "B" }}]
+datasets = [{{ id = "users", owner = "a", key_id = "users-key", blob = "users.sealed" }}]
+network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
+[[workloads]]
+name = "w"
+sha256 = "{w}"
+inputs = ["users"]
+limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
+[output]
+min_group_size = 50
+columns = [{{ name = "segment", kind = "label", max_len = 32 }}, {{ name = "count", kind = "count" }}]
+blob = "result.sealed"
+[[recipients]]
+party = "a"
+hpke_public_key = "{k1}"
+[[recipients]]
+party = "b"
+hpke_public_key = "{k2}"
+[service]
+url = "http://10.0.2.2:8443"
+signing_key = "{sk}"
+deadline_secs = 60
+"#,
+            w = "ab".repeat(32)
+        )
+    }
+
+    /// The contract with `from` replaced by `to` must be refused naming `field_name`.
+    fn refused(from: &str, to: &str, field_name: &str) {
+        let g = good();
+        assert!(g.contains(from), "{from}");
+        let text = g.replacen(from, to, 1);
+        match Contract::from_toml(&text) {
+            Err(ContractError::Field { field: f, reason }) => {
+                assert_eq!(f, field_name, "{to}: {reason}");
+                assert!(!reason.contains('\n'));
+            }
+            other => panic!("{to}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_good_contract_passes() {
+        Contract::from_toml(&good()).unwrap();
+        for url in [
+            "https://kms.example.com:443",
+            "http://[::1]:8443",
+            "http://10.0.2.2:8443/",
+            "https://proxy.example:8443/dcr",
+        ] {
+            let t = good().replace("http://10.0.2.2:8443", url);
+            Contract::from_toml(&t).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    #[test]
+    fn limits_that_overflow_in_the_guest_are_refused() {
+        let big = (u64::MAX >> 20) + 1;
+        refused(
+            "memory_mib = 256",
+            &format!("memory_mib = {big}"),
+            "workloads[0].limits.memory_mib",
+        );
+        refused(
+            "memory_mib = 256",
+            "memory_mib = 1048577",
+            "workloads[0].limits.memory_mib",
+        );
+        refused(
+            "output_mib = 16",
+            &format!("output_mib = {big}"),
+            "workloads[0].limits.output_mib",
+        );
+        refused(
+            "timeout_secs = 60",
+            "timeout_secs = 604801",
+            "workloads[0].limits.timeout_secs",
+        );
+        refused(
+            "cpu_secs = 60",
+            &format!("cpu_secs = {}", i64::MAX),
+            "workloads[0].limits.cpu_secs",
+        );
+        refused(
+            "deadline_secs = 60",
+            "deadline_secs = 604801",
+            "service.deadline_secs",
+        );
+        let max = good().replace("memory_mib = 256", "memory_mib = 1048576");
+        Contract::from_toml(&max).unwrap();
+    }
+
+    #[test]
+    fn output_columns_are_a_strict_schema() {
+        // An unknown field in a column, an unknown kind, a second count column, no count.
+        let g = good();
+        for (from, to) in [
+            ("kind = \"count\" }", "kind = \"count\", pattern = \".*\" }"),
+            ("kind = \"count\" }", "kind = \"text\" }"),
+        ] {
+            assert!(Contract::from_toml(&g.replacen(from, to, 1)).is_err(), "{to}");
+        }
+        refused(
+            "{ name = \"segment\", kind = \"label\", max_len = 32 }",
+            "{ name = \"segment\", kind = \"count\" }",
+            "output.columns",
+        );
+        refused(
+            "{ name = \"count\", kind = \"count\" }",
+            "{ name = \"count\", kind = \"integer\", min = 0, max = 9 }",
+            "output.columns",
+        );
+        refused("max_len = 32", "max_len = 0", "output.columns[0].max_len");
+    }
+
+    #[test]
+    fn an_output_blob_equal_to_a_dataset_blob_is_refused() {
+        refused(
+            "blob = \"result.sealed\"",
+            "blob = \"users.sealed\"",
+            "output.blob",
+        );
+    }
+
+    #[test]
+    fn a_reserved_dataset_key_id_is_refused() {
+        refused(
+            "key_id = \"users-key\"",
+            "key_id = \"dcr.upload-token\"",
+            "datasets[0].key_id",
+        );
+    }
+
+    #[test]
+    fn duplicate_recipients_are_refused() {
+        refused("party = \"b\"", "party = \"a\"", "recipients[1].party");
+        let k1 = format!("x25519:{}", "11".repeat(32));
+        let k2 = format!("x25519:{}", "22".repeat(32));
+        refused(&k2, &k1, "recipients[1].hpke_public_key");
+    }
+
+    #[test]
+    fn impossible_dates_are_refused() {
+        for bad in [
+            "2030-02-31T00:00:00Z",
+            "2099-01-01T00:00:00.x1Z",
+            "2099-13-01T00:00:00Z",
+        ] {
+            refused("2099-01-01T00:00:00Z", bad, "expires");
+        }
+    }
+
+    #[test]
+    fn service_urls_without_host_and_port_are_refused() {
+        for bad in [
+            "http://",
+            "https://",
+            "http://:8443",
+            "http://host",
+            "http://host:",
+            "http://host:0",
+            "http://host:65536",
+            "http://host:99999999999",
+            "http://host:+80",
+            "http://ho st:80",
+            "http://host:80?x=1",
+            "ftp://host:21",
+            "http://[nothex]:80",
+        ] {
+            refused("http://10.0.2.2:8443", bad, "service.url");
+        }
     }
 }

@@ -11,30 +11,58 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` (or `+00:00`) → Unix seconds; `None` if malformed.
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+/// Days in month `m` (1-12) of year `y`.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Exactly `n` ASCII digits as a number.
+fn digits(s: &str, n: usize) -> Option<i64> {
+    if s.len() != n || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` (or `+00:00`) → Unix seconds; `None` if malformed or not a
+/// real date (day of month checked, leap years included; `frac` is 1-9 digits, ignored).
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let t = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
     let (date, time) = t.split_once(['T', 't'])?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    let time = time.split('.').next().unwrap_or(time);
-    let h: Vec<i64> = time
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if d.len() != 3
-        || h.len() != 3
-        || !(1..=12).contains(&d[1])
-        || !(1..=31).contains(&d[2])
-        || !(0..=23).contains(&h[0])
-        || !(0..=59).contains(&h[1])
-        || !(0..=60).contains(&h[2])
+    let d: Vec<&str> = date.split('-').collect();
+    let (time, frac) = match time.split_once('.') {
+        Some((t, f)) => (t, Some(f)),
+        None => (time, None),
+    };
+    if let Some(f) = frac {
+        if f.is_empty() || f.len() > 9 || !f.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let h: Vec<&str> = time.split(':').collect();
+    if d.len() != 3 || h.len() != 3 {
+        return None;
+    }
+    let (y, mo, day) = (digits(d[0], 4)?, digits(d[1], 2)?, digits(d[2], 2)?);
+    let (hh, mm, ss) = (digits(h[0], 2)?, digits(h[1], 2)?, digits(h[2], 2)?);
+    if !(1..=12).contains(&mo)
+        || !(1..=days_in_month(y, mo)).contains(&day)
+        || !(0..=23).contains(&hh)
+        || !(0..=59).contains(&mm)
+        || !(0..=60).contains(&ss)
     {
         return None;
     }
-    let secs = days_from_civil(d[0], d[1], d[2]) * 86400 + h[0] * 3600 + h[1] * 60 + h[2];
+    let secs = days_from_civil(y, mo, day) * 86400 + hh * 3600 + mm * 60 + ss;
     u64::try_from(secs).ok()
 }
 
@@ -78,5 +106,34 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn impossible_dates_and_garbage_fractions_are_refused() {
+        for bad in [
+            "2030-02-31T00:00:00Z",
+            "2030-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2030-04-31T00:00:00Z",
+            "2030-01-00T00:00:00Z",
+            "2030-01-01T00:00:00.Z",
+            "2030-01-01T00:00:00.12abZ",
+            "2030-01-01T00:00:00.-1Z",
+            "2030-01-01T00:00:00.1234567890Z",
+            "2030-01-01T00:00:00.1.2Z",
+            "+2030-01-01T00:00:00Z",
+            "2030-1-01T00:00:00Z",
+            "2030-01-01T0:00:00Z",
+            "2030-01-01T00:00:+1Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert!(parse_rfc3339("2028-02-29T00:00:00Z").is_some());
+        assert!(parse_rfc3339("2000-02-29T23:59:59Z").is_some());
+        assert_eq!(
+            parse_rfc3339("2026-01-01T00:00:00.123456789Z"),
+            Some(1767225600)
+        );
+        assert_eq!(parse_rfc3339("2026-01-01t00:00:00+00:00"), Some(1767225600));
     }
 }

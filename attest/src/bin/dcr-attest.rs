@@ -48,6 +48,28 @@ enum Cmd {
         /// Lifetime of a challenge nonce.
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         nonce_ttl: u64,
+        /// Outstanding challenges in all (a full table evicts unused ones).
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        max_challenges: usize,
+        /// Outstanding challenges per client (IPv4 address or IPv6 /64); a client's next one
+        /// evicts its oldest.
+        #[arg(long, value_name = "N", default_value_t = 256)]
+        max_challenges_per_ip: usize,
+        /// Open connections in all (more are closed on accept).
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        max_connections: usize,
+        /// Open connections per client (IPv4 address or IPv6 /64).
+        #[arg(long, value_name = "N", default_value_t = 128)]
+        max_connections_per_ip: usize,
+        /// Time for a request's headers to arrive (also the idle limit between requests).
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        header_timeout: u64,
+        /// Time for a JSON request's body to arrive; the longest pause in a blob upload.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        body_timeout: u64,
+        /// The longest a response write may make no progress (client not reading).
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        write_timeout: u64,
     },
     /// Make a recipient key pair (HPKE X25519): <DIR>/<NAME>.key (0600) and <DIR>/<NAME>.pub.
     Keygen {
@@ -436,6 +458,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             tpm_ak,
             tdx_collateral,
             nonce_ttl,
+            max_challenges,
+            max_challenges_per_ip,
+            max_connections,
+            max_connections_per_ip,
+            header_timeout,
+            body_timeout,
+            write_timeout,
         } => {
             use dcr_attest::service;
             let certs = |flag: &str, ps: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
@@ -470,7 +499,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     None => None,
                 },
                 nonce_ttl_secs: nonce_ttl,
-                max_sessions: 100_000,
+                max_sessions: max_challenges,
+                max_sessions_per_client: max_challenges_per_ip,
+                limits: service::net::Limits {
+                    max_connections: max_connections.max(1),
+                    max_connections_per_ip: max_connections_per_ip.max(1),
+                    header_timeout: std::time::Duration::from_secs(header_timeout.max(1)),
+                    body_timeout: std::time::Duration::from_secs(body_timeout.max(1)),
+                    write_timeout: std::time::Duration::from_secs(write_timeout.max(1)),
+                },
             };
             service::serve(cfg)?;
             return Ok(ExitCode::SUCCESS);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State as AxState};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,7 +54,32 @@ pub fn router(state: St) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(axum::middleware::map_response(too_large_as_json))
         .with_state(state)
+}
+
+/// axum answers a body over the limit with a plain-text 413; the API answers in JSON.
+async fn too_large_as_json(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request bodies are limited to 1048576 bytes",
+        )
+        .into_response();
+    }
+    r
+}
+
+/// `n` lowercase hex digits (session ids: 32, digests: 64).
+fn is_hex(s: &str, n: usize) -> bool {
+    s.len() == n
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// An API error: status + stable code + one-line message.
@@ -161,7 +186,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal>
     serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))
 }
 
-async fn challenge(AxState(st): AxState<St>, body: Bytes) -> Result<Response, Refusal> {
+async fn challenge(
+    AxState(st): AxState<St>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
     let req: ChallengeRequest = parse_json(&body)?;
     let now = unix_now();
     let mut nonce = [0u8; 32];
@@ -186,28 +215,18 @@ async fn challenge(AxState(st): AxState<St>, body: Bytes) -> Result<Response, Re
         }
     }
     let expires_at = now + st.cfg.nonce_ttl_secs;
-    {
-        let mut s = st.sessions.lock().expect("sessions lock");
-        if s.len() >= st.cfg.max_sessions {
-            s.retain(|_, v| v.expires_at >= now);
-            if s.len() >= st.cfg.max_sessions {
-                return Err(refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "too many outstanding challenges",
-                ));
-            }
-        }
-        s.insert(
-            session_id.clone(),
-            Session {
-                tee: req.tee,
-                nonce,
-                expires_at,
-                activation,
-            },
-        );
-    }
+    // Bounded per client; a full table evicts unused sessions (service/sessions.rs).
+    st.sessions.lock().expect("sessions lock").insert(
+        peer.ip(),
+        session_id.clone(),
+        Session {
+            tee: req.tee,
+            nonce,
+            expires_at,
+            activation,
+        },
+        now,
+    );
     Ok(Json(Challenge {
         session_id,
         nonce: hex::encode(nonce),
@@ -527,6 +546,13 @@ async fn decide(
     audit: &mut Map<String, Value>,
 ) -> Result<Response, Refusal> {
     let req: AttestRequest = parse_json(body)?;
+    // Validate before anything of the request goes into the audit log.
+    if !is_hex(&req.session_id, 32) {
+        return Err(bad("session_id: expected 32 lowercase hex digits"));
+    }
+    if !is_hex(&req.contract_digest, 64) {
+        return Err(bad("contract_digest: expected 64 lowercase hex digits"));
+    }
     let now = unix_now();
     audit.insert("session_id".into(), req.session_id.clone().into());
     audit.insert("tee".into(), req.tee.as_str().into());
@@ -561,7 +587,7 @@ async fn decide(
                 forbidden(
                     "unknown_session",
                     format!(
-                        "no challenge {} (expired long ago, or never issued)",
+                        "no challenge {} (expired, evicted unused, or never issued)",
                         req.session_id
                     ),
                 )
@@ -814,8 +840,8 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
     audit.insert("party".into(), party.clone().into());
     let r = async {
         let req: RegisterRequest = parse_json(&body)?;
-        audit.insert("key_id".into(), req.key_id.clone().into());
         dcr_protocol::seal::check_key_id(&req.key_id).map_err(|e| bad(e.to_string()))?;
+        audit.insert("key_id".into(), req.key_id.clone().into());
         if req.key_id.starts_with("dcr.") {
             return Err(bad("key ids starting with \"dcr.\" are reserved"));
         }

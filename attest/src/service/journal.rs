@@ -12,7 +12,7 @@
 //! spend was lost.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -68,10 +68,81 @@ pub struct Job {
     pub reply: tokio::sync::oneshot::Sender<Result<Outcome, String>>,
 }
 
+/// The store, replaceable: after an I/O error (a full disk) redb refuses every later
+/// operation until the database is reopened. Whoever meets an error closes the failed
+/// instance; the next user opens a fresh one (which fails again while the disk is full).
+struct StoreCell {
+    slot: std::sync::RwLock<Option<std::sync::Arc<redb::Database>>>,
+    path: PathBuf,
+}
+
+type Store = std::sync::Arc<StoreCell>;
+
+impl StoreCell {
+    /// The open database, opened first if a failed one was closed.
+    fn get(&self) -> Result<std::sync::Arc<redb::Database>, String> {
+        if let Some(db) = self.slot.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(db);
+        }
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.clone() {
+            return Ok(db);
+        }
+        let db = std::sync::Arc::new(
+            redb::Database::create(&self.path)
+                .map_err(|e| format!("reopening {}: {e}", self.path.display()))?,
+        );
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Close `failed` (unless someone already replaced it), waiting briefly for the readers
+    /// that still hold it.
+    fn reset(&self, failed: std::sync::Arc<redb::Database>) {
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        let same = slot
+            .as_ref()
+            .is_some_and(|cur| std::sync::Arc::ptr_eq(cur, &failed));
+        drop(failed);
+        if !same {
+            return;
+        }
+        if let Some(old) = slot.take() {
+            let t0 = std::time::Instant::now();
+            while std::sync::Arc::strong_count(&old) > 1
+                && t0.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Run `f` on the database; after an error, once more on a reopened one (the error may
+    /// be the latch of an earlier failure rather than a new one).
+    fn with<T, E: std::fmt::Display>(
+        &self,
+        mut f: impl FnMut(&redb::Database) -> Result<T, E>,
+    ) -> Result<T, String> {
+        let db = self.get()?;
+        match f(&db) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                self.reset(db);
+                let db = self.get()?;
+                f(&db).map_err(|e| {
+                    let msg = e.to_string();
+                    self.reset(db);
+                    msg
+                })
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Job>,
-    pub db: std::sync::Arc<redb::Database>,
+    db: Store,
 }
 
 /// Where the audit log stands after recovery.
@@ -79,11 +150,26 @@ pub struct Journal {
 pub struct AuditState {
     pub records: u64,
     pub last_hash: [u8; 32],
-    /// Bytes of a torn last line removed at start (only after a power loss mid-write).
+    /// Length of the log up to and including the last good record.
+    pub len: u64,
+    /// Bytes of a torn or corrupt tail moved out of the log at start (after a crash or a
+    /// failed write mid-record), and the quarantine file now holding them.
     pub truncated: u64,
+    pub quarantine: Option<PathBuf>,
 }
 
-/// Read the audit log, check every line parses and chains, drop a torn (newline-less) tail.
+/// Is this line an audit record at all (a JSON object with a `seq`)? Used to tell a corrupt
+/// tail (nothing recognisable after the first bad line) from corruption in the middle.
+fn looks_like_record(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .map(|v| v.get("seq").is_some())
+        .unwrap_or(false)
+}
+
+/// Read the audit log and check every line parses and chains. A torn or corrupt tail — the
+/// bytes after the last good, chain-valid record, when no record follows the first bad line —
+/// is moved to `audit.log.torn-<n>` and cut off the log. Anything else wrong (a bad line with
+/// records after it) refuses: those records were acknowledged and must not be dropped.
 pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
     let err = |reason: String| JournalError::Audit {
         path: path.to_path_buf(),
@@ -92,43 +178,101 @@ pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
     let mut state = AuditState {
         records: 0,
         last_hash: [0u8; 32],
+        len: 0,
         truncated: 0,
+        quarantine: None,
     };
-    let Ok(bytes) = std::fs::read(path) else {
-        return Ok(state);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+        Err(e) => return Err(err(e.to_string())),
     };
-    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    for (i, line) in bytes[..whole].lines().enumerate() {
-        let line = line.map_err(|e| err(format!("line {}: {e}", i + 1)))?;
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| err(format!("line {}: not JSON: {e}", i + 1)))?;
+    let mut pos = 0usize;
+    let mut bad: Option<(u64, String)> = None;
+    while pos < bytes.len() {
+        let line_no = state.records + 1;
+        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            bad = Some((line_no, "no newline (torn write)".into()));
+            break;
+        };
+        let line = &bytes[pos..pos + nl];
+        let v: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                bad = Some((line_no, format!("not JSON: {e}")));
+                break;
+            }
+        };
         let prev = v["prev"].as_str().unwrap_or_default();
         if prev != hex::encode(state.last_hash) {
-            return Err(err(format!(
-                "line {}: hash chain broken (prev {prev})",
-                i + 1
-            )));
+            bad = Some((line_no, format!("hash chain broken (prev {prev:.64})")));
+            break;
         }
         if v["seq"].as_u64() != Some(state.records + 1) {
-            return Err(err(format!(
-                "line {}: seq {} out of order",
-                i + 1,
-                v["seq"]
-            )));
+            bad = Some((
+                line_no,
+                format!("seq {:.32} out of order", v["seq"].to_string()),
+            ));
+            break;
         }
         state.records += 1;
-        state.last_hash = Sha256::digest(line.as_bytes()).into();
+        state.last_hash = Sha256::digest(line).into();
+        pos += nl + 1;
     }
-    if whole < bytes.len() {
-        state.truncated = (bytes.len() - whole) as u64;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| err(e.to_string()))?;
-        f.set_len(whole as u64).map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
+    state.len = pos as u64;
+    let Some((line_no, why)) = bad else {
+        return Ok(state);
+    };
+    let tail = &bytes[pos..];
+    let later = tail
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter(|l| looks_like_record(l))
+        .count();
+    if later > 0 {
+        return Err(err(format!(
+            "line {line_no}: {why}, and {later} record(s) follow it: corruption in the middle \
+             of the log, not a torn tail (refusing to start; inspect the file)"
+        )));
     }
+    // Quarantine the tail (never overwrite an earlier quarantine file), then cut it off.
+    let mut n = 1u32;
+    let (qpath, mut q) = loop {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".torn-{n}"));
+        let qp = PathBuf::from(name);
+        match OpenOptions::new().write(true).create_new(true).open(&qp) {
+            Ok(f) => break (qp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100_000 => n += 1,
+            Err(e) => return Err(err(format!("quarantine {}: {e}", qp.display()))),
+        }
+    };
+    q.write_all(tail)
+        .and_then(|_| q.sync_all())
+        .map_err(|e| err(format!("quarantine {}: {e}", qpath.display())))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
+    f.set_len(state.len).map_err(|e| err(e.to_string()))?;
+    f.sync_all().map_err(|e| err(e.to_string()))?;
+    state.truncated = tail.len() as u64;
+    state.quarantine = Some(qpath);
     Ok(state)
+}
+
+fn sync_dir(dir: &Path) {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 impl Journal {
@@ -157,11 +301,17 @@ impl Journal {
                 path: audit_path.clone(),
                 reason: e.to_string(),
             })?;
-        let db = std::sync::Arc::new(db);
+        let db: Store = std::sync::Arc::new(StoreCell {
+            slot: std::sync::RwLock::new(Some(std::sync::Arc::new(db))),
+            path: db_path.clone(),
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let committer = Committer {
             db: db.clone(),
             file,
+            path: audit_path.clone(),
+            len: state.len,
+            dirty: false,
             seq: state.records,
             prev: state.last_hash,
         };
@@ -187,34 +337,85 @@ impl Journal {
 
     /// All registered key records (key id, record bytes).
     pub fn keys(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
-        let r = self.db.begin_read().map_err(|e| e.to_string())?;
-        let t = r.open_table(KEYS).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for e in t.iter().map_err(|e| e.to_string())? {
-            let (k, v) = e.map_err(|e| e.to_string())?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.db.with(|db| -> Result<_, String> {
+            let r = db.begin_read().map_err(|e| e.to_string())?;
+            let t = r.open_table(KEYS).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for e in t.iter().map_err(|e| e.to_string())? {
+                let (k, v) = e.map_err(|e| e.to_string())?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     pub fn is_spent(&self, key_id: &str) -> Result<bool, String> {
-        let r = self.db.begin_read().map_err(|e| e.to_string())?;
-        let t = r.open_table(SPENT).map_err(|e| e.to_string())?;
-        Ok(t.get(key_id).map_err(|e| e.to_string())?.is_some())
+        self.db.with(|db| -> Result<_, String> {
+            let r = db.begin_read().map_err(|e| e.to_string())?;
+            let t = r.open_table(SPENT).map_err(|e| e.to_string())?;
+            Ok(t.get(key_id).map_err(|e| e.to_string())?.is_some())
+        })
     }
 
     pub fn upload(&self, token_hash: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {
-        let r = self.db.begin_read().map_err(|e| e.to_string())?;
-        let t = r.open_table(UPLOADS).map_err(|e| e.to_string())?;
-        Ok(t.get(token_hash)
-            .map_err(|e| e.to_string())?
-            .map(|v| v.value().to_vec()))
+        self.db.with(|db| -> Result<_, String> {
+            let r = db.begin_read().map_err(|e| e.to_string())?;
+            let t = r.open_table(UPLOADS).map_err(|e| e.to_string())?;
+            Ok(t.get(token_hash)
+                .map_err(|e| e.to_string())?
+                .map(|v| v.value().to_vec()))
+        })
+    }
+}
+
+/// Longest string kept in an audit field (`message`: [`MAX_MESSAGE`]); longer ones are cut
+/// (at a character boundary) and marked with `…`, so a request cannot grow the log by more
+/// than a bounded amount whatever it sends.
+pub const MAX_FIELD: usize = 128;
+pub const MAX_MESSAGE: usize = 512;
+
+fn bound_str(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
+/// Bound every string (and array) in an audit record.
+pub fn bound_record(m: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    for (k, v) in m.iter_mut() {
+        let max = if k == "message" {
+            MAX_MESSAGE
+        } else {
+            MAX_FIELD
+        };
+        match v {
+            Value::String(s) => bound_str(s, max),
+            Value::Array(a) => {
+                for x in a.iter_mut() {
+                    if let Value::String(s) = x {
+                        bound_str(s, MAX_FIELD);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
 struct Committer {
-    db: std::sync::Arc<redb::Database>,
+    db: Store,
     file: File,
+    path: PathBuf,
+    /// Length of the log up to the last record known to be on disk.
+    len: u64,
+    /// A failed write may have left bytes after `len` that could not be cut off yet.
+    dirty: bool,
     seq: u64,
     prev: [u8; 32],
 }
@@ -234,22 +435,40 @@ impl Committer {
     }
 
     fn batch(&mut self, mut jobs: Vec<Job>) {
-        let outcomes = match self.apply(&mut jobs) {
-            Ok(o) => o,
-            Err(e) => {
+        // A batch of refusals only (no store change) does not touch the store.
+        let outcomes = if jobs.iter().all(|j| matches!(j.op, Op::None)) {
+            jobs.iter().map(|_| Outcome::Done).collect()
+        } else {
+            // Nothing is committed when a transaction fails (and redb refuses everything
+            // after an I/O error until reopened, which `with` does).
+            let db = self.db.clone();
+            let applied = db.with(|db| Self::apply(db, &mut jobs));
+            match applied {
+                Ok(o) => o,
+                Err(e) => {
+                    for j in jobs {
+                        let _ = j.reply.send(Err(format!("store: {e}")));
+                    }
+                    return;
+                }
+            }
+        };
+        if self.dirty {
+            if let Err(e) = self.cut_back() {
                 for j in jobs {
-                    let _ = j.reply.send(Err(format!("store: {e}")));
+                    let _ = j.reply.send(Err(format!("audit log: {e}")));
                 }
                 return;
             }
-        };
+        }
         let mut buf = Vec::new();
         let (seq0, prev0) = (self.seq, self.prev);
         for j in &mut jobs {
             self.seq += 1;
+            bound_record(&mut j.audit);
             j.audit.insert("seq".into(), self.seq.into());
             j.audit.insert("prev".into(), hex::encode(self.prev).into());
-            let line = serde_json::to_string(&j.audit).expect("audit record serializes");
+            let line = serde_json::to_string(&j.audit).unwrap_or_default();
             self.prev = Sha256::digest(line.as_bytes()).into();
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
@@ -259,22 +478,41 @@ impl Committer {
             .write_all(&buf)
             .and_then(|_| self.file.sync_data());
         if let Err(e) = written {
-            // Nothing is acknowledged; the next batch continues the chain from the last
-            // record known to be on disk (a torn tail is dropped at the next start).
+            // Nothing is acknowledged. Cut the log back to the last record known to be on
+            // disk (a partial write must not be continued by the next batch), and continue
+            // the chain from that record.
             self.seq = seq0;
             self.prev = prev0;
+            self.dirty = true;
+            let cut = match self.cut_back() {
+                Ok(()) => String::new(),
+                Err(c) => format!(" (and {c})"),
+            };
             for j in jobs {
-                let _ = j.reply.send(Err(format!("audit log: {e}")));
+                let _ = j
+                    .reply
+                    .send(Err(format!("audit log {}: {e}{cut}", self.path.display())));
             }
             return;
         }
+        self.len += buf.len() as u64;
         for (j, o) in jobs.into_iter().zip(outcomes) {
             let _ = j.reply.send(Ok(o));
         }
     }
 
-    fn apply(&mut self, jobs: &mut [Job]) -> Result<Vec<Outcome>, redb::Error> {
-        let w = self.db.begin_write()?;
+    /// ftruncate the log to the last good record (a shrink needs no free space).
+    fn cut_back(&mut self) -> Result<(), String> {
+        self.file
+            .set_len(self.len)
+            .and_then(|_| self.file.sync_all())
+            .map_err(|e| format!("truncating back to {} bytes failed: {e}", self.len))?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn apply(db: &redb::Database, jobs: &mut [Job]) -> Result<Vec<Outcome>, redb::Error> {
+        let w = db.begin_write()?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         {
             let mut keys = w.open_table(KEYS)?;
@@ -348,5 +586,121 @@ impl Committer {
         }
         w.commit()?;
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let d = std::env::temp_dir().join(format!("dcr-journal-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `n` chained records as the committer writes them.
+    fn chain(n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut prev = [0u8; 32];
+        for seq in 1..=n {
+            let line = serde_json::json!({
+                "seq": seq, "prev": hex::encode(prev), "time": 1, "kind": "release",
+                "decision": "refuse", "code": "unknown_session",
+            })
+            .to_string();
+            prev = Sha256::digest(line.as_bytes()).into();
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    #[test]
+    fn torn_tail_is_quarantined_and_cut() {
+        let d = temp_dir("torn");
+        let log = d.join("audit.log");
+        let good = chain(3);
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(b"{\"seq\":4,\"prev\":\"ab");
+        std::fs::write(&log, &bytes).unwrap();
+        let st = recover_audit(&log).unwrap();
+        assert_eq!(st.records, 3);
+        assert_eq!(st.len, good.len() as u64);
+        assert_eq!(std::fs::read(&log).unwrap(), good);
+        let q = st.quarantine.expect("quarantined");
+        assert_eq!(q, d.join("audit.log.torn-1"));
+        assert_eq!(std::fs::read(&q).unwrap(), b"{\"seq\":4,\"prev\":\"ab");
+        // A second torn tail goes to the next quarantine file; the first is kept.
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(b"garbage\n\0\0\0");
+        std::fs::write(&log, &bytes).unwrap();
+        let st = recover_audit(&log).unwrap();
+        assert_eq!(st.quarantine, Some(d.join("audit.log.torn-2")));
+        assert!(d.join("audit.log.torn-1").exists());
+        assert_eq!(std::fs::read(&log).unwrap(), good);
+        // A clean log is left alone.
+        let st = recover_audit(&log).unwrap();
+        assert_eq!((st.records, st.quarantine), (3, None));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corrupt_last_record_is_quarantined() {
+        let d = temp_dir("corrupt-last");
+        let log = d.join("audit.log");
+        let mut bytes = chain(3);
+        // The last record's bytes damaged (still a JSON line, chain broken).
+        let n = bytes.len();
+        bytes[n - 3] = b'X';
+        std::fs::write(&log, &bytes).unwrap();
+        let st = recover_audit(&log).unwrap();
+        assert_eq!(st.records, 2);
+        assert!(st.quarantine.is_some());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corruption_in_the_middle_refuses() {
+        let d = temp_dir("middle");
+        let log = d.join("audit.log");
+        // What the old committer left after ENOSPC: a torn record, the next record appended
+        // on the same line, then more records.
+        let good = chain(5);
+        let lines: Vec<&[u8]> = good.split(|&b| b == b'\n').collect();
+        let mut bytes = Vec::new();
+        for l in &lines[..2] {
+            bytes.extend_from_slice(l);
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(&lines[2][..10]);
+        for l in &lines[2..5] {
+            bytes.extend_from_slice(l);
+            bytes.push(b'\n');
+        }
+        std::fs::write(&log, &bytes).unwrap();
+        let e = recover_audit(&log).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("middle"), "{e}");
+        assert!(!e.contains('\n'));
+        assert_eq!(std::fs::read(&log).unwrap(), bytes, "nothing changed");
+        // A flipped byte in an early record: refused too.
+        let mut bytes = chain(4);
+        bytes[20] ^= 1;
+        std::fs::write(&log, &bytes).unwrap();
+        assert!(recover_audit(&log).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn audit_fields_are_bounded() {
+        let mut m = serde_json::Map::new();
+        m.insert("session_id".into(), "é".repeat(1 << 19).into());
+        m.insert("message".into(), "x".repeat(1 << 20).into());
+        m.insert("keys".into(), serde_json::json!(["k".repeat(1000)]));
+        bound_record(&mut m);
+        assert!(serde_json::to_string(&m).unwrap().len() < 1024);
     }
 }

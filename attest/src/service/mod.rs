@@ -11,6 +11,8 @@ mod contracts;
 mod http;
 mod policy;
 pub mod journal;
+pub mod net;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,7 +62,11 @@ pub struct Config {
     /// dcap-qvl collateral bundle for TDX quotes.
     pub tdx_collateral: Option<Vec<u8>>,
     pub nonce_ttl_secs: u64,
+    /// Outstanding challenges in all, and per client (IPv4 address or IPv6 /64).
     pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+    /// Connection limits and timeouts of the listener.
+    pub limits: net::Limits,
 }
 
 /// Read `party:token` lines (tokens at least 16 characters; `#` comments).
@@ -245,7 +251,7 @@ pub struct State {
     pub cfg: Config,
     pub keys: Keys,
     pub journal: journal::Journal,
-    pub sessions: Mutex<HashMap<String, Session>>,
+    pub sessions: Mutex<sessions::Sessions>,
     /// Session ids already used, until they would have expired (to name replays).
     pub used: Mutex<HashMap<String, u64>>,
 }
@@ -261,23 +267,48 @@ pub fn unix_now() -> u64 {
 pub fn serve(cfg: Config) -> Result<(), ServiceError> {
     let keys = load_or_create_keys(&cfg.data_dir)?;
     let (journal, audit) = journal::Journal::open(&cfg.data_dir)?;
+    if let Some(q) = &audit.quarantine {
+        eprintln!(
+            "dcr-attest serve: audit.log: moved a torn or corrupt {}-byte tail after record {} to {}",
+            audit.truncated,
+            audit.records,
+            q.display()
+        );
+    }
     eprintln!(
-        "dcr-attest serve: data dir {}, {} audit records{}, signing key {}",
+        "dcr-attest serve: data dir {}, {} audit records, signing key {}",
         cfg.data_dir.display(),
         audit.records,
-        if audit.truncated > 0 {
-            format!(" (dropped a torn {}-byte tail)", audit.truncated)
-        } else {
-            String::new()
-        },
         keys.signing.public().to_text()
     );
+    let removed = remove_blob_temps(&cfg.data_dir)?;
+    if removed > 0 {
+        eprintln!(
+            "dcr-attest serve: removed {removed} unfinished blob upload(s) (.tmp-*) from {}",
+            cfg.data_dir.join("blobs").display()
+        );
+    }
     let listen = cfg.listen;
+    let mut limits = cfg.limits.clone();
+    // Leave room for the store, the log, blobs being written and the listener itself.
+    if let Some(nofile) = net::open_files_limit() {
+        let room = nofile.saturating_sub(64).max(1);
+        if limits.max_connections > room {
+            eprintln!(
+                "dcr-attest serve: --max-connections {} lowered to {room} (open files limit {nofile})",
+                limits.max_connections
+            );
+            limits.max_connections = room;
+        }
+    }
     let state = std::sync::Arc::new(State {
+        sessions: Mutex::new(sessions::Sessions::new(
+            cfg.max_sessions,
+            cfg.max_sessions_per_client,
+        )),
         cfg,
         keys,
         journal,
-        sessions: Mutex::new(HashMap::new()),
         used: Mutex::new(HashMap::new()),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -295,17 +326,39 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         println!("listening on http://{local}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            })
-            .await
-            .map_err(|e| file_err(Path::new(&listen.to_string()), e))
+        net::serve(listener, router(state), limits, async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await;
+        Ok(())
     })
+}
+
+/// Remove `.tmp-*` files in `DIR/blobs` (uploads cut short by a crash; a finished upload is
+/// linked under its name before its temporary file is removed). Returns how many.
+pub fn remove_blob_temps(data_dir: &Path) -> Result<usize, ServiceError> {
+    let dir = data_dir.join("blobs");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(file_err(&dir, e)),
+    };
+    let mut n = 0;
+    for e in rd {
+        let e = e.map_err(|e| file_err(&dir, e))?;
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            std::fs::remove_file(e.path()).map_err(|err| file_err(&e.path(), err))?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
