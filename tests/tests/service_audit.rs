@@ -18,6 +18,7 @@ fn refusal(svc: &Service, i: usize) -> (u16, serde_json::Value) {
         &serde_json::json!({
             "session_id": format!("{i:032x}"), "tee": "snp",
             "hpke_public_key": format!("x25519:{}", "11".repeat(32)),
+            "result_key": format!("ed25519:{}", "22".repeat(32)),
             "contract_digest": "00".repeat(32), "evidence": {},
         }),
     )

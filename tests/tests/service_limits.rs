@@ -242,6 +242,7 @@ fn a_challenge_flood_does_not_deny_or_evict_another_clients_challenge() {
         &serde_json::json!({
             "session_id": ch["session_id"], "tee": "snp",
             "hpke_public_key": format!("x25519:{}", "11".repeat(32)),
+            "result_key": format!("ed25519:{}", "22".repeat(32)),
             "contract_digest": "00".repeat(32), "evidence": {"report": "", "vcek": ""},
         }),
     );
@@ -274,6 +275,7 @@ fn oversized_request_fields_add_little_to_the_audit_log() {
     let ok = serde_json::json!({
         "session_id": "0".repeat(32), "tee": "snp",
         "hpke_public_key": format!("x25519:{}", "11".repeat(32)),
+        "result_key": format!("ed25519:{}", "22".repeat(32)),
         "contract_digest": "00".repeat(32), "evidence": {},
     });
     let mut cases = Vec::new();
@@ -298,7 +300,11 @@ fn oversized_request_fields_add_little_to_the_audit_log() {
     let before = size();
     let name = "b".repeat(60 * 1000);
     let (st, _) = c
-        .request("PUT", &format!("/v1/blobs/{name}"), b"x")
+        .request(
+            "PUT",
+            &format!("/v1/contracts/{}/blobs/{name}", "ab".repeat(32)),
+            b"x",
+        )
         .unwrap();
     assert_eq!(st, 400);
     let grew = size() - before;
