@@ -113,7 +113,9 @@ impl Room {
         let pcrs: Vec<(u32, String)> = tpm.pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect();
         std::fs::write(d.join("measurements.json"), tpm_reference(&pcrs).to_string()).unwrap();
         for (k, party) in [("pub-1", "publisher"), ("adv-1", "advertiser"), ("pub-2", "x")] {
-            std::fs::write(d.join(format!("{party}-{k}.plain")), format!("{k} rows\n")).unwrap();
+            // Over the 1 MiB JSON body limit: blob uploads stream, whatever their size.
+            let rows: String = (0..150_000).map(|i| format!("{k},{i:08}\n")).collect();
+            std::fs::write(d.join(format!("{party}-{k}.plain")), rows).unwrap();
             ok(&cli(
                 &d,
                 &[

@@ -1112,26 +1112,29 @@ async fn put_blob(
     body: Body,
 ) -> Response {
     let mut audit = audit_base("blob");
-    if let Err(r) = blob_path_ok(&digest, &name) {
-        return audited(&st, audit, r).await.into_response();
-    }
-    audit.insert("contract_digest".into(), digest.clone().into());
-    audit.insert("blob".into(), name.clone().into());
-    let contract = match contracts::load(&st.cfg.data_dir, &digest) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            let r = refuse(
-                StatusCode::NOT_FOUND,
-                "unknown_contract",
-                format!("contract {digest} is not registered (a party registers a key with it first)"),
-            );
+    let checked = (|| {
+        blob_path_ok(&digest, &name)?;
+        audit.insert("contract_digest".into(), digest.clone().into());
+        audit.insert("blob".into(), name.clone().into());
+        let contract = contracts::load(&st.cfg.data_dir, &digest)
+            .map_err(|e| internal(e.to_string()))?
+            .ok_or_else(|| {
+                refuse(
+                    StatusCode::NOT_FOUND,
+                    "unknown_contract",
+                    format!("contract {digest} is not registered (a party registers a key with it first)"),
+                )
+            })?;
+        blob_writer(&st, &headers, &contract, &digest, &name, &mut audit)
+    })();
+    let who = match checked {
+        Ok(w) => w,
+        Err(r) => {
+            // Read (and drop) what the client is still sending, up to a bound, so that it
+            // reads this answer instead of a broken pipe.
+            drain(body, 64 << 20).await;
             return audited(&st, audit, r).await.into_response();
         }
-        Err(e) => return audited(&st, audit, internal(e.to_string())).await.into_response(),
-    };
-    let who = match blob_writer(&st, &headers, &contract, &digest, &name, &mut audit) {
-        Ok(w) => w,
-        Err(r) => return audited(&st, audit, r).await.into_response(),
     };
     let root = st.cfg.data_dir.join("blobs");
     let dir = contracts::blob_dir(&st.cfg.data_dir, &digest);
@@ -1185,6 +1188,19 @@ async fn put_blob(
             unauthorized("upload token already used").into_response()
         }
         Err(e) => internal(format!("journal: {e}")).into_response(),
+    }
+}
+
+/// Read and discard up to `limit` bytes of a request body (the listener bounds stalls).
+async fn drain(body: Body, limit: u64) {
+    use futures_util::StreamExt;
+    let mut s = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(Ok(chunk)) = s.next().await {
+        n += chunk.len() as u64;
+        if n > limit {
+            break;
+        }
     }
 }
 

@@ -167,7 +167,7 @@ async fn handle(
     let mut req = req.map(Body::new);
     req.extensions_mut().insert(ConnectInfo(peer));
     let (parts, body) = req.into_parts();
-    let body = if parts.uri.path().starts_with("/v1/blobs/") {
+    let body = if is_blob_path(parts.uri.path()) {
         stall_limited(body, limits.body_timeout)
     } else {
         match tokio::time::timeout(limits.body_timeout, read_json_body(body)).await {
@@ -188,6 +188,15 @@ async fn handle(
     let req = Request::from_parts(parts, body);
     let mut router = router;
     Ok(router.call(req).await.unwrap_or_else(|e| match e {}))
+}
+
+/// `/v1/contracts/{digest}/blobs/{name}`: a blob body (streamed, any size), not JSON.
+fn is_blob_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(""), Some("v1"), Some("contracts"), Some(_), Some("blobs"), Some(_), None)
+    )
 }
 
 /// A JSON route's body: at most [`MAX_JSON`] bytes.
