@@ -276,6 +276,26 @@ pub fn open_result(
 pub struct Client {
     pub url: String,
     agent: ureq::Agent,
+    /// Allow bearer tokens over plain HTTP to a host that is not loopback.
+    pub insecure_http: bool,
+}
+
+/// Whether `url` is `http://` to a loopback host (127.0.0.0/8, ::1, localhost).
+pub fn is_plain_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 fn api_error(url: &str, status: u16, body: &[u8]) -> PartyError {
@@ -293,6 +313,7 @@ fn api_error(url: &str, status: u16, body: &[u8]) -> PartyError {
 }
 
 impl Client {
+    /// A client for an `http://` service (an `https://` one needs [`Client::pinned`]).
     pub fn new(url: &str) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -302,7 +323,52 @@ impl Client {
         Client {
             url: url.trim_end_matches('/').to_string(),
             agent,
+            insecure_http: false,
         }
+    }
+
+    /// A client for the service `pinned` describes: for an `https://` URL it trusts exactly
+    /// the certificate in `pinned.tls_certificate` (no CA, no system roots).
+    pub fn pinned(url: &str, pinned: &ServiceInfo) -> Result<Self, PartyError> {
+        if !url.starts_with("https://") {
+            return Ok(Client::new(url));
+        }
+        let der = pinned
+            .tls_certificate
+            .as_deref()
+            .and_then(|c| base64::engine::general_purpose::STANDARD.decode(c).ok())
+            .ok_or_else(|| {
+                PartyError::Format(format!(
+                    "{url}: https needs the service's certificate in the pinned service.pub.json (tls_certificate: serve with --tls-listen)"
+                ))
+            })?;
+        let cert = ureq::tls::Certificate::from_der(&der).to_owned();
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(600)))
+            .tls_config(tls)
+            .build()
+            .new_agent();
+        Ok(Client {
+            url: url.trim_end_matches('/').to_string(),
+            agent,
+            insecure_http: false,
+        })
+    }
+
+    /// Bearer tokens travel only over TLS or to this machine, unless `insecure_http`.
+    fn token_transport_ok(&self) -> Result<(), PartyError> {
+        if self.url.starts_with("https://") || is_plain_loopback(&self.url) || self.insecure_http {
+            return Ok(());
+        }
+        Err(PartyError::Format(format!(
+            "refusing to send a party token over plain HTTP to {} (anyone on the path could read and reuse it): use the service's https:// listener (dcr-attest serve --tls-listen) with the pinned service.pub.json, or --insecure-http",
+            self.url
+        )))
     }
 
     fn http(&self, e: impl std::fmt::Display) -> PartyError {
@@ -337,6 +403,7 @@ impl Client {
             .post(&format!("{}{path}", self.url))
             .header("content-type", "application/json");
         if let Some(t) = token {
+            self.token_transport_ok()?;
             req = req.header("authorization", &format!("Bearer {t}"));
         }
         let resp = req
@@ -434,6 +501,9 @@ impl Client {
         name: &str,
         file: &Path,
     ) -> Result<u64, PartyError> {
+        if auth.starts_with("Bearer ") {
+            self.token_transport_ok()?;
+        }
         let f = std::fs::File::open(file).map_err(|e| ferr(file, e))?;
         let len = f.metadata().map_err(|e| ferr(file, e))?.len();
         let resp = self
@@ -519,5 +589,27 @@ mod tests {
         assert_eq!(mode, 0o600, "{mode:o}");
         assert_eq!(std::fs::read(d.join("out")).unwrap(), b"the rows");
         let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::is_plain_loopback as f;
+
+    #[test]
+    fn tokens_go_in_clear_only_to_this_machine() {
+        for ok in ["http://127.0.0.1:8443", "http://127.9.9.9", "http://localhost:1/v1", "http://[::1]:80"] {
+            assert!(f(ok), "{ok}");
+        }
+        for no in [
+            "http://10.0.2.2:8443",
+            "http://192.168.1.5",
+            "http://example.com:80",
+            "http://127.0.0.1.example.com",
+            "https://127.0.0.1:1",
+            "http://[::ffff:10.0.0.1]:1",
+        ] {
+            assert!(!f(no), "{no}");
+        }
     }
 }

@@ -578,3 +578,124 @@ fn snp_keys_carry_a_minimum_tcb() {
     );
     refused_with(&o, "--snp-min-tcb");
 }
+
+/// `dcr-attest serve` with a TLS listener: (child, http url, https url).
+fn start_tls_service(data: &Path) -> (std::process::Child, String, String) {
+    let mut child = Command::new(dcr_attest())
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(["--tokens"])
+        .arg(data.parent().unwrap().join("tokens"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let mut a = String::new();
+    let mut b = String::new();
+    r.read_line(&mut a).unwrap();
+    r.read_line(&mut b).unwrap();
+    let http = a.trim().strip_prefix("listening on ").unwrap().to_string();
+    let https = b.trim().strip_prefix("listening on ").unwrap().to_string();
+    assert!(https.starts_with("https://127.0.0.1:"), "{b}");
+    (child, http, https)
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn parties_talk_tls_to_the_pinned_certificate_only() {
+    let r = Room::new("sec-tls");
+    let data = r.d.join("tls-svc");
+    let (child, _http, https) = start_tls_service(&data);
+    let _k = Kill(child);
+    let pubf = data.join("service.pub.json");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&pubf).unwrap()).unwrap();
+    assert!(info["tls_certificate"].is_string(), "{info}");
+    // The contract pins this service's signing key.
+    let signing = info["signing_key"].as_str().unwrap();
+    let text = std::fs::read_to_string(r.d.join("contract.toml"))
+        .unwrap()
+        .replace(&r.info.signing_key, signing);
+    std::fs::write(r.d.join("tls-contract.toml"), text).unwrap();
+
+    // An independent client: curl trusts the certificate the service wrote (and only with it).
+    if require_tools("parties_talk_tls_to_the_pinned_certificate_only", &["curl"]) {
+        let o = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(data.join("tls.crt"))
+            .arg(format!("{https}/v1/service"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(got, info);
+        let o = Command::new("curl")
+            .args(["-sS", &format!("{https}/v1/service")])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "curl without the pinned certificate must not trust it");
+    }
+
+    let register = |pubf: &Path, url: &str| {
+        cli(
+            &r.d,
+            &[
+                "register", "--service", url, "--service-pub", pubf.to_str().unwrap(),
+                "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "tls-contract.toml",
+                "--reference", "measurements.json", "--platform", "tpm",
+            ],
+        )
+    };
+    // A service.pub.json whose certificate is another service's: the TLS handshake fails
+    // before any token is sent.
+    let other_data = r.d.join("tls-other");
+    let (child2, _, _) = start_tls_service(&other_data);
+    let _k2 = Kill(child2);
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other_data.join("service.pub.json")).unwrap()).unwrap();
+    forged["signing_key"] = info["signing_key"].clone();
+    forged["registration_key"] = info["registration_key"].clone();
+    std::fs::write(r.d.join("forged.pub.json"), forged.to_string()).unwrap();
+    let o = register(&r.d.join("forged.pub.json"), &https);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let e = stderr(&o).to_lowercase();
+    assert!(e.contains("certificate") || e.contains("tls") || e.contains("invalid"), "{e}");
+    // A pinned file without a certificate cannot be used for https.
+    let mut bare = info.clone();
+    bare.as_object_mut().unwrap().remove("tls_certificate");
+    std::fs::write(r.d.join("bare.pub.json"), bare.to_string()).unwrap();
+    refused_with(&register(&r.d.join("bare.pub.json"), &https), "tls_certificate");
+
+    // The pinned certificate: registration, upload and download over TLS.
+    ok(&register(&pubf, &https));
+    ok(&cli(
+        &r.d,
+        &[
+            "put", "--service", &https, "--service-pub", pubf.to_str().unwrap(), "--token-file",
+            "publisher.token", "--contract", "tls-contract.toml", "--name", "pub.sealed", "--in", "pub-1.sealed",
+        ],
+    ));
+    let o = cli(
+        &r.d,
+        &["get", "--service", &https, "--contract", "tls-contract.toml", "--name", "pub.sealed", "--out", "x.sealed"],
+    );
+    refused_with(&o, "--service-pub");
+    ok(&cli(
+        &r.d,
+        &[
+            "get", "--service", &https, "--service-pub", pubf.to_str().unwrap(), "--contract",
+            "tls-contract.toml", "--name", "pub.sealed", "--out", "tls-got.sealed",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(r.d.join("tls-got.sealed")).unwrap(),
+        std::fs::read(r.d.join("pub-1.sealed")).unwrap()
+    );
+}

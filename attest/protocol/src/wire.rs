@@ -285,6 +285,10 @@ pub struct ServiceInfo {
     pub signing_key: String,
     /// `x25519:<hex>`: parties wrap DEKs to it at registration.
     pub registration_key: String,
+    /// The service's TLS certificate (DER, standard base64) when it has a TLS listener: the
+    /// parties' client trusts exactly this certificate for `https://` service URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<String>,
 }
 
 /// Every error response: a stable code and a one-line message.

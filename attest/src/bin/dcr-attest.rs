@@ -30,6 +30,15 @@ enum Cmd {
         /// Address to listen on (port 0: any free port; the chosen one is printed).
         #[arg(long, value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,
+        /// A second listener speaking TLS, for the parties (their bearer tokens and blobs never
+        /// cross the network in clear). The certificate is made on first start and published in
+        /// service.pub.json, which parties pin.
+        #[arg(long, value_name = "ADDR:PORT")]
+        tls_listen: Option<std::net::SocketAddr>,
+        /// A DNS name or IP address the parties reach the TLS listener by (repeat) [default:
+        /// localhost, 127.0.0.1 and the --tls-listen address].
+        #[arg(long, value_name = "NAME", requires = "tls_listen")]
+        tls_name: Vec<String>,
         /// Bearer tokens of the parties, `party:token` per line (writes need one).
         #[arg(long, value_name = "PATH")]
         tokens: Option<PathBuf>,
@@ -145,6 +154,9 @@ enum Cmd {
         /// bl=4,tee=0,snp=24,ucode=219 (docs/protocol.md); products not named are refused.
         #[arg(long, value_name = "PRODUCT:LEVEL")]
         snp_min_tcb: Vec<String>,
+        /// Send the party token over plain HTTP to a host that is not this machine.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Upload a blob (sealed data) of a contract to the service (only its dataset's owner may).
     Put {
@@ -159,6 +171,13 @@ enum Cmd {
         name: String,
         #[arg(long = "in", value_name = "PATH")]
         input: PathBuf,
+        /// The service's public keys (service.pub.json): needed for an https:// service,
+        /// whose certificate it pins.
+        #[arg(long, value_name = "PATH")]
+        service_pub: Option<PathBuf>,
+        /// Send the party token over plain HTTP to a host that is not this machine.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Download a blob of a contract from the service.
     Get {
@@ -171,6 +190,9 @@ enum Cmd {
         name: String,
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
+        /// The service's public keys (service.pub.json): needed for an https:// service.
+        #[arg(long, value_name = "PATH")]
+        service_pub: Option<PathBuf>,
     },
     /// Check a contract (TOML) and print its digest; --canonical-out writes the packed form.
     Contract {
@@ -399,6 +421,21 @@ fn verification_time(at: &Option<String>) -> anyhow::Result<u64> {
 }
 
 /// A 48-byte hex value at `measurements.<platform>.<field>` of a measurements.json.
+/// The service client: an https:// service needs its pinned service.pub.json.
+fn client_for(service: &str, service_pub: Option<&Path>) -> anyhow::Result<dcr_attest::parties::Client> {
+    match service_pub {
+        Some(p) => {
+            let pinned: dcr_protocol::wire::ServiceInfo = serde_json::from_slice(&read("--service-pub", p)?)
+                .with_context(|| format!("--service-pub {}", p.display()))?;
+            Ok(dcr_attest::parties::Client::pinned(service, &pinned)?)
+        }
+        None if service.starts_with("https://") => {
+            anyhow::bail!("--service {service}: https needs --service-pub (the pinned service.pub.json with its certificate)")
+        }
+        None => Ok(dcr_attest::parties::Client::new(service)),
+    }
+}
+
 /// A contract (TOML), checked.
 fn read_contract(path: &Path) -> anyhow::Result<dcr_protocol::contract::Contract> {
     let text = std::fs::read_to_string(path)
@@ -452,6 +489,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Serve {
             data_dir,
             listen,
+            tls_listen,
+            tls_name,
             tokens,
             tpm_ek_root,
             tpm_ek_intermediate,
@@ -508,6 +547,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     body_timeout: std::time::Duration::from_secs(body_timeout.max(1)),
                     write_timeout: std::time::Duration::from_secs(write_timeout.max(1)),
                 },
+                tls_names: match tls_listen {
+                    Some(a) if tls_name.is_empty() => {
+                        let mut n = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                        if !a.ip().is_unspecified() {
+                            n.push(a.ip().to_string());
+                        }
+                        n
+                    }
+                    _ => tls_name,
+                },
+                tls_listen,
             };
             service::serve(cfg)?;
             return Ok(ExitCode::SUCCESS);
@@ -562,6 +612,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             single_use,
             expires,
             snp_min_tcb,
+            insecure_http,
         } => {
             use dcr_protocol::wire::{ReleasePolicy, ServiceInfo, SnpMinTcb, TcbLevel, Tee};
             let pinned: ServiceInfo = serde_json::from_slice(&read("--service-pub", &service_pub)?)
@@ -625,7 +676,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 expires: expires.unwrap_or_else(|| c.expires.clone()),
                 snp_min_tcb: min_tcb,
             };
-            let receipt = dcr_attest::parties::Client::new(&service).register(
+            let mut client = dcr_attest::parties::Client::pinned(&service, &pinned)?;
+            client.insecure_http = insecure_http;
+            let receipt = client.register(
                 token.trim(),
                 &pinned,
                 &key_id,
@@ -648,11 +701,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
             contract,
             name,
             input,
+            service_pub,
+            insecure_http,
         } => {
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("--token-file {}", token_file.display()))?;
             let c = read_contract(&contract)?;
-            let n = dcr_attest::parties::Client::new(&service).put_blob(
+            let mut client = client_for(&service, service_pub.as_deref())?;
+            client.insecure_http = insecure_http;
+            let n = client.put_blob(
                 &format!("Bearer {}", token.trim()),
                 &hex::encode(c.digest()),
                 &name,
@@ -666,9 +723,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             contract,
             name,
             out,
+            service_pub,
         } => {
             let c = read_contract(&contract)?;
-            let n = dcr_attest::parties::Client::new(&service).get_blob(
+            let n = client_for(&service, service_pub.as_deref())?.get_blob(
                 &hex::encode(c.digest()),
                 &name,
                 &out,

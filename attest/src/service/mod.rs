@@ -10,6 +10,7 @@
 mod contracts;
 mod http;
 mod policy;
+mod tls;
 pub mod journal;
 pub mod net;
 pub mod sessions;
@@ -67,6 +68,9 @@ pub struct Config {
     pub max_sessions_per_client: usize,
     /// Connection limits and timeouts of the listener.
     pub limits: net::Limits,
+    /// A second listener speaking TLS (the parties' one), with its certificate's names.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_names: Vec<String>,
 }
 
 /// Read `party:token` lines (tokens at least 16 characters; `#` comments).
@@ -104,6 +108,8 @@ pub struct Keys {
     pub registration: HpkeSecret,
     /// Encrypts DEKs at rest in the store (AES-256-GCM).
     pub master: Zeroizing<[u8; 32]>,
+    /// The TLS listener's certificate (DER), published in service.pub.json for pinning.
+    pub tls_cert: Option<Vec<u8>>,
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), ServiceError> {
@@ -128,7 +134,7 @@ fn read_secret(path: &Path) -> Result<Option<Zeroizing<String>>, ServiceError> {
     }
 }
 
-pub fn load_or_create_keys(dir: &Path) -> Result<Keys, ServiceError> {
+pub fn load_or_create_keys(dir: &Path, tls_cert: Option<&[u8]>) -> Result<Keys, ServiceError> {
     std::fs::create_dir_all(dir.join("blobs")).map_err(|e| file_err(dir, e))?;
     let sp = dir.join("signing.key");
     let signing = match read_secret(&sp)? {
@@ -169,6 +175,7 @@ pub fn load_or_create_keys(dir: &Path) -> Result<Keys, ServiceError> {
         signing,
         registration,
         master,
+        tls_cert: tls_cert.map(<[u8]>::to_vec),
     };
     let info = keys.info();
     let pub_path = dir.join("service.pub.json");
@@ -182,9 +189,14 @@ pub fn load_or_create_keys(dir: &Path) -> Result<Keys, ServiceError> {
 
 impl Keys {
     pub fn info(&self) -> ServiceInfo {
+        use base64::Engine;
         ServiceInfo {
             signing_key: self.signing.public().to_text(),
             registration_key: self.registration.public().to_text(),
+            tls_certificate: self
+                .tls_cert
+                .as_ref()
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
         }
     }
 
@@ -265,7 +277,14 @@ pub fn unix_now() -> u64 {
 
 /// Open the data dir (keys, store, audit log) and serve until SIGINT/SIGTERM.
 pub fn serve(cfg: Config) -> Result<(), ServiceError> {
-    let keys = load_or_create_keys(&cfg.data_dir)?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| file_err(&cfg.data_dir, e))?;
+    let tls = match cfg.tls_listen {
+        Some(_) => Some(tls::load_or_create(&cfg.data_dir, &cfg.tls_names)?),
+        None => None,
+    };
+    let keys = load_or_create_keys(&cfg.data_dir, tls.as_ref().map(|t| t.cert_der.as_slice()))?;
+    let acceptor = tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls_listen = cfg.tls_listen;
     let (journal, audit) = journal::Journal::open(&cfg.data_dir)?;
     if let Some(q) = &audit.quarantine {
         eprintln!(
@@ -322,23 +341,49 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         let local = listener
             .local_addr()
             .map_err(|e| file_err(Path::new(&listen.to_string()), e))?;
+        let tls_listener = match tls_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| file_err(Path::new(&a.to_string()), e))?,
+            ),
+            None => None,
+        };
         // The port line is what scripts wait for (with --listen 127.0.0.1:0).
         println!("listening on http://{local}");
+        if let Some(l) = &tls_listener {
+            let a = l
+                .local_addr()
+                .map_err(|e| file_err(Path::new("--tls-listen"), e))?;
+            println!("listening on https://{a}");
+        }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        net::serve(listener, router(state), limits, async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let app = router(state);
+        let plain = net::serve(listener, app.clone(), limits.clone(), None, stopped(stop_rx.clone()));
+        let secure = async {
+            if let (Some(l), Some(acc)) = (tls_listener, acceptor) {
+                net::serve(l, app.clone(), limits.clone(), Some(acc), stopped(stop_rx.clone())).await;
             }
-        })
-        .await;
+        };
+        let signal = async move {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(plain, secure, signal);
         Ok(())
     })
 }

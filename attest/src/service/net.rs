@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use dcr_protocol::wire::ApiError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower_service::Service as _;
 
 use super::sessions::client_key;
@@ -96,6 +96,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let total = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -130,30 +131,54 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let limits = limits.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ip_guard = ip_guard;
-            let l = limits.clone();
-            let svc =
-                hyper::service::service_fn(move |req| handle(router.clone(), peer, l.clone(), req));
-            let io = hyper_util::rt::TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let conn = b.serve_connection(io, svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = stop.changed() => {}
+            let stream = WriteTimeout::new(stream, limits.write_timeout);
+            match tls {
+                None => connection(stream, router, peer, limits, stop).await,
+                Some(acc) => {
+                    // The handshake is bounded like a request's headers.
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(limits.header_timeout, acc.accept(stream)).await
+                    {
+                        connection(s, router, peer, limits, stop).await
+                    }
+                }
             }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
         });
     }
     let _ = stop_tx.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(10), total.acquire_many(all)).await;
+}
+
+/// Serve HTTP/1 on one connection (plain or TLS) until it ends or the service stops.
+async fn connection<S>(
+    stream: S,
+    router: Router,
+    peer: SocketAddr,
+    limits: Arc<Limits>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let l = limits.clone();
+    let svc = hyper::service::service_fn(move |req| handle(router.clone(), peer, l.clone(), req));
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = b.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.changed() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// One request: the peer address for the handlers, the body read under its limits, then the
@@ -243,15 +268,15 @@ fn stall_limited(body: Body, stall: Duration) -> Body {
 
 /// A TCP stream whose writes fail once they have made no progress for `timeout` (a client
 /// that stopped reading). Reads are bounded by the header and body timeouts instead.
-struct WriteTimeout {
-    inner: TcpStream,
+struct WriteTimeout<S> {
+    inner: S,
     timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
     armed: bool,
 }
 
-impl WriteTimeout {
-    fn new(inner: TcpStream, timeout: Duration) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> WriteTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
         WriteTimeout {
             inner,
             timeout,
@@ -288,7 +313,7 @@ impl WriteTimeout {
     }
 }
 
-impl AsyncRead for WriteTimeout {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WriteTimeout<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -298,7 +323,7 @@ impl AsyncRead for WriteTimeout {
     }
 }
 
-impl AsyncWrite for WriteTimeout {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
