@@ -2,14 +2,16 @@
 # The main job, end to end, on this machine:
 #  1. install what is missing; build dcr-build, dcr-attest and the data generator;
 #  2. manufacture a vTPM with an EK certificate (swtpm_setup + a private swtpm-localca);
-#  3. start the key-release service (dcr-attest serve) on loopback;
+#  3. start the key-release service (dcr-attest serve) on loopback: plain HTTP for the TEE,
+#     TLS for the parties (its certificate pinned through service.pub.json);
 #  4. the parties make recipient keys; the contract gets their keys and the service's
 #     signing key; dcr-build builds the image with that contract and shows its measurements;
 #  5. each party generates its dataset (deterministic, ROWS rows), seals it, registers its key
 #     with the image's reference values, and uploads the sealed data;
 #  6. the UKI boots under OVMF + swtpm (QEMU TCG): guest-init attests, gets the keys, runs
 #     the join, seals the aggregates to both parties, uploads them, powers off;
-#  7. the publisher fetches and opens the result and prints it.
+#  7. the publisher fetches the result, checks its proof (an attested TEE of this contract
+#     signed it) while opening it, and prints it.
 # Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,17 +57,21 @@ printf 'publisher:%s\nadvertiser:%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 
 sed -n 's/^publisher://p' tokens > keys/publisher.token
 sed -n 's/^advertiser://p' tokens > keys/advertiser.token
 umask 022
-"$bin/dcr-attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tokens tokens \
-  --tpm-ek-root ca/swtpm-localca-rootca-cert.pem --tpm-ek-intermediate ca/issuercert.pem \
+# Two listeners: plain HTTP for the TEE (everything it exchanges is bound and signed) and TLS
+# for the parties (their tokens and blobs), whose certificate they pin via service.pub.json.
+"$bin/dcr-attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+  --tokens tokens --tpm-ek-root ca/swtpm-localca-rootca-cert.pem --tpm-ek-intermediate ca/issuercert.pem \
   > service.out 2> service.log &
 svc_pid=$!
 trap 'kill $svc_pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q '^listening on' service.out 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^listening on //p' service.out)
-[ -n "$url" ] || die "the key-release service did not start within 10 s: $(tr '\n' ' ' < service.log)"
+for _ in $(seq 100); do grep -q '^listening on https' service.out 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^listening on \(http:.*\)/\1/p' service.out)
+party_url=$(sed -n 's/^listening on \(https:.*\)/\1/p' service.out)
+[ -n "$url" ] && [ -n "$party_url" ] ||
+  die "the key-release service did not start within 10 s: $(tr '\n' ' ' < service.log)"
 port=${url##*:}
 signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' service/service.pub.json)
-echo "service $url, signing key $signing"
+echo "service $url (TEE), $party_url (parties, pinned certificate), signing key $signing"
 
 step "the parties' keys and the contract"
 pub_key=$("$bin/dcr-attest" keygen --out-dir keys --name publisher)
@@ -94,10 +100,11 @@ for party in publisher advertiser; do
     advertiser) key_id=advertiser-conversions-1; blob=advertiser-conversions.sealed ;;
   esac
   "$bin/dcr-attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
-  "$bin/dcr-attest" register --service "$url" --service-pub service/service.pub.json \
+  "$bin/dcr-attest" register --service "$party_url" --service-pub service/service.pub.json \
     --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
     --reference image/measurements.json --platform tpm
-  "$bin/dcr-attest" put --service "$url" --token-file "keys/$party.token" --contract contract.toml \
+  "$bin/dcr-attest" put --service "$party_url" --service-pub service/service.pub.json \
+    --token-file "keys/$party.token" --contract contract.toml \
     --name "$blob" --in "data/$party.sealed"
 done
 
@@ -107,7 +114,8 @@ step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the 
   | grep --line-buffered -E '^(dcr-init|run):' | tee console.log
 
 step "the publisher fetches and opens the result"
-"$bin/dcr-attest" get --service "$url" --contract contract.toml --name overlap-result.sealed --out result.sealed
+"$bin/dcr-attest" get --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
+  --name overlap-result.sealed --out result.sealed
 # open checks the result's proof first: the service's signed release (key pinned in the
 # contract) names the TEE's result key, whose signature covers the sealed bytes.
 "$bin/dcr-attest" open --in result.sealed --out result.csv --key keys/publisher.key --contract contract.toml
