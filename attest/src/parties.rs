@@ -266,10 +266,24 @@ pub fn open_result(
         drop(o);
         // Anything after the sealed stream is refused by the opener; hash what is left anyway.
         std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| ferr(input, e))?;
-        let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new()).finalize().into();
+        let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new())
+            .finalize()
+            .into();
         result::check_digest(&signed_digest, &actual).map_err(|e| ferr(input, e))
     })?;
     Ok(n)
+}
+
+/// What a party registers: its DEK for a dataset key of a contract, with the release policy.
+pub struct Registration<'a> {
+    pub key_id: &'a str,
+    /// The contract's owner of that dataset (bound into the wrapping; the service checks it is
+    /// the party whose token registers).
+    pub owner: &'a str,
+    pub dek: &'a Dek,
+    pub policy: ReleasePolicy,
+    /// The contract as packed (canonical JSON).
+    pub contract_canonical: &'a [u8],
 }
 
 /// A blocking client for the service API.
@@ -431,12 +445,15 @@ impl Client {
         &self,
         token: &str,
         pinned: &ServiceInfo,
-        key_id: &str,
-        owner: &str,
-        dek: &Dek,
-        policy: ReleasePolicy,
-        contract_canonical: &[u8],
+        reg: Registration<'_>,
     ) -> Result<RegistrationReceipt, PartyError> {
+        let Registration {
+            key_id,
+            owner,
+            dek,
+            policy,
+            contract_canonical,
+        } = reg;
         let live = self.service_info()?;
         if live != *pinned {
             return Err(PartyError::Format(format!(
@@ -472,11 +489,17 @@ impl Client {
             Some(token),
             &serde_json::to_value(req).expect("json"),
         )?;
-        let bad = |why: &str| PartyError::Format(format!("service {}: registration receipt: {why}", self.url));
-        let signed: Signed = serde_json::from_slice(&body).map_err(|_| bad("not a signed receipt"))?;
-        let payload = signed
-            .verify_in(RECEIPT_DOMAIN, &signing)
-            .map_err(|_| bad(&format!("not signed by the pinned key {}", pinned.signing_key)))?;
+        let bad = |why: &str| {
+            PartyError::Format(format!("service {}: registration receipt: {why}", self.url))
+        };
+        let signed: Signed =
+            serde_json::from_slice(&body).map_err(|_| bad("not a signed receipt"))?;
+        let payload = signed.verify_in(RECEIPT_DOMAIN, &signing).map_err(|_| {
+            bad(&format!(
+                "not signed by the pinned key {}",
+                pinned.signing_key
+            ))
+        })?;
         let receipt: RegistrationReceipt =
             serde_json::from_slice(&payload).map_err(|e| bad(&e.to_string()))?;
         if receipt.key_id != key_id
@@ -521,7 +544,12 @@ impl Client {
     }
 
     /// GET a blob of a contract into a file (atomically; never overwrites).
-    pub fn get_blob(&self, contract_digest: &str, name: &str, out: &Path) -> Result<u64, PartyError> {
+    pub fn get_blob(
+        &self,
+        contract_digest: &str,
+        name: &str,
+        out: &Path,
+    ) -> Result<u64, PartyError> {
         let mut resp = self
             .agent
             .get(&format!(
@@ -598,7 +626,12 @@ mod transport_tests {
 
     #[test]
     fn tokens_go_in_clear_only_to_this_machine() {
-        for ok in ["http://127.0.0.1:8443", "http://127.9.9.9", "http://localhost:1/v1", "http://[::1]:80"] {
+        for ok in [
+            "http://127.0.0.1:8443",
+            "http://127.9.9.9",
+            "http://localhost:1/v1",
+            "http://[::1]:80",
+        ] {
             assert!(f(ok), "{ok}");
         }
         for no in [

@@ -296,8 +296,14 @@ mod tests {
         let v = m.evaluate(&Claims::Tdx { mrtd });
         assert!(!v.ok());
         let text = format!("{v:?}");
-        assert!(text.contains("reference.tdx.rtmrs") && text.contains("RTMR1/RTMR2"), "{text}");
-        assert!(v.checks.iter().any(|c| c.name == "reference.tdx.mrtd" && c.ok));
+        assert!(
+            text.contains("reference.tdx.rtmrs") && text.contains("RTMR1/RTMR2"),
+            "{text}"
+        );
+        assert!(v
+            .checks
+            .iter()
+            .any(|c| c.name == "reference.tdx.mrtd" && c.ok));
     }
 
     #[test]

@@ -231,14 +231,25 @@ mod tests {
     #[test]
     fn read_file_finds_regular_files_only() {
         let mut t = Tree::new();
-        t.add_file("etc/dcr/contract.json", b"{}".to_vec(), 0o644).unwrap();
+        t.add_file("etc/dcr/contract.json", b"{}".to_vec(), 0o644)
+            .unwrap();
         t.add_file("init", b"init".to_vec(), 0o755).unwrap();
         let a = t.to_cpio(0);
-        assert_eq!(read_file(&a, "etc/dcr/contract.json").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(
+            read_file(&a, "etc/dcr/contract.json").unwrap(),
+            Some(b"{}".to_vec())
+        );
         assert_eq!(read_file(&a, "init").unwrap(), Some(b"init".to_vec()));
-        assert_eq!(read_file(&a, "etc/dcr").unwrap(), None, "a directory is not a file");
+        assert_eq!(
+            read_file(&a, "etc/dcr").unwrap(),
+            None,
+            "a directory is not a file"
+        );
         assert_eq!(read_file(&a, "missing").unwrap(), None);
-        assert!(read_file(&a[..a.len() / 2], "missing").is_err(), "truncated archive");
+        assert!(
+            read_file(&a[..a.len() / 2], "missing").is_err(),
+            "truncated archive"
+        );
     }
 
     #[test]

@@ -189,7 +189,8 @@ pub fn preflight(out_dir: &Path, o: &RunOptions) -> Result<Preflight, RunError> 
     if !o.net {
         return Err(RunError::NeedsNet { url });
     }
-    let (host, port) = url_host_port(&url).ok_or_else(|| RunError::ServiceUrl { url: url.clone() })?;
+    let (host, port) =
+        url_host_port(&url).ok_or_else(|| RunError::ServiceUrl { url: url.clone() })?;
     let host_alias = if o.fake_imds.is_some() {
         "169.254.169.2"
     } else {
@@ -679,9 +680,20 @@ mod tests {
     fn service_url_host_and_port() {
         use super::url_host_port as f;
         assert_eq!(f("http://10.0.2.2:8443"), Some(("10.0.2.2".into(), 8443)));
-        assert_eq!(f("http://10.0.2.2:8443/v1?x"), Some(("10.0.2.2".into(), 8443)));
+        assert_eq!(
+            f("http://10.0.2.2:8443/v1?x"),
+            Some(("10.0.2.2".into(), 8443))
+        );
         assert_eq!(f("https://[::1]:9/"), Some(("::1".into(), 9)));
-        for bad in ["http://", "http://host", "http://:80", "http://h:0", "http://h:99999", "ftp://h:1", "http://u@h:1"] {
+        for bad in [
+            "http://",
+            "http://host",
+            "http://:80",
+            "http://h:0",
+            "http://h:99999",
+            "ftp://h:1",
+            "http://u@h:1",
+        ] {
             assert_eq!(f(bad), None, "{bad}");
         }
     }

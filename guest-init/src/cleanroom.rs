@@ -934,13 +934,8 @@ pub fn run(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     drop(out);
     // The result carries its proof: the service's signed release (naming this TEE's result
     // key) and this key's signature over the sealed bytes.
-    let signed = dcr_protocol::result::sign(
-        &tk.result,
-        &keys.release,
-        digest,
-        &c.output.blob,
-        &sealed,
-    );
+    let signed =
+        dcr_protocol::result::sign(&tk.result, &keys.release, digest, &c.output.blob, &sealed);
     let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
     client.call(
         "upload",

@@ -415,13 +415,18 @@ impl Room {
             if !(f.starts_with("contract-") && f.ends_with(".toml")) {
                 continue;
             }
-            let c = dcr_protocol::contract::Contract::from_toml(&std::fs::read_to_string(&p).unwrap())
-                .unwrap();
+            let c =
+                dcr_protocol::contract::Contract::from_toml(&std::fs::read_to_string(&p).unwrap())
+                    .unwrap();
             if c.output.blob == name || c.datasets.iter().any(|d| d.blob == name) {
                 found.push(p);
             }
         }
-        assert!(!found.is_empty(), "no contract in {} declares blob {name}", self.dir.display());
+        assert!(
+            !found.is_empty(),
+            "no contract in {} declares blob {name}",
+            self.dir.display()
+        );
         found.sort();
         found
     }
@@ -429,7 +434,11 @@ impl Room {
     /// The contract of this room that declares blob `name` (exactly one).
     pub fn contract_of_blob(&self, name: &str) -> PathBuf {
         let mut found = self.contracts_of_blob(name);
-        assert_eq!(found.len(), 1, "several contracts declare blob {name}: {found:?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "several contracts declare blob {name}: {found:?}"
+        );
         found.remove(0)
     }
 

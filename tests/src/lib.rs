@@ -562,3 +562,23 @@ pub fn activate_credential(dir: &Path, tcti: &str, cred: &str) -> Option<Vec<u8>
     let _ = run(&["tpm2_flushcontext", "-t"]);
     ok.then(|| std::fs::read(dir.join("act.out")).unwrap())
 }
+
+/// xorshift64*: reproducible random test cases (print the seed; `DCR_SEED` reruns one).
+pub struct Rng(pub u64);
+
+impl Rng {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn bytes(&mut self, max: u64) -> Vec<u8> {
+        let n = self.below(max + 1) as usize;
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}

@@ -87,7 +87,8 @@ pub fn release_once(
     contract_digest: &[u8; 32],
     signing: &SigningPublic,
 ) -> Result<Vec<String>, String> {
-    release_keys(agent, url, tpm, contract_digest, signing).map(|r| r.keys.into_iter().map(|(k, _)| k).collect())
+    release_keys(agent, url, tpm, contract_digest, signing)
+        .map(|r| r.keys.into_iter().map(|(k, _)| k).collect())
 }
 
 /// What a TEE holds after a release: the signed response, every released key (upload token
@@ -170,7 +171,6 @@ pub fn release_keys(
         result_key,
     })
 }
-
 
 #[derive(Debug, Default)]
 pub struct LoadStats {

@@ -138,8 +138,15 @@ fn run_refuses_before_booting_when_the_contract_needs_a_network() {
     let err = stderr(&o);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.starts_with("error: ") && err.contains("--net"), "{err}");
-    assert!(err.contains("http://10.0.2.2:8443"), "names the service URL: {err}");
-    assert!(!stdout(&o).contains("dcr-init"), "booted anyway: {}", stdout(&o));
+    assert!(
+        err.contains("http://10.0.2.2:8443"),
+        "names the service URL: {err}"
+    );
+    assert!(
+        !stdout(&o).contains("dcr-init"),
+        "booted anyway: {}",
+        stdout(&o)
+    );
     assert!(!err.contains("qemu-system"), "started qemu: {err}");
 
     // With --net but nothing listening where 10.0.2.2:8443 leads (the host's 127.0.0.1:8443):
@@ -152,7 +159,11 @@ fn run_refuses_before_booting_when_the_contract_needs_a_network() {
             assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
             let err = stderr(&o);
             assert!(err.contains("nothing answers at 127.0.0.1:8443"), "{err}");
-            assert!(!stdout(&o).contains("dcr-init"), "booted anyway: {}", stdout(&o));
+            assert!(
+                !stdout(&o).contains("dcr-init"),
+                "booted anyway: {}",
+                stdout(&o)
+            );
         }
     }
 }

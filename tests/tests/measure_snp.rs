@@ -106,25 +106,6 @@ fn debian_ovmf_vectors() {
     }
 }
 
-/// xorshift64*: reproducible random cases; the seed is printed (DCR_SEED reruns it).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, max: u64) -> Vec<u8> {
-        let n = self.below(max + 1) as usize;
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 const CPU_TYPES: [&str; 16] = [
     "EPYC",
     "EPYC-v1",

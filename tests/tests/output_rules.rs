@@ -3,44 +3,16 @@
 //! into the same rows; the outputs the review used to hide or smuggle rows are refused.
 //! Seeded random outputs and byte-level mutations of them (seed printed).
 
-use dcr_protocol::contract::{OutputColumn, OutputRules};
+use dcr_protocol::contract::OutputRules;
 use dcr_protocol::output;
 use dcr_tests::*;
 
+/// The reference contract's output rules (images/clean-room/contract.toml).
 fn rules() -> OutputRules {
-    OutputRules {
-        min_group_size: 50,
-        columns: vec![
-            OutputColumn::Label {
-                name: "segment".into(),
-                max_len: 32,
-                values: None,
-            },
-            OutputColumn::Count {
-                name: "overlap".into(),
-            },
-            OutputColumn::Integer {
-                name: "conversions".into(),
-                min: 0,
-                max: 1_000_000_000,
-            },
-        ],
-        blob: "out.sealed".into(),
-    }
-}
-
-/// xorshift64*: a small seeded generator (no dependency, reproducible).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+    let text = std::fs::read_to_string(reference_recipe().join("contract.toml")).unwrap();
+    dcr_protocol::contract::Contract::from_toml(&text)
+        .unwrap()
+        .output
 }
 
 /// Python's csv.reader over each input (newline='' as the csv docs require): rows as JSON.
@@ -82,7 +54,9 @@ fn accepted_outputs_read_the_same_in_python_and_attacks_are_refused() {
     eprintln!("seed {seed} (DCR_SEED to repeat)");
     let mut rng = Rng(seed | 1);
     let r = rules();
-    let labels = ["sports", "travel", "auto", "news", "b2b-tech", "x.y_z", "A1"];
+    let labels = [
+        "sports", "travel", "auto", "news", "b2b-tech", "x.y_z", "A1",
+    ];
     let mut inputs: Vec<Vec<u8>> = Vec::new();
     for _ in 0..150 {
         let mut s = String::from("segment,overlap,conversions\n");
@@ -98,7 +72,22 @@ fn accepted_outputs_read_the_same_in_python_and_attacks_are_refused() {
         inputs.push(s.into_bytes());
     }
     // Byte-level mutations: the characters CSV readers treat specially, inserted anywhere.
-    let specials: &[&[u8]] = &[b"\"", b"\r", b"\r\n", b"\n", b",", b"\0", b" ", b"\"\"", b"+", b"0", b"-", b"\xc3\xa9", b"\t", b"\\"];
+    let specials: &[&[u8]] = &[
+        b"\"",
+        b"\r",
+        b"\r\n",
+        b"\n",
+        b",",
+        b"\0",
+        b" ",
+        b"\"\"",
+        b"+",
+        b"0",
+        b"-",
+        b"\xc3\xa9",
+        b"\t",
+        b"\\",
+    ];
     let base = inputs.clone();
     for b in &base {
         for _ in 0..4 {
@@ -120,7 +109,11 @@ fn accepted_outputs_read_the_same_in_python_and_attacks_are_refused() {
         b"segment,overlap,conversions\nsports\0,50,1\n",
     ] {
         inputs.push(a.to_vec());
-        assert!(output::check(&r, a).is_err(), "{}", String::from_utf8_lossy(a));
+        assert!(
+            output::check(&r, a).is_err(),
+            "{}",
+            String::from_utf8_lossy(a)
+        );
     }
     let py = python_rows(&inputs);
     let (mut accepted, mut refused) = (0, 0);
@@ -139,5 +132,8 @@ fn accepted_outputs_read_the_same_in_python_and_attacks_are_refused() {
         }
     }
     eprintln!("{accepted} accepted (Python reads each identically), {refused} refused");
-    assert!(accepted >= 100 && refused >= 100, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted >= 100 && refused >= 100,
+        "{accepted} accepted, {refused} refused"
+    );
 }

@@ -117,15 +117,14 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
                         expires: "2099-01-01T00:00:00Z".into(),
                         snp_min_tcb: None,
                     };
-                    match client.register(
-                        "publisher-token-0123456789",
-                        pinned,
-                        &id,
-                        "publisher",
-                        &dek,
+                    let reg = dcr_attest::parties::Registration {
+                        key_id: &id,
+                        owner: "publisher",
+                        dek: &dek,
                         policy,
-                        &canon,
-                    ) {
+                        contract_canonical: &canon,
+                    };
+                    match client.register("publisher-token-0123456789", pinned, reg) {
                         Ok(_) => acked.lock().unwrap().push(id),
                         Err(_) => break, // the service died
                     }
@@ -194,11 +193,13 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
             .register(
                 "publisher-token-0123456789",
                 &pinned,
-                id,
-                "publisher",
-                &dek,
-                policy,
-                &canon,
+                dcr_attest::parties::Registration {
+                    key_id: id,
+                    owner: "publisher",
+                    dek: &dek,
+                    policy,
+                    contract_canonical: &canon,
+                },
             )
             .unwrap_err();
         assert!(e.to_string().contains("conflict"), "{id}: {e}");

@@ -77,7 +77,12 @@ impl Room {
         let d = t.path().to_path_buf();
         let tpm = SoftTpm::new(
             9,
-            vec![(4, [4u8; 32]), (9, [9u8; 32]), (11, [11u8; 32]), (23, [23u8; 32])],
+            vec![
+                (4, [4u8; 32]),
+                (9, [9u8; 32]),
+                (11, [11u8; 32]),
+                (23, [23u8; 32]),
+            ],
         );
         std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
         std::fs::write(
@@ -96,23 +101,40 @@ impl Room {
                 d.join("ak.pem").to_str().unwrap(),
             ],
         );
-        let info: dcr_protocol::wire::ServiceInfo = serde_json::from_slice(
-            &std::fs::read(svc.data_dir.join("service.pub.json")).unwrap(),
-        )
-        .unwrap();
+        let info: dcr_protocol::wire::ServiceInfo =
+            serde_json::from_slice(&std::fs::read(svc.data_dir.join("service.pub.json")).unwrap())
+                .unwrap();
         let signing = SigningPublic::from_text(&info.signing_key).unwrap();
         for p in ["publisher", "advertiser"] {
             ok(&cli(&d, &["keygen", "--out-dir", ".", "--name", p]));
         }
-        let key = |p: &str| std::fs::read_to_string(d.join(format!("{p}.pub"))).unwrap().trim().to_string();
+        let key = |p: &str| {
+            std::fs::read_to_string(d.join(format!("{p}.pub")))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
         std::fs::write(
             d.join("contract.toml"),
-            two_party_contract("room", &info.signing_key, &key("publisher"), &key("advertiser")),
+            two_party_contract(
+                "room",
+                &info.signing_key,
+                &key("publisher"),
+                &key("advertiser"),
+            ),
         )
         .unwrap();
         let pcrs: Vec<(u32, String)> = tpm.pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect();
-        std::fs::write(d.join("measurements.json"), tpm_reference(&pcrs).to_string()).unwrap();
-        for (k, party) in [("pub-1", "publisher"), ("adv-1", "advertiser"), ("pub-2", "x")] {
+        std::fs::write(
+            d.join("measurements.json"),
+            tpm_reference(&pcrs).to_string(),
+        )
+        .unwrap();
+        for (k, party) in [
+            ("pub-1", "publisher"),
+            ("adv-1", "advertiser"),
+            ("pub-2", "x"),
+        ] {
             // Over the 1 MiB JSON body limit: blob uploads stream, whatever their size.
             let rows: String = (0..150_000).map(|i| format!("{k},{i:08}\n")).collect();
             std::fs::write(d.join(format!("{party}-{k}.plain")), rows).unwrap();
@@ -131,7 +153,14 @@ impl Room {
                 ],
             ));
         }
-        Room { _t: t, d, svc, tpm, signing, info }
+        Room {
+            _t: t,
+            d,
+            svc,
+            tpm,
+            signing,
+            info,
+        }
     }
 
     fn contract(&self) -> dcr_protocol::contract::Contract {
@@ -190,7 +219,10 @@ impl Room {
             .build()
             .new_agent();
         let mut r = agent
-            .put(&format!("{}/v1/contracts/{digest}/blobs/{name}", self.svc.url))
+            .put(&format!(
+                "{}/v1/contracts/{digest}/blobs/{name}",
+                self.svc.url
+            ))
             .header("authorization", auth)
             .send(body)
             .unwrap();
@@ -221,24 +253,38 @@ fn refused_with(o: &Output, code: &str) -> String {
 fn key_ids_are_registered_only_by_their_dataset_owner_and_cannot_be_squatted() {
     let r = Room::new("sec-keys");
     // The advertiser takes the publisher's key id first: refused, naming the owner.
-    let e = refused_with(&r.register("advertiser", "pub-1", "contract.toml", "tpm"), "not_owner");
+    let e = refused_with(
+        &r.register("advertiser", "pub-1", "contract.toml", "tpm"),
+        "not_owner",
+    );
     assert!(e.contains("owned by party publisher"), "{e}");
     // A key id no dataset of the contract uses (the review's `publisher-segments-2`).
-    let e = refused_with(&r.register("advertiser", "pub-2", "contract.toml", "tpm"), "");
-    assert!(e.contains("no dataset uses key") || e.contains("not_owner"), "{e}");
+    let e = refused_with(
+        &r.register("advertiser", "pub-2", "contract.toml", "tpm"),
+        "",
+    );
+    assert!(
+        e.contains("no dataset uses key") || e.contains("not_owner"),
+        "{e}"
+    );
     // Sent straight to the service (the CLI checks the contract first): still refused there.
     let c = r.contract();
     let (_, dek) = dcr_attest::parties::read_dek(&r.d.join("pub-2.dek")).unwrap();
     let policy = ReleasePolicy {
         contract_digest: hex::encode(c.digest()),
         platforms: vec![Tee::Tpm],
-        reference: serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap(),
+        reference: serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap())
+            .unwrap(),
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
         snp_min_tcb: None,
     };
     let err = dcr_attest::parties::Client::new(&r.svc.url)
-        .register(ADV_TOKEN, &r.info, "pub-2", "advertiser", &dek, policy, &c.canonical_json())
+        .register(
+            ADV_TOKEN,
+            &r.info,
+            reg("pub-2", "advertiser", &dek, policy, &c.canonical_json()),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("not_owner"), "{err}");
 
@@ -256,7 +302,10 @@ fn key_ids_are_registered_only_by_their_dataset_owner_and_cannot_be_squatted() {
     ok(&r.register("publisher", "pub-1", "contract.toml", "tpm"));
     ok(&r.register("advertiser", "adv-1", "contract.toml", "tpm"));
     // The owner's second registration of the same key is still a conflict, never an overwrite.
-    refused_with(&r.register("publisher", "pub-1", "contract.toml", "tpm"), "conflict");
+    refused_with(
+        &r.register("publisher", "pub-1", "contract.toml", "tpm"),
+        "conflict",
+    );
 }
 
 #[test]
@@ -275,9 +324,16 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         snp_min_tcb: None,
     };
     // What the publisher's CLI sends: the DEK wrapped for exactly this policy.
-    let reg = HpkePublic::from_text(&r.info.registration_key).unwrap();
+    let reg_key = HpkePublic::from_text(&r.info.registration_key).unwrap();
     let binding = policy_binding("pub-1", "publisher", &policy);
-    let (enc, ct) = hpke_seal(&reg, &register_info("pub-1"), &binding, &dek.0, &mut OsRng).unwrap();
+    let (enc, ct) = hpke_seal(
+        &reg_key,
+        &register_info("pub-1"),
+        &binding,
+        &dek.0,
+        &mut OsRng,
+    )
+    .unwrap();
     let sent = RegisterRequest {
         key_id: "pub-1".into(),
         wrapped_dek: Wrapped {
@@ -297,17 +353,33 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
             .header("authorization", &format!("Bearer {PUB_TOKEN}"))
             .send(serde_json::to_vec(req).unwrap())
             .unwrap();
-        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
     };
     // The man in the middle rewrites the reference values (PCR 23 of another image), the
     // single-use flag and the expiry, passing the wrapped DEK through: nothing opens.
     let mut other_ref = reference.clone();
     other_ref["measurements"]["tpm"]["pcrs"]["23"] = "cd".repeat(32).into();
-    let edits: Vec<(&str, Box<dyn Fn(&mut RegisterRequest)>)> = vec![
-        ("reference", Box::new(move |q: &mut RegisterRequest| q.policy.reference = other_ref.clone())),
-        ("single_use", Box::new(|q: &mut RegisterRequest| q.policy.single_use = false)),
-        ("expires", Box::new(|q: &mut RegisterRequest| q.policy.expires = "2199-01-01T00:00:00Z".into())),
-        ("platforms", Box::new(|q: &mut RegisterRequest| q.policy.platforms = vec![Tee::Tpm, Tee::Tpm])),
+    type Edit = Box<dyn Fn(&mut RegisterRequest)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "reference",
+            Box::new(move |q: &mut RegisterRequest| q.policy.reference = other_ref.clone()),
+        ),
+        (
+            "single_use",
+            Box::new(|q: &mut RegisterRequest| q.policy.single_use = false),
+        ),
+        (
+            "expires",
+            Box::new(|q: &mut RegisterRequest| q.policy.expires = "2199-01-01T00:00:00Z".into()),
+        ),
+        (
+            "platforms",
+            Box::new(|q: &mut RegisterRequest| q.policy.platforms = vec![Tee::Tpm, Tee::Tpm]),
+        ),
     ];
     for (what, edit) in &edits {
         let mut q = sent.clone();
@@ -342,9 +414,32 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         snp_min_tcb: None,
     };
     let err = dcr_attest::parties::Client::new(&fake.url)
-        .register(ADV_TOKEN, &r.info, "adv-1", "advertiser", &dek2, policy, &c.canonical_json())
+        .register(
+            ADV_TOKEN,
+            &r.info,
+            reg("adv-1", "advertiser", &dek2, policy, &c.canonical_json()),
+        )
         .unwrap_err();
-    assert!(err.to_string().contains("not signed by the pinned key"), "{err}");
+    assert!(
+        err.to_string().contains("not signed by the pinned key"),
+        "{err}"
+    );
+}
+
+fn reg<'a>(
+    key_id: &'a str,
+    owner: &'a str,
+    dek: &'a dcr_protocol::seal::Dek,
+    policy: ReleasePolicy,
+    contract: &'a [u8],
+) -> dcr_attest::parties::Registration<'a> {
+    dcr_attest::parties::Registration {
+        key_id,
+        owner,
+        dek,
+        policy,
+        contract_canonical: contract,
+    }
 }
 
 /// A stand-in service on loopback that presents the pinned public keys but signs its
@@ -386,7 +481,11 @@ impl FakeService {
                         key_id: req.key_id.clone(),
                         owner: "advertiser".into(),
                         contract_digest: req.policy.contract_digest.clone(),
-                        policy_binding: hex::encode(policy_binding(&req.key_id, "advertiser", &req.policy)),
+                        policy_binding: hex::encode(policy_binding(
+                            &req.key_id,
+                            "advertiser",
+                            &req.policy,
+                        )),
                         registered_at: 1,
                     };
                     serde_json::to_vec(&Signed::sign_in(
@@ -396,7 +495,11 @@ impl FakeService {
                     ))
                     .unwrap()
                 };
-                let status = if first.starts_with("GET") { "200 OK" } else { "201 Created" };
+                let status = if first.starts_with("GET") {
+                    "200 OK"
+                } else {
+                    "201 Created"
+                };
                 let _ = write!(
                     s,
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -409,22 +512,49 @@ impl FakeService {
     }
 }
 
+/// A sealed output to the contract's recipients (what a TEE, or a forger, can make: their
+/// public keys are in the contract).
+fn seal_to_recipients(c: &dcr_protocol::contract::Contract, rows: &[u8]) -> Vec<u8> {
+    let mut sealer = dcr_protocol::recipients::seal_to(
+        Vec::new(),
+        &c.recipient_keys(),
+        "dcr.output",
+        dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
+        &mut OsRng,
+    )
+    .unwrap();
+    sealer.write_all(rows).unwrap();
+    sealer.finish().unwrap()
+}
+
 #[test]
 fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_proof() {
     let r = Room::new("sec-blobs");
     let c = r.contract();
     let digest = hex::encode(c.digest());
     // Before the contract is registered, nobody writes its blobs.
-    let e = refused_with(&r.put("publisher", "pub.sealed", "pub-1.sealed"), "unknown_contract");
+    let e = refused_with(
+        &r.put("publisher", "pub.sealed", "pub-1.sealed"),
+        "unknown_contract",
+    );
     assert!(e.contains(&digest), "{e}");
     ok(&r.register("publisher", "pub-1", "contract.toml", "tpm"));
     ok(&r.register("advertiser", "adv-1", "contract.toml", "tpm"));
     // The advertiser squats the publisher's dataset name, and writes the output name with
     // forged rows: both refused; an undeclared name too.
-    let e = refused_with(&r.put("advertiser", "pub.sealed", "adv-1.sealed"), "not_owner");
+    let e = refused_with(
+        &r.put("advertiser", "pub.sealed", "adv-1.sealed"),
+        "not_owner",
+    );
     assert!(e.contains("owned by party publisher"), "{e}");
-    refused_with(&r.put("advertiser", "out.sealed", "adv-1.sealed"), "not_owner");
-    refused_with(&r.put("advertiser", "anything.sealed", "adv-1.sealed"), "not_owner");
+    refused_with(
+        &r.put("advertiser", "out.sealed", "adv-1.sealed"),
+        "not_owner",
+    );
+    refused_with(
+        &r.put("advertiser", "anything.sealed", "adv-1.sealed"),
+        "not_owner",
+    );
     // The owners upload theirs.
     ok(&r.put("publisher", "pub.sealed", "pub-1.sealed"));
     ok(&r.put("advertiser", "adv.sealed", "adv-1.sealed"));
@@ -437,7 +567,12 @@ fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_
         .new_agent();
     let rel = release_keys(&agent, &r.svc.url, &r.tpm, &c.digest(), &r.signing).unwrap();
     assert_eq!(rel.release.result_key, rel.result_key.public().to_text());
-    let token = &rel.keys.iter().find(|(k, _)| k == "dcr.upload-token").unwrap().1;
+    let token = &rel
+        .keys
+        .iter()
+        .find(|(k, _)| k == "dcr.upload-token")
+        .unwrap()
+        .1;
     let auth = format!("Upload {}", hex::encode(token));
     let (st, body) = r.put_raw(&digest, "adv2.sealed", &auth, b"x");
     assert_eq!(st, 401, "another blob name: {body}");
@@ -446,46 +581,78 @@ fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_
     assert_eq!(st, 404, "another (unregistered) contract: {body}");
 
     // The TEE's result: sealed to both recipients, signed with its attested result key.
-    let recipients = c.recipient_keys();
-    let mut sealer = dcr_protocol::recipients::seal_to(
-        Vec::new(),
-        &recipients,
-        "dcr.output",
-        dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
-        &mut OsRng,
-    )
-    .unwrap();
-    sealer.write_all(b"segment,overlap\nsports,120\n").unwrap();
-    let sealed = sealer.finish().unwrap();
-    let signed = dcr_protocol::result::sign(&rel.result_key, &rel.signed, &c.digest(), "out.sealed", &sealed);
+    let sealed = seal_to_recipients(&c, b"segment,overlap\nsports,120\n");
+    let signed = dcr_protocol::result::sign(
+        &rel.result_key,
+        &rel.signed,
+        &c.digest(),
+        "out.sealed",
+        &sealed,
+    );
     let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);
     assert_eq!(st, 201, "{body}");
     let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);
     assert_eq!(st, 401, "used twice: {body}");
-    ok(&cli(&r.d, &["get", "--service", &r.svc.url, "--contract", "contract.toml", "--name", "out.sealed", "--out", "got.sealed"]));
-    ok(&cli(&r.d, &["open", "--in", "got.sealed", "--out", "got.csv", "--key", "advertiser.key", "--contract", "contract.toml"]));
-    assert_eq!(std::fs::read(r.d.join("got.csv")).unwrap(), b"segment,overlap\nsports,120\n");
+    ok(&cli(
+        &r.d,
+        &[
+            "get",
+            "--service",
+            &r.svc.url,
+            "--contract",
+            "contract.toml",
+            "--name",
+            "out.sealed",
+            "--out",
+            "got.sealed",
+        ],
+    ));
+    ok(&cli(
+        &r.d,
+        &[
+            "open",
+            "--in",
+            "got.sealed",
+            "--out",
+            "got.csv",
+            "--key",
+            "advertiser.key",
+            "--contract",
+            "contract.toml",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(r.d.join("got.csv")).unwrap(),
+        b"segment,overlap\nsports,120\n"
+    );
 
     // Forged results (the review's `sports,99999,99999` sealed to both recipients' public
     // keys), offered to `open` as files:
-    let mut sealer = dcr_protocol::recipients::seal_to(
-        Vec::new(),
-        &recipients,
-        "dcr.output",
-        dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
-        &mut OsRng,
-    )
-    .unwrap();
-    sealer.write_all(b"segment,overlap\nsports,99999\n").unwrap();
-    let forged = sealer.finish().unwrap();
+    let forged = seal_to_recipients(&c, b"segment,overlap\nsports,99999\n");
     let open = |bytes: &[u8], tag: &str| {
         std::fs::write(r.d.join(format!("{tag}.sealed")), bytes).unwrap();
         let o = cli(
             &r.d,
-            &["open", "--in", &format!("{tag}.sealed"), "--out", &format!("{tag}.csv"), "--key", "publisher.key", "--contract", "contract.toml"],
+            &[
+                "open",
+                "--in",
+                &format!("{tag}.sealed"),
+                "--out",
+                &format!("{tag}.csv"),
+                "--key",
+                "publisher.key",
+                "--contract",
+                "contract.toml",
+            ],
         );
-        assert!(!r.d.join(format!("{tag}.csv")).exists(), "{tag}: plaintext left behind");
-        assert!(!r.d.join(format!("{tag}.csv.partial")).exists(), "{tag}: partial left behind");
+        assert!(
+            !r.d.join(format!("{tag}.csv")).exists(),
+            "{tag}: plaintext left behind"
+        );
+        assert!(
+            !r.d.join(format!("{tag}.csv.partial")).exists(),
+            "{tag}: partial left behind"
+        );
         o
     };
     // (a) no proof at all;
@@ -506,10 +673,34 @@ fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_
         .unwrap()
         .replace("name = \"room\"", "name = \"other\"");
     std::fs::write(r.d.join("other.toml"), other).unwrap();
-    let o = cli(&r.d, &["open", "--in", "got.sealed", "--out", "other.csv", "--key", "publisher.key", "--contract", "other.toml"]);
+    let o = cli(
+        &r.d,
+        &[
+            "open",
+            "--in",
+            "got.sealed",
+            "--out",
+            "other.csv",
+            "--key",
+            "publisher.key",
+            "--contract",
+            "other.toml",
+        ],
+    );
     refused_with(&o, "released for contract");
     // --key without --contract is refused by the CLI.
-    let o = cli(&r.d, &["open", "--in", "got.sealed", "--out", "x.csv", "--key", "publisher.key"]);
+    let o = cli(
+        &r.d,
+        &[
+            "open",
+            "--in",
+            "got.sealed",
+            "--out",
+            "x.csv",
+            "--key",
+            "publisher.key",
+        ],
+    );
     assert!(!o.status.success());
 }
 
@@ -523,10 +714,21 @@ fn tdx_is_refused_until_its_rtmrs_are_predicted() {
     let o = cli(
         &r.d,
         &[
-            "register", "--service", &r.svc.url, "--service-pub",
+            "register",
+            "--service",
+            &r.svc.url,
+            "--service-pub",
             r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "contract.toml",
-            "--reference", "tdx.json", "--platform", "tdx",
+            "--token-file",
+            "publisher.token",
+            "--dek",
+            "pub-1.dek",
+            "--contract",
+            "contract.toml",
+            "--reference",
+            "tdx.json",
+            "--platform",
+            "tdx",
         ],
     );
     let e = refused_with(&o, "policy_refused");
@@ -553,27 +755,57 @@ fn snp_keys_carry_a_minimum_tcb() {
         snp_min_tcb: None,
     };
     let err = dcr_attest::parties::Client::new(&r.svc.url)
-        .register(PUB_TOKEN, &r.info, "pub-1", "publisher", &dek, policy, &c.canonical_json())
+        .register(
+            PUB_TOKEN,
+            &r.info,
+            reg("pub-1", "publisher", &dek, policy, &c.canonical_json()),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("policy.snp_min_tcb"), "{err}");
     // The CLI registers the documented Milan default (and a stated Genoa level).
     let o = cli(
         &r.d,
         &[
-            "register", "--service", &r.svc.url, "--service-pub",
+            "register",
+            "--service",
+            &r.svc.url,
+            "--service-pub",
             r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "contract.toml",
-            "--reference", "snp.json", "--platform", "snp", "--snp-min-tcb", "genoa:bl=10,tee=0,snp=23,ucode=84",
+            "--token-file",
+            "publisher.token",
+            "--dek",
+            "pub-1.dek",
+            "--contract",
+            "contract.toml",
+            "--reference",
+            "snp.json",
+            "--platform",
+            "snp",
+            "--snp-min-tcb",
+            "genoa:bl=10,tee=0,snp=23,ucode=84",
         ],
     );
     ok(&o);
     let o = cli(
         &r.d,
         &[
-            "register", "--service", &r.svc.url, "--service-pub",
+            "register",
+            "--service",
+            &r.svc.url,
+            "--service-pub",
             r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file", "advertiser.token", "--dek", "adv-1.dek", "--contract", "contract.toml",
-            "--reference", "snp.json", "--platform", "snp", "--snp-min-tcb", "genoa:bl=10",
+            "--token-file",
+            "advertiser.token",
+            "--dek",
+            "adv-1.dek",
+            "--contract",
+            "contract.toml",
+            "--reference",
+            "snp.json",
+            "--platform",
+            "snp",
+            "--snp-min-tcb",
+            "genoa:bl=10",
         ],
     );
     refused_with(&o, "--snp-min-tcb");
@@ -582,7 +814,14 @@ fn snp_keys_carry_a_minimum_tcb() {
 /// `dcr-attest serve` with a TLS listener: (child, http url, https url).
 fn start_tls_service(data: &Path) -> (std::process::Child, String, String) {
     let mut child = Command::new(dcr_attest())
-        .args(["serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .args(["--tokens"])
         .arg(data.parent().unwrap().join("tokens"))
@@ -640,16 +879,31 @@ fn parties_talk_tls_to_the_pinned_certificate_only() {
             .args(["-sS", &format!("{https}/v1/service")])
             .output()
             .unwrap();
-        assert!(!o.status.success(), "curl without the pinned certificate must not trust it");
+        assert!(
+            !o.status.success(),
+            "curl without the pinned certificate must not trust it"
+        );
     }
 
     let register = |pubf: &Path, url: &str| {
         cli(
             &r.d,
             &[
-                "register", "--service", url, "--service-pub", pubf.to_str().unwrap(),
-                "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "tls-contract.toml",
-                "--reference", "measurements.json", "--platform", "tpm",
+                "register",
+                "--service",
+                url,
+                "--service-pub",
+                pubf.to_str().unwrap(),
+                "--token-file",
+                "publisher.token",
+                "--dek",
+                "pub-1.dek",
+                "--contract",
+                "tls-contract.toml",
+                "--reference",
+                "measurements.json",
+                "--platform",
+                "tpm",
             ],
         )
     };
@@ -659,39 +913,76 @@ fn parties_talk_tls_to_the_pinned_certificate_only() {
     let (child2, _, _) = start_tls_service(&other_data);
     let _k2 = Kill(child2);
     let mut forged: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(other_data.join("service.pub.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(other_data.join("service.pub.json")).unwrap())
+            .unwrap();
     forged["signing_key"] = info["signing_key"].clone();
     forged["registration_key"] = info["registration_key"].clone();
     std::fs::write(r.d.join("forged.pub.json"), forged.to_string()).unwrap();
     let o = register(&r.d.join("forged.pub.json"), &https);
     assert!(!o.status.success(), "{}", stdout(&o));
     let e = stderr(&o).to_lowercase();
-    assert!(e.contains("certificate") || e.contains("tls") || e.contains("invalid"), "{e}");
+    assert!(
+        e.contains("certificate") || e.contains("tls") || e.contains("invalid"),
+        "{e}"
+    );
     // A pinned file without a certificate cannot be used for https.
     let mut bare = info.clone();
     bare.as_object_mut().unwrap().remove("tls_certificate");
     std::fs::write(r.d.join("bare.pub.json"), bare.to_string()).unwrap();
-    refused_with(&register(&r.d.join("bare.pub.json"), &https), "tls_certificate");
+    refused_with(
+        &register(&r.d.join("bare.pub.json"), &https),
+        "tls_certificate",
+    );
 
     // The pinned certificate: registration, upload and download over TLS.
     ok(&register(&pubf, &https));
     ok(&cli(
         &r.d,
         &[
-            "put", "--service", &https, "--service-pub", pubf.to_str().unwrap(), "--token-file",
-            "publisher.token", "--contract", "tls-contract.toml", "--name", "pub.sealed", "--in", "pub-1.sealed",
+            "put",
+            "--service",
+            &https,
+            "--service-pub",
+            pubf.to_str().unwrap(),
+            "--token-file",
+            "publisher.token",
+            "--contract",
+            "tls-contract.toml",
+            "--name",
+            "pub.sealed",
+            "--in",
+            "pub-1.sealed",
         ],
     ));
     let o = cli(
         &r.d,
-        &["get", "--service", &https, "--contract", "tls-contract.toml", "--name", "pub.sealed", "--out", "x.sealed"],
+        &[
+            "get",
+            "--service",
+            &https,
+            "--contract",
+            "tls-contract.toml",
+            "--name",
+            "pub.sealed",
+            "--out",
+            "x.sealed",
+        ],
     );
     refused_with(&o, "--service-pub");
     ok(&cli(
         &r.d,
         &[
-            "get", "--service", &https, "--service-pub", pubf.to_str().unwrap(), "--contract",
-            "tls-contract.toml", "--name", "pub.sealed", "--out", "tls-got.sealed",
+            "get",
+            "--service",
+            &https,
+            "--service-pub",
+            pubf.to_str().unwrap(),
+            "--contract",
+            "tls-contract.toml",
+            "--name",
+            "pub.sealed",
+            "--out",
+            "tls-got.sealed",
         ],
     ));
     assert_eq!(

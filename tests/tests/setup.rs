@@ -43,12 +43,7 @@ fn written(t: &TempDir) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = std::fs::read_dir(&d)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("dcr-")
-        })
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("dcr-"))
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -71,7 +66,10 @@ fn one_error_line(o: &Output, what: &str) -> String {
 
 #[test]
 fn deb822_only_layout_gets_deb822_backports_from_its_mirror() {
-    let (o, t) = sources_only("setup-deb822", &[("sources.list.d/debian.sources", DEB822_MAIN)]);
+    let (o, t) = sources_only(
+        "setup-deb822",
+        &[("sources.list.d/debian.sources", DEB822_MAIN)],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         written(&t),
@@ -119,7 +117,10 @@ fn both_layouts_use_the_first_bookworm_mirror() {
     assert!(o.status.success(), "{}", stderr(&o));
     let w = written(&t);
     assert_eq!(w.len(), 1, "{w:?}");
-    assert!(w[0].1.contains("URIs: http://mirror.example/debian\n"), "{w:?}");
+    assert!(
+        w[0].1.contains("URIs: http://mirror.example/debian\n"),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -128,7 +129,10 @@ fn backports_already_enabled_in_either_form_is_left_alone() {
         "Suites: bookworm bookworm-updates\n",
         "Suites: bookworm bookworm-updates bookworm-backports\n",
     );
-    let (o, t) = sources_only("setup-bpo-822", &[("sources.list.d/debian.sources", &deb822)]);
+    let (o, t) = sources_only(
+        "setup-bpo-822",
+        &[("sources.list.d/debian.sources", &deb822)],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(written(&t).is_empty());
     assert!(stderr(&o).contains("already enabled"), "{}", stderr(&o));
@@ -137,7 +141,10 @@ fn backports_already_enabled_in_either_form_is_left_alone() {
     let bpo = "deb http://deb.debian.org/debian bookworm-backports main\n";
     let (o, t) = sources_only(
         "setup-bpo-list",
-        &[("sources.list", list), ("sources.list.d/backports.list", bpo)],
+        &[
+            ("sources.list", list),
+            ("sources.list.d/backports.list", bpo),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(written(&t).is_empty());
@@ -164,10 +171,16 @@ fn no_mirror_is_one_error_line_naming_what_to_add() {
                 "deb cdrom:[Debian 12]/ bookworm main\ndeb file:/srv/debian bookworm main\n",
             )],
         ),
-        ("disabled stanzas", vec![("sources.list.d/debian.sources", &disabled)]),
+        (
+            "disabled stanzas",
+            vec![("sources.list.d/debian.sources", &disabled)],
+        ),
         (
             "commented out",
-            vec![("sources.list", "# deb http://deb.debian.org/debian bookworm main\n")],
+            vec![(
+                "sources.list",
+                "# deb http://deb.debian.org/debian bookworm main\n",
+            )],
         ),
         (
             "ignored extension",
@@ -179,7 +192,10 @@ fn no_mirror_is_one_error_line_naming_what_to_add() {
         let line = one_error_line(&o, what);
         assert_eq!(o.status.code(), Some(2), "{what}");
         assert!(line.contains("no Debian bookworm mirror"), "{what}: {line}");
-        assert!(line.contains("bookworm-backports"), "{what}: says what to add: {line}");
+        assert!(
+            line.contains("bookworm-backports"),
+            "{what}: says what to add: {line}"
+        );
         assert!(written(&t).is_empty(), "{what}");
     }
     // No apt directory at all.
@@ -196,7 +212,10 @@ fn no_mirror_is_one_error_line_naming_what_to_add() {
 #[test]
 fn a_package_apt_cannot_install_is_one_error_line() {
     // The real apt (setup has run before the tests): every package is there but this one.
-    if !require_tools("a_package_apt_cannot_install_is_one_error_line", &["apt-get", "dpkg-query"]) {
+    if !require_tools(
+        "a_package_apt_cannot_install_is_one_error_line",
+        &["apt-get", "dpkg-query"],
+    ) {
         return;
     }
     let o = Command::new("bash")
@@ -208,10 +227,14 @@ fn a_package_apt_cannot_install_is_one_error_line() {
     let err = stderr(&o);
     let last = err.trim().lines().last().unwrap_or("");
     assert_eq!(
-        last, "error: setup.sh: apt-get install failed for: dcr-no-such-package (apt's messages above)",
+        last,
+        "error: setup.sh: apt-get install failed for: dcr-no-such-package (apt's messages above)",
         "{err}"
     );
-    assert!(err.contains("dcr-no-such-package"), "apt's reason shown: {err}");
+    assert!(
+        err.contains("dcr-no-such-package"),
+        "apt's reason shown: {err}"
+    );
 }
 
 #[test]
@@ -232,10 +255,17 @@ fn a_failing_command_in_a_script_is_one_line_naming_file_and_line() {
     let err = stderr(&o);
     let last = err.trim().lines().last().unwrap();
     assert!(
-        last.starts_with(&format!("error: {}:5: `false_cmd_missing_here --flag` failed (exit 127);", script.display())),
+        last.starts_with(&format!(
+            "error: {}:5: `false_cmd_missing_here --flag` failed (exit 127);",
+            script.display()
+        )),
         "{err}"
     );
-    assert_eq!(err.trim().lines().count(), 2, "bash's own message, then ours: {err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        2,
+        "bash's own message, then ours: {err}"
+    );
 
     // A failure inside $( … ) is reported once, at the line of the assignment.
     std::fs::write(
@@ -251,7 +281,13 @@ fn a_failing_command_in_a_script_is_one_line_naming_file_and_line() {
     assert_eq!(stdout(&o), "");
     let err = stderr(&o);
     assert_eq!(err.matches("error: ").count(), 1, "{err}");
-    assert!(err.contains(&format!("error: {}:3: `y=$(cat /nonexistent/x | tr a b)` failed (exit 1)", script.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {}:3: `y=$(cat /nonexistent/x | tr a b)` failed (exit 1)",
+            script.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -600,7 +600,10 @@ deadline_secs = 60
             ("kind = \"count\" }", "kind = \"count\", pattern = \".*\" }"),
             ("kind = \"count\" }", "kind = \"text\" }"),
         ] {
-            assert!(Contract::from_toml(&g.replacen(from, to, 1)).is_err(), "{to}");
+            assert!(
+                Contract::from_toml(&g.replacen(from, to, 1)).is_err(),
+                "{to}"
+            );
         }
         refused(
             "{ name = \"segment\", kind = \"label\", max_len = 32 }",

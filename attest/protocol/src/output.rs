@@ -76,7 +76,9 @@ pub fn validate_columns(cols: &[OutputColumn]) -> Result<(), (String, String)> {
             ));
         }
         match c {
-            OutputColumn::Label { max_len, values, .. } => {
+            OutputColumn::Label {
+                max_len, values, ..
+            } => {
                 if *max_len == 0 || *max_len > MAX_LABEL {
                     return Err((format!("{at}.max_len"), format!("must be 1..={MAX_LABEL}")));
                 }
@@ -122,7 +124,11 @@ pub fn read(rules: &OutputRules, out: &[u8]) -> Result<Vec<Vec<String>>, OutputE
     }
     for (i, line) in out[..out.len() - 1].split(|&b| b == b'\n').enumerate() {
         let row = i; // 0 = header
-        let what = if row == 0 { "header".to_string() } else { format!("row {row}") };
+        let what = if row == 0 {
+            "header".to_string()
+        } else {
+            format!("row {row}")
+        };
         if line.is_empty() {
             return err(format!("{what}: empty line"));
         }
@@ -164,12 +170,18 @@ pub fn read(rules: &OutputRules, out: &[u8]) -> Result<Vec<Vec<String>>, OutputE
         let row = i + 1;
         let rec = rec.map_err(|e| OutputError(format!("row {row}: {e}")))?;
         if rec.len() != want.len() {
-            return err(format!("row {row}: {} fields, the header has {}", rec.len(), want.len()));
+            return err(format!(
+                "row {row}: {} fields, the header has {}",
+                rec.len(),
+                want.len()
+            ));
         }
         for (v, col) in rec.iter().zip(&rules.columns) {
             let bad = |why: &str| err(format!("row {row}: column {}: {why}", col.name()));
             match col {
-                OutputColumn::Label { max_len, values, .. } => {
+                OutputColumn::Label {
+                    max_len, values, ..
+                } => {
                     if !label_ok(v, *max_len) {
                         return bad(&format!(
                             "not a label (1-{max_len} of [A-Za-z0-9_.-], starting alphanumeric)"
@@ -182,7 +194,8 @@ pub fn read(rules: &OutputRules, out: &[u8]) -> Result<Vec<Vec<String>>, OutputE
                     }
                 }
                 OutputColumn::Count { .. } => match canonical_int(v) {
-                    Some(n) if n >= i128::from(rules.min_group_size) && n <= i128::from(u64::MAX) => {}
+                    Some(n)
+                        if n >= i128::from(rules.min_group_size) && n <= i128::from(u64::MAX) => {}
                     Some(n) if n >= 0 => {
                         return bad(&format!(
                             "group of {n} is below min_group_size {}",
@@ -236,33 +249,79 @@ mod tests {
         assert_eq!(check(&r, ok), Ok(2));
         assert_eq!(check(&r, b"segment,overlap,conversions\n"), Ok(0));
         let bad: &[(&[u8], &str)] = &[
-            (b"segment,overlap,conversions\nalice@example.com;ssn=123-45-6789,50,1\n", "column segment"),
-            (b"segment,overlap,conversions\nsports,+50,1\n", "not a count"),
-            (b"segment,overlap,conversions\nsports,050,1\n", "not a count"),
-            (b"segment,overlap,conversions\nsports,50,-1\n", "out of range"),
-            (b"segment,overlap,conversions\nsports,50,1000000001\n", "out of range"),
+            (
+                b"segment,overlap,conversions\nalice@example.com;ssn=123-45-6789,50,1\n",
+                "column segment",
+            ),
+            (
+                b"segment,overlap,conversions\nsports,+50,1\n",
+                "not a count",
+            ),
+            (
+                b"segment,overlap,conversions\nsports,050,1\n",
+                "not a count",
+            ),
+            (
+                b"segment,overlap,conversions\nsports,50,-1\n",
+                "out of range",
+            ),
+            (
+                b"segment,overlap,conversions\nsports,50,1000000001\n",
+                "out of range",
+            ),
             (b"segment,overlap,conversions\nsports,50,01\n", "canonical"),
-            (b"segment,overlap,conversions\nsports,49,1\n", "below min_group_size"),
+            (
+                b"segment,overlap,conversions\nsports,49,1\n",
+                "below min_group_size",
+            ),
             (b"segment,overlap,conversions\nsports,-0,1\n", "not a count"),
             (b"segment,overlap,conversions\nsports\0,50,1\n", "byte 0x00"),
-            (b"segment,overlap,conversions\r\nsports,50,1\r\n", "byte 0x0d"),
-            (b"segment,overlap,conversions\nsports,50,1\rhidden,1,1\n", "byte 0x0d"),
-            (b"segment,overlap,conversions\n\"sp\norts\",50,1\n", "byte 0x22"),
+            (
+                b"segment,overlap,conversions\r\nsports,50,1\r\n",
+                "byte 0x0d",
+            ),
+            (
+                b"segment,overlap,conversions\nsports,50,1\rhidden,1,1\n",
+                "byte 0x0d",
+            ),
+            (
+                b"segment,overlap,conversions\n\"sp\norts\",50,1\n",
+                "byte 0x22",
+            ),
             (b"segment,overlap,overlap\nsports,50,50\n", "header"),
             (b"overlap,segment,conversions\n50,sports,1\n", "header"),
             (b"segment,overlap\nsports,50\n", "header"),
-            (b"segment,overlap,conversions\nsports,50,1,extra\n", "4 fields"),
+            (
+                b"segment,overlap,conversions\nsports,50,1,extra\n",
+                "4 fields",
+            ),
             (b"segment,overlap,conversions\nsports,50\n", "2 fields"),
             (b"segment,overlap,conversions\nsports,50,1", "newline"),
-            (b"segment,overlap,conversions\n\nsports,50,1\n", "empty line"),
-            (b"segment,overlap,conversions\n=cmd|' /C calc'!A0,50,1\n", "column segment"),
-            (b"segment,overlap,conversions\n-sports,50,1\n", "column segment"),
-            (b"segment,overlap,conversions\nsp\xc3\xa9rts,50,1\n", "byte 0xc3"),
+            (
+                b"segment,overlap,conversions\n\nsports,50,1\n",
+                "empty line",
+            ),
+            (
+                b"segment,overlap,conversions\n=cmd|' /C calc'!A0,50,1\n",
+                "column segment",
+            ),
+            (
+                b"segment,overlap,conversions\n-sports,50,1\n",
+                "column segment",
+            ),
+            (
+                b"segment,overlap,conversions\nsp\xc3\xa9rts,50,1\n",
+                "byte 0xc3",
+            ),
             (b"", "empty"),
         ];
         for (input, why) in bad {
             let e = check(&r, input).expect_err(&String::from_utf8_lossy(input));
-            assert!(e.0.contains(why), "{:?}: {e}", String::from_utf8_lossy(input));
+            assert!(
+                e.0.contains(why),
+                "{:?}: {e}",
+                String::from_utf8_lossy(input)
+            );
         }
         // A 10 MB line.
         let mut long = b"segment,overlap,conversions\n".to_vec();
@@ -270,14 +329,21 @@ mod tests {
         long.extend_from_slice(b",50,1\n");
         assert!(check(&r, &long).unwrap_err().0.contains("longer than"));
         // A label longer than its max_len; a closed list of values.
-        assert!(check(&r, format!("segment,overlap,conversions\n{},50,1\n", "a".repeat(33)).as_bytes()).is_err());
+        assert!(check(
+            &r,
+            format!("segment,overlap,conversions\n{},50,1\n", "a".repeat(33)).as_bytes()
+        )
+        .is_err());
         let mut closed = rules();
         closed.columns[0] = OutputColumn::Label {
             name: "segment".into(),
             max_len: 32,
             values: Some(vec!["sports".into()]),
         };
-        assert_eq!(check(&closed, b"segment,overlap,conversions\nsports,50,1\n"), Ok(1));
+        assert_eq!(
+            check(&closed, b"segment,overlap,conversions\nsports,50,1\n"),
+            Ok(1)
+        );
         assert!(check(&closed, b"segment,overlap,conversions\ntravel,50,1\n").is_err());
     }
 
@@ -285,25 +351,51 @@ mod tests {
     fn column_schemas_are_validated() {
         let mut c = rules().columns;
         assert!(validate_columns(&c).is_ok());
-        c.push(OutputColumn::Count { name: "more".into() });
+        c.push(OutputColumn::Count {
+            name: "more".into(),
+        });
         assert!(validate_columns(&c).unwrap_err().1.contains("exactly one"));
         let mut c = rules().columns;
-        c[1] = OutputColumn::Integer { name: "overlap".into(), min: 0, max: 1 };
+        c[1] = OutputColumn::Integer {
+            name: "overlap".into(),
+            min: 0,
+            max: 1,
+        };
         assert!(validate_columns(&c).is_err(), "no count column");
         let mut c = rules().columns;
-        c.push(OutputColumn::Integer { name: "segment".into(), min: 0, max: 1 });
+        c.push(OutputColumn::Integer {
+            name: "segment".into(),
+            min: 0,
+            max: 1,
+        });
         assert!(validate_columns(&c).is_err(), "duplicate name");
         let mut c = rules().columns;
-        c[2] = OutputColumn::Integer { name: "conversions".into(), min: 2, max: 1 };
+        c[2] = OutputColumn::Integer {
+            name: "conversions".into(),
+            min: 2,
+            max: 1,
+        };
         assert!(validate_columns(&c).is_err());
         let mut c = rules().columns;
-        c[0] = OutputColumn::Label { name: "Segment".into(), max_len: 3, values: None };
+        c[0] = OutputColumn::Label {
+            name: "Segment".into(),
+            max_len: 3,
+            values: None,
+        };
         assert!(validate_columns(&c).is_err(), "name charset");
         let mut c = rules().columns;
-        c[0] = OutputColumn::Label { name: "segment".into(), max_len: 0, values: None };
+        c[0] = OutputColumn::Label {
+            name: "segment".into(),
+            max_len: 0,
+            values: None,
+        };
         assert!(validate_columns(&c).is_err());
         let mut c = rules().columns;
-        c[0] = OutputColumn::Label { name: "segment".into(), max_len: 3, values: Some(vec!["sports".into()]) };
+        c[0] = OutputColumn::Label {
+            name: "segment".into(),
+            max_len: 3,
+            values: Some(vec!["sports".into()]),
+        };
         assert!(validate_columns(&c).is_err(), "value longer than max_len");
         assert!(validate_columns(&[]).is_err());
     }

@@ -100,11 +100,15 @@ pub fn proof_len(prefix: &[u8]) -> Result<usize, ResultError> {
     }
     let version = u16::from_be_bytes([prefix[8], prefix[9]]);
     if version != VERSION {
-        return Err(ResultError::Format(format!("version {version} (this build knows {VERSION})")));
+        return Err(ResultError::Format(format!(
+            "version {version} (this build knows {VERSION})"
+        )));
     }
     let n = u32::from_be_bytes(prefix[10..14].try_into().expect("4 bytes"));
     if n == 0 || n > MAX_PROOF {
-        return Err(ResultError::Format(format!("proof length {n} (1..{MAX_PROOF})")));
+        return Err(ResultError::Format(format!(
+            "proof length {n} (1..{MAX_PROOF})"
+        )));
     }
     Ok(n as usize)
 }
@@ -162,8 +166,12 @@ pub fn verify_proof(
     let sig = base64::engine::general_purpose::STANDARD
         .decode(&proof.signature)
         .map_err(|_| ResultError::TeeSignature)?;
-    key.verify(RESULT_DOMAIN, &message(contract_digest, blob, &digest), &sig)
-        .map_err(|_| ResultError::TeeSignature)?;
+    key.verify(
+        RESULT_DOMAIN,
+        &message(contract_digest, blob, &digest),
+        &sig,
+    )
+    .map_err(|_| ResultError::TeeSignature)?;
     Ok((release, digest))
 }
 

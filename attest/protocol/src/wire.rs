@@ -216,9 +216,7 @@ impl TcbLevel {
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?}: expected name=value"))?;
-            let v: u8 = v
-                .parse()
-                .map_err(|_| format!("{k}: {v:?} is not 0..255"))?;
+            let v: u8 = v.parse().map_err(|_| format!("{k}: {v:?} is not 0..255"))?;
             match k {
                 "bl" => (t.bootloader, seen[0]) = (v, true),
                 "tee" => (t.tee, seen[1]) = (v, true),

@@ -422,11 +422,15 @@ fn verification_time(at: &Option<String>) -> anyhow::Result<u64> {
 
 /// A 48-byte hex value at `measurements.<platform>.<field>` of a measurements.json.
 /// The service client: an https:// service needs its pinned service.pub.json.
-fn client_for(service: &str, service_pub: Option<&Path>) -> anyhow::Result<dcr_attest::parties::Client> {
+fn client_for(
+    service: &str,
+    service_pub: Option<&Path>,
+) -> anyhow::Result<dcr_attest::parties::Client> {
     match service_pub {
         Some(p) => {
-            let pinned: dcr_protocol::wire::ServiceInfo = serde_json::from_slice(&read("--service-pub", p)?)
-                .with_context(|| format!("--service-pub {}", p.display()))?;
+            let pinned: dcr_protocol::wire::ServiceInfo =
+                serde_json::from_slice(&read("--service-pub", p)?)
+                    .with_context(|| format!("--service-pub {}", p.display()))?;
             Ok(dcr_attest::parties::Client::pinned(service, &pinned)?)
         }
         None if service.starts_with("https://") => {
@@ -438,8 +442,8 @@ fn client_for(service: &str, service_pub: Option<&Path>) -> anyhow::Result<dcr_a
 
 /// A contract (TOML), checked.
 fn read_contract(path: &Path) -> anyhow::Result<dcr_protocol::contract::Contract> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--contract {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--contract {}", path.display()))?;
     dcr_protocol::contract::Contract::from_toml(&text)
         .with_context(|| format!("--contract {}", path.display()))
 }
@@ -643,14 +647,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let min_tcb = if platforms.iter().any(|t| matches!(t, Tee::Snp | Tee::AzSnpVtpm)) {
+            let min_tcb = if platforms
+                .iter()
+                .any(|t| matches!(t, Tee::Snp | Tee::AzSnpVtpm))
+            {
                 let mut m = SnpMinTcb {
                     milan: Some(dcr_protocol::wire::MILAN_MIN_TCB),
                     ..Default::default()
                 };
                 for spec in &snp_min_tcb {
                     let (product, level) = spec.split_once(':').ok_or_else(|| {
-                        anyhow::anyhow!("--snp-min-tcb {spec:?}: expected PRODUCT:bl=N,tee=N,snp=N,ucode=N")
+                        anyhow::anyhow!(
+                            "--snp-min-tcb {spec:?}: expected PRODUCT:bl=N,tee=N,snp=N,ucode=N"
+                        )
                     })?;
                     let level = TcbLevel::parse(level)
                         .map_err(|e| anyhow::anyhow!("--snp-min-tcb {spec:?}: {e}"))?;
@@ -658,7 +667,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         "milan" => m.milan = Some(level),
                         "genoa" => m.genoa = Some(level),
                         "turin" => m.turin = Some(level),
-                        _ => anyhow::bail!("--snp-min-tcb {spec:?}: product one of milan, genoa, turin"),
+                        _ => anyhow::bail!(
+                            "--snp-min-tcb {spec:?}: product one of milan, genoa, turin"
+                        ),
                     }
                 }
                 Some(m)
@@ -678,14 +689,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             let mut client = dcr_attest::parties::Client::pinned(&service, &pinned)?;
             client.insecure_http = insecure_http;
+            let canonical = c.canonical_json();
             let receipt = client.register(
                 token.trim(),
                 &pinned,
-                &key_id,
-                &dataset.owner,
-                &dek,
-                policy,
-                &c.canonical_json(),
+                dcr_attest::parties::Registration {
+                    key_id: &key_id,
+                    owner: &dataset.owner,
+                    dek: &dek,
+                    policy,
+                    contract_canonical: &canonical,
+                },
             )?;
             println!(
                 "registered key {key_id} of {} for contract {} (receipt signed by the pinned service key; policy {})",

@@ -24,12 +24,18 @@ fn ferr(path: &Path, e: impl std::fmt::Display) -> ContractStoreError {
 }
 
 pub fn path(data_dir: &Path, digest_hex: &str) -> PathBuf {
-    data_dir.join("contracts").join(format!("{digest_hex}.json"))
+    data_dir
+        .join("contracts")
+        .join(format!("{digest_hex}.json"))
 }
 
 /// Keep `c` (already validated and parsed from `canonical`, whose digest is `digest`); a
 /// contract already kept is left as it is (same digest, same bytes).
-pub fn store(data_dir: &Path, digest: &[u8; 32], canonical: &[u8]) -> Result<(), ContractStoreError> {
+pub fn store(
+    data_dir: &Path,
+    digest: &[u8; 32],
+    canonical: &[u8],
+) -> Result<(), ContractStoreError> {
     use std::io::Write;
     let dir = data_dir.join("contracts");
     std::fs::create_dir_all(&dir).map_err(|e| ferr(&dir, e))?;

@@ -613,8 +613,8 @@ async fn decide(
     }
     let tee_pk = HpkePublic::from_text(&req.hpke_public_key)
         .map_err(|e| bad(format!("hpke_public_key: {e}")))?;
-    let result_key = SigningPublic::from_text(&req.result_key)
-        .map_err(|e| bad(format!("result_key: {e}")))?;
+    let result_key =
+        SigningPublic::from_text(&req.result_key).map_err(|e| bad(format!("result_key: {e}")))?;
     let contract_digest = hex32("contract_digest", &req.contract_digest)?;
     let rd = report_data(&session.nonce, &tee_pk, &contract_digest, &result_key);
     let (claims, snp_tcb) = match req.tee {
@@ -1006,11 +1006,17 @@ fn blob_name_ok(n: &str) -> bool {
 }
 
 fn blob_path_ok(digest: &str, name: &str) -> Result<(), Refusal> {
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if digest.len() != 64
+        || !digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(bad("contract digest: expected 64 lowercase hex digits"));
     }
     if !blob_name_ok(name) {
-        return Err(bad("blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'"));
+        return Err(bad(
+            "blob name: 1-128 of [A-Za-z0-9._-], not starting with '.'",
+        ));
     }
     Ok(())
 }
@@ -1070,7 +1076,10 @@ fn blob_writer(
             Some(d) if d.owner == p => Ok(None),
             Some(d) => Err(forbidden(
                 "not_owner",
-                format!("{name} is dataset {}'s blob, owned by party {}; party {p} may not write it", d.id, d.owner),
+                format!(
+                    "{name} is dataset {}'s blob, owned by party {}; party {p} may not write it",
+                    d.id, d.owner
+                ),
             )),
             None => Err(forbidden(
                 "not_owner",
@@ -1139,7 +1148,9 @@ async fn put_blob(
     let root = st.cfg.data_dir.join("blobs");
     let dir = contracts::blob_dir(&st.cfg.data_dir, &digest);
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return audited(&st, audit, internal(format!("blobs: {e}"))).await.into_response();
+        return audited(&st, audit, internal(format!("blobs: {e}")))
+            .await
+            .into_response();
     }
     let tmp = root.join(format!(".tmp-{}", hex::encode(rand32())));
     let fin = dir.join(&name);

@@ -9,11 +9,11 @@
 
 mod contracts;
 mod http;
-mod policy;
-mod tls;
 pub mod journal;
 pub mod net;
+mod policy;
 pub mod sessions;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -364,10 +364,23 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
             let _ = rx.wait_for(|s| *s).await;
         };
         let app = router(state);
-        let plain = net::serve(listener, app.clone(), limits.clone(), None, stopped(stop_rx.clone()));
+        let plain = net::serve(
+            listener,
+            app.clone(),
+            limits.clone(),
+            None,
+            stopped(stop_rx.clone()),
+        );
         let secure = async {
             if let (Some(l), Some(acc)) = (tls_listener, acceptor) {
-                net::serve(l, app.clone(), limits.clone(), Some(acc), stopped(stop_rx.clone())).await;
+                net::serve(
+                    l,
+                    app.clone(),
+                    limits.clone(),
+                    Some(acc),
+                    stopped(stop_rx.clone()),
+                )
+                .await;
             }
         };
         let signal = async move {

@@ -219,8 +219,24 @@ async fn handle(
 fn is_blob_path(path: &str) -> bool {
     let mut parts = path.split('/');
     matches!(
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
-        (Some(""), Some("v1"), Some("contracts"), Some(_), Some("blobs"), Some(_), None)
+        (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next()
+        ),
+        (
+            Some(""),
+            Some("v1"),
+            Some("contracts"),
+            Some(_),
+            Some("blobs"),
+            Some(_),
+            None
+        )
     )
 }
 

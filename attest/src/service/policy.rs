@@ -56,13 +56,19 @@ mod tests {
     fn minimum_tcb_per_product() {
         // virtee's Milan report (firmware 1.52.4): REPORTED_TCB bytes 03 00 00 00 00 00 08 73.
         let old = Tcb::decode(0x7308_0000_0000_0003, Product::Milan);
-        assert_eq!((old.bootloader, old.tee, old.snp, old.microcode), (3, 0, 8, 115));
+        assert_eq!(
+            (old.bootloader, old.tee, old.snp, old.microcode),
+            (3, 0, 8, 115)
+        );
         let default = SnpMinTcb {
             milan: Some(MILAN_MIN_TCB),
             ..Default::default()
         };
         let e = snp_tcb_allowed(Some(&default), Product::Milan, &old).unwrap_err();
-        assert!(e.contains("below the policy's minimum bl=4,tee=0,snp=24,ucode=219"), "{e}");
+        assert!(
+            e.contains("below the policy's minimum bl=4,tee=0,snp=24,ucode=219"),
+            "{e}"
+        );
         // A 2025 Milan host (bl 4, tee 0, snp 24, ucode 219) passes; one component lower fails.
         let new = Tcb::decode(0xdb18_0000_0000_0004, Product::Milan);
         assert!(snp_tcb_allowed(Some(&default), Product::Milan, &new).is_ok());

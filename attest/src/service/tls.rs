@@ -17,7 +17,11 @@ pub struct TlsMaterial {
 /// kept certificate made for other names is an error: parties pinned it, so replacing it is
 /// the operator's explicit step (remove tls.crt, tls.key, tls.names; parties re-pin).
 pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, ServiceError> {
-    let (kp, cp, np) = (dir.join("tls.key"), dir.join("tls.crt"), dir.join("tls.names"));
+    let (kp, cp, np) = (
+        dir.join("tls.key"),
+        dir.join("tls.crt"),
+        dir.join("tls.names"),
+    );
     let mut want: Vec<String> = names.to_vec();
     want.sort();
     want.dedup();
@@ -38,8 +42,10 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsMaterial, Servi
             ));
         }
         let cert_pem = std::fs::read_to_string(&cp).map_err(|e| file_err(&cp, e))?;
-        let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(&kp).map_err(|e| file_err(&kp, e))?);
-        let cert_der = pem_der(&cert_pem, "CERTIFICATE").ok_or_else(|| file_err(&cp, "no PEM CERTIFICATE"))?;
+        let key_pem =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&kp).map_err(|e| file_err(&kp, e))?);
+        let cert_der =
+            pem_der(&cert_pem, "CERTIFICATE").ok_or_else(|| file_err(&cp, "no PEM CERTIFICATE"))?;
         let key_der = zeroize::Zeroizing::new(
             pem_der(&key_pem, "PRIVATE KEY").ok_or_else(|| file_err(&kp, "no PEM PRIVATE KEY"))?,
         );
@@ -66,7 +72,10 @@ fn pem_der(text: &str, label: &str) -> Option<Vec<u8>> {
     let end = format!("-----END {label}-----");
     let start = text.find(&begin)? + begin.len();
     let stop = start + text[start..].find(&end)?;
-    let b64: String = text[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = text[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
