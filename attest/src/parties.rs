@@ -248,29 +248,55 @@ pub fn open_result(
     r.read_exact(&mut proof)
         .map_err(|_| ferr(input, "signed result: truncated proof"))?;
     let proof = result::parse_proof(&proof).map_err(|e| ferr(input, e))?;
-    let (_, signed_digest) = result::verify_proof(
+    let (release, signed_digest) = result::verify_proof(
         &proof,
         &contract.signing_key(),
         &contract.digest(),
         &contract.output.blob,
     )
     .map_err(|e| ferr(input, e))?;
+    // Every dataset's key was released to that TEE: every owner's policy accepted it (a
+    // release of one party's key alone could come from a TEE only that party vouched for).
+    for d in &contract.datasets {
+        if !release.keys.iter().any(|k| k.key_id == d.key_id) {
+            return Err(ferr(
+                input,
+                format!(
+                    "signed result: the release did not include dataset {}'s key {} (not every owner's policy accepted that TEE)",
+                    d.id, d.key_id
+                ),
+            ));
+        }
+    }
     let mut hr = HashingReader {
         inner: r,
         hash: Sha256::new(),
     };
-    let mut n = 0;
-    write_private_atomically(out, |w| {
-        let mut o = dcr_protocol::recipients::open_as(&mut hr, &sk).map_err(|e| ferr(input, e))?;
-        n = copy(&mut o, w, input, out)?;
-        drop(o);
-        // Anything after the sealed stream is refused by the opener; hash what is left anyway.
-        std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| ferr(input, e))?;
-        let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new())
-            .finalize()
-            .into();
-        result::check_digest(&signed_digest, &actual).map_err(|e| ferr(input, e))
-    })?;
+    // The result is small (a workload's output is capped by output_mib): read it whole, check
+    // the proof's digest and the contract's output rules, then write it.
+    let cap = contract
+        .workloads
+        .iter()
+        .map(|w| w.limits.output_mib << 20)
+        .max()
+        .unwrap_or(0);
+    let mut o = dcr_protocol::recipients::open_as(&mut hr, &sk).map_err(|e| ferr(input, e))?;
+    let mut plain = Zeroizing::new(Vec::new());
+    (&mut o)
+        .take(cap + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| ferr(input, e))?;
+    if plain.len() as u64 > cap {
+        return Err(ferr(input, format!("signed result: larger than output_mib ({cap} bytes)")));
+    }
+    drop(o);
+    std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| ferr(input, e))?;
+    let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new()).finalize().into();
+    result::check_digest(&signed_digest, &actual).map_err(|e| ferr(input, e))?;
+    dcr_protocol::output::check(&contract.output, &plain)
+        .map_err(|e| ferr(input, format!("signed result: breaks the contract's output rules: {e}")))?;
+    let n = plain.len() as u64;
+    write_private_atomically(out, |w| w.write_all(&plain).map_err(|e| ferr(out, e)))?;
     Ok(n)
 }
 

@@ -374,7 +374,7 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         ),
         (
             "expires",
-            Box::new(|q: &mut RegisterRequest| q.policy.expires = "2199-01-01T00:00:00Z".into()),
+            Box::new(|q: &mut RegisterRequest| q.policy.expires = "2098-01-01T00:00:00Z".into()),
         ),
         (
             "platforms",
@@ -989,4 +989,119 @@ fn parties_talk_tls_to_the_pinned_certificate_only() {
         std::fs::read(r.d.join("tls-got.sealed")).unwrap(),
         std::fs::read(r.d.join("pub-1.sealed")).unwrap()
     );
+}
+
+#[test]
+fn one_partys_lax_policy_cannot_vouch_for_a_result() {
+    // The review's critical finding: the advertiser registers its key with the reference
+    // values of its own image; a TEE running that image got the advertiser's key, an upload
+    // token and a signed release naming its result key, planted a forged result, and the
+    // publisher's `open` accepted it. Now keys (and the token) go only to evidence every
+    // dataset owner's policy accepts, and `open` checks that the release carried every key.
+    let r = Room::new("sec-lax");
+    let mut evil: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap();
+    evil["measurements"]["tpm"]["pcrs"]["23"] = "ee".repeat(32).into();
+    std::fs::write(r.d.join("evil.json"), evil.to_string()).unwrap();
+    ok(&r.register("publisher", "pub-1", "contract.toml", "tpm"));
+    ok(&cli(
+        &r.d,
+        &[
+            "register", "--service", &r.svc.url, "--service-pub",
+            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
+            "--token-file", "advertiser.token", "--dek", "adv-1.dek", "--contract", "contract.toml",
+            "--reference", "evil.json", "--platform", "tpm",
+        ],
+    ));
+    let c = r.contract();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    // The attacker's TEE (same pinned AK, the advertiser's image: PCR 23 = ee…).
+    let evil_tpm = SoftTpm::new(
+        9,
+        vec![(4, [4u8; 32]), (9, [9u8; 32]), (11, [11u8; 32]), (23, [0xee; 32])],
+    );
+    let e = release_keys(&agent, &r.svc.url, &evil_tpm, &c.digest(), &r.signing)
+        .err()
+        .expect("refused");
+    assert_eq!(e, "measurement_mismatch");
+    // The genuine TEE is refused too (the advertiser's policy does not accept it): the lax
+    // party can block the run, never forge it.
+    let e = release_keys(&agent, &r.svc.url, &r.tpm, &c.digest(), &r.signing)
+        .err()
+        .expect("refused");
+    assert_eq!(e, "measurement_mismatch");
+
+    // `open` on its own: a release (signed with the service's key, read from its data dir)
+    // that carries only the advertiser's key does not vouch for a result.
+    let service_key = SigningSecret::from_text(
+        std::fs::read_to_string(r.svc.data_dir.join("signing.key")).unwrap().trim(),
+    )
+    .unwrap();
+    let tee = SigningSecret::generate(&mut OsRng);
+    let release = |keys: &[&str]| {
+        let rel = dcr_protocol::wire::Release {
+            session_id: "00".repeat(16),
+            evidence_digest: "11".repeat(32),
+            contract_digest: hex::encode(c.digest()),
+            hpke_public_key: format!("x25519:{}", "22".repeat(32)),
+            result_key: tee.public().to_text(),
+            issued_at: 1,
+            keys: keys
+                .iter()
+                .map(|k| dcr_protocol::wire::ReleasedKey {
+                    key_id: k.to_string(),
+                    enc: String::new(),
+                    ciphertext: String::new(),
+                })
+                .collect(),
+        };
+        Signed::sign(&service_key, &serde_json::to_vec(&rel).unwrap())
+    };
+    let open = |file: &[u8], tag: &str| {
+        std::fs::write(r.d.join(format!("{tag}.res")), file).unwrap();
+        let o = cli(
+            &r.d,
+            &["open", "--in", &format!("{tag}.res"), "--out", &format!("{tag}.csv"), "--key", "publisher.key", "--contract", "contract.toml"],
+        );
+        assert!(!r.d.join(format!("{tag}.csv")).exists() || o.status.success());
+        o
+    };
+    let rows = b"segment,overlap\nsports,120\n";
+    let sealed = seal_to_recipients(&c, rows);
+    let f = dcr_protocol::result::sign(&tee, &release(&["adv-1", "dcr.upload-token"]), &c.digest(), "out.sealed", &sealed);
+    let e = refused_with(&open(&f, "one-key"), "did not include dataset pub's key pub-1");
+    assert!(e.starts_with("error: "), "{e}");
+    // Every key released, but the plaintext breaks the output rules (a spreadsheet formula,
+    // free text, CRLF): refused, nothing written.
+    let bad = seal_to_recipients(&c, b"segment,overlap\r\n=HYPERLINK(\"x\"),120\r\n");
+    let f = dcr_protocol::result::sign(&tee, &release(&["pub-1", "adv-1"]), &c.digest(), "out.sealed", &bad);
+    refused_with(&open(&f, "rules"), "output rules");
+    // The same release with rows that keep the rules: opens.
+    let f = dcr_protocol::result::sign(&tee, &release(&["pub-1", "adv-1"]), &c.digest(), "out.sealed", &sealed);
+    ok(&open(&f, "good"));
+    assert_eq!(std::fs::read(r.d.join("good.csv")).unwrap(), rows);
+}
+
+#[test]
+fn an_expired_contract_releases_nothing_and_bounds_its_policies() {
+    let r = Room::new("sec-expired");
+    let text = std::fs::read_to_string(r.d.join("contract.toml"))
+        .unwrap()
+        .replace("expires = \"2099-01-01T00:00:00Z\"", "expires = \"2020-01-01T00:00:00Z\"");
+    std::fs::write(r.d.join("old.toml"), text).unwrap();
+    // A policy outliving its contract is refused at registration.
+    let o = cli(
+        &r.d,
+        &[
+            "register", "--service", &r.svc.url, "--service-pub",
+            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
+            "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "old.toml",
+            "--reference", "measurements.json", "--platform", "tpm", "--expires", "2099-06-01T00:00:00Z",
+        ],
+    );
+    let e = refused_with(&o, "later than the contract's expiry");
+    assert!(e.contains("policy.expires"), "{e}");
 }

@@ -663,6 +663,13 @@ async fn decide(
     let contract = contracts::load(&st.cfg.data_dir, &req.contract_digest)
         .map_err(|e| internal(e.to_string()))?
         .ok_or_else(|| internal("keys are registered for a contract this service does not keep"))?;
+    // The contract's own expiry binds every key registered for it.
+    if contract.expires_at() <= now {
+        return Err(forbidden(
+            "policy_refused",
+            format!("contract {} expired at {}", req.contract_digest, contract.expires),
+        ));
+    }
     let mut reasons = Vec::new();
     let mut allowed = Vec::new();
     for r in for_contract {
@@ -726,7 +733,21 @@ async fn decide(
         }
         allowed.push(r);
     }
-    if allowed.is_empty() {
+    // All or nothing: the TEE gets keys (and the upload token that lets it publish the
+    // contract's result) only when every dataset's key is registered and its owner's policy
+    // accepts this evidence. Otherwise one party's lax policy (its own image, its own PCRs)
+    // would give a TEE of its choosing a result key the service vouches for.
+    for d in &contract.datasets {
+        if !allowed.iter().any(|r| r.key_id == d.key_id)
+            && !reasons.iter().any(|(_, m)| m.starts_with(&format!("{}: ", d.key_id)))
+        {
+            reasons.push((
+                "key_missing",
+                format!("{}: dataset {}'s key is not registered", d.key_id, d.id),
+            ));
+        }
+    }
+    if !reasons.is_empty() {
         let code = reasons
             .iter()
             .find(|(c, _)| *c == "measurement_mismatch")
@@ -875,6 +896,16 @@ async fn register(AxState(st): AxState<St>, headers: HeaderMap, body: Bytes) -> 
         }
         if req.policy.platforms.is_empty() {
             return Err(bad("policy.platforms: at least one platform"));
+        }
+        match dcr_protocol::time::parse_rfc3339(&req.policy.expires) {
+            Some(t) if t <= contract.expires_at() => {}
+            Some(_) => {
+                return Err(bad(format!(
+                    "policy.expires: {} is later than the contract's expiry {}",
+                    req.policy.expires, contract.expires
+                )))
+            }
+            None => return Err(bad("policy.expires: expected RFC 3339 UTC")),
         }
         if let Some(t) = req
             .policy
