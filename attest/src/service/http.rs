@@ -641,7 +641,7 @@ async fn decide(
     // Policy: deny by default; a key is released only if every condition holds.
     let records = st
         .journal
-        .keys()
+        .keys_with_prefix(&store_id(&req.contract_digest, ""))
         .map_err(|e| internal(format!("store: {e}")))?;
     let mut for_contract = Vec::new();
     for (_, bytes) in records {

@@ -12,7 +12,7 @@
 //! spend was lost.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -160,6 +160,10 @@ pub struct AuditState {
 
 /// Is this line an audit record at all (a JSON object with a `seq`)? Used to tell a corrupt
 /// tail (nothing recognisable after the first bad line) from corruption in the middle.
+/// The longest audit line recovery reads (records are bounded far below this: every string
+/// field is cut to 128 characters, messages to 512).
+const MAX_RECORD: u64 = 1 << 20;
+
 fn looks_like_record(line: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(line)
         .map(|v| v.get("seq").is_some())
@@ -182,21 +186,40 @@ pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
         truncated: 0,
         quarantine: None,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    // Streamed: memory is one line, whatever the log's size (a log grown by a flood of
+    // refusals must not need its own size in RAM to restart).
+    let file = match File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
         Err(e) => return Err(err(e.to_string())),
     };
-    let mut pos = 0usize;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let mut pos = 0u64;
     let mut bad: Option<(u64, String)> = None;
-    while pos < bytes.len() {
+    loop {
         let line_no = state.records + 1;
-        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-            bad = Some((line_no, "no newline (torn write)".into()));
+        line.clear();
+        let n = (&mut r)
+            .take(MAX_RECORD + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| err(e.to_string()))?;
+        if n == 0 {
             break;
-        };
-        let line = &bytes[pos..pos + nl];
-        let v: serde_json::Value = match serde_json::from_slice(line) {
+        }
+        if line.last() != Some(&b'\n') {
+            bad = Some((
+                line_no,
+                if n as u64 > MAX_RECORD {
+                    format!("longer than {MAX_RECORD} bytes")
+                } else {
+                    "no newline (torn write)".into()
+                },
+            ));
+            break;
+        }
+        let body = &line[..n - 1];
+        let v: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
                 bad = Some((line_no, format!("not JSON: {e}")));
@@ -216,19 +239,36 @@ pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
             break;
         }
         state.records += 1;
-        state.last_hash = Sha256::digest(line).into();
-        pos += nl + 1;
+        state.last_hash = Sha256::digest(body).into();
+        pos += n as u64;
     }
-    state.len = pos as u64;
+    state.len = pos;
     let Some((line_no, why)) = bad else {
         return Ok(state);
     };
-    let tail = &bytes[pos..];
-    let later = tail
-        .split(|&b| b == b'\n')
-        .skip(1)
-        .filter(|l| looks_like_record(l))
-        .count();
+    // The tail from the first bad line: records after it mean corruption in the middle.
+    let tail_reader = || -> Result<BufReader<File>, JournalError> {
+        let mut f = File::open(path).map_err(|e| err(e.to_string()))?;
+        f.seek(SeekFrom::Start(pos)).map_err(|e| err(e.to_string()))?;
+        Ok(BufReader::with_capacity(1 << 20, f))
+    };
+    let mut t = tail_reader()?;
+    let mut later = 0u64;
+    let mut first = true;
+    loop {
+        line.clear();
+        let n = (&mut t)
+            .take(MAX_RECORD + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| err(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if !first && line.last() == Some(&b'\n') && looks_like_record(&line[..n - 1]) {
+            later += 1;
+        }
+        first = false;
+    }
     if later > 0 {
         return Err(err(format!(
             "line {line_no}: {why}, and {later} record(s) follow it: corruption in the middle \
@@ -247,8 +287,8 @@ pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
             Err(e) => return Err(err(format!("quarantine {}: {e}", qp.display()))),
         }
     };
-    q.write_all(tail)
-        .and_then(|_| q.sync_all())
+    let copied = std::io::copy(&mut tail_reader()?, &mut q)
+        .and_then(|n| q.sync_all().map(|_| n))
         .map_err(|e| err(format!("quarantine {}: {e}", qpath.display())))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir);
@@ -259,7 +299,7 @@ pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
         .map_err(|e| err(e.to_string()))?;
     f.set_len(state.len).map_err(|e| err(e.to_string()))?;
     f.sync_all().map_err(|e| err(e.to_string()))?;
-    state.truncated = tail.len() as u64;
+    state.truncated = copied;
     state.quarantine = Some(qpath);
     Ok(state)
 }
@@ -336,13 +376,18 @@ impl Journal {
     }
 
     /// All registered key records (key id, record bytes).
-    pub fn keys(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+    /// The key records whose id starts with `prefix` (a range scan: the cost of a release
+    /// depends on its own contract's keys, not on what other parties stored).
+    pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         self.db.with(|db| -> Result<_, String> {
             let r = db.begin_read().map_err(|e| e.to_string())?;
             let t = r.open_table(KEYS).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
-            for e in t.iter().map_err(|e| e.to_string())? {
+            for e in t.range(prefix..).map_err(|e| e.to_string())? {
                 let (k, v) = e.map_err(|e| e.to_string())?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
                 out.push((k.value().to_string(), v.value().to_vec()));
             }
             Ok(out)
