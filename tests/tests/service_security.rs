@@ -581,6 +581,26 @@ fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_
     assert_eq!(st, 404, "another (unregistered) contract: {body}");
 
     // The TEE's result: sealed to both recipients, signed with its attested result key.
+    // One token, two uploads at once (the review's parallel-upload finding): while the first
+    // streams, the second is refused before it uses any disk.
+    {
+        let port = r.svc.url.rsplit(':').next().unwrap();
+        let mut slow = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        write!(
+            slow,
+            "PUT /v1/contracts/{digest}/blobs/out.sealed HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 1000000\r\n\r\n0123456789"
+        )
+        .unwrap();
+        slow.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (st, body) = r.put_raw(&digest, "out.sealed", &auth, b"x");
+        assert_eq!(st, 409, "second upload with the same token: {body}");
+        assert!(body.contains("in progress"), "{body}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A TEE's output is bounded by the contract's output_mib (16 MiB here; 2x + 1 MiB slack).
+    let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &vec![0u8; 34 << 20]);
+    assert_eq!(st, 413, "{body}");
     let sealed = seal_to_recipients(&c, b"segment,overlap\nsports,120\n");
     let signed = dcr_protocol::result::sign(
         &rel.result_key,

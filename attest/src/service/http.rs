@@ -1167,6 +1167,29 @@ async fn put_blob(
             })?;
         blob_writer(&st, &headers, &contract, &digest, &name, &mut audit)
     })();
+    // An upload token streams one upload at a time (released when this handler returns), and a
+    // TEE's output is bounded by the contract's output_mib (plus the proof).
+    let mut limit = MAX_BLOB;
+    let _reservation = match &checked {
+        Ok(Some(h)) => {
+            let fresh = st.uploads.lock().expect("uploads lock").insert(*h);
+            if !fresh {
+                drain(body, 64 << 20).await;
+                let r = refuse(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "an upload with this token is already in progress",
+                );
+                return audited(&st, audit, r).await.into_response();
+            }
+            if let Ok(Some(c)) = contracts::load(&st.cfg.data_dir, &digest) {
+                let max_out = c.workloads.iter().map(|w| w.limits.output_mib << 20).max().unwrap_or(0);
+                limit = max_out.saturating_mul(2).saturating_add(1 << 20);
+            }
+            Some(UploadReservation(&st.uploads, *h))
+        }
+        _ => None,
+    };
     let who = match checked {
         Ok(w) => w,
         Err(r) => {
@@ -1185,7 +1208,7 @@ async fn put_blob(
     }
     let tmp = root.join(format!(".tmp-{}", hex::encode(rand32())));
     let fin = dir.join(&name);
-    let written = write_body(body, &tmp).await;
+    let written = write_body(body, &tmp, limit).await;
     let r = match written {
         Ok(n) => {
             // Write-once: link(2) fails if the name exists, so nothing is overwritten.
@@ -1252,7 +1275,16 @@ fn rand32() -> [u8; 32] {
     b
 }
 
-async fn write_body(body: Body, path: &std::path::Path) -> Result<u64, Refusal> {
+/// Frees an upload token's reservation when the upload handler ends, however it ends.
+struct UploadReservation<'a>(&'a std::sync::Mutex<std::collections::HashSet<[u8; 32]>>, [u8; 32]);
+
+impl Drop for UploadReservation<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
+async fn write_body(body: Body, path: &std::path::Path, limit: u64) -> Result<u64, Refusal> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let mut f = tokio::fs::File::create(path)
@@ -1263,11 +1295,11 @@ async fn write_body(body: Body, path: &std::path::Path) -> Result<u64, Refusal> 
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| bad(format!("body: {e}")))?;
         n += chunk.len() as u64;
-        if n > MAX_BLOB {
+        if n > limit {
             return Err(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                format!("blobs are limited to {MAX_BLOB} bytes"),
+                format!("this blob is limited to {limit} bytes"),
             ));
         }
         f.write_all(&chunk)

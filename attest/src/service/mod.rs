@@ -266,6 +266,9 @@ pub struct State {
     pub sessions: Mutex<sessions::Sessions>,
     /// Session ids already used, until they would have expired (to name replays).
     pub used: Mutex<HashMap<String, u64>>,
+    /// Upload tokens (hashes) whose upload is streaming now: a token writes once, so a second
+    /// upload with it while the first runs is refused before it uses any disk.
+    pub uploads: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -329,6 +332,7 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         keys,
         journal,
         used: Mutex::new(HashMap::new()),
+        uploads: Mutex::new(std::collections::HashSet::new()),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
