@@ -116,7 +116,8 @@ fn write_atomically_mode(
     f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), PartyError>,
 ) -> Result<(), PartyError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if out.exists() {
+    // symlink_metadata: a dangling symlink at `out` exists too.
+    if out.symlink_metadata().is_ok() {
         return Err(ferr(out, "exists (refusing to overwrite)"));
     }
     let mut tmp = out.as_os_str().to_owned();
@@ -144,7 +145,16 @@ fn write_atomically_mode(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, out).map_err(|e| ferr(out, e))
+    // link(2) fails if `out` appeared meanwhile (a file or a symlink): never replaced.
+    let linked = std::fs::hard_link(&tmp, out);
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ferr(out, "exists (refusing to overwrite)")
+        } else {
+            ferr(out, e)
+        }
+    })
 }
 
 fn copy(r: &mut impl Read, w: &mut impl Write, rp: &Path, wp: &Path) -> Result<u64, PartyError> {

@@ -1125,3 +1125,39 @@ fn an_expired_contract_releases_nothing_and_bounds_its_policies() {
     let e = refused_with(&o, "later than the contract's expiry");
     assert!(e.contains("policy.expires"), "{e}");
 }
+
+#[test]
+fn unknown_routes_answer_json_and_open_never_replaces_a_link() {
+    let r = Room::new("sec-misc");
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    for (method, path, status) in [
+        ("GET", "/v1/contracts/ab/blobs/x/", 404u16),
+        ("GET", "//v1/service", 404),
+        ("GET", "/nothing", 404),
+        ("POST", "/v1/service", 405),
+    ] {
+        let mut resp = match method {
+            "GET" => agent.get(&format!("{}{path}", r.svc.url)).call().unwrap(),
+            _ => agent.post(&format!("{}{path}", r.svc.url)).send(&b"{}"[..]).unwrap(),
+        };
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let body: serde_json::Value = serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap())
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        assert!(body["code"].is_string() && body["message"].is_string(), "{body}");
+    }
+    // A dangling symlink at --out is not replaced by the plaintext (nor followed).
+    std::os::unix::fs::symlink(r.d.join("elsewhere/target.txt"), r.d.join("link.csv")).unwrap();
+    let o = cli(&r.d, &["open", "--in", "pub-1.sealed", "--out", "link.csv", "--dek", "pub-1.dek"]);
+    refused_with(&o, "exists");
+    assert!(std::fs::symlink_metadata(r.d.join("link.csv")).unwrap().file_type().is_symlink());
+    assert!(!r.d.join("elsewhere").exists());
+    // A plain --out: written 0600, and never over an existing file.
+    ok(&cli(&r.d, &["open", "--in", "pub-1.sealed", "--out", "plain.csv", "--dek", "pub-1.dek"]));
+    refused_with(
+        &cli(&r.d, &["open", "--in", "pub-1.sealed", "--out", "plain.csv", "--dek", "pub-1.dek"]),
+        "exists",
+    );
+}

@@ -53,9 +53,26 @@ pub fn router(state: St) -> Router {
                 .put(put_blob)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(1 << 20))
         .layer(axum::middleware::map_response(too_large_as_json))
         .with_state(state)
+}
+
+async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> Refusal {
+    let path: String = uri.path().chars().take(128).collect();
+    refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}"),
+    )
+}
+
+/// Every answer is `{"code","message"}`, for paths the API does not have too.
+async fn no_route(uri: axum::http::Uri) -> Refusal {
+    let path: String = uri.path().chars().take(128).collect();
+    refuse(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}"))
 }
 
 /// axum answers a body over the limit with a plain-text 413; the API answers in JSON.
