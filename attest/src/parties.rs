@@ -297,14 +297,23 @@ pub fn open_result(
         .read_to_end(&mut plain)
         .map_err(|e| ferr(input, e))?;
     if plain.len() as u64 > cap {
-        return Err(ferr(input, format!("signed result: larger than output_mib ({cap} bytes)")));
+        return Err(ferr(
+            input,
+            format!("signed result: larger than output_mib ({cap} bytes)"),
+        ));
     }
     drop(o);
     std::io::copy(&mut hr, &mut std::io::sink()).map_err(|e| ferr(input, e))?;
-    let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new()).finalize().into();
+    let actual: [u8; 32] = std::mem::replace(&mut hr.hash, Sha256::new())
+        .finalize()
+        .into();
     result::check_digest(&signed_digest, &actual).map_err(|e| ferr(input, e))?;
-    dcr_protocol::output::check(&contract.output, &plain)
-        .map_err(|e| ferr(input, format!("signed result: breaks the contract's output rules: {e}")))?;
+    dcr_protocol::output::check(&contract.output, &plain).map_err(|e| {
+        ferr(
+            input,
+            format!("signed result: breaks the contract's output rules: {e}"),
+        )
+    })?;
     let n = plain.len() as u64;
     write_private_atomically(out, |w| w.write_all(&plain).map_err(|e| ferr(out, e)))?;
     Ok(n)

@@ -231,7 +231,14 @@ fn a_large_audit_log_restarts_in_bounded_memory() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap();
-    println!("restart over a {} MB log of {seq} records: peak RSS {} MB", written >> 20, hwm_kb >> 10);
-    assert!(hwm_kb < 48 << 10, "peak RSS {hwm_kb} kB for a {written}-byte log");
+    println!(
+        "restart over a {} MB log of {seq} records: peak RSS {} MB",
+        written >> 20,
+        hwm_kb >> 10
+    );
+    assert!(
+        hwm_kb < 48 << 10,
+        "peak RSS {hwm_kb} kB for a {written}-byte log"
+    );
     assert_eq!(assert_chain(&data), seq as usize);
 }

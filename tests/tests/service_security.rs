@@ -1027,10 +1027,21 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
     ok(&cli(
         &r.d,
         &[
-            "register", "--service", &r.svc.url, "--service-pub",
+            "register",
+            "--service",
+            &r.svc.url,
+            "--service-pub",
             r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file", "advertiser.token", "--dek", "adv-1.dek", "--contract", "contract.toml",
-            "--reference", "evil.json", "--platform", "tpm",
+            "--token-file",
+            "advertiser.token",
+            "--dek",
+            "adv-1.dek",
+            "--contract",
+            "contract.toml",
+            "--reference",
+            "evil.json",
+            "--platform",
+            "tpm",
         ],
     ));
     let c = r.contract();
@@ -1041,7 +1052,12 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
     // The attacker's TEE (same pinned AK, the advertiser's image: PCR 23 = ee…).
     let evil_tpm = SoftTpm::new(
         9,
-        vec![(4, [4u8; 32]), (9, [9u8; 32]), (11, [11u8; 32]), (23, [0xee; 32])],
+        vec![
+            (4, [4u8; 32]),
+            (9, [9u8; 32]),
+            (11, [11u8; 32]),
+            (23, [0xee; 32]),
+        ],
     );
     let e = release_keys(&agent, &r.svc.url, &evil_tpm, &c.digest(), &r.signing)
         .err()
@@ -1057,7 +1073,9 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
     // `open` on its own: a release (signed with the service's key, read from its data dir)
     // that carries only the advertiser's key does not vouch for a result.
     let service_key = SigningSecret::from_text(
-        std::fs::read_to_string(r.svc.data_dir.join("signing.key")).unwrap().trim(),
+        std::fs::read_to_string(r.svc.data_dir.join("signing.key"))
+            .unwrap()
+            .trim(),
     )
     .unwrap();
     let tee = SigningSecret::generate(&mut OsRng);
@@ -1084,23 +1102,54 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
         std::fs::write(r.d.join(format!("{tag}.res")), file).unwrap();
         let o = cli(
             &r.d,
-            &["open", "--in", &format!("{tag}.res"), "--out", &format!("{tag}.csv"), "--key", "publisher.key", "--contract", "contract.toml"],
+            &[
+                "open",
+                "--in",
+                &format!("{tag}.res"),
+                "--out",
+                &format!("{tag}.csv"),
+                "--key",
+                "publisher.key",
+                "--contract",
+                "contract.toml",
+            ],
         );
         assert!(!r.d.join(format!("{tag}.csv")).exists() || o.status.success());
         o
     };
     let rows = b"segment,overlap\nsports,120\n";
     let sealed = seal_to_recipients(&c, rows);
-    let f = dcr_protocol::result::sign(&tee, &release(&["adv-1", "dcr.upload-token"]), &c.digest(), "out.sealed", &sealed);
-    let e = refused_with(&open(&f, "one-key"), "did not include dataset pub's key pub-1");
+    let f = dcr_protocol::result::sign(
+        &tee,
+        &release(&["adv-1", "dcr.upload-token"]),
+        &c.digest(),
+        "out.sealed",
+        &sealed,
+    );
+    let e = refused_with(
+        &open(&f, "one-key"),
+        "did not include dataset pub's key pub-1",
+    );
     assert!(e.starts_with("error: "), "{e}");
     // Every key released, but the plaintext breaks the output rules (a spreadsheet formula,
     // free text, CRLF): refused, nothing written.
     let bad = seal_to_recipients(&c, b"segment,overlap\r\n=HYPERLINK(\"x\"),120\r\n");
-    let f = dcr_protocol::result::sign(&tee, &release(&["pub-1", "adv-1"]), &c.digest(), "out.sealed", &bad);
+    let f = dcr_protocol::result::sign(
+        &tee,
+        &release(&["pub-1", "adv-1"]),
+        &c.digest(),
+        "out.sealed",
+        &bad,
+    );
     refused_with(&open(&f, "rules"), "output rules");
     // The same release with rows that keep the rules: opens.
-    let f = dcr_protocol::result::sign(&tee, &release(&["pub-1", "adv-1"]), &c.digest(), "out.sealed", &sealed);
+    let f = dcr_protocol::result::sign(
+        &tee,
+        &release(&["pub-1", "adv-1"]),
+        &c.digest(),
+        "out.sealed",
+        &sealed,
+    );
     ok(&open(&f, "good"));
     assert_eq!(std::fs::read(r.d.join("good.csv")).unwrap(), rows);
 }
@@ -1110,16 +1159,32 @@ fn an_expired_contract_releases_nothing_and_bounds_its_policies() {
     let r = Room::new("sec-expired");
     let text = std::fs::read_to_string(r.d.join("contract.toml"))
         .unwrap()
-        .replace("expires = \"2099-01-01T00:00:00Z\"", "expires = \"2020-01-01T00:00:00Z\"");
+        .replace(
+            "expires = \"2099-01-01T00:00:00Z\"",
+            "expires = \"2020-01-01T00:00:00Z\"",
+        );
     std::fs::write(r.d.join("old.toml"), text).unwrap();
     // A policy outliving its contract is refused at registration.
     let o = cli(
         &r.d,
         &[
-            "register", "--service", &r.svc.url, "--service-pub",
+            "register",
+            "--service",
+            &r.svc.url,
+            "--service-pub",
             r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file", "publisher.token", "--dek", "pub-1.dek", "--contract", "old.toml",
-            "--reference", "measurements.json", "--platform", "tpm", "--expires", "2099-06-01T00:00:00Z",
+            "--token-file",
+            "publisher.token",
+            "--dek",
+            "pub-1.dek",
+            "--contract",
+            "old.toml",
+            "--reference",
+            "measurements.json",
+            "--platform",
+            "tpm",
+            "--expires",
+            "2099-06-01T00:00:00Z",
         ],
     );
     let e = refused_with(&o, "later than the contract's expiry");
@@ -1141,23 +1206,110 @@ fn unknown_routes_answer_json_and_open_never_replaces_a_link() {
     ] {
         let mut resp = match method {
             "GET" => agent.get(&format!("{}{path}", r.svc.url)).call().unwrap(),
-            _ => agent.post(&format!("{}{path}", r.svc.url)).send(&b"{}"[..]).unwrap(),
+            _ => agent
+                .post(&format!("{}{path}", r.svc.url))
+                .send(&b"{}"[..])
+                .unwrap(),
         };
         assert_eq!(resp.status().as_u16(), status, "{method} {path}");
-        let body: serde_json::Value = serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap())
-            .unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
-        assert!(body["code"].is_string() && body["message"].is_string(), "{body}");
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap())
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        assert!(
+            body["code"].is_string() && body["message"].is_string(),
+            "{body}"
+        );
     }
     // A dangling symlink at --out is not replaced by the plaintext (nor followed).
     std::os::unix::fs::symlink(r.d.join("elsewhere/target.txt"), r.d.join("link.csv")).unwrap();
-    let o = cli(&r.d, &["open", "--in", "pub-1.sealed", "--out", "link.csv", "--dek", "pub-1.dek"]);
+    let o = cli(
+        &r.d,
+        &[
+            "open",
+            "--in",
+            "pub-1.sealed",
+            "--out",
+            "link.csv",
+            "--dek",
+            "pub-1.dek",
+        ],
+    );
     refused_with(&o, "exists");
-    assert!(std::fs::symlink_metadata(r.d.join("link.csv")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(r.d.join("link.csv"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert!(!r.d.join("elsewhere").exists());
     // A plain --out: written 0600, and never over an existing file.
-    ok(&cli(&r.d, &["open", "--in", "pub-1.sealed", "--out", "plain.csv", "--dek", "pub-1.dek"]));
+    ok(&cli(
+        &r.d,
+        &[
+            "open",
+            "--in",
+            "pub-1.sealed",
+            "--out",
+            "plain.csv",
+            "--dek",
+            "pub-1.dek",
+        ],
+    ));
     refused_with(
-        &cli(&r.d, &["open", "--in", "pub-1.sealed", "--out", "plain.csv", "--dek", "pub-1.dek"]),
+        &cli(
+            &r.d,
+            &[
+                "open",
+                "--in",
+                "pub-1.sealed",
+                "--out",
+                "plain.csv",
+                "--dek",
+                "pub-1.dek",
+            ],
+        ),
         "exists",
+    );
+}
+
+#[test]
+fn an_unauthenticated_flood_of_refusals_does_not_grow_the_audit_log_without_bound() {
+    // The review grew audit.log by ~1.1 MB/s per client with malformed /v1/attest requests.
+    let r = Room::new("sec-noise");
+    let before = audit_records(&r.svc.data_dir).len();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let start = std::time::Instant::now();
+    let n = 2000;
+    for i in 0..n {
+        let mut resp = agent
+            .post(&format!("{}/v1/attest", r.svc.url))
+            .header("content-type", "application/json")
+            .send(format!("{{\"junk\": \"{}\"}}", "z".repeat(i % 2000)))
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+        let _ = resp.body_mut().read_to_vec();
+    }
+    let secs = start.elapsed().as_secs() + 1;
+    let written = audit_records(&r.svc.data_dir).len() - before;
+    let bound =
+        (dcr_attest::service::NOISE_BURST + dcr_attest::service::NOISE_PER_SECOND * secs) as usize;
+    println!("{n} malformed requests in {secs} s: {written} audit records (bound {bound})");
+    assert!(
+        written <= bound,
+        "{written} records for {n} refusals in {secs} s"
+    );
+    // A decision (a party refused) is always written, and carries the count turned away.
+    refused_with(
+        &r.register("advertiser", "pub-1", "contract.toml", "tpm"),
+        "not_owner",
+    );
+    let recs = audit_records(&r.svc.data_dir);
+    let last = recs.last().unwrap();
+    assert_eq!(last["code"], "not_owner", "{last}");
+    assert_eq!(
+        last["suppressed_before"].as_u64().unwrap() as usize,
+        n - written,
+        "{last}"
     );
 }

@@ -72,7 +72,11 @@ async fn no_method(method: axum::http::Method, uri: axum::http::Uri) -> Refusal 
 /// Every answer is `{"code","message"}`, for paths the API does not have too.
 async fn no_route(uri: axum::http::Uri) -> Refusal {
     let path: String = uri.path().chars().take(128).collect();
-    refuse(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}"))
+    refuse(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {path}"),
+    )
 }
 
 /// axum answers a body over the limit with a plain-text 413; the API answers in JSON.
@@ -153,6 +157,34 @@ fn audit_base(kind: &str) -> Map<String, Value> {
 
 /// Record a refusal in the audit log, then return it.
 async fn audited(st: &State, mut audit: Map<String, Value>, r: Refusal) -> Refusal {
+    // Refusals anyone can provoke without credentials or evidence (malformed requests, unknown
+    // or replayed sessions, unknown blobs, missing tokens) are written at most
+    // NOISE_PER_SECOND a second (bursts of NOISE_BURST); the rest are counted, and the count
+    // goes into the next record written. Decisions about evidence, keys and parties are always
+    // written.
+    let noise = matches!(
+        r.code,
+        "bad_request"
+            | "unknown_session"
+            | "nonce_reused"
+            | "nonce_expired"
+            | "not_found"
+            | "unauthorized"
+            | "unknown_contract"
+            | "too_large"
+            | "timeout"
+    );
+    if noise && !st.audit_noise.lock().expect("noise lock").take(unix_now()) {
+        return r;
+    }
+    let suppressed = st
+        .audit_noise
+        .lock()
+        .expect("noise lock")
+        .drain_suppressed();
+    if suppressed > 0 {
+        audit.insert("suppressed_before".into(), suppressed.into());
+    }
     audit.insert("decision".into(), "refuse".into());
     audit.insert("code".into(), r.code.into());
     audit.insert("message".into(), r.message.clone().into());
@@ -684,7 +716,10 @@ async fn decide(
     if contract.expires_at() <= now {
         return Err(forbidden(
             "policy_refused",
-            format!("contract {} expired at {}", req.contract_digest, contract.expires),
+            format!(
+                "contract {} expired at {}",
+                req.contract_digest, contract.expires
+            ),
         ));
     }
     let mut reasons = Vec::new();
@@ -756,7 +791,9 @@ async fn decide(
     // would give a TEE of its choosing a result key the service vouches for.
     for d in &contract.datasets {
         if !allowed.iter().any(|r| r.key_id == d.key_id)
-            && !reasons.iter().any(|(_, m)| m.starts_with(&format!("{}: ", d.key_id)))
+            && !reasons
+                .iter()
+                .any(|(_, m)| m.starts_with(&format!("{}: ", d.key_id)))
         {
             reasons.push((
                 "key_missing",
@@ -1200,7 +1237,12 @@ async fn put_blob(
                 return audited(&st, audit, r).await.into_response();
             }
             if let Ok(Some(c)) = contracts::load(&st.cfg.data_dir, &digest) {
-                let max_out = c.workloads.iter().map(|w| w.limits.output_mib << 20).max().unwrap_or(0);
+                let max_out = c
+                    .workloads
+                    .iter()
+                    .map(|w| w.limits.output_mib << 20)
+                    .max()
+                    .unwrap_or(0);
                 limit = max_out.saturating_mul(2).saturating_add(1 << 20);
             }
             Some(UploadReservation(&st.uploads, *h))
@@ -1293,11 +1335,17 @@ fn rand32() -> [u8; 32] {
 }
 
 /// Frees an upload token's reservation when the upload handler ends, however it ends.
-struct UploadReservation<'a>(&'a std::sync::Mutex<std::collections::HashSet<[u8; 32]>>, [u8; 32]);
+struct UploadReservation<'a>(
+    &'a std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    [u8; 32],
+);
 
 impl Drop for UploadReservation<'_> {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 

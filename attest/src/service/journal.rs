@@ -249,7 +249,8 @@ pub fn recover_audit(path: &Path) -> Result<AuditState, JournalError> {
     // The tail from the first bad line: records after it mean corruption in the middle.
     let tail_reader = || -> Result<BufReader<File>, JournalError> {
         let mut f = File::open(path).map_err(|e| err(e.to_string()))?;
-        f.seek(SeekFrom::Start(pos)).map_err(|e| err(e.to_string()))?;
+        f.seek(SeekFrom::Start(pos))
+            .map_err(|e| err(e.to_string()))?;
         Ok(BufReader::with_capacity(1 << 20, f))
     };
     let mut t = tail_reader()?;

@@ -269,6 +269,55 @@ pub struct State {
     /// Upload tokens (hashes) whose upload is streaming now: a token writes once, so a second
     /// upload with it while the first runs is refused before it uses any disk.
     pub uploads: Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// The budget of unauthenticated refusal records (see `http::audited`).
+    pub audit_noise: Mutex<NoiseBudget>,
+}
+
+/// A token bucket for audit records of refusals anyone can provoke: `NOISE_PER_SECOND`
+/// records a second, bursts of `NOISE_BURST`; what it turns away is counted.
+pub struct NoiseBudget {
+    tokens: u64,
+    at: u64,
+    suppressed: u64,
+}
+
+pub const NOISE_PER_SECOND: u64 = 20;
+pub const NOISE_BURST: u64 = 200;
+
+impl NoiseBudget {
+    pub fn new() -> Self {
+        NoiseBudget {
+            tokens: NOISE_BURST,
+            at: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a record may be written at `now` (unix seconds); counts it if not.
+    pub fn take(&mut self, now: u64) -> bool {
+        if now > self.at {
+            self.tokens = (self.tokens + (now - self.at) * NOISE_PER_SECOND).min(NOISE_BURST);
+            self.at = now;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// How many records were turned away since the last call.
+    pub fn drain_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
+impl Default for NoiseBudget {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -333,6 +382,7 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         journal,
         used: Mutex::new(HashMap::new()),
         uploads: Mutex::new(std::collections::HashSet::new()),
+        audit_noise: Mutex::new(NoiseBudget::new()),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
