@@ -1,6 +1,7 @@
 //! Everything the guest and the service read from each other or from storage: sealed streams
 //! (header and chunks), sealed outputs (recipient table), contracts (TOML and canonical JSON),
-//! SEV-SNP certificate tables, TDX quotes as collected, and the API's JSON messages.
+//! SEV-SNP certificate tables, TDX quotes as collected, the API's JSON messages, signed
+//! results (DCRSIGN envelope) and the output rules' CSV checker.
 #![no_main]
 use std::io::Read;
 
@@ -28,4 +29,19 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<wire::AttestRequest>(data);
     let _ = serde_json::from_slice::<wire::RegisterRequest>(data);
     let _ = serde_json::from_slice::<release::Signed>(data);
+    let _ = serde_json::from_slice::<wire::RegistrationReceipt>(data);
+    if let Ok((proof, _)) = result::split(data) {
+        let key = keys::SigningPublic([3u8; 32]);
+        let _ = result::verify_proof(&proof, &key, &[0u8; 32], "out.sealed");
+    }
+    let rules = contract::OutputRules {
+        min_group_size: 50,
+        columns: vec![
+            contract::OutputColumn::Label { name: "segment".into(), max_len: 32, values: None },
+            contract::OutputColumn::Count { name: "overlap".into() },
+            contract::OutputColumn::Integer { name: "conversions".into(), min: 0, max: 1_000_000 },
+        ],
+        blob: "out.sealed".into(),
+    };
+    let _ = output::check(&rules, data);
 });

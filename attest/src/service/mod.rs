@@ -1,7 +1,8 @@
 //! `dcr-attest serve`: the key-release service (docs/protocol.md).
 //!
 //! Background-check model: a TEE asks for a challenge, binds
-//! `report_data(nonce, hpke_pk, contract_digest)` into its evidence, and posts the evidence.
+//! `report_data(nonce, hpke_pk, contract_digest, result_key)` into its evidence, and posts the
+//! evidence.
 //! The service verifies it with this crate's verifiers, compares the claims with the
 //! reference values registered with each key, and releases every matching key HPKE-sealed to
 //! the TEE's key and bound to the evidence digest, in a response signed with the service key.
