@@ -171,26 +171,43 @@ impl Room {
     }
 
     fn register(&self, party: &str, key: &str, contract: &str, platform: &str) -> Output {
-        cli(
-            &self.d,
-            &[
-                "register",
-                "--service",
-                &self.svc.url,
-                "--service-pub",
-                self.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-                "--token-file",
-                &format!("{party}.token"),
-                "--dek",
-                &format!("{key}.dek"),
-                "--contract",
-                contract,
-                "--reference",
-                "measurements.json",
-                "--platform",
-                platform,
-            ],
+        self.register_with(
+            party,
+            key,
+            contract,
+            "measurements.json",
+            &["--platform", platform],
         )
+    }
+
+    /// `dcr-attest register` against this room's service with `reference` and `extra` flags.
+    fn register_with(
+        &self,
+        party: &str,
+        key: &str,
+        contract: &str,
+        reference: &str,
+        extra: &[&str],
+    ) -> Output {
+        let pubf = self.svc.data_dir.join("service.pub.json");
+        let (token, dek) = (format!("{party}.token"), format!("{key}.dek"));
+        let mut args = vec![
+            "register",
+            "--service",
+            &self.svc.url,
+            "--service-pub",
+            pubf.to_str().unwrap(),
+            "--token-file",
+            &token,
+            "--dek",
+            &dek,
+            "--contract",
+            contract,
+            "--reference",
+            reference,
+        ];
+        args.extend_from_slice(extra);
+        cli(&self.d, &args)
     }
 
     fn put(&self, auth_party: &str, name: &str, file: &str) -> Output {
@@ -731,25 +748,12 @@ fn tdx_is_refused_until_its_rtmrs_are_predicted() {
         serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap();
     m["measurements"]["tdx"] = serde_json::json!({"mrtd": "ab".repeat(48)});
     std::fs::write(r.d.join("tdx.json"), m.to_string()).unwrap();
-    let o = cli(
-        &r.d,
-        &[
-            "register",
-            "--service",
-            &r.svc.url,
-            "--service-pub",
-            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file",
-            "publisher.token",
-            "--dek",
-            "pub-1.dek",
-            "--contract",
-            "contract.toml",
-            "--reference",
-            "tdx.json",
-            "--platform",
-            "tdx",
-        ],
+    let o = r.register_with(
+        "publisher",
+        "pub-1",
+        "contract.toml",
+        "tdx.json",
+        &["--platform", "tdx"],
     );
     let e = refused_with(&o, "policy_refused");
     assert!(e.contains("RTMR1/RTMR2"), "{e}");
@@ -783,22 +787,12 @@ fn snp_keys_carry_a_minimum_tcb() {
         .unwrap_err();
     assert!(err.to_string().contains("policy.snp_min_tcb"), "{err}");
     // The CLI registers the documented Milan default (and a stated Genoa level).
-    let o = cli(
-        &r.d,
+    let o = r.register_with(
+        "publisher",
+        "pub-1",
+        "contract.toml",
+        "snp.json",
         &[
-            "register",
-            "--service",
-            &r.svc.url,
-            "--service-pub",
-            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file",
-            "publisher.token",
-            "--dek",
-            "pub-1.dek",
-            "--contract",
-            "contract.toml",
-            "--reference",
-            "snp.json",
             "--platform",
             "snp",
             "--snp-min-tcb",
@@ -806,27 +800,12 @@ fn snp_keys_carry_a_minimum_tcb() {
         ],
     );
     ok(&o);
-    let o = cli(
-        &r.d,
-        &[
-            "register",
-            "--service",
-            &r.svc.url,
-            "--service-pub",
-            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file",
-            "advertiser.token",
-            "--dek",
-            "adv-1.dek",
-            "--contract",
-            "contract.toml",
-            "--reference",
-            "snp.json",
-            "--platform",
-            "snp",
-            "--snp-min-tcb",
-            "genoa:bl=10",
-        ],
+    let o = r.register_with(
+        "advertiser",
+        "adv-1",
+        "contract.toml",
+        "snp.json",
+        &["--platform", "snp", "--snp-min-tcb", "genoa:bl=10"],
     );
     refused_with(&o, "--snp-min-tcb");
 }
@@ -1024,25 +1003,12 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
     evil["measurements"]["tpm"]["pcrs"]["23"] = "ee".repeat(32).into();
     std::fs::write(r.d.join("evil.json"), evil.to_string()).unwrap();
     ok(&r.register("publisher", "pub-1", "contract.toml", "tpm"));
-    ok(&cli(
-        &r.d,
-        &[
-            "register",
-            "--service",
-            &r.svc.url,
-            "--service-pub",
-            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file",
-            "advertiser.token",
-            "--dek",
-            "adv-1.dek",
-            "--contract",
-            "contract.toml",
-            "--reference",
-            "evil.json",
-            "--platform",
-            "tpm",
-        ],
+    ok(&r.register_with(
+        "advertiser",
+        "adv-1",
+        "contract.toml",
+        "evil.json",
+        &["--platform", "tpm"],
     ));
     let c = r.contract();
     let agent = ureq::Agent::config_builder()
@@ -1165,27 +1131,12 @@ fn an_expired_contract_releases_nothing_and_bounds_its_policies() {
         );
     std::fs::write(r.d.join("old.toml"), text).unwrap();
     // A policy outliving its contract is refused at registration.
-    let o = cli(
-        &r.d,
-        &[
-            "register",
-            "--service",
-            &r.svc.url,
-            "--service-pub",
-            r.svc.data_dir.join("service.pub.json").to_str().unwrap(),
-            "--token-file",
-            "publisher.token",
-            "--dek",
-            "pub-1.dek",
-            "--contract",
-            "old.toml",
-            "--reference",
-            "measurements.json",
-            "--platform",
-            "tpm",
-            "--expires",
-            "2099-06-01T00:00:00Z",
-        ],
+    let o = r.register_with(
+        "publisher",
+        "pub-1",
+        "old.toml",
+        "measurements.json",
+        &["--platform", "tpm", "--expires", "2099-06-01T00:00:00Z"],
     );
     let e = refused_with(&o, "later than the contract's expiry");
     assert!(e.contains("policy.expires"), "{e}");
