@@ -180,7 +180,7 @@ echo "$rc" >"$base/status"
   done
 status=$(cat "$base/status" 2>/dev/null || echo "unknown")
 end=$(date +%s)
-mark() { awk -v k="$1" '$1 == k { print $2 }' "$marks" 2>/dev/null | tail -1; }
+mark() { [ -f "$marks" ] || return 0; awk -v k="$1" '$1 == k { print $2 }' "$marks" | tail -1; }
 bs=$(mark build-start); be=$(mark build-end); is=$(mark image-start); ie=$(mark image-end)
 if [ -n "$bs" ]; then took[setup]=$((bs - phase_start)); else took[setup]=$((end - phase_start)); fi
 took[build]=0
