@@ -8,7 +8,8 @@
 #         (added to the root's trust store), its apt settings for reaching the mirror (proxy,
 #         CA, validity checks: the Acquire:: part of apt-config dump), pip configuration and
 #         cargo home.
-#         A clean checkout (git ls-files) goes to /work/main with ../shared beside it; the
+#         A clean checkout (git ls-files, committed as one git commit) goes to /work/main
+#         with ../shared beside it; the
 #         machine's Rust toolchain (rustup and cargo homes) is bound in: the fresh machine comes
 #         with Rust, and the crate download cache is shared. The target directory never is.
 #  setup, build, run
@@ -133,6 +134,12 @@ git -C "$top" ls-files -z --cached | while IFS= read -r -d '' f; do
   mkdir -p "$root/work/main/$(dirname "$f")"
   cp -P "$top/$f" "$root/work/main/$f"
 done
+# A checkout is a git work tree (the rebuild harness lists its files with git): one commit of
+# exactly these files, as a fresh clone would have.
+git -C "$root/work/main" init -q
+git -C "$root/work/main" add -A
+git -C "$root/work/main" -c user.name=fresh-machine -c user.email=fresh-machine@localhost \
+  commit -q -m "fresh-machine snapshot"
 cp -r "$shared" "$root/work/shared"
 chmod -R a-w "$root/work/shared"
 phase root
