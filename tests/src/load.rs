@@ -33,6 +33,20 @@ impl SoftTpm {
         }
     }
 
+    /// A TPM whose AK comes from `seed`, with PCRs 4, 9 and 11 holding 4…, 9…, 11… and PCR 23
+    /// holding `pcr23` (what the tests register as the reference image, or another one).
+    pub fn standard(seed: u8, pcr23: u8) -> Self {
+        SoftTpm::new(
+            seed,
+            vec![
+                (4, [4u8; 32]),
+                (9, [9u8; 32]),
+                (11, [11u8; 32]),
+                (23, [pcr23; 32]),
+            ],
+        )
+    }
+
     pub fn ak_pem(&self) -> String {
         self.key
             .verifying_key()
@@ -312,15 +326,7 @@ pub fn setup_service_with_keys(
 /// The software TPM the load tests use (fixed PCR values) and the service arguments that
 /// trust its AK (`--tpm-ak`) and the publisher's token; files go to `d`.
 pub fn soft_tpm_service_args(d: &std::path::Path) -> (SoftTpm, Vec<String>) {
-    let tpm = SoftTpm::new(
-        7,
-        vec![
-            (4, [4u8; 32]),
-            (9, [9u8; 32]),
-            (11, [11u8; 32]),
-            (23, [23u8; 32]),
-        ],
-    );
+    let tpm = SoftTpm::standard(7, 23);
     std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
     std::fs::write(d.join("tokens"), "publisher:publisher-token-0123456789\n").unwrap();
     let args = vec![

@@ -75,15 +75,7 @@ impl Room {
     fn new(tag: &str) -> Room {
         let t = TempDir::new(tag);
         let d = t.path().to_path_buf();
-        let tpm = SoftTpm::new(
-            9,
-            vec![
-                (4, [4u8; 32]),
-                (9, [9u8; 32]),
-                (11, [11u8; 32]),
-                (23, [23u8; 32]),
-            ],
-        );
+        let tpm = SoftTpm::standard(9, 23);
         std::fs::write(d.join("ak.pem"), tpm.ak_pem()).unwrap();
         std::fs::write(
             d.join("tokens"),
@@ -227,6 +219,35 @@ impl Room {
                 file,
             ],
         )
+    }
+
+    /// `dcr-attest open` of `bytes` as the publisher, with this room's contract; a refusal
+    /// leaves neither plaintext nor a partial file behind.
+    fn open_result(&self, bytes: &[u8], tag: &str) -> Output {
+        std::fs::write(self.d.join(format!("{tag}.res")), bytes).unwrap();
+        let (input, out) = (format!("{tag}.res"), format!("{tag}.csv"));
+        let o = cli(
+            &self.d,
+            &[
+                "open",
+                "--in",
+                &input,
+                "--out",
+                &out,
+                "--key",
+                "publisher.key",
+                "--contract",
+                "contract.toml",
+            ],
+        );
+        if !o.status.success() {
+            assert!(!self.d.join(&out).exists(), "{tag}: plaintext left behind");
+            assert!(
+                !self.d.join(format!("{out}.partial")).exists(),
+                "{tag}: partial left behind"
+            );
+        }
+        o
     }
 
     /// PUT raw bytes with an Authorization header value; (status, body).
@@ -666,32 +687,7 @@ fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_
     // Forged results (the review's `sports,99999,99999` sealed to both recipients' public
     // keys), offered to `open` as files:
     let forged = seal_to_recipients(&c, b"segment,overlap\nsports,99999\n");
-    let open = |bytes: &[u8], tag: &str| {
-        std::fs::write(r.d.join(format!("{tag}.sealed")), bytes).unwrap();
-        let o = cli(
-            &r.d,
-            &[
-                "open",
-                "--in",
-                &format!("{tag}.sealed"),
-                "--out",
-                &format!("{tag}.csv"),
-                "--key",
-                "publisher.key",
-                "--contract",
-                "contract.toml",
-            ],
-        );
-        assert!(
-            !r.d.join(format!("{tag}.csv")).exists(),
-            "{tag}: plaintext left behind"
-        );
-        assert!(
-            !r.d.join(format!("{tag}.csv.partial")).exists(),
-            "{tag}: partial left behind"
-        );
-        o
-    };
+    let open = |bytes: &[u8], tag: &str| r.open_result(bytes, tag);
     // (a) no proof at all;
     let e = refused_with(&open(&forged, "bare"), "not a signed result");
     assert!(e.starts_with("error: "), "{e}");
@@ -1016,15 +1012,7 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
         .build()
         .new_agent();
     // The attacker's TEE (same pinned AK, the advertiser's image: PCR 23 = ee…).
-    let evil_tpm = SoftTpm::new(
-        9,
-        vec![
-            (4, [4u8; 32]),
-            (9, [9u8; 32]),
-            (11, [11u8; 32]),
-            (23, [0xee; 32]),
-        ],
-    );
+    let evil_tpm = SoftTpm::standard(9, 0xee);
     let e = release_keys(&agent, &r.svc.url, &evil_tpm, &c.digest(), &r.signing)
         .err()
         .expect("refused");
@@ -1064,25 +1052,7 @@ fn one_partys_lax_policy_cannot_vouch_for_a_result() {
         };
         Signed::sign(&service_key, &serde_json::to_vec(&rel).unwrap())
     };
-    let open = |file: &[u8], tag: &str| {
-        std::fs::write(r.d.join(format!("{tag}.res")), file).unwrap();
-        let o = cli(
-            &r.d,
-            &[
-                "open",
-                "--in",
-                &format!("{tag}.res"),
-                "--out",
-                &format!("{tag}.csv"),
-                "--key",
-                "publisher.key",
-                "--contract",
-                "contract.toml",
-            ],
-        );
-        assert!(!r.d.join(format!("{tag}.csv")).exists() || o.status.success());
-        o
-    };
+    let open = |file: &[u8], tag: &str| r.open_result(file, tag);
     let rows = b"segment,overlap\nsports,120\n";
     let sealed = seal_to_recipients(&c, rows);
     let f = dcr_protocol::result::sign(
