@@ -82,7 +82,7 @@ pub fn compare_dirs(a: &Path, b: &Path) -> Result<Report, CompareError> {
     Ok(report)
 }
 
-fn short(h: &dcr_attest::reference::Sha256) -> String {
+fn short(h: &dcr_protocol::measurements::Sha256) -> String {
     h.to_hex()[..16].to_string()
 }
 

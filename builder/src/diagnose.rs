@@ -2,9 +2,9 @@
 //! measurements.json, event by event, and name the first differing event of each PCR and the
 //! input that explains it.
 
-use dcr_attest::measure::eventlog::{EventLog, EV_NO_ACTION, TPM_ALG_SHA256};
-use dcr_attest::measure::hex;
-use dcr_attest::reference::Measurements;
+use dcr_measure::eventlog::{EventLog, EV_NO_ACTION, TPM_ALG_SHA256};
+use dcr_protocol::measurements::Measurements;
+use hex::encode as hex;
 
 /// The outcome: one line per finding; `ok` when every predicted PCR matches.
 #[derive(Debug, Clone, Default)]
@@ -74,24 +74,20 @@ fn explain(description: &str) -> &'static str {
 pub fn diagnose(m: &Measurements, log: &EventLog) -> Result<Diagnosis, String> {
     let tpm = m
         .measurements
-        .get("tpm")
+        .tpm
+        .as_ref()
         .ok_or("measurements.json has no tpm prediction (recipe platforms lack \"tpm\")")?;
     if !log.algorithms.iter().any(|(a, _)| *a == TPM_ALG_SHA256) {
         return Err("the event log has no SHA-256 bank".into());
     }
     let replayed = log.replay(TPM_ALG_SHA256);
-    let pcrs = tpm["pcrs"].as_object().ok_or("tpm.pcrs is not an object")?;
-    let events = tpm["events"]
-        .as_array()
-        .ok_or("tpm.events is not an array")?;
     let mut out = Diagnosis {
         ok: true,
         ..Default::default()
     };
-    let mut indices: Vec<u32> = pcrs.keys().filter_map(|k| k.parse().ok()).collect();
-    indices.sort();
-    for pcr in indices {
-        let expected_value = pcrs[&pcr.to_string()].as_str().unwrap_or("");
+    for (index, value) in &tpm.pcrs {
+        let pcr = index.get();
+        let expected_value = value.to_hex();
         if pcr == 23 {
             out.lines.push(
                 "PCR 23: extended by guest-init, not in the firmware log; compare the quoted value"
@@ -99,15 +95,11 @@ pub fn diagnose(m: &Measurements, log: &EventLog) -> Result<Diagnosis, String> {
             );
             continue;
         }
-        let expected: Vec<(&str, &str)> = events
+        let expected: Vec<(&str, String)> = tpm
+            .events
             .iter()
-            .filter(|e| e["pcr"].as_u64() == Some(u64::from(pcr)))
-            .map(|e| {
-                (
-                    e["description"].as_str().unwrap_or(""),
-                    e["digest"].as_str().unwrap_or(""),
-                )
-            })
+            .filter(|e| e.pcr == pcr)
+            .map(|e| (e.description.as_str(), e.digest.to_hex()))
             .collect();
         let actual: Vec<(u32, String, String)> = log
             .events

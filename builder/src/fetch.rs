@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dcr_attest::reference::Sha256;
+use dcr_protocol::measurements::Sha256;
 use sha2::Digest;
 
 use crate::deb;

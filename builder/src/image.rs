@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dcr_attest::reference::{Artifact, Input, Measurements, SCHEMA_VERSION};
+use dcr_protocol::measurements::{
+    self, Artifact, AzurePrediction, Input, KernelHashes, Measurements, PcrIndex, Predictions,
+    Sha256, Sha384, SnpPrediction, TdxPrediction, TpmPrediction, SCHEMA_VERSION,
+};
 
 use crate::bzimage::{self, BzImageError};
 use crate::cargo::{self, CargoError};
@@ -16,7 +19,6 @@ use crate::initrd::{InitrdError, Node, Tree};
 use crate::kmod::{KmodError, ModuleTree, PackedModule};
 use crate::recipe::{self, FileSpec, LoadedRecipe, Platform, RecipeError, SnpSpec, TdxSpec};
 use crate::uki::{self, UkiError};
-use dcr_attest::measure::hex;
 
 /// File names in the output directory.
 pub const INITRD: &str = "initrd.cpio";
@@ -59,7 +61,7 @@ pub enum ImageError {
     #[error("SOURCE_DATE_EPOCH={0:?} is not a timestamp that fits a cpio mtime")]
     Epoch(String),
     #[error("measurements.json: {0}")]
-    Reference(#[from] dcr_attest::reference::ReferenceError),
+    Reference(#[from] dcr_protocol::measurements::ReferenceError),
     #[error("input {input}: {reason}")]
     Input { input: String, reason: String },
     #[error("contract {path}: {source}")]
@@ -601,9 +603,9 @@ fn snp_prediction(
     initrd: &[u8],
     spec: &SnpSpec,
     fw: &[u8],
-) -> Result<serde_json::Value, ImageError> {
-    use dcr_attest::measure::ovmf::Ovmf;
-    use dcr_attest::measure::snp::{self, CpuType, SevHashes, SnpShape, VmmType};
+) -> Result<SnpPrediction, ImageError> {
+    use dcr_measure::ovmf::Ovmf;
+    use dcr_measure::snp::{self, CpuType, SevHashes, SnpShape, VmmType};
     let err = measure_err("firmware:snp");
     let ovmf = Ovmf::parse(fw).map_err(|e| err(e.to_string()))?;
     let cpu = CpuType::from_name(&spec.vcpu_type).ok_or_else(|| err("unknown vCPU type".into()))?;
@@ -621,30 +623,36 @@ fn snp_prediction(
     let hashes = SevHashes::new(&p.pack.kernel, Some(initrd), Some(&p.pack.cmdline));
     let launch = snp::snp_launch_digest(&ovmf, None, Some(&hashes), &shape)
         .map_err(|e| err(e.to_string()))?;
-    Ok(serde_json::json!({
-        "shape": {
-            "boot": "QEMU direct boot: -kernel (.linux of image.efi) -initrd initrd.cpio -append cmdline, sev-snp-guest kernel-hashes=on",
-            "vcpus": spec.vcpus,
-            "vcpu_type": spec.vcpu_type,
-            "vcpu_sig": format!("{:#x}", cpu.sig()),
-            "guest_features": format!("{:#x}", spec.guest_features),
-            "vmm": spec.vmm,
-            "firmware_sha256": hex(&sha256(fw).0),
-        },
-        "launch_digest": hex(&launch.digest),
-        "kernel_hashes": {
-            "kernel": hex(&hashes.kernel),
-            "initrd": hex(&hashes.initrd),
-            "cmdline": hex(&hashes.cmdline),
-        },
-        "events": launch.events,
-    }))
+    Ok(SnpPrediction {
+        shape: Some(measurements::SnpShape {
+            boot: "QEMU direct boot: -kernel (.linux of image.efi) -initrd initrd.cpio -append cmdline, sev-snp-guest kernel-hashes=on".into(),
+            vcpus: spec.vcpus,
+            vcpu_type: spec.vcpu_type.clone(),
+            vcpu_sig: format!("{:#x}", cpu.sig()),
+            guest_features: format!("{:#x}", spec.guest_features),
+            vmm: spec.vmm.clone(),
+            firmware_sha256: sha256(fw),
+        }),
+        launch_digest: Sha384(
+            launch
+                .digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| err("an SNP launch digest is 48 bytes".into()))?,
+        ),
+        kernel_hashes: Some(KernelHashes {
+            kernel: Sha256(hashes.kernel),
+            initrd: Sha256(hashes.initrd),
+            cmdline: Sha256(hashes.cmdline),
+        }),
+        events: launch.events,
+    })
 }
 
 /// TDX MRTD of the pinned TDVF firmware (RTMRs are not predicted yet).
-fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageError> {
-    use dcr_attest::measure::ovmf::Ovmf;
-    use dcr_attest::measure::tdx::{self, PageOrder};
+fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<TdxPrediction, ImageError> {
+    use dcr_measure::ovmf::Ovmf;
+    use dcr_measure::tdx::{self, PageOrder};
     let err = measure_err("firmware:tdx");
     let ovmf = Ovmf::parse(fw).map_err(|e| err(e.to_string()))?;
     let order = if spec.page_order == "two-pass" {
@@ -653,15 +661,15 @@ fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageE
         PageOrder::SinglePass
     };
     let (mrtd, sections) = tdx::mrtd(&ovmf, order).map_err(|e| err(e.to_string()))?;
-    Ok(serde_json::json!({
-        "shape": {
-            "page_order": spec.page_order,
-            "firmware_sha256": hex(&sha256(fw).0),
-            "rtmrs": "not predicted yet (they depend on the VMM's ACPI tables and the TD HOB)",
-        },
-        "mrtd": hex(&mrtd),
-        "sections": sections,
-    }))
+    Ok(TdxPrediction {
+        shape: Some(measurements::TdxShape {
+            page_order: spec.page_order.clone(),
+            firmware_sha256: sha256(fw),
+            rtmrs: "not predicted yet (they depend on the VMM's ACPI tables and the TD HOB)".into(),
+        }),
+        mrtd: Sha384(mrtd),
+        sections,
+    })
 }
 
 /// The vTPM PCRs required of an Azure confidential VM: PCR 4 (the firmware's measurement of
@@ -673,28 +681,31 @@ fn tdx_prediction(spec: &TdxSpec, fw: &[u8]) -> Result<serde_json::Value, ImageE
 /// if it does not, release fails closed.
 pub const AZURE_PCRS: [u32; 4] = [4, 9, 11, 23];
 
-fn azure_prediction(pcrs: &[dcr_attest::measure::tpm::Pcr]) -> serde_json::Value {
-    let required: serde_json::Map<String, serde_json::Value> = pcrs
-        .iter()
-        .filter(|x| AZURE_PCRS.contains(&x.index))
-        .map(|x| (x.index.to_string(), hex(&x.value).into()))
-        .collect();
-    serde_json::json!({
-        "shape": {
-            "boot": "Azure confidential VM (SEV-SNP DCasv5/ECasv5 or TDX DCesv5/ECesv5, paravisor vTPM) booting disk.vhd: \\EFI\\BOOT\\BOOTX64.EFI = image.efi",
-            "bank": "sha256",
-            "hardware": "the SNP MEASUREMENT / TDX MRTD cover Microsoft's paravisor and firmware, not this image: checked for genuineness (VCEK / DCAP, VMPL 0, HCL binding of the vTPM key), not pinned",
-            "pcr4": "predicted with OVMF's boot-path events (EV_EFI_ACTION 'Calling EFI Application from Boot Option', separator, the Authenticode digests of the UKI and of the kernel it loads); not yet confirmed on Hyper-V UEFI: a different event there fails closed",
-        },
-        "pcrs": required,
+fn azure_prediction(pcrs: &[dcr_measure::tpm::Pcr]) -> AzurePrediction {
+    AzurePrediction {
+        shape: Some(measurements::AzureShape {
+            boot: "Azure confidential VM (SEV-SNP DCasv5/ECasv5 or TDX DCesv5/ECesv5, paravisor vTPM) booting disk.vhd: \\EFI\\BOOT\\BOOTX64.EFI = image.efi".into(),
+            bank: "sha256".into(),
+            hardware: "the SNP MEASUREMENT / TDX MRTD cover Microsoft's paravisor and firmware, not this image: checked for genuineness (VCEK / DCAP, VMPL 0, HCL binding of the vTPM key), not pinned".into(),
+            pcr4: "predicted with OVMF's boot-path events (EV_EFI_ACTION 'Calling EFI Application from Boot Option', separator, the Authenticode digests of the UKI and of the kernel it loads); not yet confirmed on Hyper-V UEFI: a different event there fails closed".into(),
+        }),
+        pcrs: pcr_map(pcrs.iter().filter(|x| AZURE_PCRS.contains(&x.index))),
+    }
+}
+
+/// PCR values by index.
+fn pcr_map<'a>(pcrs: impl Iterator<Item = &'a dcr_measure::tpm::Pcr>) -> measurements::Pcrs {
+    pcrs.map(|x| {
+        (
+            PcrIndex::new(x.index).expect("the predicted PCRs are 4, 9, 11, 23"),
+            Sha256(x.value),
+        )
     })
+    .collect()
 }
 
 /// The SHA-256 PCRs of an OVMF + systemd-stub boot of the UKI, plus PCR 23.
-fn tpm_pcrs(
-    p: &Prepared,
-    packed: &Packed,
-) -> Result<Vec<dcr_attest::measure::tpm::Pcr>, ImageError> {
+fn tpm_pcrs(p: &Prepared, packed: &Packed) -> Result<Vec<dcr_measure::tpm::Pcr>, ImageError> {
     let mut pcrs =
         crate::measure::tpm_prediction(&packed.uki).map_err(|reason| ImageError::Input {
             input: UKI.into(),
@@ -706,7 +717,7 @@ fn tpm_pcrs(
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
-    pcrs.push(dcr_attest::measure::tpm::pcr23(
+    pcrs.push(dcr_measure::tpm::pcr23(
         sha256(&p.pack.contract).0,
         &workloads,
     ));
@@ -755,42 +766,31 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
     } else {
         Vec::new()
     };
-    let mut measurements = BTreeMap::new();
+    let mut measurements = Predictions::default();
     for platform in &p.platforms {
         match platform {
             Platform::Tpm => {
-                let values: serde_json::Map<String, serde_json::Value> = pcrs
-                    .iter()
-                    .map(|p| (p.index.to_string(), hex(&p.value).into()))
-                    .collect();
-                let events: Vec<_> = pcrs.iter().flat_map(|p| p.events.clone()).collect();
-                measurements.insert(
-                    "tpm".to_string(),
-                    serde_json::json!({
-                        "shape": {
-                            "boot": "OVMF + systemd-stub UKI (image.efi) from an ESP that is the first boot option (QEMU -nodefaults); no PCR 11 phase markers",
-                            "bank": "sha256",
-                        },
-                        "pcrs": values,
-                        "events": events,
+                measurements.tpm = Some(TpmPrediction {
+                    shape: Some(measurements::TpmShape {
+                        boot: "OVMF + systemd-stub UKI (image.efi) from an ESP that is the first boot option (QEMU -nodefaults); no PCR 11 phase markers".into(),
+                        bank: "sha256".into(),
                     }),
-                );
+                    pcrs: pcr_map(pcrs.iter()),
+                    events: pcrs.iter().flat_map(|p| p.events.clone()).collect(),
+                });
             }
             Platform::Snp => {
                 if let Some((spec, fw)) = &p.snp {
-                    measurements.insert(
-                        "snp".to_string(),
-                        snp_prediction(p, &packed.initrd, spec, fw)?,
-                    );
+                    measurements.snp = Some(snp_prediction(p, &packed.initrd, spec, fw)?);
                 }
             }
             Platform::Tdx => {
                 if let Some((spec, fw)) = &p.tdx {
-                    measurements.insert("tdx".to_string(), tdx_prediction(spec, fw)?);
+                    measurements.tdx = Some(tdx_prediction(spec, fw)?);
                 }
             }
             Platform::Azure => {
-                measurements.insert("azure".to_string(), azure_prediction(&pcrs));
+                measurements.azure = Some(azure_prediction(&pcrs));
             }
         }
     }
@@ -819,9 +819,9 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(&d.raw);
-        let raw_sha = dcr_attest::reference::Sha256(h.clone().finalize().into());
+        let raw_sha = dcr_protocol::measurements::Sha256(h.clone().finalize().into());
         h.update(footer);
-        let vhd_sha = dcr_attest::reference::Sha256(h.finalize().into());
+        let vhd_sha = dcr_protocol::measurements::Sha256(h.finalize().into());
         let size = d.raw.len() as u64;
         m.artifacts.insert(
             DISK_RAW.into(),
@@ -839,7 +839,13 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
         );
     }
     for p in &prepared.platforms {
-        if !m.measurements.contains_key(p.as_str()) {
+        let predicted = match p {
+            Platform::Tpm => m.measurements.tpm.is_some(),
+            Platform::Snp => m.measurements.snp.is_some(),
+            Platform::Tdx => m.measurements.tdx.is_some(),
+            Platform::Azure => m.measurements.azure.is_some(),
+        };
+        if !predicted {
             eprintln!(
                 "note: no launch measurement predicted yet for platform {}",
                 p.as_str()

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 
-use dcr_attest::reference::Sha256;
+use dcr_protocol::measurements::Sha256;
 use sha2::Digest;
 
 /// Errors building or reading an initramfs.

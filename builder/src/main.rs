@@ -167,7 +167,7 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
-    let cli: Cli = match dcr_attest::cli::parse_or_exit() {
+    let cli: Cli = match dcr_protocol::cli::parse_or_exit() {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
@@ -289,11 +289,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
         } => {
             let mbytes = std::fs::read(&expected)
                 .with_context(|| format!("reading {}", expected.display()))?;
-            let m = dcr_attest::reference::Measurements::from_json(&mbytes)
+            let m = dcr_protocol::measurements::Measurements::from_json(&mbytes)
                 .with_context(|| expected.display().to_string())?;
             let lbytes = std::fs::read(&event_log)
                 .with_context(|| format!("reading {}", event_log.display()))?;
-            let log = dcr_attest::measure::eventlog::parse(&lbytes)
+            let log = dcr_measure::eventlog::parse(&lbytes)
                 .with_context(|| event_log.display().to_string())?;
             let d = dcr_build::diagnose::diagnose(&m, &log)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", expected.display()))?;
@@ -314,7 +314,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let m = dcr_attest::reference::Measurements::from_json(&bytes)
+            let m = dcr_protocol::measurements::Measurements::from_json(&bytes)
                 .with_context(|| path.display().to_string())?;
             let doc = match what {
                 ExportCmd::Skr { maa, tee, .. } => dcr_build::export::skr_policy(&m, &maa, tee)?,

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use dcr_attest::measure::hex;
-use dcr_attest::measure::ovmf::Ovmf;
-use dcr_attest::measure::snp::{self, CpuType, SevHashes, SevMode, SnpShape, VmmType};
+use dcr_measure::ovmf::Ovmf;
+use dcr_measure::snp::{self, CpuType, SevHashes, SevMode, SnpShape, VmmType};
+use hex::encode as hex;
 
 /// Errors of `measure`.
 #[derive(Debug, thiserror::Error)]
@@ -328,7 +328,7 @@ pub struct TdxArgs {
 
 /// Run `measure tdx`: MRTD (RTMR prediction is not implemented yet).
 pub fn tdx(a: &TdxArgs) -> Result<String, MeasureError> {
-    use dcr_attest::measure::tdx::{self as t, PageOrder};
+    use dcr_measure::tdx::{self as t, PageOrder};
     let bytes = read(&a.firmware)?;
     let err = |reason: String| MeasureError::Usage(format!("{}: {reason}", a.firmware.display()));
     let fw = Ovmf::parse(&bytes).map_err(|e| err(e.to_string()))?;
@@ -374,7 +374,7 @@ pub enum Bank {
 
 /// Run `measure replay`: one `index: digest` line per register the log extends.
 pub fn replay(a: &ReplayArgs) -> Result<String, MeasureError> {
-    use dcr_attest::measure::eventlog;
+    use dcr_measure::eventlog;
     let bytes = read(&a.event_log)?;
     let log = eventlog::parse(&bytes)
         .map_err(|e| MeasureError::Usage(format!("{}: {e}", a.event_log.display())))?;
@@ -411,8 +411,8 @@ pub struct TpmArgs {
 /// The TPM prediction of a UKI: PCR 4 (boot applications: the UKI and its kernel), PCR 9
 /// (its `.cmdline` and `.initrd` as the kernel measures them) and PCR 11 (for the stub
 /// version it embeds).
-pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_attest::measure::tpm::Pcr>, String> {
-    use dcr_attest::measure::tpm;
+pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_measure::tpm::Pcr>, String> {
+    use dcr_measure::tpm;
     let sections = crate::uki::sections_in_memory(uki_bytes).map_err(|e| e.to_string())?;
     let sdmagic = sections
         .iter()

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dcr_attest::reference::Sha256;
+use dcr_protocol::measurements::Sha256;
 use serde::Deserialize;
 
 /// Errors in a recipe file. Each names the file and the field.
@@ -491,7 +491,7 @@ fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
         if snp.vcpus == 0 || snp.vcpus > 512 {
             return Err(field(path, "measure.snp.vcpus", "must be 1-512"));
         }
-        if dcr_attest::measure::snp::CpuType::from_name(&snp.vcpu_type).is_none() {
+        if dcr_measure::snp::CpuType::from_name(&snp.vcpu_type).is_none() {
             return Err(field(
                 path,
                 "measure.snp.vcpu_type",

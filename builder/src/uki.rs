@@ -15,7 +15,7 @@ use object::pe::{
 use object::pod;
 use object::LittleEndian as LE;
 
-use dcr_attest::reference::Sha256;
+use dcr_protocol::measurements::Sha256;
 use sha2::Digest;
 
 // PE Format §"Section Table (Section Headers)": each header is 40 bytes; §"Optional Header

@@ -251,8 +251,8 @@ pub fn sev_snp_measure(test: &str) -> Option<PathBuf> {
 /// Debian's OVMF.fd (ovmf 2022.11-6+deb12u2, the package vectors.json names, pinned by the
 /// .deb SHA-256 given there), fetched by the builder's own pinned-package code.
 pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
-    use dcr_attest::reference::Sha256;
     use dcr_build::{fetch, recipe};
+    use dcr_protocol::measurements::Sha256;
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures.join("measure/vectors.json")).unwrap())
             .unwrap();

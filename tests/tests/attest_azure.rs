@@ -24,7 +24,7 @@ fn verify(evidence: &Path, nonce: &str, extra: &[String]) -> Output {
 /// take it from the quote; the nonce check itself is shown to bite with a wrong one.
 fn nonce_of(ev: &serde_json::Value) -> String {
     let m = hex_to_bytes(ev["tpm_quote"]["message"].as_str().unwrap());
-    let a = dcr_attest::tpm::parse_attest(&m).unwrap();
+    let a = dcr_verify::tpm::parse_attest(&m).unwrap();
     a.extra_data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -123,7 +123,7 @@ fn kinvolk_hcl_reports_bind_their_runtime_claims() {
         ("hcl-report-tdx.bin", 4, 0x20 + 128),
     ] {
         let b = std::fs::read(fx.join("attest/azure/kinvolk").join(f)).unwrap();
-        let h = dcr_attest::azure::parse_hcl(&b).unwrap();
+        let h = dcr_verify::azure::parse_hcl(&b).unwrap();
         assert_eq!(h.report_type, ty, "{f}");
         let digest = sha2::Sha256::digest(&h.var_data);
         assert_eq!(
@@ -131,11 +131,11 @@ fn kinvolk_hcl_reports_bind_their_runtime_claims() {
             &digest[..],
             "{f}: REPORT_DATA binds the claims"
         );
-        dcr_attest::azure::hcl_ak_pub(&h.var_data).expect("HCLAkPub");
+        dcr_verify::azure::hcl_ak_pub(&h.var_data).expect("HCLAkPub");
         let mut bad = b.clone();
         bad[..4].copy_from_slice(b"XXXX");
-        assert!(dcr_attest::azure::parse_hcl(&bad).is_err());
-        assert!(dcr_attest::azure::parse_hcl(&b[..100]).is_err());
+        assert!(dcr_verify::azure::parse_hcl(&bad).is_err());
+        assert!(dcr_verify::azure::parse_hcl(&b[..100]).is_err());
     }
 }
 
@@ -212,7 +212,7 @@ fn expected_azure_pcrs_are_required() {
     let t = TempDir::new("az-expected");
     let doc = |azure: Option<serde_json::Value>| {
         let mut v = serde_json::json!({
-            "schema_version": dcr_attest::reference::SCHEMA_VERSION,
+            "schema_version": dcr_protocol::measurements::SCHEMA_VERSION,
             "recipe": "r", "recipe_version": "1", "source_date_epoch": 1,
             "kernel_release": "6.12", "cmdline": "console=ttyS0",
             "contract_digest": "11".repeat(32), "guest_target": "x86_64-unknown-linux-musl",

@@ -5,18 +5,18 @@
 //! SNP/TDX hardware is here to bind ours).
 
 use base64::Engine;
-use dcr_attest::reference::Claims;
-use dcr_attest::service::verify_evidence;
 use dcr_protocol::evidence::*;
 use dcr_protocol::wire::Tee;
+use dcr_service::verify_evidence;
 use dcr_tests::*;
+use dcr_verify::reference::Claims;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const JAN_2026: u64 = 1_767_225_600; // `date -u -d 2026-01-01 +%s`
 const JUN_2025: u64 = 1_750_809_600; // `date -u -d 2025-06-25 +%s`
 
 fn pem_der(pem: &[u8]) -> Vec<Vec<u8>> {
-    dcr_attest::snp::pem_certs(pem).unwrap()
+    dcr_verify::snp::pem_certs(pem).unwrap()
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn azure_snp_vtpm_parts_verify_at_the_service() {
         ev["hcl_report"].as_str().unwrap().trim_end_matches('=')
     );
     assert_eq!(json["tpm_quote"]["pcrs"], ev["tpm_quote"]["pcrs"]);
-    let nonce = dcr_attest::tpm::parse_attest(&message).unwrap().extra_data;
+    let nonce = dcr_verify::tpm::parse_attest(&message).unwrap().extra_data;
     let claims = verify_evidence(Tee::AzSnpVtpm, &json, &nonce, JAN_2026, None).unwrap();
     let Claims::Azure { pcrs: got } = claims else {
         panic!("Azure vTPM claims")
@@ -196,7 +196,7 @@ fn azure_tdx_vtpm_parts_reassemble_and_fail_closed_without_collateral() {
     assert_eq!(norm(&json["td_quote"]), norm(&ev["td_quote"]));
     assert_eq!(json["tpm_quote"], ev["tpm_quote"]);
     assert!(json.get("vcek").is_none());
-    let nonce = dcr_attest::tpm::parse_attest(&message).unwrap().extra_data;
+    let nonce = dcr_verify::tpm::parse_attest(&message).unwrap().extra_data;
     let (code, msg) = verify_evidence(Tee::AzTdxVtpm, &json, &nonce, JAN_2026, None).unwrap_err();
     assert_eq!(code, "evidence_invalid", "{msg}");
     assert!(msg.contains("collateral"), "{msg}");

@@ -4,7 +4,7 @@
 //! — stop at the network step and power off with that reason (the whole clean-room run is
 //! tests/cleanroom.rs).
 
-use dcr_attest::reference::Measurements;
+use dcr_protocol::measurements::Measurements;
 use dcr_tests::*;
 
 fn boot(mode: &str) {
@@ -19,6 +19,8 @@ fn boot(mode: &str) {
     let out = reference_build();
     let m =
         Measurements::from_json(&std::fs::read(out.join("measurements.json")).unwrap()).unwrap();
+    // The document as an outside verifier reads it (JSON).
+    let predicted_json = serde_json::to_value(&m.measurements).unwrap();
     let o = run_dcr_build(&[
         "run",
         out.to_str().unwrap(),
@@ -64,7 +66,7 @@ fn boot(mode: &str) {
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))
             .collect();
-        let predicted = m.measurements["tpm"]["pcrs"]
+        let predicted = predicted_json["tpm"]["pcrs"]
             .as_object()
             .expect("tpm prediction");
         assert!(

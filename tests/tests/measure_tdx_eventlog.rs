@@ -1,11 +1,11 @@
 //! TDX MRTD against vectors.json (Debian OVMF, both page orders) and event-log replays of the
 //! real CCEL and GCE vTPM logs in ../shared/fixtures/measure/dstack-cc-eventlog.
 
-use dcr_attest::measure::eventlog::{self, TPM_ALG_SHA256, TPM_ALG_SHA384};
-use dcr_attest::measure::hex;
-use dcr_attest::measure::ovmf::Ovmf;
-use dcr_attest::measure::tdx::{self, PageOrder};
+use dcr_measure::eventlog::{self, TPM_ALG_SHA256, TPM_ALG_SHA384};
+use dcr_measure::ovmf::Ovmf;
+use dcr_measure::tdx::{self, PageOrder};
 use dcr_tests::*;
+use hex::encode as hex;
 
 fn vectors(fx: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fx.join("measure/vectors.json")).unwrap()).unwrap()

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dcr_attest::measure::{hex, tpm};
 use dcr_build::{fetch, recipe::DebPin, uki};
+use dcr_measure::tpm;
 use dcr_tests::*;
+use hex::encode as hex;
 
 const SYSTEMD_VERSION: &str = "254.26-1~bpo12+1";
 

@@ -1213,8 +1213,7 @@ fn an_unauthenticated_flood_of_refusals_does_not_grow_the_audit_log_without_boun
     }
     let secs = start.elapsed().as_secs() + 1;
     let written = audit_records(&r.svc.data_dir).len() - before;
-    let bound =
-        (dcr_attest::service::NOISE_BURST + dcr_attest::service::NOISE_PER_SECOND * secs) as usize;
+    let bound = (dcr_service::NOISE_BURST + dcr_service::NOISE_PER_SECOND * secs) as usize;
     println!("{n} malformed requests in {secs} s: {written} audit records (bound {bound})");
     assert!(
         written <= bound,
