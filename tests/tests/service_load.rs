@@ -89,12 +89,14 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
     let once_released = Mutex::new(0usize);
     let pinned: dcr_protocol::wire::ServiceInfo =
         serde_json::from_slice(&std::fs::read(data.join("service.pub.json")).unwrap()).unwrap();
-    let reference = tpm_reference(
-        &tpm.pcrs
-            .iter()
-            .map(|(i, v)| (*i, hex::encode(v)))
-            .collect::<Vec<_>>(),
-    );
+    let reference: dcr_protocol::measurements::Measurements =
+        serde_json::from_value(tpm_reference(
+            &tpm.pcrs
+                .iter()
+                .map(|(i, v)| (*i, hex::encode(v)))
+                .collect::<Vec<_>>(),
+        ))
+        .unwrap();
     let url = svc.url.clone();
     std::thread::scope(|s| {
         // Registrations.

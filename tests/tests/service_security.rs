@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 
 use base64::Engine;
 use dcr_protocol::keys::{hpke_seal, HpkePublic, SigningPublic, SigningSecret};
+use dcr_protocol::measurements::Measurements;
 use dcr_protocol::release::{policy_binding, register_info, Signed, RECEIPT_DOMAIN};
 use dcr_protocol::wire::{RegisterRequest, RegistrationReceipt, ReleasePolicy, Tee, Wrapped};
 use dcr_tests::load::{release_keys, SoftTpm};
@@ -351,7 +352,7 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
     let r = Room::new("sec-policy");
     let c = r.contract();
     let (_, dek) = dcr_attest::parties::read_dek(&r.d.join("pub-1.dek")).unwrap();
-    let reference: serde_json::Value =
+    let reference: Measurements =
         serde_json::from_slice(&std::fs::read(r.d.join("measurements.json")).unwrap()).unwrap();
     let policy = ReleasePolicy {
         contract_digest: hex::encode(c.digest()),
@@ -398,8 +399,9 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
     };
     // The man in the middle rewrites the reference values (PCR 23 of another image), the
     // single-use flag and the expiry, passing the wrapped DEK through: nothing opens.
-    let mut other_ref = reference.clone();
-    other_ref["measurements"]["tpm"]["pcrs"]["23"] = "cd".repeat(32).into();
+    let mut other_json = serde_json::to_value(&reference).unwrap();
+    other_json["measurements"]["tpm"]["pcrs"]["23"] = "cd".repeat(32).into();
+    let other_ref: Measurements = serde_json::from_value(other_json).unwrap();
     type Edit = Box<dyn Fn(&mut RegisterRequest)>;
     let edits: Vec<(&str, Edit)> = vec![
         (
@@ -769,7 +771,7 @@ fn snp_keys_carry_a_minimum_tcb() {
     let policy = ReleasePolicy {
         contract_digest: hex::encode(c.digest()),
         platforms: vec![Tee::Snp],
-        reference: m.clone(),
+        reference: serde_json::from_value(m.clone()).unwrap(),
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
         snp_min_tcb: None,

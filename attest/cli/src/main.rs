@@ -626,9 +626,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     contract.display()
                 );
             };
-            let refv: serde_json::Value = serde_json::from_slice(&read("--reference", &reference)?)
-                .with_context(|| format!("--reference {}", reference.display()))?;
-            Measurements::from_json(&serde_json::to_vec(&refv)?)
+            let refv = Measurements::from_json(&read("--reference", &reference)?)
                 .with_context(|| format!("--reference {}", reference.display()))?;
             let platforms = platform
                 .iter()

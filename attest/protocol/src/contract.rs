@@ -197,7 +197,7 @@ impl Contract {
     pub fn canonical_json(&self) -> Vec<u8> {
         let v = serde_json::to_value(self).expect("contract serializes");
         let mut out = Vec::new();
-        write_canonical(&v, &mut out);
+        crate::canonical::write(&v, &mut out);
         out
     }
 
@@ -450,39 +450,6 @@ fn check_service_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:.80}: port must be 1-65535; {EXPECTED}"));
     }
     Ok(())
-}
-
-/// Canonical JSON: objects with keys sorted by their UTF-8 bytes, no whitespace, serde_json's
-/// string escaping; integers only (the contract has no floats).
-pub fn write_canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(serde_json::to_string(k).expect("string").as_bytes());
-                out.push(b':');
-                write_canonical(&m[k.as_str()], out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(b']');
-        }
-        other => out.extend_from_slice(serde_json::to_string(other).expect("scalar").as_bytes()),
-    }
 }
 
 #[cfg(test)]

@@ -90,11 +90,22 @@ impl Measurements {
             Some(_) => {}
         }
         let m: Measurements = serde_json::from_value(value).map_err(ReferenceError::Parse)?;
-        if m.recipe.is_empty() {
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The checks [`Measurements::from_json`] makes beyond the schema's types (for a document
+    /// that arrived inside another message).
+    pub fn validate(&self) -> Result<(), ReferenceError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(ReferenceError::UnknownVersion {
+                found: u64::from(self.schema_version),
+            });
+        }
+        if self.recipe.is_empty() {
             return Err(invalid("recipe", "empty"));
         }
-        m.measurements.check()?;
-        Ok(m)
+        self.measurements.check()
     }
 
     /// Canonical bytes: sorted keys at every level, two-space indent, trailing newline.

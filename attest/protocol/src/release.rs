@@ -53,8 +53,7 @@ pub fn report_data(
 /// `aad` of the wrapped DEK and named in the signed receipt.
 pub fn policy_binding(key_id: &str, owner: &str, policy: &crate::wire::ReleasePolicy) -> [u8; 32] {
     use sha2::Sha256;
-    let mut reference = Vec::new();
-    crate::contract::write_canonical(&policy.reference, &mut reference);
+    let reference = crate::canonical::compact(&policy.reference).expect("a typed document");
     let doc = serde_json::json!({
         "key_id": key_id,
         "owner": owner,
@@ -66,7 +65,7 @@ pub fn policy_binding(key_id: &str, owner: &str, policy: &crate::wire::ReleasePo
         "snp_min_tcb": policy.snp_min_tcb,
     });
     let mut canon = Vec::new();
-    crate::contract::write_canonical(&doc, &mut canon);
+    crate::canonical::write(&doc, &mut canon);
     let mut h = Sha256::new();
     h.update(REGISTER_POLICY_DOMAIN);
     h.update(&canon);

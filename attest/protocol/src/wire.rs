@@ -79,7 +79,9 @@ pub struct AttestRequest {
     pub result_key: String,
     /// SHA-256 of the canonical contract, hex.
     pub contract_digest: String,
-    /// Platform evidence; its shape follows `tee` ([`TpmEvidence`], [`SnpEvidence`], …).
+    /// Platform evidence; its shape follows `tee` ([`TpmEvidence`], [`SnpEvidence`], …):
+    /// JSON at this edge, typed by [`Evidence::from_wire`] once the session is checked. The
+    /// release's `evidence_digest` is SHA-256 of its canonical JSON.
     pub evidence: serde_json::Value,
 }
 
@@ -113,6 +115,98 @@ pub struct SnpEvidence {
 pub struct TdxEvidence {
     /// Quote v4/v5, base64.
     pub quote: String,
+}
+
+/// Trustee's vTPM quote section of Azure evidence (hex fields).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VtpmQuote {
+    /// TPMT_SIGNATURE, hex.
+    pub signature: String,
+    /// TPMS_ATTEST, hex.
+    pub message: String,
+    /// SHA-256 PCRs 0..23, hex each.
+    pub pcrs: Vec<String>,
+}
+
+/// Trustee writes the evidence version as a number or a string.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum EvidenceVersion {
+    Number(u64),
+    Text(String),
+}
+
+impl EvidenceVersion {
+    /// The version as a string ("1", "2", …).
+    pub fn text(&self) -> String {
+        match self {
+            EvidenceVersion::Number(n) => n.to_string(),
+            EvidenceVersion::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// Azure SEV-SNP CVM evidence in Trustee's az-snp-vtpm format (versions 1 and 2). Unknown
+/// fields are ignored, as Trustee's own reader does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AzSnpVtpmEvidence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<EvidenceVersion>,
+    pub tpm_quote: VtpmQuote,
+    /// The HCL report (vTPM NV index 0x01400001), base64url.
+    pub hcl_report: String,
+    /// VCEK (DER), base64url.
+    pub vcek: String,
+}
+
+/// Azure TDX CVM evidence in Trustee's az-tdx-vtpm format (version 1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AzTdxVtpmEvidence {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<EvidenceVersion>,
+    pub tpm_quote: VtpmQuote,
+    /// The HCL report (with a TDREPORT), base64url.
+    pub hcl_report: String,
+    /// The TD quote Azure's IMDS made of that TDREPORT, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub td_quote: Option<String>,
+}
+
+/// Platform evidence, typed by its `tee`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    Tpm(TpmEvidence),
+    Snp(SnpEvidence),
+    Tdx(TdxEvidence),
+    AzSnpVtpm(AzSnpVtpmEvidence),
+    AzTdxVtpm(AzTdxVtpmEvidence),
+}
+
+impl Evidence {
+    /// The evidence of an [`AttestRequest`] as its `tee` says it is shaped. The request keeps
+    /// the evidence as JSON until the service has checked the session (so a replayed or
+    /// unknown session is refused as such whatever the evidence); this is where it becomes
+    /// typed, once.
+    pub fn from_wire(tee: Tee, v: &serde_json::Value) -> Result<Evidence, serde_json::Error> {
+        use serde::de::Deserialize as _;
+        Ok(match tee {
+            Tee::Tpm => Evidence::Tpm(TpmEvidence::deserialize(v)?),
+            Tee::Snp => Evidence::Snp(SnpEvidence::deserialize(v)?),
+            Tee::Tdx => Evidence::Tdx(TdxEvidence::deserialize(v)?),
+            Tee::AzSnpVtpm => Evidence::AzSnpVtpm(AzSnpVtpmEvidence::deserialize(v)?),
+            Tee::AzTdxVtpm => Evidence::AzTdxVtpm(AzTdxVtpmEvidence::deserialize(v)?),
+        })
+    }
+
+    pub fn tee(&self) -> Tee {
+        match self {
+            Evidence::Tpm(_) => Tee::Tpm,
+            Evidence::Snp(_) => Tee::Snp,
+            Evidence::Tdx(_) => Tee::Tdx,
+            Evidence::AzSnpVtpm(_) => Tee::AzSnpVtpm,
+            Evidence::AzTdxVtpm(_) => Tee::AzTdxVtpm,
+        }
+    }
 }
 
 /// The signed payload of a successful release.
@@ -158,7 +252,7 @@ pub struct ReleasePolicy {
     pub platforms: Vec<Tee>,
     /// measurements.json of the image (dcr-build image): the per-platform predictions the
     /// evidence must match.
-    pub reference: serde_json::Value,
+    pub reference: crate::measurements::Measurements,
     /// Release at most once (then the key is spent).
     pub single_use: bool,
     /// RFC 3339 UTC; no release after it.

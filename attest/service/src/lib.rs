@@ -10,11 +10,17 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
+mod blobs;
+mod challenge;
 mod contracts;
-mod http;
+mod evidence;
 pub mod journal;
 pub mod net;
 mod policy;
+mod register;
+mod release;
+mod routes;
 pub mod sessions;
 mod tls;
 
@@ -29,7 +35,9 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-pub use http::{router, verify_evidence};
+pub use evidence::verify_evidence;
+pub use release::UPLOAD_TOKEN_ID;
+pub use routes::router;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -272,7 +280,7 @@ pub struct State {
     /// Upload tokens (hashes) whose upload is streaming now: a token writes once, so a second
     /// upload with it while the first runs is refused before it uses any disk.
     pub uploads: Mutex<std::collections::HashSet<[u8; 32]>>,
-    /// The budget of unauthenticated refusal records (see `http::audited`).
+    /// The budget of unauthenticated refusal records (see `api::audited`).
     pub audit_noise: Mutex<NoiseBudget>,
 }
 

@@ -1,9 +1,156 @@
 //! Pure pieces of the release decision (records + claims → allowed or the reason), unit-tested
 //! without a running service.
 
-use dcr_protocol::wire::{SnpMinTcb, TcbLevel};
+use std::collections::BTreeSet;
 
+use dcr_protocol::contract::Contract;
+use dcr_protocol::wire::{ReleasePolicy, SnpMinTcb, TcbLevel, Tee};
+use dcr_verify::reference::{self, Claims};
 use dcr_verify::snp::{Product, Tcb};
+use dcr_verify::verdict::Verdict;
+
+/// A key record in the store.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyRecord {
+    pub(crate) key_id: String,
+    pub(crate) owner: String,
+    pub(crate) registered_at: u64,
+    pub(crate) policy: ReleasePolicy,
+    /// nonce ‖ AES-256-GCM(master key, DEK), hex.
+    pub(crate) dek_at_rest: String,
+}
+
+/// What verified evidence asks for: the keys of `contract_digest` for `claims` at `now`.
+pub(crate) struct Asked<'a> {
+    pub(crate) contract_digest: &'a str,
+    pub(crate) tee: Tee,
+    pub(crate) claims: &'a Claims,
+    /// The product and REPORTED_TCB of SEV-SNP evidence.
+    pub(crate) snp_tcb: Option<&'a (Product, Tcb)>,
+    pub(crate) now: u64,
+}
+
+/// Why nothing is released: a stable code and every reason, one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+/// The failing checks of a verdict, one line.
+pub(crate) fn failed(v: &Verdict) -> String {
+    let f: Vec<String> = v
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if f.is_empty() {
+        "no checks".into()
+    } else {
+        f.join("; ")
+    }
+}
+
+/// The release decision, deny by default: the keys of `records` (every key registered for the
+/// contract) that `asked` may receive, or why none. `spent` holds the ids of single-use keys
+/// already released. All or nothing: the TEE gets keys (and the upload token that lets it
+/// publish the contract's result) only when every dataset's key is registered and its owner's
+/// policy accepts this evidence. Otherwise one party's lax policy (its own image, its own
+/// PCRs) would give a TEE of its choosing a result key the service vouches for.
+pub(crate) fn decide(
+    records: Vec<KeyRecord>,
+    contract: &Contract,
+    asked: &Asked<'_>,
+    spent: &BTreeSet<String>,
+) -> Result<Vec<KeyRecord>, Refused> {
+    let now = asked.now;
+    // The contract's own expiry binds every key registered for it.
+    if contract.expires_at() <= now {
+        return Err(Refused {
+            code: "policy_refused",
+            message: format!(
+                "contract {} expired at {}",
+                asked.contract_digest, contract.expires
+            ),
+        });
+    }
+    let mut reasons = Vec::new();
+    let mut allowed = Vec::new();
+    for r in records {
+        if !r.policy.platforms.contains(&asked.tee) {
+            reasons.push((
+                "policy_refused",
+                format!("{}: platform {} not allowed", r.key_id, asked.tee.as_str()),
+            ));
+            continue;
+        }
+        match dcr_protocol::time::parse_rfc3339(&r.policy.expires) {
+            Some(t) if t > now => {}
+            _ => {
+                reasons.push((
+                    "policy_refused",
+                    format!("{}: policy expired at {}", r.key_id, r.policy.expires),
+                ));
+                continue;
+            }
+        }
+        if r.policy.reference.validate().is_err() {
+            reasons.push((
+                "policy_refused",
+                format!("{}: reference values do not parse", r.key_id),
+            ));
+            continue;
+        }
+        if let Some((product, tcb)) = asked.snp_tcb {
+            if let Err(e) = snp_tcb_allowed(r.policy.snp_min_tcb.as_ref(), *product, tcb) {
+                reasons.push(("tcb_too_old", format!("{}: {e}", r.key_id)));
+                continue;
+            }
+        }
+        let v = reference::evaluate(&r.policy.reference, asked.claims);
+        if !v.ok() {
+            reasons.push((
+                "measurement_mismatch",
+                format!("{}: {}", r.key_id, failed(&v)),
+            ));
+            continue;
+        }
+        if r.policy.single_use && spent.contains(&r.key_id) {
+            reasons.push((
+                "key_spent",
+                format!("{}: single-use key already released", r.key_id),
+            ));
+            continue;
+        }
+        allowed.push(r);
+    }
+    for d in &contract.datasets {
+        if !allowed.iter().any(|r| r.key_id == d.key_id)
+            && !reasons
+                .iter()
+                .any(|(_, m)| m.starts_with(&format!("{}: ", d.key_id)))
+        {
+            reasons.push((
+                "key_missing",
+                format!("{}: dataset {}'s key is not registered", d.key_id, d.id),
+            ));
+        }
+    }
+    if !reasons.is_empty() {
+        let code = reasons
+            .iter()
+            .find(|(c, _)| *c == "measurement_mismatch")
+            .map_or(reasons[0].0, |(c, _)| *c);
+        let msg: Vec<String> = reasons.into_iter().map(|(_, m)| m).collect();
+        return Err(Refused {
+            code,
+            message: msg.join("; "),
+        });
+    }
+    Ok(allowed)
+}
 
 /// Whether a report's REPORTED_TCB meets the policy's minimum for its product. No policy
 /// minimum, or none for this product, is a refusal: the oldest acceptable firmware is a

@@ -6,6 +6,7 @@
 //! `vcek`).
 
 use base64::Engine;
+use dcr_protocol::wire::{AzSnpVtpmEvidence, AzTdxVtpmEvidence, EvidenceVersion, VtpmQuote};
 use sha2::{Digest, Sha256};
 
 use crate::snp::{self, SnpPolicy};
@@ -115,56 +116,70 @@ pub struct SnpVtpmEvidence {
     pub pcrs: Vec<Vec<u8>>,
 }
 
-fn hexv(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
+/// base64url (Trustee) or standard base64.
+fn b64_any(field: &'static str, s: &str) -> Result<Vec<u8>, AzureError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
+        .map_err(|_| AzureError::Evidence {
+            field,
+            reason: "not base64".into(),
+        })
 }
 
-/// Decode Trustee az-snp-vtpm evidence (version 1 or 2).
-pub fn parse_snp_evidence(json: &[u8]) -> Result<SnpVtpmEvidence, AzureError> {
-    let ev = |field: &'static str, reason: &str| AzureError::Evidence {
-        field,
-        reason: reason.into(),
+/// The vTPM quote's message, signature and 24 SHA-256 PCRs.
+fn decode_quote(q: &VtpmQuote) -> Result<(Vec<u8>, Vec<u8>, Vec<Vec<u8>>), AzureError> {
+    let hex_field = |field: &'static str, s: &str| {
+        hex::decode(s).map_err(|_| AzureError::Evidence {
+            field,
+            reason: "missing or not hex".into(),
+        })
     };
-    let v: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| ev("(document)", &e.to_string()))?;
-    let version = v["version"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| v["version"].as_u64().map(|n| n.to_string()));
-    if !matches!(version.as_deref(), Some("1" | "2")) {
-        return Err(ev("version", "must be 1 or 2"));
-    }
-    let b64u = |field: &'static str| -> Result<Vec<u8>, AzureError> {
-        let s = v[field].as_str().ok_or_else(|| ev(field, "missing"))?;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim_end_matches('='))
-            .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
-            .map_err(|_| ev(field, "not base64"))
-    };
-    let q = &v["tpm_quote"];
-    let hex_field = |field: &'static str| -> Result<Vec<u8>, AzureError> {
-        q[field]
-            .as_str()
-            .and_then(hexv)
-            .ok_or_else(|| ev(field, "missing or not hex"))
-    };
-    let pcrs = q["pcrs"]
-        .as_array()
-        .ok_or_else(|| ev("tpm_quote.pcrs", "missing"))?
+    let pcrs = q
+        .pcrs
         .iter()
-        .map(|p| p.as_str().and_then(hexv).filter(|d| d.len() == 32))
+        .map(|p| hex::decode(p).ok().filter(|d| d.len() == 32))
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| ev("tpm_quote.pcrs", "not 32-byte hex values"))?;
+        .ok_or(AzureError::Evidence {
+            field: "tpm_quote.pcrs",
+            reason: "not 32-byte hex values".into(),
+        })?;
+    Ok((
+        hex_field("message", &q.message)?,
+        hex_field("signature", &q.signature)?,
+        pcrs,
+    ))
+}
+
+fn json_err(e: serde_json::Error) -> AzureError {
+    AzureError::Evidence {
+        field: "(document)",
+        reason: e.to_string(),
+    }
+}
+
+/// Decode Trustee az-snp-vtpm evidence (version 1 or 2) from its JSON.
+pub fn parse_snp_evidence(json: &[u8]) -> Result<SnpVtpmEvidence, AzureError> {
+    decode_snp_evidence(&serde_json::from_slice(json).map_err(json_err)?)
+}
+
+/// Decode typed az-snp-vtpm evidence (its base64 and hex fields).
+pub fn decode_snp_evidence(ev: &AzSnpVtpmEvidence) -> Result<SnpVtpmEvidence, AzureError> {
+    let version = ev.version.as_ref().map(EvidenceVersion::text);
+    if !matches!(version.as_deref(), Some("1" | "2")) {
+        return Err(AzureError::Evidence {
+            field: "version",
+            reason: "must be 1 or 2".into(),
+        });
+    }
+    let hcl_report = b64_any("hcl_report", &ev.hcl_report)?;
+    let vcek_der = b64_any("vcek", &ev.vcek)?;
+    let (quote_message, quote_signature, pcrs) = decode_quote(&ev.tpm_quote)?;
     Ok(SnpVtpmEvidence {
-        hcl_report: b64u("hcl_report")?,
-        vcek_der: b64u("vcek")?,
-        quote_message: hex_field("message")?,
-        quote_signature: hex_field("signature")?,
+        hcl_report,
+        vcek_der,
+        quote_message,
+        quote_signature,
         pcrs,
     })
 }
@@ -178,15 +193,24 @@ pub fn verify_snp(
     snp_policy: &SnpPolicy,
     expected_pcrs: &tpm::ExpectedPcrs,
 ) -> Verdict {
+    verify_snp_evidence(ev, nonce, now, snp_policy, expected_pcrs).0
+}
+
+/// [`verify_snp`], also returning the SEV-SNP report as decoded (once) for the verdict.
+pub fn verify_snp_evidence(
+    ev: &SnpVtpmEvidence,
+    nonce: &[u8],
+    now: u64,
+    snp_policy: &SnpPolicy,
+    expected_pcrs: &tpm::ExpectedPcrs,
+) -> (Verdict, Option<snp::SnpFacts>) {
     let mut v = Verdict::default();
     let Some(hcl) = decode_hcl(&mut v, &ev.hcl_report, HCL_REPORT_SNP, "SNP") else {
-        return v;
+        return (v, None);
     };
-    push_prefixed(
-        &mut v,
-        "snp",
-        snp::verify(&hcl.hw_report, &ev.vcek_der, None, now, snp_policy),
-    );
+    let (report_verdict, facts) =
+        snp::verify_report(&hcl.hw_report, &ev.vcek_der, None, now, snp_policy);
+    push_prefixed(&mut v, "snp", report_verdict);
     // REPORT_DATA = SHA-256(runtime claims) ‖ 32 zero bytes.
     let rd = &hcl.hw_report[0x50..0x90];
     let want = Sha256::digest(&hcl.var_data);
@@ -208,7 +232,7 @@ pub fn verify_snp(
         nonce,
         expected_pcrs,
     );
-    v
+    (v, facts)
 }
 
 /// Decode the HCL report and check its hardware report type (`hcl.decode`); None (with the
@@ -289,47 +313,32 @@ pub struct TdxVtpmEvidence {
     pub pcrs: Vec<Vec<u8>>,
 }
 
-/// Decode Trustee az-tdx-vtpm evidence (version 1).
+/// Decode Trustee az-tdx-vtpm evidence (version 1) from its JSON.
 pub fn parse_tdx_evidence(json: &[u8]) -> Result<TdxVtpmEvidence, AzureError> {
-    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| AzureError::Evidence {
-        field: "(document)",
-        reason: e.to_string(),
-    })?;
-    if v["version"].as_u64() != Some(1) && v["version"].as_str() != Some("1") {
+    decode_tdx_evidence(&serde_json::from_slice(json).map_err(json_err)?)
+}
+
+/// Decode typed az-tdx-vtpm evidence.
+pub fn decode_tdx_evidence(ev: &AzTdxVtpmEvidence) -> Result<TdxVtpmEvidence, AzureError> {
+    if ev.version.as_ref().map(EvidenceVersion::text).as_deref() != Some("1") {
         return Err(AzureError::Evidence {
             field: "version",
             reason: "must be 1".into(),
         });
     }
-    if v.get("td_quote").is_none() {
-        return Err(AzureError::Evidence {
-            field: "td_quote",
-            reason: "missing (not az-tdx-vtpm evidence)".into(),
-        });
-    }
-    // The vTPM part has the az-snp-vtpm shape; reuse its decoder with a placeholder VCEK.
-    let mut snp_shaped = v.clone();
-    snp_shaped["version"] = 2.into();
-    snp_shaped["vcek"] = "".into();
-    let common = parse_snp_evidence(&serde_json::to_vec(&snp_shaped).expect("json"))?;
-    let td_quote = v["td_quote"]
-        .as_str()
-        .and_then(|s| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(s.trim_end_matches('='))
-                .or_else(|_| base64::engine::general_purpose::STANDARD.decode(s))
-                .ok()
-        })
-        .ok_or(AzureError::Evidence {
-            field: "td_quote",
-            reason: "not base64".into(),
-        })?;
+    let td_quote = ev.td_quote.as_deref().ok_or(AzureError::Evidence {
+        field: "td_quote",
+        reason: "missing (not az-tdx-vtpm evidence)".into(),
+    })?;
+    let td_quote = b64_any("td_quote", td_quote)?;
+    let hcl_report = b64_any("hcl_report", &ev.hcl_report)?;
+    let (quote_message, quote_signature, pcrs) = decode_quote(&ev.tpm_quote)?;
     Ok(TdxVtpmEvidence {
-        hcl_report: common.hcl_report,
+        hcl_report,
         td_quote,
-        quote_message: common.quote_message,
-        quote_signature: common.quote_signature,
-        pcrs: common.pcrs,
+        quote_message,
+        quote_signature,
+        pcrs,
     })
 }
 

@@ -371,6 +371,27 @@ pub fn verify(
     now: u64,
     policy: &SnpPolicy,
 ) -> Verdict {
+    verify_report(report, vek_der, chain, now, policy).0
+}
+
+/// What a report says, decoded once by [`verify_report`]: the report, the product its VEK
+/// names and the REPORTED_TCB decoded for that product (what a minimum-TCB policy compares).
+#[derive(Debug, Clone)]
+pub struct SnpFacts {
+    pub report: Report,
+    pub product: Product,
+    pub tcb: Tcb,
+}
+
+/// [`verify`], also returning the decoded report when it and its VEK decoded (whether or not
+/// every check passed: the verdict says that).
+pub fn verify_report(
+    report: &[u8],
+    vek_der: &[u8],
+    chain: Option<&[Vec<u8>]>,
+    now: u64,
+    policy: &SnpPolicy,
+) -> (Verdict, Option<SnpFacts>) {
     let mut v = Verdict::default();
     let r = match Report::parse(report) {
         Ok(r) => {
@@ -379,7 +400,7 @@ pub fn verify(
         }
         Err(e) => {
             v.push("report.decode", false, e.to_string());
-            return v;
+            return (v, None);
         }
     };
     let x509 = match X509::from_der(vek_der) {
@@ -390,7 +411,7 @@ pub fn verify(
                 false,
                 format!("not a DER X.509 certificate: {e}"),
             );
-            return v;
+            return (v, None);
         }
     };
     let Some(product) = product_of(&x509) else {
@@ -402,7 +423,7 @@ pub fn verify(
                 x509.tbs_certificate.issuer
             ),
         );
-        return v;
+        return (v, None);
     };
     let is_vlek = x509.tbs_certificate.issuer.to_string().contains("VLEK");
     v.push(
@@ -595,7 +616,12 @@ pub fn verify(
             "REPORT_DATA vs the expected binding",
         );
     }
-    v
+    let facts = SnpFacts {
+        tcb: reported,
+        product,
+        report: r,
+    };
+    (v, Some(facts))
 }
 
 #[cfg(test)]

@@ -52,12 +52,23 @@ fn td_fields(r: &Report) -> Option<(&[u8; 8], &[u8; 48], &[u8; 64])> {
 
 /// Verify `quote` with `collateral` (dcap-qvl's JSON bundle) at `now` (Unix seconds).
 pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy) -> Verdict {
+    verify_quote(quote, collateral_json, now, policy).0
+}
+
+/// [`verify`], also returning the MRTD of the verified TD report (when the quote's signature
+/// and collateral verified; the verdict says whether every other check passed).
+pub fn verify_quote(
+    quote: &[u8],
+    collateral_json: &[u8],
+    now: u64,
+    policy: &TdxPolicy,
+) -> (Verdict, Option<[u8; 48]>) {
     let mut v = Verdict::default();
     let q = match Quote::parse(quote) {
         Ok(q) => q,
         Err(e) => {
             v.push("quote.decode", false, format!("not a DCAP quote: {e}"));
-            return v;
+            return (v, None);
         }
     };
     let version = q.header.version;
@@ -67,7 +78,7 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
             false,
             format!("field version is {version}; this verifier reads TDX quotes v4 and v5 only"),
         );
-        return v;
+        return (v, None);
     }
     let Some((attributes, _, _)) = td_fields(&q.report) else {
         v.push(
@@ -75,7 +86,7 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
             false,
             "an SGX enclave quote, not a TD quote",
         );
-        return v;
+        return (v, None);
     };
     let attributes = *attributes;
     v.push("quote.decode", true, format!("version {version}"));
@@ -99,7 +110,7 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
                 false,
                 format!("not a collateral bundle: {e}"),
             );
-            return v;
+            return (v, None);
         }
     };
     v.push(
@@ -119,7 +130,7 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             v.push("quote.signature_and_collateral", false, chain.join(": "));
-            return v;
+            return (v, None);
         }
     };
     v.push(
@@ -136,7 +147,9 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
             policy.allowed_status.join(", ")
         ),
     );
+    let mut verified_mrtd = None;
     if let Some((_, mrtd, report_data)) = td_fields(&report.report) {
+        verified_mrtd = Some(*mrtd);
         if !policy.mrtd.is_empty() {
             v.push(
                 "mrtd",
@@ -155,7 +168,7 @@ pub fn verify(quote: &[u8], collateral_json: &[u8], now: u64, policy: &TdxPolicy
     if policy.match_image {
         v.push("rtmrs", false, RTMRS_NOT_PREDICTED);
     }
-    v
+    (v, verified_mrtd)
 }
 
 /// MRTD of a TDX quote's TD report (after verification, for reference-value comparison).

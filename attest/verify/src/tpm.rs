@@ -551,6 +551,29 @@ pub fn verify(
     plain_hash: u16,
     expected: &ExpectedPcrs,
 ) -> Verdict {
+    verify_quote(
+        ak,
+        message,
+        signature,
+        pcrs,
+        qualification,
+        plain_hash,
+        expected,
+    )
+    .0
+}
+
+/// [`verify`], also returning the quoted PCR values (decoded once, when they decoded and
+/// matched the quote's digest; the verdict says whether every check passed).
+pub fn verify_quote(
+    ak: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    pcrs: &[u8],
+    qualification: &[u8],
+    plain_hash: u16,
+    expected: &ExpectedPcrs,
+) -> (Verdict, Option<PcrValues>) {
     let mut v = Verdict::default();
     let attest = match parse_attest(message) {
         Ok(a) => {
@@ -563,7 +586,7 @@ pub fn verify(
         }
         Err(e) => {
             v.push("attest.decode", false, e.to_string());
-            return v;
+            return (v, None);
         }
     };
     v.push(
@@ -575,7 +598,7 @@ pub fn verify(
         Ok(k) => k,
         Err(e) => {
             v.push("ak.decode", false, e.to_string());
-            return v;
+            return (v, None);
         }
     };
     let sig = parse_signature(signature, plain_hash);
@@ -596,7 +619,7 @@ pub fn verify(
         Ok(p) => p,
         Err(e) => {
             v.push("pcrs.decode", false, e.to_string());
-            return v;
+            return (v, None);
         }
     };
     let file_selection: Selection = {
@@ -653,7 +676,7 @@ pub fn verify(
             ),
         );
     }
-    v
+    (v, Some(values))
 }
 
 /// An AK from its TPM2B_PUBLIC (tpm2_createak -u; TPM2 Part 2 §12.2.5 TPMT_PUBLIC): RSA with
