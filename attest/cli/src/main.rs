@@ -467,12 +467,10 @@ fn expected_pcrs_of(p: &Path, section: PcrSection) -> anyhow::Result<Vec<(u32, V
 /// Even-length hex (optionally 0x-prefixed) to bytes.
 fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     let s = s.trim().trim_start_matches("0x");
-    if s.is_empty() || !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if s.is_empty() {
         return None;
     }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
+    hex::decode(s).ok()
 }
 
 fn read(flag: &str, p: &Path) -> anyhow::Result<Vec<u8>> {

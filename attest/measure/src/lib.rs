@@ -10,19 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+// Firmware GUIDs are written as text with `uuid::uuid!` and stored mixed-endian
+// (`Uuid::to_bytes_le`), as EDK II lays out EFI_GUID.
+
 pub mod eventlog;
 pub mod ovmf;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
-
-/// A GUID as stored in firmware tables (mixed-endian, `uuid.bytes_le`), from its text form.
-pub const fn guid_le(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
-    let a = d1.to_le_bytes();
-    let b = d2.to_le_bytes();
-    let c = d3.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5],
-        d4[6], d4[7],
-    ]
-}

@@ -14,7 +14,7 @@
 use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::guid_le;
+use uuid::uuid;
 
 /// Errors reading firmware metadata.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,36 +33,15 @@ pub enum OvmfError {
     TooLarge(usize),
 }
 
-pub const OVMF_TABLE_FOOTER_GUID: [u8; 16] = guid_le(
-    0x96b582de,
-    0x1fb2,
-    0x45f7,
-    [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d],
-);
-pub const SEV_HASH_TABLE_RV_GUID: [u8; 16] = guid_le(
-    0x7255371f,
-    0x3a3b,
-    0x4b04,
-    [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
-);
-pub const SEV_ES_RESET_BLOCK_GUID: [u8; 16] = guid_le(
-    0x00f771de,
-    0x1a7e,
-    0x4fcb,
-    [0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e],
-);
-pub const OVMF_SEV_META_DATA_GUID: [u8; 16] = guid_le(
-    0xdc886566,
-    0x984a,
-    0x4798,
-    [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc],
-);
-pub const SVSM_INFO_GUID: [u8; 16] = guid_le(
-    0xa789a612,
-    0x0597,
-    0x4c4b,
-    [0xa4, 0x9f, 0xcb, 0xb1, 0xfe, 0x9d, 0x1d, 0xdd],
-);
+pub const OVMF_TABLE_FOOTER_GUID: [u8; 16] =
+    uuid!("96b582de-1fb2-45f7-baea-a366c55a082d").to_bytes_le();
+pub const SEV_HASH_TABLE_RV_GUID: [u8; 16] =
+    uuid!("7255371f-3a3b-4b04-927b-1da6efa8d454").to_bytes_le();
+pub const SEV_ES_RESET_BLOCK_GUID: [u8; 16] =
+    uuid!("00f771de-1a7e-4fcb-890e-68c77e2fb44e").to_bytes_le();
+pub const OVMF_SEV_META_DATA_GUID: [u8; 16] =
+    uuid!("dc886566-984a-4798-a75e-5585a7bf67cc").to_bytes_le();
+pub const SVSM_INFO_GUID: [u8; 16] = uuid!("a789a612-0597-4c4b-a49f-cbb1fe9d1ddd").to_bytes_le();
 
 /// Footer table entry header (OvmfPkg ResetVectorVtf0.asm: `DW size; GUID`), 18 bytes.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256, Sha384};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromZeros, Immutable, IntoBytes, KnownLayout};
 
-use super::guid_le;
 use super::ovmf::{Ovmf, OvmfError, SectionType};
+use uuid::uuid;
 
 /// Errors of a launch-digest computation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,30 +221,12 @@ impl SevHashes {
     }
 }
 
-const SEV_HASH_TABLE_HEADER_GUID: [u8; 16] = guid_le(
-    0x9438d606,
-    0x4f22,
-    0x4cc9,
-    [0xb4, 0x79, 0xa7, 0x93, 0xd4, 0x11, 0xfd, 0x21],
-);
-const SEV_KERNEL_ENTRY_GUID: [u8; 16] = guid_le(
-    0x4de79437,
-    0xabd2,
-    0x427f,
-    [0xb8, 0x35, 0xd5, 0xb1, 0x72, 0xd2, 0x04, 0x5b],
-);
-const SEV_INITRD_ENTRY_GUID: [u8; 16] = guid_le(
-    0x44baf731,
-    0x3a2f,
-    0x4bd7,
-    [0x9a, 0xf1, 0x41, 0xe2, 0x91, 0x69, 0x78, 0x1d],
-);
-const SEV_CMDLINE_ENTRY_GUID: [u8; 16] = guid_le(
-    0x97d02dd8,
-    0xbd20,
-    0x4c94,
-    [0xaa, 0x78, 0xe7, 0x71, 0x4d, 0x36, 0xab, 0x2a],
-);
+const SEV_HASH_TABLE_HEADER_GUID: [u8; 16] =
+    uuid!("9438d606-4f22-4cc9-b479-a793d411fd21").to_bytes_le();
+const SEV_KERNEL_ENTRY_GUID: [u8; 16] = uuid!("4de79437-abd2-427f-b835-d5b172d2045b").to_bytes_le();
+const SEV_INITRD_ENTRY_GUID: [u8; 16] = uuid!("44baf731-3a2f-4bd7-9af1-41e29169781d").to_bytes_le();
+const SEV_CMDLINE_ENTRY_GUID: [u8; 16] =
+    uuid!("97d02dd8-bd20-4c94-aa78-e7714d36ab2a").to_bytes_le();
 
 /// QEMU `SevHashTableEntry` (packed): GUID, u16 length, SHA-256. 50 bytes.
 #[derive(Clone, Copy, IntoBytes, Immutable, KnownLayout)]

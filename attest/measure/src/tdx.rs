@@ -11,16 +11,12 @@ use sha2::{Digest, Sha384};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::guid_le;
 use super::ovmf::{Ovmf, OvmfError};
+use uuid::uuid;
 
 /// TDVF metadata location GUID in the OVMF footer table.
-pub const TDX_METADATA_OFFSET_GUID: [u8; 16] = guid_le(
-    0xe47a6535,
-    0x984a,
-    0x4798,
-    [0x86, 0x5e, 0x46, 0x85, 0xa7, 0xbf, 0x8e, 0xc2],
-);
+pub const TDX_METADATA_OFFSET_GUID: [u8; 16] =
+    uuid!("e47a6535-984a-4798-865e-4685a7bf8ec2").to_bytes_le();
 
 /// Errors computing MRTD.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

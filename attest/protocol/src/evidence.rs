@@ -9,49 +9,19 @@
 //! length u32, little-endian, ended by an all-zero entry; offsets from the table's start).
 
 use base64::Engine;
+use uuid::uuid;
 
 use crate::wire::{SnpEvidence, TdxEvidence};
 
+/// GUIDs in RFC 4122 byte order (as virtee `sev` reads and writes the table for snpguest).
 /// VCEK certificate GUID 63da758d-e664-4564-adc5-f4b93be8accd.
-pub const GUID_VCEK: [u8; 16] = guid(
-    0x63da758d,
-    0xe664,
-    0x4564,
-    [0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd],
-);
+pub const GUID_VCEK: [u8; 16] = uuid!("63da758d-e664-4564-adc5-f4b93be8accd").into_bytes();
 /// VLEK certificate GUID a8074bc2-a25a-483e-aae6-39c045a0b8a1.
-pub const GUID_VLEK: [u8; 16] = guid(
-    0xa8074bc2,
-    0xa25a,
-    0x483e,
-    [0xaa, 0xe6, 0x39, 0xc0, 0x45, 0xa0, 0xb8, 0xa1],
-);
+pub const GUID_VLEK: [u8; 16] = uuid!("a8074bc2-a25a-483e-aae6-39c045a0b8a1").into_bytes();
 /// ASK GUID 4ab7b379-bbac-4fe4-a02f-05aef327c782.
-pub const GUID_ASK: [u8; 16] = guid(
-    0x4ab7b379,
-    0xbbac,
-    0x4fe4,
-    [0xa0, 0x2f, 0x05, 0xae, 0xf3, 0x27, 0xc7, 0x82],
-);
+pub const GUID_ASK: [u8; 16] = uuid!("4ab7b379-bbac-4fe4-a02f-05aef327c782").into_bytes();
 /// ARK GUID c0b406a4-a803-4952-9743-3fb6014cd0ae.
-pub const GUID_ARK: [u8; 16] = guid(
-    0xc0b406a4,
-    0xa803,
-    0x4952,
-    [0x97, 0x43, 0x3f, 0xb6, 0x01, 0x4c, 0xd0, 0xae],
-);
-
-/// A GUID in RFC 4122 byte order (as virtee `sev` reads and writes the table for
-/// snpguest; `Uuid::as_bytes`/`from_slice`).
-const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
-    let a = a.to_be_bytes();
-    let b = b.to_be_bytes();
-    let c = c.to_be_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6],
-        d[7],
-    ]
-}
+pub const GUID_ARK: [u8; 16] = uuid!("c0b406a4-a803-4952-9743-3fb6014cd0ae").into_bytes();
 
 pub const SNP_REPORT_LEN: usize = 1184;
 

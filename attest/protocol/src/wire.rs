@@ -301,9 +301,18 @@ pub const MILAN_MIN_TCB: TcbLevel = TcbLevel {
     microcode: 219,
 };
 
+/// A TCB level in the CLI's syntax that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TcbLevelError(String);
+
 impl TcbLevel {
     /// `bl=N,tee=N,snp=N,ucode=N[,fmc=N]`.
-    pub fn parse(s: &str) -> Result<TcbLevel, String> {
+    pub fn parse(s: &str) -> Result<TcbLevel, TcbLevelError> {
+        Self::parse_text(s).map_err(TcbLevelError)
+    }
+
+    fn parse_text(s: &str) -> Result<TcbLevel, String> {
         let mut t = TcbLevel::default();
         let mut seen = [false; 4];
         for part in s.split(',') {

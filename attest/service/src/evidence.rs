@@ -158,7 +158,9 @@ fn verify_snp(e: &SnpEvidence, rd: &[u8; 64], now: u64) -> Result<(Claims, SnpTc
     let report = b64("evidence.report", &e.report)?;
     let mut vcek = b64("evidence.vcek", &e.vcek)?;
     if vcek.starts_with(b"-----BEGIN") {
-        vcek = snp::pem_certs(&vcek).map_err(bad)?.remove(0);
+        vcek = snp::pem_certs(&vcek)
+            .map_err(|e| bad(e.to_string()))?
+            .remove(0);
     }
     let policy = snp::SnpPolicy {
         report_data: Some(*rd),

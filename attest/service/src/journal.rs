@@ -31,6 +31,9 @@ pub enum JournalError {
     Audit { path: PathBuf, reason: String },
     #[error("the journal thread stopped")]
     Stopped,
+    /// A read or write of the open store failed (redb's message).
+    #[error("{0}")]
+    Db(String),
 }
 
 /// What a job changes in the store.
@@ -368,19 +371,28 @@ impl Journal {
         &self,
         op: Op,
         audit: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, JournalError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Job { op, audit, reply })
-            .map_err(|_| JournalError::Stopped.to_string())?;
-        rx.await.map_err(|_| JournalError::Stopped.to_string())?
+            .map_err(|_| JournalError::Stopped)?;
+        rx.await
+            .map_err(|_| JournalError::Stopped)?
+            .map_err(JournalError::Db)
     }
 
-    /// All registered key records (key id, record bytes).
+    /// A read of the store (retried once on a reopened database).
+    fn read<T>(
+        &self,
+        f: impl FnMut(&redb::Database) -> Result<T, String>,
+    ) -> Result<T, JournalError> {
+        self.db.with(f).map_err(JournalError::Db)
+    }
+
     /// The key records whose id starts with `prefix` (a range scan: the cost of a release
     /// depends on its own contract's keys, not on what other parties stored).
-    pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
-        self.db.with(|db| -> Result<_, String> {
+    pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        self.read(|db| -> Result<_, String> {
             let r = db.begin_read().map_err(|e| e.to_string())?;
             let t = r.open_table(KEYS).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
@@ -395,16 +407,16 @@ impl Journal {
         })
     }
 
-    pub fn is_spent(&self, key_id: &str) -> Result<bool, String> {
-        self.db.with(|db| -> Result<_, String> {
+    pub fn is_spent(&self, key_id: &str) -> Result<bool, JournalError> {
+        self.read(|db| -> Result<_, String> {
             let r = db.begin_read().map_err(|e| e.to_string())?;
             let t = r.open_table(SPENT).map_err(|e| e.to_string())?;
             Ok(t.get(key_id).map_err(|e| e.to_string())?.is_some())
         })
     }
 
-    pub fn upload(&self, token_hash: &[u8; 32]) -> Result<Option<Vec<u8>>, String> {
-        self.db.with(|db| -> Result<_, String> {
+    pub fn upload(&self, token_hash: &[u8; 32]) -> Result<Option<Vec<u8>>, JournalError> {
+        self.read(|db| -> Result<_, String> {
             let r = db.begin_read().map_err(|e| e.to_string())?;
             let t = r.open_table(UPLOADS).map_err(|e| e.to_string())?;
             Ok(t.get(token_hash)

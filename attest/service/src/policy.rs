@@ -246,3 +246,267 @@ mod tests {
         assert!(TcbLevel::parse("bl=1,tee=0,snp=2,ucode=3,x=1").is_err());
     }
 }
+
+#[cfg(test)]
+mod decide_tests {
+    use super::*;
+    use dcr_protocol::measurements::Measurements;
+    use dcr_protocol::wire::MILAN_MIN_TCB;
+
+    const NOW: u64 = 1_900_000_000;
+
+    fn contract(expires: &str) -> Contract {
+        let signing = dcr_protocol::keys::SigningSecret::generate(&mut rand_core::OsRng)
+            .public()
+            .to_text();
+        let text = format!(
+            r#"version = 1
+name = "policy"
+expires = "{expires}"
+platforms = ["tpm", "snp", "az-snp-vtpm"]
+parties = [{{ id = "publisher", name = "P" }}, {{ id = "advertiser", name = "A" }}]
+datasets = [
+  {{ id = "users", owner = "publisher", key_id = "pub-1", blob = "users.sealed" }},
+  {{ id = "buys", owner = "advertiser", key_id = "adv-1", blob = "buys.sealed" }},
+]
+network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
+[[workloads]]
+name = "overlap"
+sha256 = "{w}"
+inputs = ["users", "buys"]
+limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
+[output]
+min_group_size = 50
+columns = [{{ name = "segment", kind = "label", max_len = 32 }}, {{ name = "count", kind = "count" }}]
+blob = "result.sealed"
+[[recipients]]
+party = "publisher"
+hpke_public_key = "x25519:{r}"
+[service]
+url = "http://127.0.0.1:1"
+signing_key = "{signing}"
+deadline_secs = 60
+"#,
+            w = "ab".repeat(32),
+            r = "11".repeat(32),
+        );
+        Contract::from_toml(&text).unwrap()
+    }
+
+    /// measurements.json predicting `pcr23` for a TPM and `digest` for SEV-SNP.
+    fn reference(pcr23: u8, digest: u8) -> Measurements {
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "recipe": "r", "recipe_version": "1",
+            "source_date_epoch": 0, "kernel_release": "k", "cmdline": "",
+            "contract_digest": "00".repeat(32), "guest_target": "t",
+            "inputs": {}, "artifacts": {},
+            "measurements": {
+                "tpm": {"pcrs": {"23": hex::encode([pcr23; 32])}},
+                "snp": {"launch_digest": hex::encode([digest; 48])},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn record(key_id: &str, platforms: &[Tee], reference: Measurements) -> KeyRecord {
+        KeyRecord {
+            key_id: key_id.into(),
+            owner: "o".into(),
+            registered_at: 0,
+            policy: ReleasePolicy {
+                contract_digest: "cd".repeat(32),
+                platforms: platforms.to_vec(),
+                reference,
+                single_use: false,
+                expires: "2099-01-01T00:00:00Z".into(),
+                snp_min_tcb: Some(SnpMinTcb {
+                    milan: Some(MILAN_MIN_TCB),
+                    ..Default::default()
+                }),
+            },
+            dek_at_rest: String::new(),
+        }
+    }
+
+    fn tpm_claims(pcr23: u8) -> Claims {
+        Claims::Tpm {
+            pcrs: vec![(23, vec![pcr23; 32])],
+        }
+    }
+
+    fn ask<'a>(tee: Tee, claims: &'a Claims, tcb: Option<&'a (Product, Tcb)>) -> Asked<'a> {
+        Asked {
+            contract_digest: "cd",
+            tee,
+            claims,
+            snp_tcb: tcb,
+            now: NOW,
+        }
+    }
+
+    fn ids(r: &[KeyRecord]) -> Vec<&str> {
+        r.iter().map(|k| k.key_id.as_str()).collect()
+    }
+
+    #[test]
+    fn every_key_matches_then_all_are_released() {
+        let c = contract("2099-01-01T00:00:00Z");
+        let recs = vec![
+            record("pub-1", &[Tee::Tpm], reference(7, 1)),
+            record("adv-1", &[Tee::Tpm], reference(7, 1)),
+        ];
+        let claims = tpm_claims(7);
+        let got = decide(recs, &c, &ask(Tee::Tpm, &claims, None), &BTreeSet::new()).unwrap();
+        assert_eq!(ids(&got), ["pub-1", "adv-1"]);
+    }
+
+    #[test]
+    fn one_mismatch_releases_nothing() {
+        // The advertiser's policy accepts this image, the publisher's does not: no key at
+        // all (a lax policy must not get a TEE the other party's key or the result key).
+        let c = contract("2099-01-01T00:00:00Z");
+        let recs = vec![
+            record("pub-1", &[Tee::Tpm], reference(8, 1)),
+            record("adv-1", &[Tee::Tpm], reference(7, 1)),
+        ];
+        let claims = tpm_claims(7);
+        let e = decide(recs, &c, &ask(Tee::Tpm, &claims, None), &BTreeSet::new()).unwrap_err();
+        assert_eq!(e.code, "measurement_mismatch");
+        assert!(
+            e.message.starts_with("pub-1: reference.pcr.23"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("adv-1"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_dataset_without_a_key_releases_nothing() {
+        let c = contract("2099-01-01T00:00:00Z");
+        let recs = vec![record("pub-1", &[Tee::Tpm], reference(7, 1))];
+        let claims = tpm_claims(7);
+        let e = decide(recs, &c, &ask(Tee::Tpm, &claims, None), &BTreeSet::new()).unwrap_err();
+        assert_eq!(e.code, "key_missing");
+        assert!(e
+            .message
+            .contains("adv-1: dataset buys's key is not registered"));
+    }
+
+    #[test]
+    fn platform_expiry_single_use_and_contract_expiry() {
+        let c = contract("2099-01-01T00:00:00Z");
+        let claims = tpm_claims(7);
+        let both = |a: KeyRecord| vec![record("pub-1", &[Tee::Tpm], reference(7, 1)), a];
+        // Platform not in the policy.
+        let e = decide(
+            both(record("adv-1", &[Tee::Snp], reference(7, 1))),
+            &c,
+            &ask(Tee::Tpm, &claims, None),
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("policy_refused", "adv-1: platform tpm not allowed")
+        );
+        // Policy expired (one second before now).
+        let mut old = record("adv-1", &[Tee::Tpm], reference(7, 1));
+        old.policy.expires = dcr_protocol::time::format_rfc3339(NOW - 1);
+        let e = decide(
+            both(old),
+            &c,
+            &ask(Tee::Tpm, &claims, None),
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "policy_refused");
+        assert!(e.message.contains("adv-1: policy expired"), "{}", e.message);
+        // A single-use key already released.
+        let mut once = record("adv-1", &[Tee::Tpm], reference(7, 1));
+        once.policy.single_use = true;
+        let spent: BTreeSet<String> = ["adv-1".to_string()].into();
+        let e = decide(
+            both(once.clone()),
+            &c,
+            &ask(Tee::Tpm, &claims, None),
+            &spent,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "key_spent");
+        // Not spent: released.
+        let got = decide(
+            both(once),
+            &c,
+            &ask(Tee::Tpm, &claims, None),
+            &BTreeSet::new(),
+        );
+        assert_eq!(ids(&got.unwrap()), ["pub-1", "adv-1"]);
+        // The contract's own expiry binds every key.
+        let expired = contract(&dcr_protocol::time::format_rfc3339(NOW));
+        let e = decide(
+            both(record("adv-1", &[Tee::Tpm], reference(7, 1))),
+            &expired,
+            &ask(Tee::Tpm, &claims, None),
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "policy_refused");
+        assert!(e.message.contains("expired"), "{}", e.message);
+    }
+
+    #[test]
+    fn snp_needs_the_digest_and_the_minimum_tcb() {
+        let c = contract("2099-01-01T00:00:00Z");
+        let recs = || {
+            vec![
+                record("pub-1", &[Tee::Snp], reference(0, 5)),
+                record("adv-1", &[Tee::Snp], reference(0, 5)),
+            ]
+        };
+        let claims = Claims::Snp {
+            launch_digest: [5; 48],
+        };
+        let new = (
+            Product::Milan,
+            Tcb::decode(0xdb18_0000_0000_0004, Product::Milan),
+        );
+        let old = (
+            Product::Milan,
+            Tcb::decode(0x7308_0000_0000_0003, Product::Milan),
+        );
+        let got = decide(
+            recs(),
+            &c,
+            &ask(Tee::Snp, &claims, Some(&new)),
+            &BTreeSet::new(),
+        );
+        assert_eq!(ids(&got.unwrap()), ["pub-1", "adv-1"]);
+        let e = decide(
+            recs(),
+            &c,
+            &ask(Tee::Snp, &claims, Some(&old)),
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "tcb_too_old");
+        // Another launch digest: measurement_mismatch wins over the other reasons.
+        let other = Claims::Snp {
+            launch_digest: [6; 48],
+        };
+        let mut mixed = recs();
+        mixed[0].policy.platforms = vec![Tee::Tpm];
+        let e = decide(
+            mixed,
+            &c,
+            &ask(Tee::Snp, &other, Some(&new)),
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "measurement_mismatch");
+        assert!(
+            e.message.contains("pub-1: platform snp not allowed"),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -158,8 +158,25 @@ fn json_err(e: serde_json::Error) -> AzureError {
     }
 }
 
+/// The version of a Trustee evidence document, read before its other fields (so a document of
+/// another kind or version is named as such, not by its first missing field).
+fn evidence_version(json: &[u8]) -> Result<Option<String>, AzureError> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        version: Option<EvidenceVersion>,
+    }
+    let h: Head = serde_json::from_slice(json).map_err(json_err)?;
+    Ok(h.version.as_ref().map(EvidenceVersion::text))
+}
+
 /// Decode Trustee az-snp-vtpm evidence (version 1 or 2) from its JSON.
 pub fn parse_snp_evidence(json: &[u8]) -> Result<SnpVtpmEvidence, AzureError> {
+    if !matches!(evidence_version(json)?.as_deref(), Some("1" | "2")) {
+        return Err(AzureError::Evidence {
+            field: "version",
+            reason: "must be 1 or 2".into(),
+        });
+    }
     decode_snp_evidence(&serde_json::from_slice(json).map_err(json_err)?)
 }
 
@@ -315,6 +332,12 @@ pub struct TdxVtpmEvidence {
 
 /// Decode Trustee az-tdx-vtpm evidence (version 1) from its JSON.
 pub fn parse_tdx_evidence(json: &[u8]) -> Result<TdxVtpmEvidence, AzureError> {
+    if evidence_version(json)?.as_deref() != Some("1") {
+        return Err(AzureError::Evidence {
+            field: "version",
+            reason: "must be 1".into(),
+        });
+    }
     decode_tdx_evidence(&serde_json::from_slice(json).map_err(json_err)?)
 }
 

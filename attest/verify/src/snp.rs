@@ -335,9 +335,22 @@ fn pinned_ca(p: Product) -> Result<ca::Chain, std::io::Error> {
     })
 }
 
+/// Why PEM text gave no certificates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    #[error("chain is not PEM text")]
+    NotText,
+    #[error("END without BEGIN")]
+    Unbalanced,
+    #[error("bad base64 in chain: {0}")]
+    Base64(String),
+    #[error("no certificate in chain")]
+    Empty,
+}
+
 /// Certificates from PEM text (ASK/ASVK then ARK, as AMD's KDS cert_chain serves them).
-pub fn pem_certs(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let text = std::str::from_utf8(text).map_err(|_| "chain is not PEM text".to_string())?;
+pub fn pem_certs(text: &[u8]) -> Result<Vec<Vec<u8>>, PemError> {
+    let text = std::str::from_utf8(text).map_err(|_| PemError::NotText)?;
     let mut out = Vec::new();
     let mut cur: Option<String> = None;
     for line in text.lines() {
@@ -345,19 +358,19 @@ pub fn pem_certs(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         if l.starts_with("-----BEGIN CERTIFICATE") {
             cur = Some(String::new());
         } else if l.starts_with("-----END CERTIFICATE") {
-            let b64 = cur.take().ok_or("END without BEGIN")?;
+            let b64 = cur.take().ok_or(PemError::Unbalanced)?;
             use base64::Engine;
             out.push(
                 base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|e| format!("bad base64 in chain: {e}"))?,
+                    .map_err(|e| PemError::Base64(e.to_string()))?,
             );
         } else if let Some(c) = cur.as_mut() {
             c.push_str(l);
         }
     }
     if out.is_empty() {
-        return Err("no certificate in chain".into());
+        return Err(PemError::Empty);
     }
     Ok(out)
 }

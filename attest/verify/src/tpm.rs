@@ -86,23 +86,34 @@ fn bits_to_pcrs(bits: &[u8]) -> Vec<u32> {
     out
 }
 
+/// A tpm2-tools PCR list that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PcrListError {
+    #[error("expected <bank>:<pcr>,...")]
+    Shape,
+    #[error("unknown bank {0:?}")]
+    Bank(String),
+    #[error("PCR indices are 0-31")]
+    Index,
+}
+
 /// Parse a tpm2-tools PCR list (`sha256:0,1,16+sha1:0`).
-pub fn parse_pcr_list(s: &str) -> Result<Selection, String> {
+pub fn parse_pcr_list(s: &str) -> Result<Selection, PcrListError> {
     let mut out = Vec::new();
     for bank in s.split('+') {
-        let (alg, pcrs) = bank.split_once(':').ok_or("expected <bank>:<pcr>,...")?;
+        let (alg, pcrs) = bank.split_once(':').ok_or(PcrListError::Shape)?;
         let alg = match alg {
             "sha1" => TPM_ALG_SHA1,
             "sha256" => TPM_ALG_SHA256,
             "sha384" => TPM_ALG_SHA384,
             "sha512" => TPM_ALG_SHA512,
-            other => return Err(format!("unknown bank {other:?}")),
+            other => return Err(PcrListError::Bank(other.to_string())),
         };
         let mut v: Vec<u32> = pcrs
             .split(',')
             .map(|p| p.trim().parse::<u32>().ok().filter(|&n| n < 32))
             .collect::<Option<_>>()
-            .ok_or("PCR indices are 0-31")?;
+            .ok_or(PcrListError::Index)?;
         v.sort_unstable();
         v.dedup();
         out.push((alg, v));
