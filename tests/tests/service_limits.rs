@@ -106,6 +106,22 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
     }
 }
 
+/// A connection from `addr` over a cap is closed: how soon. The service counts a connection
+/// when its accept loop reaches it, which under CPU load can lag the client's connect: an
+/// attempt that is not closed (it was counted below the cap) is dropped and tried again, up to
+/// ten times.
+fn refused_eventually(port: u16, addr: &str) -> Option<Duration> {
+    for _ in 0..10 {
+        let mut c = connect(port, addr);
+        if let Some(d) = closed_within(&mut c, Duration::from_secs(3)) {
+            return Some(d);
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
 fn serve(tag: &str, extra: &[&str]) -> (TempDir, Service) {
     let t = TempDir::new(tag);
     let svc = start_service(&t.path().join("data"), extra);
@@ -166,11 +182,7 @@ fn connection_caps_hold_and_other_clients_are_served() {
     // Four idle connections from one address are kept; the fifth is closed at once.
     let mut held: Vec<TcpStream> = (0..4).map(|_| connect(p, "127.0.0.2")).collect();
     std::thread::sleep(Duration::from_millis(300));
-    let mut fifth = connect(p, "127.0.0.2");
-    assert!(
-        closed_within(&mut fifth, Duration::from_secs(3)).is_some(),
-        "per-address cap"
-    );
+    assert!(refused_eventually(p, "127.0.0.2").is_some(), "per-address cap");
     // Another address is served.
     let mut c = Conn::new(p, "127.0.0.3");
     assert_eq!(c.request("GET", "/v1/service", b"").unwrap().0, 200);
@@ -180,15 +192,11 @@ fn connection_caps_hold_and_other_clients_are_served() {
         held.extend((0..4).map(|_| connect(p, a)));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let mut over = connect(p, "127.0.0.6");
-    let t0 = Instant::now();
-    assert!(
-        closed_within(&mut over, Duration::from_secs(3)).is_some(),
-        "global cap"
-    );
+    let closed = refused_eventually(p, "127.0.0.6");
+    assert!(closed.is_some(), "global cap");
     println!(
         "connection cap: 13th connection (cap 12, 4 per address) closed after {:.3} s",
-        t0.elapsed().as_secs_f64()
+        closed.unwrap().as_secs_f64()
     );
     // The held connections are still open (not cut by the caps), and once they go, new
     // connections are served again.
