@@ -23,12 +23,12 @@ fn mrtd_of_debian_ovmf_matches_vectors() {
     assert_eq!(sections.len(), 6, "Debian OVMF.fd has six TDVF sections");
     let (single, events) = tdx::mrtd(&fw, PageOrder::SinglePass).unwrap();
     assert_eq!(
-        hex(&single),
+        hex(single),
         v["mrtd_single_pass_qemu_ge_9"].as_str().unwrap()
     );
     assert_eq!(events.len(), 6);
     let (two, _) = tdx::mrtd(&fw, PageOrder::TwoPass).unwrap();
-    assert_eq!(hex(&two), v["mrtd_two_pass_qemu_8"].as_str().unwrap());
+    assert_eq!(hex(two), v["mrtd_two_pass_qemu_8"].as_str().unwrap());
 
     // Mutation: one byte of the measured BFV changes MRTD; the CFV (not extended) does not.
     let bfv = sections.iter().find(|s| s.kind == 0).unwrap();

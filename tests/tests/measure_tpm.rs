@@ -73,7 +73,7 @@ fn ours(sections: &[(String, Vec<u8>)]) -> String {
         .iter()
         .map(|(n, d)| (n.as_str(), d.as_slice()))
         .collect();
-    hex(&tpm::pcr11(v, &refs).unwrap().value)
+    hex(tpm::pcr11(v, &refs).unwrap().value)
 }
 
 #[test]

@@ -182,7 +182,10 @@ fn connection_caps_hold_and_other_clients_are_served() {
     // Four idle connections from one address are kept; the fifth is closed at once.
     let mut held: Vec<TcpStream> = (0..4).map(|_| connect(p, "127.0.0.2")).collect();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(refused_eventually(p, "127.0.0.2").is_some(), "per-address cap");
+    assert!(
+        refused_eventually(p, "127.0.0.2").is_some(),
+        "per-address cap"
+    );
     // Another address is served.
     let mut c = Conn::new(p, "127.0.0.3");
     assert_eq!(c.request("GET", "/v1/service", b"").unwrap().0, 200);

@@ -127,8 +127,11 @@ fn b64_any(field: &'static str, s: &str) -> Result<Vec<u8>, AzureError> {
         })
 }
 
+/// A vTPM quote's message, signature and SHA-256 PCRs, decoded.
+type QuoteParts = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
 /// The vTPM quote's message, signature and 24 SHA-256 PCRs.
-fn decode_quote(q: &VtpmQuote) -> Result<(Vec<u8>, Vec<u8>, Vec<Vec<u8>>), AzureError> {
+fn decode_quote(q: &VtpmQuote) -> Result<QuoteParts, AzureError> {
     let hex_field = |field: &'static str, s: &str| {
         hex::decode(s).map_err(|_| AzureError::Evidence {
             field,
@@ -237,7 +240,7 @@ pub fn verify_snp_evidence(
         format!(
             "REPORT_DATA {} vs SHA-256(runtime claims) {}",
             hex::encode(&rd[..32]),
-            hex::encode(&want)
+            hex::encode(want)
         ),
     );
     vtpm_checks(
@@ -402,7 +405,7 @@ pub fn verify_tdx(
         format!(
             "TDREPORT REPORTDATA {} vs SHA-256(runtime claims) {}",
             hex::encode(&rd[..32]),
-            hex::encode(&want)
+            hex::encode(want)
         ),
     );
     let qrd = td_quote_report_data(&ev.td_quote);

@@ -164,7 +164,7 @@ impl Report {
 /// The VCEK cache file name for a report: `<hex CHIP_ID>-<REPORTED_TCB as 16 hex>.der`. A
 /// VCEK is specific to one chip and one TCB, so this key finds it without AMD's KDS.
 pub fn vcek_cache_name(r: &Report) -> String {
-    format!("{}-{:016x}.der", hex::encode(&r.chip_id), r.reported_tcb)
+    format!("{}-{:016x}.der", hex::encode(r.chip_id), r.reported_tcb)
 }
 
 /// Where AMD's KDS serves the VCEK of this report, for the message when the cache misses.
@@ -619,7 +619,7 @@ pub fn verify_report(
         v.push(
             "measurement",
             policy.measurements.contains(&r.measurement),
-            format!("MEASUREMENT {}", hex::encode(&r.measurement)),
+            format!("MEASUREMENT {}", hex::encode(r.measurement)),
         );
     }
     if let Some(rd) = policy.report_data {

@@ -97,7 +97,7 @@ pub fn verify_quote(
         policy.allow_debug || !debug,
         format!(
             "TD_ATTRIBUTES {} ({})",
-            hex::encode(&attributes),
+            hex::encode(attributes),
             if debug { "DEBUG: refused" } else { "not debug" }
         ),
     );
