@@ -156,7 +156,7 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
     };
     let fw = Ovmf::parse(&fw_bytes).map_err(|e| snp_err(e.into()))?;
     let mode = match a.mode {
-        SnpMode::OvmfHash => return Ok(format!("{}\n", hex(&snp::snp_ovmf_hash(&fw)))),
+        SnpMode::OvmfHash => return Ok(format!("{}\n", hex(snp::snp_ovmf_hash(&fw)))),
         SnpMode::Mode(m) => m,
     };
     if a.initrd.is_some() && a.kernel.is_none() {
@@ -263,10 +263,10 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
                 "vcpu_sig": format!("{vcpu_sig:#x}"),
                 "guest_features": format!("{:#x}", a.guest_features),
                 "vmm_type": format!("{:?}", a.vmm_type),
-                "firmware_sha256": hex(&sha2_256(&fw_bytes)),
+                "firmware_sha256": hex(sha2_256(&fw_bytes)),
             },
             "kernel_hashes": hashes.map(|h| serde_json::json!({
-                "kernel": hex(&h.kernel), "initrd": hex(&h.initrd), "cmdline": hex(&h.cmdline)
+                "kernel": hex(h.kernel), "initrd": hex(h.initrd), "cmdline": hex(h.cmdline)
             })),
             "events": launch.events,
         });
@@ -340,9 +340,9 @@ pub fn tdx(a: &TdxArgs) -> Result<String, MeasureError> {
     let (mrtd, events) = t::mrtd(&fw, order).map_err(|e| err(e.to_string()))?;
     if a.json {
         let v = serde_json::json!({
-            "mrtd": hex(&mrtd),
+            "mrtd": hex(mrtd),
             "page_order": if a.two_pass { "two-pass" } else { "single-pass" },
-            "firmware_sha256": hex(&sha2_256(&bytes)),
+            "firmware_sha256": hex(sha2_256(&bytes)),
             "sections": events,
         });
         return Ok(format!(
@@ -350,7 +350,7 @@ pub fn tdx(a: &TdxArgs) -> Result<String, MeasureError> {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         ));
     }
-    Ok(format!("mrtd {}\n", hex(&mrtd)))
+    Ok(format!("mrtd {}\n", hex(mrtd)))
 }
 
 /// `measure replay` arguments.
@@ -444,7 +444,7 @@ pub fn tpm(a: &TpmArgs) -> Result<String, MeasureError> {
     if a.json {
         let map: serde_json::Map<String, serde_json::Value> = pcrs
             .iter()
-            .map(|p| (p.index.to_string(), hex(&p.value).into()))
+            .map(|p| (p.index.to_string(), hex(p.value).into()))
             .collect();
         let events: Vec<_> = pcrs.iter().flat_map(|p| p.events.clone()).collect();
         let v = serde_json::json!({ "pcrs": map, "events": events });
@@ -455,6 +455,6 @@ pub fn tpm(a: &TpmArgs) -> Result<String, MeasureError> {
     }
     Ok(pcrs
         .iter()
-        .map(|p| format!("{}:sha256={}\n", p.index, hex(&p.value)))
+        .map(|p| format!("{}:sha256={}\n", p.index, hex(p.value)))
         .collect())
 }
