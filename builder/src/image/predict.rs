@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use dcr_protocol::measurements::{
-    self, Artifact, AzurePrediction, KernelHashes, Measurements, PcrIndex, Predictions, Sha256,
-    Sha384, SnpPrediction, TdxPrediction, TpmPrediction, SCHEMA_VERSION,
+    self, Artifact, AzurePrediction, KernelHashes, Measurements, Predictions, Sha256, Sha384,
+    SnpPrediction, TdxPrediction, TpmPrediction, SCHEMA_VERSION,
 };
 
 use crate::disk::Disk;
 use crate::fetch::sha256;
+use crate::measure::pcr_map;
 use crate::recipe::{Platform, SnpSpec, TdxSpec};
 
 use super::pack::Packed;
@@ -119,24 +120,12 @@ fn azure_prediction(pcrs: &[dcr_measure::tpm::Pcr]) -> AzurePrediction {
     }
 }
 
-/// PCR values by index.
-fn pcr_map<'a>(pcrs: impl Iterator<Item = &'a dcr_measure::tpm::Pcr>) -> measurements::Pcrs {
-    pcrs.map(|x| {
-        (
-            PcrIndex::new(x.index).expect("the predicted PCRs are 4, 9, 11, 23"),
-            Sha256(x.value),
-        )
-    })
-    .collect()
-}
-
 /// The SHA-256 PCRs of an OVMF + systemd-stub boot of the UKI, plus PCR 23.
 fn tpm_pcrs(p: &Prepared, packed: &Packed) -> Result<Vec<dcr_measure::tpm::Pcr>, ImageError> {
-    let mut pcrs =
-        crate::measure::tpm_prediction(&packed.uki).map_err(|reason| ImageError::Input {
-            input: UKI.into(),
-            reason,
-        })?;
+    let mut pcrs = crate::measure::tpm_prediction(&packed.uki).map_err(|e| ImageError::Input {
+        input: UKI.into(),
+        reason: e.to_string(),
+    })?;
     let workloads: Vec<(&str, &[u8])> = p
         .pack
         .workloads
