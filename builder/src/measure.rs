@@ -258,10 +258,10 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
             let seed = match &a.snp_ovmf_hash {
                 None => None,
                 Some(h) => {
-                    let b = hex_to_48(h).ok_or_else(|| {
+                    let b = Sha384::from_hex(h.trim()).ok_or_else(|| {
                         usage(format!("--snp-ovmf-hash: not 96 hex digits: {h:?}"))
                     })?;
-                    Some(b)
+                    Some(b.0)
                 }
             };
             snp::snp_launch_digest(&fw, seed, hashes.as_ref(), &shape)
@@ -303,7 +303,7 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
                 vcpu_sig: format!("{vcpu_sig:#x}"),
                 guest_features: format!("{:#x}", a.guest_features),
                 vmm_type: format!("{:?}", a.vmm_type),
-                firmware_sha256: Sha256(sha2_256(&fw_bytes)),
+                firmware_sha256: crate::fetch::sha256(&fw_bytes),
             },
             kernel_hashes: hashes.map(|h| KernelHashes {
                 kernel: Sha256(h.kernel),
@@ -367,23 +367,6 @@ fn json<T: Serialize>(report: &T) -> Result<String, MeasureError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn sha2_256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
-}
-
-fn hex_to_48(s: &str) -> Option<[u8; 48]> {
-    let s = s.trim();
-    if s.len() != 96 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 48];
-    for i in 0..48 {
-        out[i] = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 fn mode_name(m: SevMode) -> &'static str {
     match m {
         SevMode::Sev => "sev",
@@ -431,7 +414,7 @@ pub fn tdx(a: &TdxArgs) -> Result<String, MeasureError> {
             } else {
                 "single-pass"
             },
-            firmware_sha256: Sha256(sha2_256(&bytes)),
+            firmware_sha256: crate::fetch::sha256(&bytes),
             sections: events,
         });
     }
