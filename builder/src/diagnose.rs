@@ -112,10 +112,7 @@ pub fn diagnose(m: &Measurements, log: &EventLog) -> Result<Diagnosis, String> {
                     .map(|(_, d)| (e.event_type, hex(d), data_summary(&e.data)))
             })
             .collect();
-        let actual_value = replayed
-            .get(&pcr)
-            .map(|v| hex(v))
-            .unwrap_or_else(|| hex(&[0; 32]));
+        let actual_value = replayed.get(&pcr).map(hex).unwrap_or_else(|| hex([0; 32]));
         let first_diff = (0..expected.len().max(actual.len())).find(|&i| {
             match (expected.get(i), actual.get(i)) {
                 (Some((_, d)), Some((_, a, _))) => d != a,

@@ -5,9 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use dcr_measure::eventlog::EventLogError;
 use dcr_measure::ovmf::Ovmf;
-use dcr_measure::snp::{self, CpuType, SevHashes, SevMode, SnpShape, VmmType};
+use dcr_measure::snp::{self, CpuType, SevHashes, SevMode, SnpEvent, SnpShape, VmmType};
+use dcr_measure::tdx::{MrtdEvent, TdxError};
+use dcr_measure::tpm::{PcrEvent, TpmError};
+use dcr_protocol::canonical::CanonicalError;
+use dcr_protocol::measurements::{KernelHashes, PcrIndex, Pcrs, Sha256, Sha384};
 use hex::encode as hex;
+use serde::Serialize;
+
+use crate::uki::UkiError;
 
 /// Errors of `measure`.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +26,7 @@ pub enum MeasureError {
         #[source]
         source: std::io::Error,
     },
+    /// Arguments that do not go together (sev-snp-measure's messages).
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
@@ -26,6 +35,37 @@ pub enum MeasureError {
         #[source]
         source: snp::SnpError,
     },
+    #[error("{path}: {source}")]
+    Tdx {
+        path: PathBuf,
+        #[source]
+        source: TdxError,
+    },
+    #[error("{path}: {source}")]
+    Tpm {
+        path: PathBuf,
+        #[source]
+        source: TpmPredictionError,
+    },
+    #[error("{path}: {source}")]
+    EventLog {
+        path: PathBuf,
+        #[source]
+        source: EventLogError,
+    },
+    #[error("{path}: the log has no {bank:?} bank")]
+    NoBank { path: PathBuf, bank: Bank },
+    #[error(transparent)]
+    Json(#[from] CanonicalError),
+}
+
+/// Why the TPM PCRs of a UKI cannot be predicted.
+#[derive(Debug, thiserror::Error)]
+pub enum TpmPredictionError {
+    #[error(transparent)]
+    Uki(#[from] UkiError),
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
 }
 
 fn parse_int(s: &str) -> Result<u64, String> {
@@ -156,7 +196,7 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
     };
     let fw = Ovmf::parse(&fw_bytes).map_err(|e| snp_err(e.into()))?;
     let mode = match a.mode {
-        SnpMode::OvmfHash => return Ok(format!("{}\n", hex(&snp::snp_ovmf_hash(&fw)))),
+        SnpMode::OvmfHash => return Ok(format!("{}\n", hex(snp::snp_ovmf_hash(&fw)))),
         SnpMode::Mode(m) => m,
     };
     if a.initrd.is_some() && a.kernel.is_none() {
@@ -218,10 +258,10 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
             let seed = match &a.snp_ovmf_hash {
                 None => None,
                 Some(h) => {
-                    let b = hex_to_48(h).ok_or_else(|| {
+                    let b = Sha384::from_hex(h.trim()).ok_or_else(|| {
                         usage(format!("--snp-ovmf-hash: not 96 hex digits: {h:?}"))
                     })?;
-                    Some(b)
+                    Some(b.0)
                 }
             };
             snp::snp_launch_digest(&fw, seed, hashes.as_ref(), &shape)
@@ -255,25 +295,23 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
         OutputFormat::Base64 => base64::engine::general_purpose::STANDARD.encode(&launch.digest),
     };
     if a.json {
-        let v = serde_json::json!({
-            "mode": mode_name(mode),
-            "digest": text,
-            "shape": {
-                "vcpus": vcpus,
-                "vcpu_sig": format!("{vcpu_sig:#x}"),
-                "guest_features": format!("{:#x}", a.guest_features),
-                "vmm_type": format!("{:?}", a.vmm_type),
-                "firmware_sha256": hex(&sha2_256(&fw_bytes)),
+        return json(&SnpReport {
+            mode: mode_name(mode),
+            digest: text,
+            shape: SnpReportShape {
+                vcpus,
+                vcpu_sig: format!("{vcpu_sig:#x}"),
+                guest_features: format!("{:#x}", a.guest_features),
+                vmm_type: format!("{:?}", a.vmm_type),
+                firmware_sha256: crate::fetch::sha256(&fw_bytes),
             },
-            "kernel_hashes": hashes.map(|h| serde_json::json!({
-                "kernel": hex(&h.kernel), "initrd": hex(&h.initrd), "cmdline": hex(&h.cmdline)
-            })),
-            "events": launch.events,
+            kernel_hashes: hashes.map(|h| KernelHashes {
+                kernel: Sha256(h.kernel),
+                initrd: Sha256(h.initrd),
+                cmdline: Sha256(h.cmdline),
+            }),
+            events: launch.events,
         });
-        return Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        ));
     }
     if a.verbose {
         Ok(format!(
@@ -285,21 +323,48 @@ pub fn snp(a: &SnpArgs) -> Result<String, MeasureError> {
     }
 }
 
-fn sha2_256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
+/// `measure snp --json`.
+#[derive(Serialize)]
+struct SnpReport {
+    mode: &'static str,
+    /// As printed without --json (hex or base64).
+    digest: String,
+    shape: SnpReportShape,
+    /// `null` without --kernel.
+    kernel_hashes: Option<KernelHashes>,
+    events: Vec<SnpEvent>,
 }
 
-fn hex_to_48(s: &str) -> Option<[u8; 48]> {
-    let s = s.trim();
-    if s.len() != 96 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 48];
-    for i in 0..48 {
-        out[i] = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+#[derive(Serialize)]
+struct SnpReportShape {
+    vcpus: u32,
+    vcpu_sig: String,
+    guest_features: String,
+    vmm_type: String,
+    firmware_sha256: Sha256,
+}
+
+/// `measure tdx --json`.
+#[derive(Serialize)]
+struct TdxReport {
+    mrtd: Sha384,
+    page_order: &'static str,
+    firmware_sha256: Sha256,
+    sections: Vec<MrtdEvent>,
+}
+
+/// `measure tpm --json`.
+#[derive(Serialize)]
+struct TpmReport {
+    pcrs: Pcrs,
+    events: Vec<PcrEvent>,
+}
+
+/// A report as `--json` prints it: canonical JSON (keys sorted at every level), indented,
+/// with a trailing newline.
+fn json<T: Serialize>(report: &T) -> Result<String, MeasureError> {
+    let bytes = dcr_protocol::canonical::pretty(report)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn mode_name(m: SevMode) -> &'static str {
@@ -330,27 +395,30 @@ pub struct TdxArgs {
 pub fn tdx(a: &TdxArgs) -> Result<String, MeasureError> {
     use dcr_measure::tdx::{self as t, PageOrder};
     let bytes = read(&a.firmware)?;
-    let err = |reason: String| MeasureError::Usage(format!("{}: {reason}", a.firmware.display()));
-    let fw = Ovmf::parse(&bytes).map_err(|e| err(e.to_string()))?;
+    let err = |source: TdxError| MeasureError::Tdx {
+        path: a.firmware.clone(),
+        source,
+    };
+    let fw = Ovmf::parse(&bytes).map_err(|e| err(e.into()))?;
     let order = if a.two_pass {
         PageOrder::TwoPass
     } else {
         PageOrder::SinglePass
     };
-    let (mrtd, events) = t::mrtd(&fw, order).map_err(|e| err(e.to_string()))?;
+    let (mrtd, events) = t::mrtd(&fw, order).map_err(err)?;
     if a.json {
-        let v = serde_json::json!({
-            "mrtd": hex(&mrtd),
-            "page_order": if a.two_pass { "two-pass" } else { "single-pass" },
-            "firmware_sha256": hex(&sha2_256(&bytes)),
-            "sections": events,
+        return json(&TdxReport {
+            mrtd: Sha384(mrtd),
+            page_order: if a.two_pass {
+                "two-pass"
+            } else {
+                "single-pass"
+            },
+            firmware_sha256: crate::fetch::sha256(&bytes),
+            sections: events,
         });
-        return Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        ));
     }
-    Ok(format!("mrtd {}\n", hex(&mrtd)))
+    Ok(format!("mrtd {}\n", hex(mrtd)))
 }
 
 /// `measure replay` arguments.
@@ -376,19 +444,20 @@ pub enum Bank {
 pub fn replay(a: &ReplayArgs) -> Result<String, MeasureError> {
     use dcr_measure::eventlog;
     let bytes = read(&a.event_log)?;
-    let log = eventlog::parse(&bytes)
-        .map_err(|e| MeasureError::Usage(format!("{}: {e}", a.event_log.display())))?;
+    let log = eventlog::parse(&bytes).map_err(|source| MeasureError::EventLog {
+        path: a.event_log.clone(),
+        source,
+    })?;
     let alg = match a.bank {
         Bank::Sha1 => eventlog::TPM_ALG_SHA1,
         Bank::Sha256 => eventlog::TPM_ALG_SHA256,
         Bank::Sha384 => eventlog::TPM_ALG_SHA384,
     };
     if !log.algorithms.iter().any(|(x, _)| *x == alg) {
-        return Err(MeasureError::Usage(format!(
-            "{}: the log has no {:?} bank",
-            a.event_log.display(),
-            a.bank
-        )));
+        return Err(MeasureError::NoBank {
+            path: a.event_log.clone(),
+            bank: a.bank,
+        });
     }
     let mut out = String::new();
     for (idx, v) in log.replay(alg) {
@@ -411,50 +480,94 @@ pub struct TpmArgs {
 /// The TPM prediction of a UKI: PCR 4 (boot applications: the UKI and its kernel), PCR 9
 /// (its `.cmdline` and `.initrd` as the kernel measures them) and PCR 11 (for the stub
 /// version it embeds).
-pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_measure::tpm::Pcr>, String> {
+pub fn tpm_prediction(uki_bytes: &[u8]) -> Result<Vec<dcr_measure::tpm::Pcr>, TpmPredictionError> {
     use dcr_measure::tpm;
-    let sections = crate::uki::sections_in_memory(uki_bytes).map_err(|e| e.to_string())?;
+    let sections = crate::uki::sections_in_memory(uki_bytes)?;
     let sdmagic = sections
         .iter()
         .find(|(n, _)| n == ".sdmagic")
         .map(|(_, d)| d.as_slice())
-        .ok_or_else(|| tpm::TpmError::NoStubVersion.to_string())?;
-    let version = tpm::stub_version(sdmagic).map_err(|e| e.to_string())?;
+        .ok_or(TpmError::NoStubVersion)?;
+    let version = tpm::stub_version(sdmagic)?;
     let refs: Vec<(&str, &[u8])> = sections
         .iter()
         .map(|(n, d)| (n.as_str(), d.as_slice()))
         .collect();
-    let pcr11 = tpm::pcr11(version, &refs).map_err(|e| e.to_string())?;
+    let pcr11 = tpm::pcr11(version, &refs)?;
     let get = |name: &str| refs.iter().find(|(n, _)| *n == name).map(|(_, d)| *d);
     let cmdline = String::from_utf8_lossy(get(".cmdline").unwrap_or_default());
     let pcr9 = tpm::pcr9(
         cmdline.trim_end_matches('\0'),
         get(".initrd").unwrap_or_default(),
     );
-    let pcr4 =
-        tpm::pcr4(uki_bytes, get(".linux").unwrap_or_default()).map_err(|e| e.to_string())?;
+    let pcr4 = tpm::pcr4(uki_bytes, get(".linux").unwrap_or_default())?;
     Ok(vec![pcr4, pcr9, pcr11])
 }
 
 /// Run `measure tpm`.
 pub fn tpm(a: &TpmArgs) -> Result<String, MeasureError> {
     let bytes = read(&a.uki)?;
-    let pcrs = tpm_prediction(&bytes)
-        .map_err(|e| MeasureError::Usage(format!("{}: {e}", a.uki.display())))?;
+    let pcrs = tpm_prediction(&bytes).map_err(|source| MeasureError::Tpm {
+        path: a.uki.clone(),
+        source,
+    })?;
     if a.json {
-        let map: serde_json::Map<String, serde_json::Value> = pcrs
-            .iter()
-            .map(|p| (p.index.to_string(), hex(&p.value).into()))
-            .collect();
-        let events: Vec<_> = pcrs.iter().flat_map(|p| p.events.clone()).collect();
-        let v = serde_json::json!({ "pcrs": map, "events": events });
-        return Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        ));
+        return json(&TpmReport {
+            pcrs: pcr_map(&pcrs),
+            events: pcrs.iter().flat_map(|p| p.events.clone()).collect(),
+        });
     }
     Ok(pcrs
         .iter()
-        .map(|p| format!("{}:sha256={}\n", p.index, hex(&p.value)))
+        .map(|p| format!("{}:sha256={}\n", p.index, hex(p.value)))
         .collect())
+}
+
+/// PCR values by index (a map of measurements.json).
+pub fn pcr_map<'a>(pcrs: impl IntoIterator<Item = &'a dcr_measure::tpm::Pcr>) -> Pcrs {
+    pcrs.into_iter()
+        .map(|x| {
+            (
+                PcrIndex::new(x.index).expect("the predicted PCRs are 4, 9, 11, 23"),
+                Sha256(x.value),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_reports_are_canonical_pretty_with_a_newline() {
+        // Field order in the struct does not matter: keys are sorted at every level, as
+        // serde_json's sorted map printed them before the reports were typed.
+        let r = TdxReport {
+            mrtd: Sha384([0xab; 48]),
+            page_order: "single-pass",
+            firmware_sha256: Sha256([0x01; 32]),
+            sections: vec![MrtdEvent {
+                section: 0,
+                kind: "BFV".into(),
+                gpa: 4096,
+                pages: 2,
+                extended: true,
+            }],
+        };
+        let expected = format!(
+            "{{\n  \"firmware_sha256\": \"{}\",\n  \"mrtd\": \"{}\",\n  \"page_order\": \"single-pass\",\n  \"sections\": [\n    {{\n      \"extended\": true,\n      \"gpa\": 4096,\n      \"kind\": \"BFV\",\n      \"pages\": 2,\n      \"section\": 0\n    }}\n  ]\n}}\n",
+            "01".repeat(32),
+            "ab".repeat(48)
+        );
+        assert_eq!(json(&r).unwrap(), expected);
+    }
+
+    #[test]
+    fn tpm_prediction_errors_are_typed() {
+        assert!(matches!(
+            tpm_prediction(b"MZ not really"),
+            Err(TpmPredictionError::Uki(_))
+        ));
+    }
 }

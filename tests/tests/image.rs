@@ -246,9 +246,21 @@ fn one_byte_workload_change_is_explained_by_compare() {
 fn builder_never_reads_the_wall_clock() {
     // Reproducibility rests on the packer taking its only timestamp from the recipe or
     // SOURCE_DATE_EPOCH. (Instant, a monotonic timer, is used only to time QEMU runs.)
-    let src = workspace().join("builder/src");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
+    // Every source file, in subdirectories too (src/disk/, src/image/, src/cli/).
+    let mut files = Vec::new();
+    let mut dirs = vec![workspace().join("builder/src")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 20, "{files:?}");
+    for p in files {
         let text = std::fs::read_to_string(&p).unwrap();
         for needle in ["SystemTime", "UNIX_EPOCH", "chrono", "Local::now"] {
             assert!(!text.contains(needle), "{} uses {needle}", p.display());

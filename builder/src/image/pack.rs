@@ -1,0 +1,110 @@
+//! Packing (pure, bytes in, bytes out): the initramfs (cpio newc), the UKI (systemd-stub +
+//! sections) and the GPT disk image that carries the UKI. This is what the benchmark times.
+
+use crate::disk::{self, Disk};
+use crate::initrd::{InitrdError, Node, Tree};
+use crate::kmod::PackedModule;
+use crate::uki;
+
+use super::plan::Prepared;
+use super::{ImageError, CONTRACT_PATH, INIT_PATH, WORKLOAD_DIR};
+
+/// Everything [`pack`] needs, already verified.
+#[derive(Debug, Clone)]
+pub struct PackInputs {
+    pub name: String,
+    pub version: String,
+    pub mtime: u32,
+    pub kernel: Vec<u8>,
+    pub kernel_release: String,
+    pub modules: Vec<PackedModule>,
+    pub stub: Vec<u8>,
+    pub cmdline: String,
+    pub contract: Vec<u8>,
+    pub guest_init: Vec<u8>,
+    pub workloads: Vec<(String, Vec<u8>)>,
+}
+
+/// The two boot artifacts.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub initrd: Vec<u8>,
+    pub uki: Vec<u8>,
+}
+
+/// The `.osrel` section (os-release(5)).
+pub fn osrel(name: &str, version: &str) -> String {
+    format!(
+        "NAME=\"dcr\"\nID=dcr\nPRETTY_NAME=\"dcr image {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n"
+    )
+}
+
+/// The initramfs file tree.
+pub fn initrd_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
+    let mut t = Tree::new();
+    t.add_file(INIT_PATH, i.guest_init.clone(), 0o755)?;
+    // Mount points and the console node the kernel opens for PID 1's stdio.
+    for d in ["dev", "proc", "sys", "tmp"] {
+        t.add_dir(d)?;
+    }
+    t.add(
+        "dev/console",
+        Node::CharDev {
+            perm: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    t.add_file(CONTRACT_PATH, i.contract.clone(), 0o644)?;
+    let moddir = format!("lib/modules/{}", i.kernel_release);
+    if !i.modules.is_empty() {
+        for m in &i.modules {
+            t.add_file(&format!("{moddir}/{}", m.path), m.bytes.clone(), 0o644)?;
+        }
+        t.add_file(
+            &format!("{moddir}/modules.dep"),
+            crate::kmod::modules_dep(&i.modules).into_bytes(),
+            0o644,
+        )?;
+    }
+    for (name, bytes) in &i.workloads {
+        t.add_file(&format!("{WORKLOAD_DIR}/{name}"), bytes.clone(), 0o755)?;
+    }
+    Ok(t)
+}
+
+/// Pack the initramfs and the UKI. Pure and deterministic.
+pub fn pack(i: &PackInputs) -> Result<Packed, ImageError> {
+    let initrd = initrd_tree(i)?.to_cpio(i.mtime);
+    let osrel = osrel(&i.name, &i.version);
+    let uname = i.kernel_release.clone();
+    let sections: Vec<(&str, &[u8])> = vec![
+        (".osrel", osrel.as_bytes()),
+        (".cmdline", i.cmdline.as_bytes()),
+        (".uname", uname.as_bytes()),
+        (".initrd", &initrd),
+        (".linux", &i.kernel),
+    ];
+    let uki = uki::assemble(&i.stub, &sections)?;
+    Ok(Packed { initrd, uki })
+}
+
+/// Build the disk image of a packed build (pure): the raw disk and its VHD footer.
+pub fn disk_image(p: &Prepared, packed: &Packed) -> Result<Option<(Disk, [u8; 512])>, ImageError> {
+    let Some(spec) = &p.disk else {
+        return Ok(None);
+    };
+    let seed = disk::seed(&p.pack.name, &p.pack.version, &packed.uki);
+    let disk = disk::build(&disk::DiskInput {
+        uki: &packed.uki,
+        seed,
+        epoch: u64::from(p.pack.mtime),
+        size_mib: spec.size_mib,
+    })
+    .map_err(|e| ImageError::Input {
+        input: "disk".into(),
+        reason: e.to_string(),
+    })?;
+    let footer = disk::vhd_footer(disk.raw.len() as u64, u64::from(p.pack.mtime), &seed);
+    Ok(Some((disk, footer)))
+}
