@@ -70,15 +70,24 @@ fn explain(description: &str) -> &'static str {
     }
 }
 
+/// Why a log cannot be compared with the predictions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiagnoseError {
+    #[error("measurements.json has no tpm prediction (recipe platforms lack \"tpm\")")]
+    NoTpmPrediction,
+    #[error("the event log has no SHA-256 bank")]
+    NoSha256Bank,
+}
+
 /// Compare the log with the TPM predictions of `m`.
-pub fn diagnose(m: &Measurements, log: &EventLog) -> Result<Diagnosis, String> {
+pub fn diagnose(m: &Measurements, log: &EventLog) -> Result<Diagnosis, DiagnoseError> {
     let tpm = m
         .measurements
         .tpm
         .as_ref()
-        .ok_or("measurements.json has no tpm prediction (recipe platforms lack \"tpm\")")?;
+        .ok_or(DiagnoseError::NoTpmPrediction)?;
     if !log.algorithms.iter().any(|(a, _)| *a == TPM_ALG_SHA256) {
-        return Err("the event log has no SHA-256 bank".into());
+        return Err(DiagnoseError::NoSha256Bank);
     }
     let replayed = log.replay(TPM_ALG_SHA256);
     let mut out = Diagnosis {

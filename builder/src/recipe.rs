@@ -353,27 +353,35 @@ fn valid_name(s: &str) -> bool {
         && !s.starts_with('-')
 }
 
+/// Why a kernel command line is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    #[error("contains a NUL byte at offset {0}")]
+    Nul(usize),
+    #[error("contains a non-printable or non-ASCII character {ch:?} at offset {at}")]
+    NotPrintable { ch: char, at: usize },
+    #[error("is {0} bytes, longer than {MAX_CMDLINE}")]
+    TooLong(usize),
+    #[error("is empty")]
+    Empty,
+}
+
 /// Check a kernel command line: printable ASCII, no NUL, within the size limit.
-pub fn validate_cmdline(cmdline: &str) -> Result<(), String> {
+pub fn validate_cmdline(cmdline: &str) -> Result<(), CmdlineError> {
     if let Some(pos) = cmdline.bytes().position(|b| b == 0) {
-        return Err(format!("contains a NUL byte at offset {pos}"));
+        return Err(CmdlineError::Nul(pos));
     }
-    if let Some((pos, c)) = cmdline
+    if let Some((at, ch)) = cmdline
         .char_indices()
         .find(|(_, c)| !(c.is_ascii_graphic() || *c == ' '))
     {
-        return Err(format!(
-            "contains a non-printable or non-ASCII character {c:?} at offset {pos}"
-        ));
+        return Err(CmdlineError::NotPrintable { ch, at });
     }
     if cmdline.len() > MAX_CMDLINE {
-        return Err(format!(
-            "is {} bytes, longer than {MAX_CMDLINE}",
-            cmdline.len()
-        ));
+        return Err(CmdlineError::TooLong(cmdline.len()));
     }
     if cmdline.trim().is_empty() {
-        return Err("is empty".into());
+        return Err(CmdlineError::Empty);
     }
     Ok(())
 }
@@ -437,7 +445,7 @@ fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
             ))
         }
     }
-    validate_cmdline(&r.cmdline).map_err(|reason| field(path, "cmdline", reason))?;
+    validate_cmdline(&r.cmdline).map_err(|e| field(path, "cmdline", e.to_string()))?;
     let mut names = std::collections::BTreeSet::new();
     for (i, w) in r.workloads.iter().enumerate() {
         let f = format!("workloads[{i}]");
