@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use dcr_protocol::measurements::{Measurements, SnpPrediction, TdxPrediction};
+
 use crate::image::{CONTRACT_PATH, INITRD, UKI};
 use crate::uki;
 
@@ -606,34 +608,39 @@ pub enum Platform {
 /// (`.linux` of the UKI) to `<out>/vmlinuz` for it. Returns the text to print.
 pub fn print_qemu(out_dir: &Path, platform: Platform, memory_mib: u32) -> Result<String, RunError> {
     let mpath = out_dir.join(crate::image::MEASUREMENTS);
-    let m: serde_json::Value = serde_json::from_slice(&read(&mpath)?)
+    let m = Measurements::from_json(&read(&mpath)?)
         .map_err(|e| RunError::Print(format!("{}: {e}", mpath.display())))?;
     let key = match platform {
         Platform::Snp => "snp",
         Platform::Tdx => "tdx",
     };
-    let pred = &m["measurements"][key];
-    if pred.is_null() {
+    enum Predicted<'a> {
+        Snp(&'a SnpPrediction),
+        Tdx(&'a TdxPrediction),
+    }
+    let predicted = match platform {
+        Platform::Snp => m.measurements.snp.as_ref().map(Predicted::Snp),
+        Platform::Tdx => m.measurements.tdx.as_ref().map(Predicted::Tdx),
+    };
+    let Some(predicted) = predicted else {
         return Err(RunError::Print(format!(
             "{}: no {key} prediction (the recipe's platforms lack {key})",
             mpath.display()
         )));
-    }
+    };
     let uki_path = out_dir.join(UKI);
     let image = read(&uki_path)?;
     let kernel = uki::section(&image, ".linux")?
         .ok_or_else(|| RunError::Section(uki_path.clone(), ".linux"))?;
     let kpath = out_dir.join("vmlinuz");
     write(&kpath, kernel)?;
-    let cmdline = m["cmdline"].as_str().unwrap_or_default();
-    let fw_input = &m["inputs"][format!("firmware:{key}")];
-    let shape = &pred["shape"];
+    let fw_input = m.inputs.get(&format!("firmware:{key}"));
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let common = format!(
         "-kernel {} -initrd {} -append {} -m {memory_mib}M -display none -serial stdio -no-reboot -netdev user,id=net0 -device virtio-net-pci,netdev=net0,romfile=",
         quote(&kpath.display().to_string()),
         quote(&out_dir.join(INITRD).display().to_string()),
-        quote(cmdline)
+        quote(&m.cmdline)
     );
     let mut text = String::new();
     let fw_name = match platform {
@@ -642,29 +649,33 @@ pub fn print_qemu(out_dir: &Path, platform: Platform, memory_mib: u32) -> Result
     };
     text.push_str(&format!(
         "# firmware {fw_name}: {} (sha256 {}); give its path to -bios\n",
-        fw_input["source"].as_str().unwrap_or("?"),
-        fw_input["sha256"].as_str().unwrap_or("?")
+        fw_input.map_or("?", |i| i.source.as_str()),
+        fw_input.map_or_else(|| "?".to_string(), |i| i.sha256.to_hex())
     ));
-    match platform {
-        Platform::Snp => {
+    // A hand-written measurements.json may pin the values without the shape they assume.
+    let unknown = || "?".to_string();
+    match predicted {
+        Predicted::Snp(snp) => {
+            let shape = snp.shape.as_ref();
             text.push_str(&format!(
                 "# SEV-SNP launch digest {} (vmm {}, guest features {})\n",
-                pred["launch_digest"].as_str().unwrap_or("?"),
-                shape["vmm"].as_str().unwrap_or("?"),
-                shape["guest_features"].as_str().unwrap_or("?")
+                snp.launch_digest.to_hex(),
+                shape.map_or_else(unknown, |s| s.vmm.clone()),
+                shape.map_or_else(unknown, |s| s.guest_features.clone())
             ));
             text.push_str(&format!(
                 "qemu-system-x86_64 -accel kvm -nodefaults -machine q35,confidential-guest-support=sev0,memory-backend=ram1 -cpu {} -smp {} -object memory-backend-memfd,id=ram1,size={memory_mib}M,share=true,prealloc=false -object sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on -bios {fw_name} {common}\n",
-                shape["vcpu_type"].as_str().unwrap_or("?"),
-                shape["vcpus"],
+                shape.map_or_else(unknown, |s| s.vcpu_type.clone()),
+                shape.map_or_else(unknown, |s| s.vcpus.to_string()),
             ));
         }
-        Platform::Tdx => {
+        Predicted::Tdx(tdx) => {
+            let shape = tdx.shape.as_ref();
             text.push_str(&format!(
                 "# TDX MRTD {} ({} page order; RTMRs: {})\n",
-                pred["mrtd"].as_str().unwrap_or("?"),
-                shape["page_order"].as_str().unwrap_or("?"),
-                shape["rtmrs"].as_str().unwrap_or("?")
+                tdx.mrtd.to_hex(),
+                shape.map_or_else(unknown, |s| s.page_order.clone()),
+                shape.map_or_else(unknown, |s| s.rtmrs.clone())
             ));
             text.push_str(&format!(
                 "qemu-system-x86_64 -accel kvm -nodefaults -machine q35,kernel-irqchip=split,confidential-guest-support=tdx0 -object tdx-guest,id=tdx0 -cpu host -smp 2 -bios {fw_name} {common}\n"
