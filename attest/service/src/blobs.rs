@@ -11,7 +11,9 @@ use rand_core::{OsRng, RngCore};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api::*;
+use crate::api::{
+    audit_base, audited, bad, forbidden, internal, party, refuse, unauthorized, Refusal, St,
+};
 use crate::contracts;
 
 use crate::journal::{Op, Outcome};

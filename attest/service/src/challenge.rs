@@ -10,8 +10,9 @@ use dcr_protocol::wire::{Challenge, ChallengeRequest, Tee};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::api::*;
-
+use crate::api::{
+    audit_base, audited, b64, bad, forbidden, internal, parse_json, Refusal, St, B64,
+};
 use crate::policy::failed;
 use crate::{unix_now, Session, State};
 

@@ -11,7 +11,10 @@ use dcr_protocol::wire::{RegisterRequest, RegistrationReceipt, Tee};
 use dcr_verify::reference::{self, PcrSection};
 use sha2::{Digest, Sha256};
 
-use crate::api::*;
+use crate::api::{
+    audit_base, audited, b64, bad, forbidden, hex32, internal, parse_json, party, refuse, store_id,
+    unauthorized, St,
+};
 use crate::contracts;
 
 use crate::journal::{Op, Outcome};

@@ -14,7 +14,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::api::*;
+use crate::api::{
+    audit_base, audited, bad, forbidden, hex32, internal, is_hex, parse_json, store_id, Refusal,
+    St, B64,
+};
 use crate::contracts;
 use crate::evidence;
 use crate::journal::{Op, Outcome};

@@ -7,12 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::api::*;
-use crate::blobs::*;
-use crate::challenge::*;
-
-use crate::register::*;
-use crate::release::*;
+use crate::api::{refuse, Refusal, St};
+use crate::blobs::{get_blob, put_blob};
+use crate::challenge::challenge;
+use crate::register::register;
+use crate::release::attest;
 
 pub fn router(state: St) -> Router {
     Router::new()
