@@ -13,7 +13,7 @@ use dcr_protocol::contract::{Contract, Network};
 use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningSecret};
 use dcr_protocol::release::{release_info, report_data, Signed};
 use dcr_protocol::seal::{Dek, Header, Opener};
-use dcr_protocol::wire::{Challenge, Release, Tee};
+use dcr_protocol::wire::{Challenge, Release, Tee, UPLOAD_TOKEN_ID};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -24,8 +24,6 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const RUN_DIR: &str = "/run/dcr";
 /// PCRs the quote covers (SHA-256 bank): firmware 0-7, UKI 9/11/12, 14, and 23 (contract).
 const QUOTED_PCRS: [u32; 14] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 23];
-/// The key id of the single-use upload token in a release.
-const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
 /// First workload uid; workload i runs as uid/gid FIRST_UID + i.
 const FIRST_UID: u32 = 61000;
 

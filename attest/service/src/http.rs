@@ -31,7 +31,7 @@ use dcr_verify::reference::{self, Claims, PcrSection};
 type St = Arc<State>;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// The key id under which a release carries the single-use output upload token.
-pub const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
+pub use dcr_protocol::wire::UPLOAD_TOKEN_ID;
 const MAX_BLOB: u64 = 64 << 30;
 /// How long an upload token released to a TEE stays valid.
 const UPLOAD_TTL_SECS: u64 = 86_400;
