@@ -36,6 +36,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use dcr_measure::tpm::CONTRACT_PCR;
 use sha2::{Digest, Sha256};
 
 /// Where the image builder puts the contract.
@@ -190,14 +191,12 @@ fn module_name(path: &str) -> &str {
     file.strip_suffix(".ko").unwrap_or(file)
 }
 
-/// The PCR guest-init extends with the contract and workload digests.
-const CONTRACT_PCR: u32 = 23;
 /// Where the workloads are.
 const WORKLOAD_DIR: &str = "/workloads";
 
-/// Extend PCR 23 with the contract digest, then each workload's SHA-256 in name order (as the
-/// manual workflow does with `tpm2_pcrextend 23:sha256=…`). Returns how many were extended,
-/// or None without a TPM.
+/// Extend PCR 23 by the PCR 23 rule (`dcr_measure::tpm::pcr23_extends`: the contract digest,
+/// then each workload's SHA-256 in name order), as the manual workflow does with
+/// `tpm2_pcrextend 23:sha256=…`. Returns how many were extended, or None without a TPM.
 fn extend_pcr23(contract_digest: [u8; 32]) -> Result<Option<usize>, StepError> {
     let device = ["/dev/tpmrm0", "/dev/tpm0"]
         .into_iter()
@@ -213,22 +212,24 @@ fn extend_pcr23(contract_digest: [u8; 32]) -> Result<Option<usize>, StepError> {
         Err(e) => return step("pcr23", Err(format!("{WORKLOAD_DIR}: {e}"))),
     };
     names.sort();
-    let mut digests = vec![contract_digest];
+    let mut workloads = Vec::with_capacity(names.len());
     for n in &names {
         let path = Path::new(WORKLOAD_DIR).join(n);
         let bytes = step(
             "pcr23",
             fs::read(&path).map_err(|e| format!("{}: {e}", path.display())),
         )?;
-        digests.push(Sha256::digest(&bytes).into());
+        workloads.push((n.as_str(), bytes));
     }
-    for d in &digests {
+    let workloads: Vec<(&str, &[u8])> = workloads.iter().map(|(n, b)| (*n, &b[..])).collect();
+    let extends = dcr_measure::tpm::pcr23_extends(contract_digest, &workloads);
+    for (_, d) in &extends {
         step(
             "pcr23",
             tpm::pcr_extend_sha256(device, CONTRACT_PCR, *d).map_err(|e| format!("{device}: {e}")),
         )?;
     }
-    Ok(Some(digests.len()))
+    Ok(Some(extends.len()))
 }
 
 /// The firmware's TCG2 event log (public measurement data, not a secret): printed as one
