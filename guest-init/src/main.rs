@@ -7,7 +7,8 @@
 //! line with the reason and powers off; nothing is ever started that would give interactive
 //! access, and nothing listens.
 //!
-//! Console protocol (one line per step, parsed by `dcr-build run`):
+//! Console protocol (one line per step; `dcr_protocol::console`, which types the lines
+//! `dcr-build run` acts on):
 //! ```text
 //! dcr-init: banner version=<v> contract=sha256:<hex> kernel=<release>
 //! dcr-init: modules loaded=<n> [names] absent=<n> [names]
@@ -37,6 +38,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use dcr_measure::tpm::CONTRACT_PCR;
+use dcr_protocol::console::{Line, PREFIX};
 use sha2::{Digest, Sha256};
 
 /// Where the image builder puts the contract.
@@ -62,10 +64,20 @@ fn step<T, E: fmt::Display>(step: &'static str, r: Result<T, E>) -> Result<T, St
     })
 }
 
+/// A report line for people: `dcr-init: <line>`.
 fn say(line: &str) {
+    print_line(format_args!("{PREFIX}{line}"));
+}
+
+/// A typed line of the console protocol (`dcr_protocol::console`).
+fn emit(line: &Line) {
+    print_line(format_args!("{line}"));
+}
+
+fn print_line(line: fmt::Arguments<'_>) {
     let mut out = io::stdout().lock();
     // The console is our only channel; if it is gone there is nobody to tell.
-    let _ = writeln!(out, "dcr-init: {line}");
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 
@@ -244,19 +256,8 @@ fn report_event_log() {
         libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV,
     );
     match fs::read("/sys/kernel/security/tpm0/binary_bios_measurements") {
-        Ok(log) => {
-            use base64::Engine;
-            let hex: String = Sha256::digest(&log)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            say(&format!(
-                "eventlog sha256={hex} size={} base64={}",
-                log.len(),
-                base64::engine::general_purpose::STANDARD.encode(&log)
-            ));
-        }
-        Err(_) => say("eventlog none"),
+        Ok(log) => emit(&Line::EventLog { log }),
+        Err(_) => emit(&Line::NoEventLog),
     }
 }
 
@@ -339,11 +340,10 @@ fn main() {
         std::process::exit(2);
     }
     match run() {
-        Ok(()) => say("power-off status=ok"),
-        Err(e) => {
-            let reason = e.to_string().replace(['\n', '\r', '"'], " ");
-            say(&format!("power-off status=error reason=\"{reason}\""));
-        }
+        Ok(()) => emit(&Line::PowerOffOk),
+        Err(e) => emit(&Line::PowerOffError {
+            reason: e.to_string(),
+        }),
     }
     let err = sys::power_off();
     say(&format!("power-off failed: {err}"));
