@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use dcr_protocol::console::Line;
 use dcr_protocol::measurements::{Measurements, SnpPrediction, TdxPrediction};
 
 use crate::image::{CONTRACT_PATH, INITRD, UKI};
@@ -73,34 +74,11 @@ pub struct RunOptions {
 /// The firmware event log guest-init printed (`dcr-init: eventlog … base64=…`), decoded and
 /// checked against the SHA-256 on the same line.
 pub fn event_log_from_console(console: &[String]) -> Option<Result<Vec<u8>, String>> {
-    use base64::Engine;
-    let line = console
-        .iter()
-        .find_map(|l| l.split("dcr-init: eventlog sha256=").nth(1))?;
-    let mut sha = None;
-    let mut b64 = None;
-    for part in std::iter::once(format!("sha256={line}"))
-        .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-    {
-        if let Some(v) = part.strip_prefix("sha256=") {
-            sha = Some(v.to_string());
-        } else if let Some(v) = part.strip_prefix("base64=") {
-            b64 = Some(v.to_string());
-        }
-    }
-    let (Some(sha), Some(b64)) = (sha, b64) else {
-        return Some(Err("malformed eventlog line".into()));
-    };
-    let bytes = match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
-        Ok(b) => b,
-        Err(e) => return Some(Err(format!("eventlog base64: {e}"))),
-    };
-    if crate::fetch::sha256(&bytes).to_hex() != sha {
-        return Some(Err(
-            "eventlog does not match its SHA-256 (console corrupted?)".into(),
-        ));
-    }
-    Some(Ok(bytes))
+    console.iter().find_map(|l| match Line::try_parse(l)? {
+        Ok(Line::EventLog { log }) => Some(Ok(log)),
+        Err(e) => Some(Err(e.to_string())),
+        Ok(_) => None,
+    })
 }
 
 /// Errors starting or supervising QEMU.
@@ -481,10 +459,6 @@ fn start_swtpm(tmp: &Path, o: &RunOptions) -> Result<Reaper, RunError> {
     Ok(reaper)
 }
 
-/// The status line guest-init prints before powering off.
-pub const OK_LINE: &str = "dcr-init: power-off status=ok";
-const ERR_PREFIX: &str = "dcr-init: power-off status=error reason=";
-
 /// Boot the build in `out_dir`.
 pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
     match preflight(out_dir, o)? {
@@ -568,11 +542,14 @@ pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
     let qemu_stderr = err_reader.join().unwrap_or_default();
     qemu.0 = None;
     let console: Vec<String> = rx.try_iter().collect();
-    // ANSI escapes from the firmware can precede a line: match anywhere in it.
-    let ok = console.iter().any(|l| l.contains(OK_LINE));
-    let err = console.iter().find_map(|l| {
-        l.find(ERR_PREFIX)
-            .map(|i| l[i + ERR_PREFIX.len()..].trim_matches('"').to_string())
+    // The status line guest-init prints before powering off (ANSI escapes from the firmware
+    // can precede a line: Line::parse looks for the prefix anywhere in it).
+    let ok = console
+        .iter()
+        .any(|l| Line::parse(l) == Some(Line::PowerOffOk));
+    let err = console.iter().find_map(|l| match Line::parse(l)? {
+        Line::PowerOffError { reason } => Some(reason),
+        _ => None,
     });
     let outcome = if timed_out {
         Outcome::Timeout
@@ -687,6 +664,28 @@ pub fn print_qemu(out_dir: &Path, platform: Platform, memory_mib: u32) -> Result
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_log_from_the_console() {
+        use super::{event_log_from_console as f, Line};
+        let line = Line::EventLog {
+            log: b"log".to_vec(),
+        }
+        .to_string();
+        let console = |l: &str| vec!["dcr-init: banner".to_string(), format!("\x1b[0m{l}")];
+        assert_eq!(f(&console(&line)), Some(Ok(b"log".to_vec())));
+        assert_eq!(f(&console("dcr-init: eventlog none")), None);
+        assert_eq!(
+            f(&console(&line.replace("base64=", "b64="))),
+            Some(Err("malformed eventlog line".to_string()))
+        );
+        assert_eq!(
+            f(&console(&line.replace("size=3", "size=3 sha256=00"))),
+            Some(Err(
+                "eventlog does not match its SHA-256 (console corrupted?)".to_string()
+            ))
+        );
+    }
+
     #[test]
     fn service_url_host_and_port() {
         use super::url_host_port as f;

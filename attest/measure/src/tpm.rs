@@ -176,15 +176,34 @@ pub fn pcr4(uki: &[u8], linux: &[u8]) -> Result<Pcr, TpmError> {
     Ok(pcr)
 }
 
-/// PCR 23 as guest-init extends it: the contract digest, then the SHA-256 of each workload
-/// in name order (the extended values are these digests).
-pub fn pcr23(contract_digest: [u8; 32], workloads: &[(&str, &[u8])]) -> Pcr {
+/// The PCR guest-init extends with the contract and workload digests.
+pub const CONTRACT_PCR: u32 = 23;
+
+/// The PCR 23 rule, written once: what guest-init extends into [`CONTRACT_PCR`], in order, as
+/// (event description, SHA-256 digest): the contract digest (SHA-256 of the canonical
+/// contract), then the SHA-256 of each workload in name order (byte order of the names). Each
+/// digest is extended as it is (TPM2_PCR_Extend of the SHA-256 bank, as the manual workflow's
+/// `tpm2_pcrextend 23:sha256=…` does). guest-init extends exactly these; [`pcr23`] predicts
+/// the resulting value.
+pub fn pcr23_extends(
+    contract_digest: [u8; 32],
+    workloads: &[(&str, &[u8])],
+) -> Vec<(String, [u8; 32])> {
     let mut sorted: Vec<&(&str, &[u8])> = workloads.iter().collect();
     sorted.sort_by_key(|(n, _)| *n);
-    let mut pcr = Pcr::new(23);
-    pcr.extend_digest("contract", contract_digest);
+    let mut out = Vec::with_capacity(1 + sorted.len());
+    out.push(("contract".to_string(), contract_digest));
     for (name, bytes) in sorted {
-        pcr.extend_digest(&format!("workload {name}"), Sha256::digest(bytes).into());
+        out.push((format!("workload {name}"), Sha256::digest(bytes).into()));
+    }
+    out
+}
+
+/// PCR 23 as guest-init extends it ([`pcr23_extends`]), from a PCR of zeros.
+pub fn pcr23(contract_digest: [u8; 32], workloads: &[(&str, &[u8])]) -> Pcr {
+    let mut pcr = Pcr::new(CONTRACT_PCR);
+    for (description, digest) in pcr23_extends(contract_digest, workloads) {
+        pcr.extend_digest(&description, digest);
     }
     pcr
 }
@@ -208,6 +227,35 @@ mod tests {
             pcr11(300, &[(".linux", b"k")]).unwrap_err(),
             TpmError::UnknownStub(300)
         );
+    }
+
+    #[test]
+    fn pcr23_extends_the_contract_then_workloads_in_name_order() {
+        let contract = [7u8; 32];
+        let extends = pcr23_extends(contract, &[("zeta", b"z"), ("alpha", b"a")]);
+        let digest = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+        assert_eq!(
+            extends,
+            vec![
+                ("contract".to_string(), contract),
+                ("workload alpha".to_string(), digest(b"a")),
+                ("workload zeta".to_string(), digest(b"z")),
+            ]
+        );
+        // The predicted value is the fold of exactly those extends.
+        let mut value = [0u8; 32];
+        for (_, d) in &extends {
+            value = Sha256::new()
+                .chain_update(value)
+                .chain_update(d)
+                .finalize()
+                .into();
+        }
+        let pcr = pcr23(contract, &[("zeta", b"z"), ("alpha", b"a")]);
+        assert_eq!(pcr.index, 23);
+        assert_eq!(pcr.value, value);
+        assert_eq!(pcr.events.len(), 3);
+        assert_eq!(pcr.events[1].description, "workload alpha");
     }
 
     #[test]

@@ -224,6 +224,12 @@ pub struct Release {
     pub keys: Vec<ReleasedKey>,
 }
 
+/// The `key_id` under which a [`Release`] carries the single-use output upload token (32
+/// random bytes, HPKE-sealed like a DEK) instead of a dataset key: it authorizes exactly one
+/// write of the contract's output blob (docs/protocol.md, "Release"). Key ids starting with
+/// `dcr.` are reserved for the service, so no dataset key can take this name.
+pub const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReleasedKey {

@@ -24,8 +24,7 @@ use crate::journal::{Op, Outcome};
 use crate::policy::{self, KeyRecord};
 use crate::{unix_now, State};
 
-/// The key id under which a release carries the single-use output upload token.
-pub const UPLOAD_TOKEN_ID: &str = "dcr.upload-token";
+pub use dcr_protocol::wire::UPLOAD_TOKEN_ID;
 
 /// How long an upload token released to a TEE stays valid.
 pub(crate) const UPLOAD_TTL_SECS: u64 = 86_400;

@@ -1,0 +1,294 @@
+//! The workload's side of the run: sealed inputs fetched, authenticated and decrypted into a
+//! private tmpfs; the workload run confined; its output held to the contract's rules, sealed
+//! to the recipients, signed and uploaded. Secrets live in `Zeroizing` buffers.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dcr_protocol::contract::Contract;
+use dcr_protocol::seal::{Header, Opener};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::client::{blob_path, Client};
+use crate::console::say;
+use crate::release::{Keys, TeeKeys};
+use crate::{fail, step, StepError};
+
+/// Where the workloads are (packed by the image builder; measured into PCR 23).
+pub const WORKLOAD_DIR: &str = "/workloads";
+
+/// Where decrypted inputs live: a tmpfs (RAM; no block device), mode 0755, files 0644.
+const RUN_DIR: &str = "/run/dcr";
+
+/// First workload uid; workload i runs as uid/gid FIRST_UID + i.
+const FIRST_UID: u32 = 61000;
+
+/// Mount the tmpfs the decrypted inputs live in.
+pub fn mount_run_dir() -> Result<(), StepError> {
+    step(
+        "inputs",
+        std::fs::create_dir_all(RUN_DIR).map_err(|e| e.to_string()),
+    )?;
+    step(
+        "inputs",
+        crate::sys::mount_data(
+            "tmpfs",
+            RUN_DIR,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "mode=0755",
+        )
+        .map_err(|e| format!("tmpfs {RUN_DIR}: {e}")),
+    )?;
+    Ok(())
+}
+
+/// Fetch, authenticate and decrypt each dataset into the tmpfs, streaming (one chunk in
+/// memory at a time). A stream that fails authentication anywhere fails the run; its partial
+/// plaintext stays in RAM only and the machine powers off.
+pub fn fetch_inputs(
+    c: &Contract,
+    digest: &[u8; 32],
+    keys: &Keys,
+    client: &Client,
+) -> Result<Vec<String>, StepError> {
+    let dir = Path::new(RUN_DIR).join("in");
+    step(
+        "inputs",
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())),
+    )?;
+    let mut paths = Vec::new();
+    for d in &c.datasets {
+        let Some((_, dek)) = keys.deks.iter().find(|(k, _)| *k == d.key_id) else {
+            return fail(
+                "inputs",
+                format!("dataset {}: key {} was not released", d.id, d.key_id),
+            );
+        };
+        let start = Instant::now();
+        let path = dir.join(&d.id);
+        let (sealed, plain, digest) =
+            client.get_stream("inputs", &blob_path(digest, &d.blob), |body| {
+                let mut hashing = HashingReader {
+                    inner: body,
+                    hash: Sha256::new(),
+                    n: 0,
+                };
+                let header = Header::read_from(&mut hashing)
+                    .map_err(|e| format!("dataset {}: {e}", d.id))?;
+                if header.key_id != d.key_id {
+                    return Err(format!(
+                        "dataset {}: sealed under key {}, the contract says {}",
+                        d.id, header.key_id, d.key_id
+                    ));
+                }
+                let mut opener = Opener::new(&mut hashing, dek, header);
+                let mut f =
+                    std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let plain = std::io::copy(&mut opener, &mut f)
+                    .map_err(|e| format!("dataset {}: {e}", d.id))?;
+                drop(opener);
+                Ok((hashing.n, plain, hex::encode(hashing.hash.finalize())))
+            })?;
+        say(&format!(
+            "input {} sealed={sealed} bytes plaintext={plain} bytes sha256(sealed)={digest} time={:.1}s",
+            d.id,
+            start.elapsed().as_secs_f64()
+        ));
+        paths.push(path.display().to_string());
+    }
+    Ok(paths)
+}
+
+/// Counts and hashes what passes through (the sealed bytes, for the console line).
+struct HashingReader<R: Read> {
+    inner: R,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.hash.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// Run the (single) workload confined; returns its stdout.
+pub fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec<u8>>, StepError> {
+    let [w] = c.workloads.as_slice() else {
+        return fail(
+            "workload",
+            format!(
+                "this guest runs exactly one workload; the contract has {}",
+                c.workloads.len()
+            ),
+        );
+    };
+    let exe = Path::new(WORKLOAD_DIR).join(&w.name);
+    let bytes = step(
+        "workload",
+        std::fs::read(&exe).map_err(|e| format!("{}: {e}", exe.display())),
+    )?;
+    if hex::encode(Sha256::digest(&bytes)) != w.sha256 {
+        return fail(
+            "workload",
+            format!("{} does not have the contract's SHA-256", exe.display()),
+        );
+    }
+    let args: Vec<&String> = w
+        .inputs
+        .iter()
+        .map(|id| {
+            let i = c
+                .datasets
+                .iter()
+                .position(|d| d.id == *id)
+                .expect("validated");
+            &all_inputs[i]
+        })
+        .collect();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(args)
+        .current_dir("/")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        // Nothing a workload says reaches the operator's console.
+        .stderr(std::process::Stdio::null());
+    let conf = crate::sys::Confinement {
+        uid: FIRST_UID,
+        gid: FIRST_UID,
+        memory_bytes: w.limits.memory_mib << 20,
+        cpu_secs: w.limits.cpu_secs,
+    };
+    let start = Instant::now();
+    let mut child = step(
+        "workload",
+        crate::sys::spawn_confined(&mut cmd, &conf).map_err(|e| format!("spawn {}: {e}", w.name)),
+    )?;
+    let pgid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let cap = w.limits.output_mib << 20;
+    let reader = std::thread::spawn(move || {
+        let mut out = Zeroizing::new(Vec::new());
+        let r = (&mut stdout).take(cap + 1).read_to_end(&mut out);
+        (r, out)
+    });
+    let timeout = Duration::from_secs(w.limits.timeout_secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > timeout => {
+                crate::sys::kill_group(pgid);
+                let _ = child.wait();
+                return fail(
+                    "workload",
+                    format!(
+                        "{} timed out after {} s (killed)",
+                        w.name, w.limits.timeout_secs
+                    ),
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return fail("workload", format!("wait {}: {e}", w.name)),
+        }
+    };
+    crate::sys::kill_group(pgid);
+    let (r, out) = reader.join().map_err(|_| StepError {
+        step: "workload",
+        detail: "output reader panicked".into(),
+    })?;
+    step("workload", r.map_err(|e| format!("{} output: {e}", w.name)))?;
+    say(&format!(
+        "workload {} exit={} output={} bytes time={:.1}s",
+        w.name,
+        status.code().map_or_else(
+            || format!(
+                "signal{:?}",
+                std::os::unix::process::ExitStatusExt::signal(&status)
+            ),
+            |c| c.to_string()
+        ),
+        out.len(),
+        start.elapsed().as_secs_f64()
+    ));
+    if !status.success() {
+        return fail("workload", format!("{} failed ({status})", w.name));
+    }
+    if out.len() as u64 > cap {
+        return fail(
+            "workload",
+            format!(
+                "{} wrote more than output_mib = {}",
+                w.name, w.limits.output_mib
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// The contract's output rules (dcr_protocol::output: strict CSV, header = the contract's
+/// columns, every value valid for its column): the number of rows, or the violation.
+pub fn check_output(c: &Contract, out: &[u8]) -> Result<usize, String> {
+    dcr_protocol::output::check(&c.output, out).map_err(|e| e.to_string())
+}
+
+/// Hold the output to the contract's rules, seal it to the recipients, sign it with this
+/// TEE's result key and upload it with the released upload token.
+pub fn deliver_output(
+    c: &Contract,
+    digest: &[u8; 32],
+    tk: &TeeKeys,
+    keys: &Keys,
+    client: &Client,
+    out: Zeroizing<Vec<u8>>,
+) -> Result<(), StepError> {
+    let rows = step(
+        "output",
+        check_output(c, &out).map_err(|e| format!("output rules: {e}")),
+    )?;
+    let mut sealer = step(
+        "output",
+        dcr_protocol::recipients::seal_to(
+            Vec::new(),
+            &c.recipient_keys(),
+            "dcr.output",
+            dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
+            &mut rand_core::OsRng,
+        )
+        .map_err(|e| e.to_string()),
+    )?;
+    step(
+        "output",
+        std::io::Write::write_all(&mut sealer, &out).map_err(|e| e.to_string()),
+    )?;
+    let sealed = step("output", sealer.finish().map_err(|e| e.to_string()))?;
+    drop(out);
+    // The result carries its proof: the service's signed release (naming this TEE's result
+    // key) and this key's signature over the sealed bytes.
+    let signed =
+        dcr_protocol::result::sign(&tk.result, &keys.release, digest, &c.output.blob, &sealed);
+    let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
+    client.call(
+        "upload",
+        "PUT",
+        &blob_path(digest, &c.output.blob),
+        Some(&signed),
+        Some(&auth),
+        1 << 20,
+    )?;
+    say(&format!(
+        "output rows={rows} sealed={} bytes signed={} bytes sha256={} recipients={} blob={}",
+        sealed.len(),
+        signed.len(),
+        hex::encode(Sha256::digest(&signed)),
+        c.recipients.len(),
+        c.output.blob
+    ));
+    Ok(())
+}
