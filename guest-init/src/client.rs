@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use dcr_protocol::wire::Challenge;
+use dcr_protocol::wire::{Challenge, ChallengeRequest};
 
 use crate::console::say;
 use crate::{fail, step, StepError};
@@ -161,7 +161,7 @@ impl Client {
 /// POST /v1/challenge: the challenge and its nonce bytes.
 pub fn challenge(
     client: &Client,
-    req: &serde_json::Value,
+    req: &ChallengeRequest,
 ) -> Result<(Challenge, Vec<u8>), StepError> {
     let body = client.call(
         "challenge",

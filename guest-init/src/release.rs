@@ -7,7 +7,7 @@ use dcr_protocol::contract::Contract;
 use dcr_protocol::keys::{hpke_open, HpkeSecret, SigningSecret};
 use dcr_protocol::release::{release_info, report_data, Signed};
 use dcr_protocol::seal::Dek;
-use dcr_protocol::wire::{Release, Tee, UPLOAD_TOKEN_ID};
+use dcr_protocol::wire::{AttestRequest, Evidence, Release, UPLOAD_TOKEN_ID};
 use zeroize::Zeroizing;
 
 use crate::client::Client;
@@ -48,17 +48,20 @@ pub fn release(
     digest: &[u8; 32],
     client: &Client,
     session_id: &str,
-    tee: Tee,
     tk: &TeeKeys,
-    evidence: serde_json::Value,
+    evidence: Evidence,
 ) -> Result<Keys, StepError> {
     let sk = &tk.hpke;
     let pk = sk.public();
-    let req = serde_json::json!({
-        "session_id": session_id, "tee": tee.as_str(), "hpke_public_key": pk.to_text(),
-        "result_key": tk.result.public().to_text(),
-        "contract_digest": hex::encode(digest), "evidence": evidence,
-    });
+    let tee = evidence.tee();
+    let req = AttestRequest {
+        session_id: session_id.to_string(),
+        tee,
+        hpke_public_key: pk.to_text(),
+        result_key: tk.result.public().to_text(),
+        contract_digest: hex::encode(digest),
+        evidence: step("evidence", evidence.to_wire().map_err(|e| e.to_string()))?,
+    };
     let body = client.call(
         "release",
         "POST",

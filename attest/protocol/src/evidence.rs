@@ -11,7 +11,9 @@
 use base64::Engine;
 use uuid::uuid;
 
-use crate::wire::{SnpEvidence, TdxEvidence};
+use crate::wire::{
+    AzSnpVtpmEvidence, AzTdxVtpmEvidence, EvidenceVersion, SnpEvidence, TdxEvidence, VtpmQuote,
+};
 
 /// GUIDs in RFC 4122 byte order (as virtee `sev` reads and writes the table for snpguest).
 /// VCEK certificate GUID 63da758d-e664-4564-adc5-f4b93be8accd.
@@ -138,25 +140,34 @@ pub fn az_snp_vtpm(
     quote_message: &[u8],
     quote_signature: &[u8],
     pcrs: &[Vec<u8>],
-) -> Result<serde_json::Value, EvidenceError> {
+) -> Result<AzSnpVtpmEvidence, EvidenceError> {
+    // Trustee writes these two fields in URL-safe base64 without padding.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Ok(AzSnpVtpmEvidence {
+        version: Some(EvidenceVersion::Number(2)),
+        tpm_quote: vtpm_quote(quote_message, quote_signature, pcrs)?,
+        hcl_report: b64.encode(hcl_report),
+        vcek: b64.encode(vcek_der),
+    })
+}
+
+/// The vTPM quote part Trustee's Azure evidence shares: hex message, signature and 24 PCRs.
+fn vtpm_quote(
+    quote_message: &[u8],
+    quote_signature: &[u8],
+    pcrs: &[Vec<u8>],
+) -> Result<VtpmQuote, EvidenceError> {
     if pcrs.len() != 24 || pcrs.iter().any(|p| p.len() != 32) {
         return Err(EvidenceError::Quote(format!(
             "{} PCR values: az-snp-vtpm evidence carries SHA-256 PCRs 0..23",
             pcrs.len()
         )));
     }
-    // Trustee writes these two fields in URL-safe base64 without padding.
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    Ok(serde_json::json!({
-        "version": 2,
-        "tpm_quote": {
-            "signature": hex::encode(quote_signature),
-            "message": hex::encode(quote_message),
-            "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
-        },
-        "hcl_report": b64.encode(hcl_report),
-        "vcek": b64.encode(vcek_der),
-    }))
+    Ok(VtpmQuote {
+        signature: hex::encode(quote_signature),
+        message: hex::encode(quote_message),
+        pcrs: pcrs.iter().map(hex::encode).collect(),
+    })
 }
 
 /// Azure TDX CVM evidence in Trustee's az-tdx-vtpm format (version 1): the HCL report (whose
@@ -168,14 +179,14 @@ pub fn az_tdx_vtpm(
     quote_message: &[u8],
     quote_signature: &[u8],
     pcrs: &[Vec<u8>],
-) -> Result<serde_json::Value, EvidenceError> {
-    let mut v = az_snp_vtpm(hcl_report, &[], quote_message, quote_signature, pcrs)?;
+) -> Result<AzTdxVtpmEvidence, EvidenceError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let o = v.as_object_mut().expect("object");
-    o.remove("vcek");
-    o.insert("version".into(), 1.into());
-    o.insert("td_quote".into(), b64.encode(td_quote).into());
-    Ok(v)
+    Ok(AzTdxVtpmEvidence {
+        version: Some(EvidenceVersion::Number(1)),
+        tpm_quote: vtpm_quote(quote_message, quote_signature, pcrs)?,
+        hcl_report: b64.encode(hcl_report),
+        td_quote: Some(b64.encode(td_quote)),
+    })
 }
 
 #[cfg(test)]

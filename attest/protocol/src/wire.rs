@@ -198,6 +198,17 @@ impl Evidence {
         })
     }
 
+    /// The JSON of this evidence as an [`AttestRequest`] carries it.
+    pub fn to_wire(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Evidence::Tpm(e) => serde_json::to_value(e),
+            Evidence::Snp(e) => serde_json::to_value(e),
+            Evidence::Tdx(e) => serde_json::to_value(e),
+            Evidence::AzSnpVtpm(e) => serde_json::to_value(e),
+            Evidence::AzTdxVtpm(e) => serde_json::to_value(e),
+        }
+    }
+
     pub fn tee(&self) -> Tee {
         match self {
             Evidence::Tpm(_) => Tee::Tpm,

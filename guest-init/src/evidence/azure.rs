@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use dcr_protocol::contract::Contract;
-use dcr_protocol::wire::Tee;
+use dcr_protocol::wire::{ChallengeRequest, Evidence, Tee};
 
 use super::pcr_values;
 use crate::client::{challenge, Client};
@@ -68,7 +68,7 @@ pub fn attest_azure(
     } else {
         step("evidence", azure_vcek())?
     };
-    let (ch, nonce) = challenge(client, &serde_json::json!({"tee": tee.as_str()}))?;
+    let (ch, nonce) = challenge(client, &ChallengeRequest { tee, tpm: None })?;
     let rd = tk.report_data(&nonce, digest);
     let all: Vec<u32> = (0..24).collect();
     let (message, signature) = step("tpm", tpm.quote(AZURE_AK, &rd, &all))?;
@@ -78,8 +78,10 @@ pub fn attest_azure(
         "evidence",
         if tee == Tee::AzTdxVtpm {
             dcr_protocol::evidence::az_tdx_vtpm(&hcl, &hw, &message, &signature, &pcrs)
+                .map(Evidence::AzTdxVtpm)
         } else {
             dcr_protocol::evidence::az_snp_vtpm(&hcl, &hw, &message, &signature, &pcrs)
+                .map(Evidence::AzSnpVtpm)
         }
         .map_err(|e| e.to_string()),
     )?;
@@ -95,7 +97,7 @@ pub fn attest_azure(
         },
         hw.len()
     ));
-    release(c, digest, client, &ch.session_id, tee, tk, evidence)
+    release(c, digest, client, &ch.session_id, tk, evidence)
 }
 
 /// Azure's instance metadata service (IMDS, 169.254.169.254): one request with the

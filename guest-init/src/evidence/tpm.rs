@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use dcr_protocol::contract::Contract;
-use dcr_protocol::wire::Tee;
+use dcr_protocol::wire::{ChallengeRequest, Evidence, Tee, TpmEvidence, TpmIdentity};
 use zeroize::Zeroizing;
 
 use super::pcr_values;
@@ -36,8 +36,14 @@ pub fn attest_tpm(
         }),
     )?;
     let (ak, ak_public) = step("tpm", tpm.create_ak())?;
-    let req = serde_json::json!({"tee": "tpm", "tpm": {
-        "ek_public": B64.encode(&ek_public), "ek_cert": B64.encode(&ek_cert), "ak_public": B64.encode(&ak_public)}});
+    let req = ChallengeRequest {
+        tee: Tee::Tpm,
+        tpm: Some(TpmIdentity {
+            ek_public: B64.encode(&ek_public),
+            ek_cert: B64.encode(&ek_cert),
+            ak_public: B64.encode(&ak_public),
+        }),
+    };
     let (ch, nonce) = challenge(client, &req)?;
     let cred = step(
         "challenge",
@@ -48,10 +54,12 @@ pub fn attest_tpm(
     let rd = tk.report_data(&nonce, digest);
     let (message, signature) = step("tpm", tpm.quote(ak, &rd, &QUOTED_PCRS))?;
     let pcrs = pcr_values(&QUOTED_PCRS)?;
-    let evidence = serde_json::json!({
-        "message": B64.encode(&message), "signature": B64.encode(&signature),
-        "pcrs": B64.encode(&pcrs), "ak_public": B64.encode(&ak_public),
-        "activation": hex::encode(&secret[..]),
+    let evidence = Evidence::Tpm(TpmEvidence {
+        message: B64.encode(&message),
+        signature: B64.encode(&signature),
+        pcrs: B64.encode(&pcrs),
+        ak_public: B64.encode(&ak_public),
+        activation: Some(hex::encode(&secret[..])),
     });
     say(&format!(
         "evidence tee=tpm quote={} signature={} pcrs={} ek-cert={} bytes",
@@ -60,5 +68,5 @@ pub fn attest_tpm(
         QUOTED_PCRS.len(),
         ek_cert.len()
     ));
-    release(c, digest, client, &ch.session_id, Tee::Tpm, tk, evidence)
+    release(c, digest, client, &ch.session_id, tk, evidence)
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use dcr_protocol::contract::Contract;
-use dcr_protocol::wire::Tee;
+use dcr_protocol::wire::{ChallengeRequest, Evidence, Tee};
 
 use crate::client::{challenge, Client};
 use crate::console::say;
@@ -19,28 +19,26 @@ pub fn attest_tsm(
     tee: Tee,
     tk: &TeeKeys,
 ) -> Result<Keys, StepError> {
-    let req = serde_json::json!({"tee": tee.as_str()});
-    let (ch, nonce) = challenge(client, &req)?;
+    let (ch, nonce) = challenge(client, &ChallengeRequest { tee, tpm: None })?;
     let rd = tk.report_data(&nonce, digest);
     let (provider, outblob, auxblob) = step("evidence", tsm_report(&rd))?;
     let evidence = match tee {
-        Tee::Snp => serde_json::to_value(step(
+        Tee::Snp => Evidence::Snp(step(
             "evidence",
             dcr_protocol::evidence::snp_from_tsm(&outblob, &auxblob).map_err(|e| e.to_string()),
         )?),
-        _ => serde_json::to_value(step(
+        _ => Evidence::Tdx(step(
             "evidence",
             dcr_protocol::evidence::tdx_from_tsm(&outblob).map_err(|e| e.to_string()),
         )?),
-    }
-    .expect("json");
+    };
     say(&format!(
         "evidence tee={} provider={provider} outblob={} auxblob={} bytes",
         tee.as_str(),
         outblob.len(),
         auxblob.len()
     ));
-    release(c, digest, client, &ch.session_id, tee, tk, evidence)
+    release(c, digest, client, &ch.session_id, tk, evidence)
 }
 
 /// configfs-tsm: one report for `rd` (Documentation/ABI/testing/configfs-tsm-report).
