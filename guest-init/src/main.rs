@@ -79,10 +79,10 @@ fn run() -> Result<(), StepError> {
         Contract::from_canonical_json(&contract).map_err(|e| format!("{CONTRACT_PATH}: {e}")),
     )?;
     let digest = Sha256::digest(&contract);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     say(&format!(
-        "banner version={} contract=sha256:{hex} kernel={release}",
-        env!("CARGO_PKG_VERSION")
+        "banner version={} contract=sha256:{} kernel={release}",
+        env!("CARGO_PKG_VERSION"),
+        hex::encode(digest)
     ));
     let mods = boot::load_modules(&Path::new("/lib/modules").join(&release))?;
     let names = |v: &[String]| {

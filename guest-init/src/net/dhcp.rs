@@ -126,10 +126,8 @@ pub fn configure_dhcp(ifname: &str) -> Result<(String, Ipv4Addr), String> {
     let mac_text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
         .map_err(|e| format!("interface {ifname}: {e} (is the NIC attached?)"))?;
     let mut mac = [0u8; 6];
-    for (i, p) in mac_text.trim().split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("interface {ifname}: MAC {mac_text:?}"))?;
-    }
+    hex::decode_to_slice(mac_text.trim().replace(':', ""), &mut mac)
+        .map_err(|_| format!("interface {ifname}: MAC {mac_text:?}"))?;
     let index: u32 = std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex"))
         .map_err(|e| format!("interface {ifname}: {e}"))?
         .trim()
