@@ -154,3 +154,73 @@ fn azure_snp_evidence_decodes_once_and_verifies() {
     let e = azure::parse_snp_evidence(v3.to_string().as_bytes()).unwrap_err();
     assert!(e.to_string().contains("version"), "{e}");
 }
+
+#[test]
+fn tpm_structures_of_real_tpms_decode_as_tpm2_protocol_decodes_them() {
+    use base64::Engine;
+    use tpm2_protocol::{
+        data::{Tpm2bPublic, TpmsAttest, TpmtSignature, TpmuAttest},
+        TpmUnmarshal,
+    };
+    let Some(fx) = fixtures("tpm_structures") else {
+        return;
+    };
+    let d = fx.join("attest/tpm/swtpm-tpm2-tools-5.4");
+    // AK: the name credential activation binds is tpm2_createak's `-n` file.
+    let ak = read(d.join("ak.tpm2b_public"));
+    let (key, name) = tpm::parse_ak_tpm2b(&ak).unwrap();
+    assert_eq!(name, read(d.join("ak.name")));
+    let pem = tpm::parse_ak(&read(d.join("ak.pem"))).unwrap();
+    assert_eq!(tpm::ak_spki_der(&key), tpm::ak_spki_der(&pem));
+    // EK: an RSA-2048 storage key with AES-128-CFB.
+    let ek_pub = read(d.join("ek.pub"));
+    let ek = dcr_verify::credential::parse_ek_public(&ek_pub).unwrap();
+    assert_eq!(
+        (ek.modulus.len(), ek.exponent, ek.sym_key_bits),
+        (256, 65537, 128)
+    );
+    // tpm2-protocol's whole-structure unmarshalers accept the same bytes, exactly.
+    for public in [&ak, &ek_pub] {
+        let (_, rest) = Tpm2bPublic::unmarshal(public).unwrap();
+        assert!(rest.is_empty());
+    }
+    // Quotes: swtpm's (tss signatures) and Trustee's (SHA-384 ‖ zeros as extraData).
+    let trustee: serde_json::Value =
+        serde_json::from_slice(&read(fx.join("attest/tpm/trustee/tpm_evidence.json"))).unwrap();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let quotes = [
+        (read(d.join("quote.msg")), read(d.join("quote.sig"))),
+        (read(d.join("quote2.msg")), read(d.join("quote2.sig"))),
+        (
+            b64(&trustee["tpm_quote"]["message"]),
+            b64(&trustee["tpm_quote"]["signature"]),
+        ),
+    ];
+    for (msg, sig) in &quotes {
+        let a = tpm::parse_attest(msg).unwrap();
+        let (whole, rest) = TpmsAttest::unmarshal(msg).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(a.extra_data, &whole.extra_data[..]);
+        assert_eq!(a.firmware_version, whole.firmware_version.value());
+        let TpmuAttest::Quote(q) = whole.attested else {
+            panic!("not a quote");
+        };
+        assert_eq!(a.pcr_digest, &q.pcr_digest[..]);
+        let banks: Vec<u16> = q.pcr_select.iter().map(|s| s.hash.value()).collect();
+        assert_eq!(a.selection.iter().map(|s| s.0).collect::<Vec<_>>(), banks);
+        assert!(matches!(
+            tpm::parse_signature(sig, tpm::TPM_ALG_SHA256),
+            tpm::Signature::RsaSsa { .. }
+        ));
+        let (_, rest) = TpmtSignature::unmarshal(sig).unwrap();
+        assert!(rest.is_empty());
+    }
+    assert_eq!(
+        tpm::parse_attest(&quotes[2].0).unwrap().extra_data.len(),
+        64
+    );
+}
