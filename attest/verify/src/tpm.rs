@@ -1,5 +1,6 @@
 //! TPM 2.0 quotes: TPMS_ATTEST + TPMT_SIGNATURE + PCR values, in the files tpm2_quote writes
-//! (`-m` message; `-s` in tss or plain format; `-o` in serialized or values format), checked
+//! (`-m` message; `-s` in tss or plain format; `-o` in serialized, marshaled or values
+//! format), checked
 //! the way tpm2_checkquote checks them: signature by the AK (RSASSA, RSAPSS, ECDSA
 //! P-256/P-384), TPM_GENERATED magic, quote type, qualifying data, PCR selection and PCR
 //! digest. Layouts: TPM 2.0 Library Part 2 §10.12.12 (TPMS_ATTEST), §11.3.4 (TPMT_SIGNATURE),
@@ -12,7 +13,7 @@ use tpm2_protocol::{
     basic::{Tpm2b, TpmUint16, TpmUint32, TpmUint64},
     constant::TPM_MAX_COMMAND_SIZE,
     data::{
-        Tpm2bData, Tpm2bDigest, Tpm2bName, TpmAlgId, TpmEccCurve, TpmSt, TpmaObject,
+        Tpm2bData, Tpm2bDigest, Tpm2bName, TpmAlgId, TpmEccCurve, TpmSt, TpmaObject, TpmlDigest,
         TpmlPcrSelection, TpmsClockInfo, TpmtPublic, TpmtSignature, TpmuPublicId, TpmuPublicParms,
         TpmuSignature,
     },
@@ -305,10 +306,15 @@ fn hash(alg: u16, data: &[u8]) -> Option<Vec<u8>> {
 /// PCR values per bank and index, in selection order.
 pub type PcrValues = Vec<(u16, u32, Vec<u8>)>;
 
-/// Decode a tpm2_quote `-o` file: serialized (the default) or values (then `selection` from
-/// the TPMS_ATTEST says what they are).
+/// Decode a tpm2_quote `-o` file: serialized (the default), marshaled, or values (then
+/// `selection` from the TPMS_ATTEST says what they are). A file is taken as serialized or
+/// marshaled only if it decodes exactly as one, with one digest of its bank's size per
+/// selected PCR.
 pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError> {
     if let Ok(v) = parse_serialized(b) {
+        return Ok(v);
+    }
+    if let Ok(v) = parse_marshaled(b) {
         return Ok(v);
     }
     // values: the digests concatenated in selection order.
@@ -323,7 +329,7 @@ pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError
             let v = b.get(at..at + n).ok_or(TpmError::Invalid {
                 what: "PCR file",
                 reason:
-                    "neither tpm2-tools serialized format nor values matching the quote's selection"
+                    "neither tpm2-tools serialized or marshaled format nor values matching the quote's selection"
                         .into(),
             })?;
             out.push((*alg, *p, v.to_vec()));
@@ -334,7 +340,7 @@ pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError
         return Err(TpmError::Invalid {
             what: "PCR file",
             reason:
-                "neither tpm2-tools serialized format nor values matching the quote's selection"
+                "neither tpm2-tools serialized or marshaled format nor values matching the quote's selection"
                     .into(),
         });
     }
@@ -387,6 +393,49 @@ fn parse_serialized(b: &[u8]) -> Result<PcrValues, TpmError> {
             digests.push(b[at + 2..at + 2 + size].to_vec());
         }
     }
+    pair(selection, digests, "PCR file (serialized)")
+}
+
+/// tpm2-tools "marshaled" (`-F marshaled`, tpm2-tools after 5.4): TPML_PCR_SELECTION ‖
+/// UINT32 n ‖ n × TPML_DIGEST, marshalled TPM structures (big-endian, as tpm2_checkquote reads
+/// them with Tss2_MU_*_Unmarshal), read with tpm2-protocol.
+fn parse_marshaled(b: &[u8]) -> Result<PcrValues, TpmError> {
+    const WHAT: &str = "PCR file (marshaled)";
+    // tpm2-tools' tpm2_pcrs holds at most TPM2_MAX_PCRS (32) digest lists.
+    const MAX_LISTS: u32 = 32;
+    let mut r = Fields::new(WHAT, b, b);
+    let selection = r.read::<TpmlPcrSelection>("TPML_PCR_SELECTION")?;
+    let lists = r.read::<TpmUint32>("digest list count")?.value();
+    if lists > MAX_LISTS {
+        return Err(TpmError::Invalid {
+            what: WHAT,
+            reason: format!("{lists} digest lists, more than {MAX_LISTS}"),
+        });
+    }
+    let mut digests = Vec::new();
+    for _ in 0..lists {
+        let list = r.read::<TpmlDigest>("TPML_DIGEST")?;
+        digests.extend(list.iter().map(|d| d.to_vec()));
+    }
+    r.finish()?;
+    let selection = selection
+        .iter()
+        .map(|s| (s.hash.value(), bits_to_pcrs(&s.pcr_select)))
+        .collect();
+    pair(selection, digests, WHAT)
+}
+
+/// The digests of a serialized or marshaled PCR file, in order, to the PCRs its selection
+/// lists: one digest of the bank's size each, none left over.
+fn pair(
+    selection: Selection,
+    digests: Vec<Vec<u8>>,
+    what: &'static str,
+) -> Result<PcrValues, TpmError> {
+    let bad = |reason: &str| TpmError::Invalid {
+        what,
+        reason: reason.into(),
+    };
     let mut out = Vec::new();
     let mut it = digests.into_iter();
     for (alg, pcrs) in selection {
@@ -994,6 +1043,52 @@ mod tests {
                 .to_string(),
             "EK public: not an RSA key (only RSA EKs are supported)"
         );
+    }
+
+    #[test]
+    fn marshaled_pcr_files_decode_and_malformed_ones_are_named() {
+        // sha1:0 + sha256:3,9 and their values in two TPML_DIGEST lists.
+        let mut b = 2u32.to_be_bytes().to_vec();
+        be16(&mut b, TPM_ALG_SHA1);
+        b.extend_from_slice(&[3, 0x01, 0x00, 0x00]);
+        be16(&mut b, TPM_ALG_SHA256);
+        b.extend_from_slice(&[3, 0x08, 0x02, 0x00]);
+        b.extend_from_slice(&2u32.to_be_bytes()); // two TPML_DIGEST
+        b.extend_from_slice(&2u32.to_be_bytes());
+        tpm2b(&mut b, &[0x11; 20]);
+        tpm2b(&mut b, &[0x33; 32]);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        tpm2b(&mut b, &[0x99; 32]);
+        let want = vec![
+            (TPM_ALG_SHA1, 0, vec![0x11; 20]),
+            (TPM_ALG_SHA256, 3, vec![0x33; 32]),
+            (TPM_ALG_SHA256, 9, vec![0x99; 32]),
+        ];
+        assert_eq!(parse_pcrs(&b, &Vec::new()).unwrap(), want);
+        assert_eq!(parse_marshaled(&b).unwrap(), want);
+        let e = |b: &[u8]| parse_marshaled(b).unwrap_err().to_string();
+        assert_eq!(
+            e(&b[..b.len() - 1]),
+            "PCR file (marshaled): TPML_DIGEST (at byte 80) is truncated"
+        );
+        assert_eq!(
+            e(&[&b[..], &[0]].concat()),
+            "PCR file (marshaled): 1 trailing bytes"
+        );
+        // A SHA-1 digest in the SHA-256 bank.
+        let mut wrong = b.clone();
+        wrong[46..48].copy_from_slice(&20u16.to_be_bytes());
+        wrong.drain(48 + 20..48 + 32);
+        assert_eq!(
+            e(&wrong),
+            "PCR file (marshaled): digest size does not match its bank"
+        );
+        // Neither format nor values of the quote's selection.
+        let sel = vec![(TPM_ALG_SHA256, vec![0])];
+        assert!(parse_pcrs(&b[..b.len() - 1], &sel)
+            .unwrap_err()
+            .to_string()
+            .contains("neither tpm2-tools serialized or marshaled format nor values"));
     }
 
     #[test]

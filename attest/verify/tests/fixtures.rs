@@ -224,3 +224,73 @@ fn tpm_structures_of_real_tpms_decode_as_tpm2_protocol_decodes_them() {
         64
     );
 }
+
+/// tpm2-tools' `-F marshaled` PCR file (TPML_PCR_SELECTION ‖ UINT32 n ‖ n × TPML_DIGEST) for
+/// `values`, marshalled by tpm2-protocol as tss2's Tss2_MU_* would.
+fn marshaled_pcrs(values: &tpm::PcrValues) -> Vec<u8> {
+    use tpm2_protocol::{
+        basic::TpmUint32,
+        data::{
+            Tpm2bDigest, TpmAlgId, TpmlDigest, TpmlPcrSelection, TpmsPcrSelect, TpmsPcrSelection,
+        },
+        TpmMarshal, TpmWriter,
+    };
+    let mut selection = TpmlPcrSelection::new();
+    let mut banks: Vec<(u16, [u8; 3])> = Vec::new();
+    for (alg, idx, _) in values {
+        if banks.last().map(|b| b.0) != Some(*alg) {
+            banks.push((*alg, [0; 3]));
+        }
+        banks.last_mut().unwrap().1[*idx as usize / 8] |= 1 << (idx % 8);
+    }
+    for (alg, bits) in &banks {
+        selection
+            .try_push(TpmsPcrSelection {
+                hash: TpmAlgId::try_from(*alg).unwrap(),
+                pcr_select: TpmsPcrSelect::try_from(&bits[..]).unwrap(),
+            })
+            .unwrap();
+    }
+    let mut buf = vec![0u8; 8192];
+    let mut w = TpmWriter::new(&mut buf);
+    selection.marshal(&mut w).unwrap();
+    let lists: Vec<_> = values.chunks(8).collect();
+    TpmUint32::from(lists.len() as u32).marshal(&mut w).unwrap();
+    for chunk in lists {
+        let mut list = TpmlDigest::new();
+        for (_, _, d) in chunk {
+            list.try_push(Tpm2bDigest::try_from(&d[..]).unwrap())
+                .unwrap();
+        }
+        list.marshal(&mut w).unwrap();
+    }
+    w.as_bytes().to_vec()
+}
+
+#[test]
+fn tpm_quote_with_a_marshaled_pcr_file_verifies() {
+    let Some(fx) = fixtures("tpm_quote_marshaled") else {
+        return;
+    };
+    let d = fx.join("attest/tpm/swtpm-tpm2-tools-5.4");
+    let nonce = hex::decode(String::from_utf8(read(d.join("nonce.hex"))).unwrap().trim()).unwrap();
+    for q in ["quote", "quote2"] {
+        let msg = read(d.join(format!("{q}.msg")));
+        let serialized = read(d.join(format!("{q}.pcrs")));
+        let selection = tpm::parse_attest(&msg).unwrap().selection;
+        let values = tpm::parse_pcrs(&serialized, &selection).unwrap();
+        let marshaled = marshaled_pcrs(&values);
+        assert_eq!(tpm::parse_pcrs(&marshaled, &selection).unwrap(), values);
+        let (v, got) = tpm::verify_quote(
+            &read(d.join("ak.pem")),
+            &msg,
+            &read(d.join(format!("{q}.sig"))),
+            &marshaled,
+            &nonce,
+            tpm::TPM_ALG_SHA256,
+            &Vec::new(),
+        );
+        assert!(v.ok(), "{q}: {v:?}");
+        assert_eq!(got.unwrap(), values);
+    }
+}
