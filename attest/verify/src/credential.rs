@@ -20,10 +20,7 @@ pub enum CredentialError {
     Encrypt(String),
 }
 
-const TPM_ALG_RSA: u16 = 0x0001;
 const TPM_ALG_SHA256: u16 = 0x000b;
-const TPM_ALG_AES: u16 = 0x0006;
-const TPM_ALG_CFB: u16 = 0x0043;
 
 /// The parts of an RSA EK's TPMT_PUBLIC that MakeCredential uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,73 +31,47 @@ pub struct EkRsa {
     pub exponent: u32,
 }
 
-struct Be<'a>(&'a [u8], usize);
-
-impl<'a> Be<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CredentialError> {
-        let s = self
-            .0
-            .get(self.1..self.1 + n)
-            .ok_or_else(|| CredentialError::EkPublic(format!("truncated at byte {}", self.1)))?;
-        self.1 += n;
-        Ok(s)
-    }
-    fn u16(&mut self) -> Result<u16, CredentialError> {
-        let s = self.take(2)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, CredentialError> {
-        let s = self.take(4)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-    }
-}
-
-/// Parse a TPM2B_PUBLIC (tpm2_createek `-u`, tss format) holding an RSA storage key.
+/// Parse a TPM2B_PUBLIC (tpm2_createek `-u`, tss format) holding an RSA storage key (decoded by
+/// tpm2-protocol, see [`crate::tpm`]).
 pub fn parse_ek_public(b: &[u8]) -> Result<EkRsa, CredentialError> {
+    use tpm2_protocol::data::{
+        TpmAlgId, TpmuPublicId, TpmuPublicParms, TpmuSymKeyBits, TpmuSymMode,
+    };
     let bad = |s: &str| CredentialError::EkPublic(s.to_string());
-    let mut r = Be(b, 0);
-    let size = r.u16()? as usize;
-    if size + 2 != b.len() {
-        return Err(bad("TPM2B_PUBLIC size does not match the file"));
-    }
-    if r.u16()? != TPM_ALG_RSA {
+    let (public, _) = crate::tpm::parse_tpm2b_public(b, "TPM2B_PUBLIC")
+        .map_err(|e| CredentialError::EkPublic(e.to_string()))?;
+    let (TpmuPublicParms::Rsa(parms), TpmuPublicId::Rsa(modulus)) =
+        (&public.parameters, &public.unique)
+    else {
         return Err(bad("not an RSA key (only RSA EKs are supported)"));
-    }
-    let name_alg = r.u16()?;
-    if name_alg != TPM_ALG_SHA256 {
+    };
+    if public.name_alg != TpmAlgId::Sha256 {
         return Err(bad("nameAlg is not SHA-256"));
     }
-    let _attributes = r.u32()?;
-    let n = r.u16()? as usize;
-    r.take(n)?; // authPolicy
-    let sym = r.u16()?;
-    let sym_key_bits = if sym == TPM_ALG_AES {
-        let bits = r.u16()?;
-        if r.u16()? != TPM_ALG_CFB {
-            return Err(bad("symmetric mode is not CFB"));
-        }
-        bits
-    } else {
+    let sym = &parms.symmetric;
+    let (TpmAlgId::Aes, TpmuSymKeyBits::Aes(bits), TpmuSymMode::Aes(mode)) =
+        (sym.algorithm, sym.key_bits, sym.mode)
+    else {
         return Err(bad("EK symmetric algorithm is not AES (not a storage key)"));
     };
+    if mode != TpmAlgId::Cfb {
+        return Err(bad("symmetric mode is not CFB"));
+    }
+    let sym_key_bits = bits.value();
     if sym_key_bits != 128 {
         return Err(bad("only AES-128 EKs are supported"));
     }
-    let _scheme = r.u16()?;
-    let key_bits = r.u16()?;
-    let exponent = match r.u32()? {
+    let exponent = match parms.exponent.value() {
         0 => 65537,
         e => e,
     };
-    let n = r.u16()? as usize;
-    let modulus = r.take(n)?.to_vec();
-    if modulus.len() * 8 != key_bits as usize {
+    if modulus.len() * 8 != usize::from(parms.key_bits.value()) {
         return Err(bad("modulus size does not match keyBits"));
     }
     Ok(EkRsa {
-        name_alg,
+        name_alg: public.name_alg.value(),
         sym_key_bits,
-        modulus,
+        modulus: modulus.to_vec(),
         exponent,
     })
 }
@@ -363,5 +334,50 @@ mod tests {
         assert_eq!(a, kdfa_sha256(b"seed", "STORAGE", b"name", b"", 128));
         assert_ne!(a, kdfa_sha256(b"seed", "INTEGRITY", b"name", b"", 128));
         assert_eq!(kdfa_sha256(b"k", "L", b"", b"", 512).len(), 64);
+    }
+
+    /// TPM2B_PUBLIC of an RSA-2048 EK template (TCG EK profile, template L-1) with `extra`
+    /// bytes inside the size after its TPMT_PUBLIC.
+    fn ek_public(sym_bits: u16, extra: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        for x in [0x0001u16, 0x000b] {
+            t.extend_from_slice(&x.to_be_bytes()); // type RSA, nameAlg SHA-256
+        }
+        t.extend_from_slice(&0x0003_00b2u32.to_be_bytes()); // objectAttributes
+        t.extend_from_slice(&32u16.to_be_bytes());
+        t.extend_from_slice(&[0x83; 32]); // authPolicy
+        for x in [0x0006u16, sym_bits, 0x0043, 0x0010, 2048] {
+            t.extend_from_slice(&x.to_be_bytes()); // AES, keyBits, CFB, scheme NULL, keyBits
+        }
+        t.extend_from_slice(&0u32.to_be_bytes()); // exponent (0: 65537)
+        t.extend_from_slice(&256u16.to_be_bytes());
+        t.extend_from_slice(&[0xc5; 256]); // modulus
+        t.extend_from_slice(extra);
+        let mut b = (t.len() as u16).to_be_bytes().to_vec();
+        b.extend_from_slice(&t);
+        b
+    }
+
+    #[test]
+    fn ek_public_decodes_and_malformed_ones_are_named() {
+        let ek = parse_ek_public(&ek_public(128, &[])).unwrap();
+        assert_eq!(
+            (ek.name_alg, ek.sym_key_bits, ek.exponent, ek.modulus),
+            (TPM_ALG_SHA256, 128, 65537, vec![0xc5; 256])
+        );
+        let e = |b: &[u8]| parse_ek_public(b).unwrap_err().to_string();
+        assert_eq!(
+            e(&ek_public(256, &[])),
+            "EK public: only AES-128 EKs are supported"
+        );
+        assert_eq!(
+            e(&ek_public(128, &[0])),
+            "EK public: TPM2B_PUBLIC: 1 trailing bytes"
+        );
+        let b = ek_public(128, &[]);
+        assert_eq!(
+            e(&b[..b.len() - 1]),
+            "EK public: TPM2B_PUBLIC: size field does not match the data (314 bytes declared, 313 present)"
+        );
     }
 }

@@ -1,72 +1,120 @@
 //! TPM 2.0 quotes: TPMS_ATTEST + TPMT_SIGNATURE + PCR values, in the files tpm2_quote writes
-//! (`-m` message; `-s` in tss or plain format; `-o` in serialized, values or marshaled
-//! format), checked the way tpm2_checkquote checks them: signature by the AK (RSASSA, RSAPSS,
-//! ECDSA P-256/P-384), TPM_GENERATED magic, quote type, qualifying data, PCR selection and PCR
+//! (`-m` message; `-s` in tss or plain format; `-o` in serialized, marshaled or values
+//! format), checked
+//! the way tpm2_checkquote checks them: signature by the AK (RSASSA, RSAPSS, ECDSA
+//! P-256/P-384), TPM_GENERATED magic, quote type, qualifying data, PCR selection and PCR
 //! digest. Layouts: TPM 2.0 Library Part 2 §10.12.12 (TPMS_ATTEST), §11.3.4 (TPMT_SIGNATURE),
-//! §10.6.2 (TPML_PCR_SELECTION); all big-endian, except tpm2-tools' "serialized" PCR file,
-//! which is a little-endian dump of the tss2 C structs.
+//! §10.6.2 (TPML_PCR_SELECTION), §12.2.4 (TPMT_PUBLIC). The TPM structures (all big-endian)
+//! are unmarshalled by `tpm2-protocol`; only tpm2-tools' "serialized" PCR file, a
+//! little-endian dump of the tss2 C structs and no TPM wire format, is read here by hand.
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
+use tpm2_protocol::{
+    basic::{Tpm2b, TpmUint16, TpmUint32, TpmUint64},
+    constant::TPM_MAX_COMMAND_SIZE,
+    data::{
+        Tpm2bData, Tpm2bDigest, Tpm2bName, TpmAlgId, TpmEccCurve, TpmSt, TpmaObject, TpmlDigest,
+        TpmlPcrSelection, TpmsClockInfo, TpmtPublic, TpmtSignature, TpmuPublicId, TpmuPublicParms,
+        TpmuSignature,
+    },
+    TpmUnmarshal, TpmUnmarshalTagged,
+};
 
 use crate::verdict::Verdict;
 
-const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
-const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
+const TPM_GENERATED_VALUE: u32 = tpm2_protocol::constant::TPM_GENERATED_VALUE;
 pub const TPM_ALG_SHA1: u16 = 0x0004;
 pub const TPM_ALG_SHA256: u16 = 0x000b;
 pub const TPM_ALG_SHA384: u16 = 0x000c;
 pub const TPM_ALG_SHA512: u16 = 0x000d;
-const TPM_ALG_RSASSA: u16 = 0x0014;
-const TPM_ALG_RSAPSS: u16 = 0x0016;
-const TPM_ALG_ECDSA: u16 = 0x0018;
 
 /// Errors decoding TPM structures and files.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TpmError {
-    #[error("{what}: truncated at byte {at}")]
-    Truncated { what: &'static str, at: usize },
+    /// The input ends inside `field` (which starts at byte `at`).
+    #[error("{what}: {field} (at byte {at}) is truncated")]
+    Truncated {
+        what: &'static str,
+        field: &'static str,
+        at: usize,
+    },
     #[error("{what}: {reason}")]
     Invalid { what: &'static str, reason: String },
 }
 
-struct Be<'a> {
-    b: &'a [u8],
-    at: usize,
+/// A tpm2-protocol unmarshalling error as a [`TpmError`] naming the structure, the field and
+/// the field's byte offset (tpm2-protocol's own offsets are relative to the innermost value).
+fn wire_error(
     what: &'static str,
+    field: &'static str,
+    at: usize,
+    e: tpm2_protocol::TpmError,
+) -> TpmError {
+    use tpm2_protocol::TpmError as W;
+    let reason = match e {
+        W::UnexpectedEnd { .. } => return TpmError::Truncated { what, field, at },
+        W::TooManyBytes { limit, actual, .. } => {
+            format!("{actual} bytes, more than the {limit} TPM 2.0 allows")
+        }
+        W::TooManyItems { limit, actual, .. } => {
+            format!("{actual} entries, more than the {limit} TPM 2.0 allows")
+        }
+        W::VariantNotAvailable { value, .. } => {
+            format!("unknown or unsupported value {value:#06x}")
+        }
+        W::InvalidBoolean { value, .. } => format!("{value} is not a TPMI_YES_NO (0 or 1)"),
+        W::TrailingData { actual, .. } => format!("{actual} trailing bytes"),
+        W::IntegerTooLarge { value, .. } => format!("value {value} too large"),
+        other => other.to_string(),
+    };
+    TpmError::Invalid {
+        what,
+        reason: format!("{field} at byte {at}: {reason}"),
+    }
 }
 
-impl<'a> Be<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], TpmError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or(TpmError::Truncated {
-                what: self.what,
-                at: self.at,
-            })?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
+/// The fields of one TPM structure, in order, each unmarshalled by tpm2-protocol's type for it
+/// (field by field rather than as the whole structure so that an error names its field).
+struct Fields<'a> {
+    what: &'static str,
+    /// The whole input (offsets in errors count from its start).
+    all: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(what: &'static str, all: &'a [u8], rest: &'a [u8]) -> Self {
+        Fields { what, all, rest }
     }
-    fn u8(&mut self) -> Result<u8, TpmError> {
-        Ok(self.take(1)?[0])
+    fn at(&self) -> usize {
+        self.all.len() - self.rest.len()
     }
-    fn u16(&mut self) -> Result<u16, TpmError> {
-        let s = self.take(2)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
+    fn read<T: TpmUnmarshal>(&mut self, field: &'static str) -> Result<T, TpmError> {
+        let at = self.at();
+        let (v, rest) = T::unmarshal(self.rest).map_err(|e| wire_error(self.what, field, at, e))?;
+        self.rest = rest;
+        Ok(v)
     }
-    fn u32(&mut self) -> Result<u32, TpmError> {
-        let s = self.take(4)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    fn read_tagged<Tag, T: TpmUnmarshalTagged<Tag>>(
+        &mut self,
+        tag: Tag,
+        field: &'static str,
+    ) -> Result<T, TpmError> {
+        let at = self.at();
+        let (v, rest) =
+            T::unmarshal_tagged(tag, self.rest).map_err(|e| wire_error(self.what, field, at, e))?;
+        self.rest = rest;
+        Ok(v)
     }
-    fn u64(&mut self) -> Result<u64, TpmError> {
-        let s = self.take(8)?;
-        Ok(u64::from_be_bytes(s.try_into().unwrap_or([0; 8])))
-    }
-    fn tpm2b(&mut self) -> Result<&'a [u8], TpmError> {
-        let n = self.u16()? as usize;
-        self.take(n)
+    /// Nothing may follow the structure.
+    fn finish(self) -> Result<(), TpmError> {
+        if self.rest.is_empty() {
+            return Ok(());
+        }
+        Err(TpmError::Invalid {
+            what: self.what,
+            reason: format!("{} trailing bytes", self.rest.len()),
+        })
     }
 }
 
@@ -137,59 +185,44 @@ pub struct Attest {
     pub pcr_digest: Vec<u8>,
 }
 
-/// Decode a TPMS_ATTEST of type quote.
+/// Decode a TPMS_ATTEST of type quote. The magic is returned, not checked (the verdict lists
+/// it as its own check), which is why the fields are read one by one rather than with
+/// `TpmsAttest::unmarshal` (that refuses any other magic before decoding the rest).
 pub fn parse_attest(b: &[u8]) -> Result<Attest, TpmError> {
-    let mut r = Be {
-        b,
-        at: 0,
-        what: "TPMS_ATTEST",
-    };
-    let magic = r.u32()?;
-    let attest_type = r.u16()?;
-    let qualified_signer = r.tpm2b()?.to_vec();
-    let extra_data = r.tpm2b()?.to_vec();
-    let clock = r.u64()?;
-    let reset_count = r.u32()?;
-    let restart_count = r.u32()?;
-    let safe = r.u8()?;
-    let firmware_version = r.u64()?;
-    if attest_type != TPM_ST_ATTEST_QUOTE {
+    let mut r = Fields::new("TPMS_ATTEST", b, b);
+    let magic = r.read::<TpmUint32>("magic")?.value();
+    let attest_type = r.read::<TpmSt>("type")?;
+    let qualified_signer = r.read::<Tpm2bName>("qualifiedSigner")?.to_vec();
+    let extra_data = r.read::<Tpm2bData>("extraData")?.to_vec();
+    let clock_info = r.read::<TpmsClockInfo>("clockInfo")?;
+    let firmware_version = r.read::<TpmUint64>("firmwareVersion")?.value();
+    if attest_type != TpmSt::AttestQuote {
         return Err(TpmError::Invalid {
             what: "TPMS_ATTEST",
-            reason: format!("type {attest_type:#06x} is not TPM_ST_ATTEST_QUOTE"),
+            reason: format!(
+                "type {:#06x} is not TPM_ST_ATTEST_QUOTE",
+                attest_type.value()
+            ),
         });
     }
-    let count = r.u32()?;
-    if count > 16 {
-        return Err(TpmError::Invalid {
-            what: "TPMS_ATTEST",
-            reason: format!("{count} PCR banks"),
-        });
-    }
-    let mut selection = Vec::new();
-    for _ in 0..count {
-        let alg = r.u16()?;
-        let n = r.u8()? as usize;
-        selection.push((alg, bits_to_pcrs(r.take(n)?)));
-    }
-    let pcr_digest = r.tpm2b()?.to_vec();
-    if r.at != b.len() {
-        return Err(TpmError::Invalid {
-            what: "TPMS_ATTEST",
-            reason: format!("{} trailing bytes", b.len() - r.at),
-        });
-    }
+    // attested: TPMS_QUOTE_INFO.
+    let pcr_select = r.read::<TpmlPcrSelection>("attested.pcrSelect")?;
+    let pcr_digest = r.read::<Tpm2bDigest>("attested.pcrDigest")?.to_vec();
+    r.finish()?;
     Ok(Attest {
         magic,
-        attest_type,
+        attest_type: attest_type.value(),
         qualified_signer,
         extra_data,
-        clock,
-        reset_count,
-        restart_count,
-        safe,
+        clock: clock_info.clock.value(),
+        reset_count: clock_info.reset_count.value(),
+        restart_count: clock_info.restart_count.value(),
+        safe: u8::from(clock_info.safe.0),
         firmware_version,
-        selection,
+        selection: pcr_select
+            .iter()
+            .map(|s| (s.hash.value(), bits_to_pcrs(&s.pcr_select)))
+            .collect(),
         pcr_digest,
     })
 }
@@ -220,43 +253,27 @@ pub enum Signature {
 /// Decode a TPMT_SIGNATURE (tpm2_quote `-f tss`); anything else is taken as `-f plain` with
 /// `plain_hash`, as tpm2_checkquote does.
 pub fn parse_signature(b: &[u8], plain_hash: u16) -> Signature {
-    let tss = (|| -> Result<Signature, TpmError> {
-        let mut r = Be {
-            b,
-            at: 0,
-            what: "TPMT_SIGNATURE",
-        };
-        let alg = r.u16()?;
-        let hash = r.u16()?;
-        let sig = match alg {
-            TPM_ALG_RSASSA => Signature::RsaSsa {
-                hash,
-                sig: r.tpm2b()?.to_vec(),
-            },
-            TPM_ALG_RSAPSS => Signature::RsaPss {
-                hash,
-                sig: r.tpm2b()?.to_vec(),
-            },
-            TPM_ALG_ECDSA => {
-                let rr = r.tpm2b()?.to_vec();
-                let ss = r.tpm2b()?.to_vec();
-                Signature::Ecdsa { hash, r: rr, s: ss }
-            }
-            other => {
-                return Err(TpmError::Invalid {
-                    what: "TPMT_SIGNATURE",
-                    reason: format!("algorithm {other:#06x}"),
-                })
-            }
-        };
-        if r.at != b.len() {
-            return Err(TpmError::Invalid {
-                what: "TPMT_SIGNATURE",
-                reason: "trailing bytes".into(),
-            });
-        }
-        Ok(sig)
-    })();
+    let tss = match TpmtSignature::unmarshal(b) {
+        Ok((t, [])) => match t.signature {
+            TpmuSignature::Rsassa(s) => Some(Signature::RsaSsa {
+                hash: s.hash.value(),
+                sig: s.sig.to_vec(),
+            }),
+            TpmuSignature::Rsapss(s) => Some(Signature::RsaPss {
+                hash: s.hash.value(),
+                sig: s.sig.to_vec(),
+            }),
+            TpmuSignature::Ecdsa(s) => Some(Signature::Ecdsa {
+                hash: s.hash.value(),
+                r: s.signature_r.to_vec(),
+                s: s.signature_s.to_vec(),
+            }),
+            // ECDAA, SM2, EC-Schnorr, HMAC, NULL: no quote signature this verifier checks.
+            _ => None,
+        },
+        // Not exactly one TPMT_SIGNATURE.
+        _ => None,
+    };
     tss.unwrap_or(Signature::Plain {
         hash: plain_hash,
         bytes: b.to_vec(),
@@ -290,9 +307,14 @@ fn hash(alg: u16, data: &[u8]) -> Option<Vec<u8>> {
 pub type PcrValues = Vec<(u16, u32, Vec<u8>)>;
 
 /// Decode a tpm2_quote `-o` file: serialized (the default), marshaled, or values (then
-/// `selection` from the TPMS_ATTEST says what they are).
+/// `selection` from the TPMS_ATTEST says what they are). A file is taken as serialized or
+/// marshaled only if it decodes exactly as one, with one digest of its bank's size per
+/// selected PCR.
 pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError> {
     if let Ok(v) = parse_serialized(b) {
+        return Ok(v);
+    }
+    if let Ok(v) = parse_marshaled(b) {
         return Ok(v);
     }
     // values: the digests concatenated in selection order.
@@ -307,7 +329,7 @@ pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError
             let v = b.get(at..at + n).ok_or(TpmError::Invalid {
                 what: "PCR file",
                 reason:
-                    "neither tpm2-tools serialized format nor values matching the quote's selection"
+                    "neither tpm2-tools serialized or marshaled format nor values matching the quote's selection"
                         .into(),
             })?;
             out.push((*alg, *p, v.to_vec()));
@@ -318,7 +340,7 @@ pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError
         return Err(TpmError::Invalid {
             what: "PCR file",
             reason:
-                "neither tpm2-tools serialized format nor values matching the quote's selection"
+                "neither tpm2-tools serialized or marshaled format nor values matching the quote's selection"
                     .into(),
         });
     }
@@ -327,6 +349,10 @@ pub fn parse_pcrs(b: &[u8], selection: &Selection) -> Result<PcrValues, TpmError
 
 /// tpm2-tools "serialized": TPML_PCR_SELECTION (132 B, LE) ‖ u32 n (LE) ‖ n × TPML_DIGEST
 /// (532 B: u32 count + 8 × {u16 size, 64 B}).
+///
+/// Read by hand, not with tpm2-protocol: the file is `fwrite` of tss2's C structs (little-endian,
+/// fixed-size arrays with their padding), not the marshalled big-endian TPM structures of the
+/// same names, so no TPM unmarshaler can read it.
 fn parse_serialized(b: &[u8]) -> Result<PcrValues, TpmError> {
     let bad = |reason: &str| TpmError::Invalid {
         what: "PCR file (serialized)",
@@ -367,6 +393,49 @@ fn parse_serialized(b: &[u8]) -> Result<PcrValues, TpmError> {
             digests.push(b[at + 2..at + 2 + size].to_vec());
         }
     }
+    pair(selection, digests, "PCR file (serialized)")
+}
+
+/// tpm2-tools "marshaled" (`-F marshaled`, tpm2-tools after 5.4): TPML_PCR_SELECTION ‖
+/// UINT32 n ‖ n × TPML_DIGEST, marshalled TPM structures (big-endian, as tpm2_checkquote reads
+/// them with Tss2_MU_*_Unmarshal), read with tpm2-protocol.
+fn parse_marshaled(b: &[u8]) -> Result<PcrValues, TpmError> {
+    const WHAT: &str = "PCR file (marshaled)";
+    // tpm2-tools' tpm2_pcrs holds at most TPM2_MAX_PCRS (32) digest lists.
+    const MAX_LISTS: u32 = 32;
+    let mut r = Fields::new(WHAT, b, b);
+    let selection = r.read::<TpmlPcrSelection>("TPML_PCR_SELECTION")?;
+    let lists = r.read::<TpmUint32>("digest list count")?.value();
+    if lists > MAX_LISTS {
+        return Err(TpmError::Invalid {
+            what: WHAT,
+            reason: format!("{lists} digest lists, more than {MAX_LISTS}"),
+        });
+    }
+    let mut digests = Vec::new();
+    for _ in 0..lists {
+        let list = r.read::<TpmlDigest>("TPML_DIGEST")?;
+        digests.extend(list.iter().map(|d| d.to_vec()));
+    }
+    r.finish()?;
+    let selection = selection
+        .iter()
+        .map(|s| (s.hash.value(), bits_to_pcrs(&s.pcr_select)))
+        .collect();
+    pair(selection, digests, WHAT)
+}
+
+/// The digests of a serialized or marshaled PCR file, in order, to the PCRs its selection
+/// lists: one digest of the bank's size each, none left over.
+fn pair(
+    selection: Selection,
+    digests: Vec<Vec<u8>>,
+    what: &'static str,
+) -> Result<PcrValues, TpmError> {
+    let bad = |reason: &str| TpmError::Invalid {
+        what,
+        reason: reason.into(),
+    };
     let mut out = Vec::new();
     let mut it = digests.into_iter();
     for (alg, pcrs) in selection {
@@ -690,74 +759,101 @@ pub fn verify_quote(
     (v, Some(values))
 }
 
+/// Decode a TPM2B_PUBLIC (TPM2 Part 2 §12.2.5): the size must cover exactly the input, and its
+/// TPMT_PUBLIC exactly the size. Returns the structure and the TPMT_PUBLIC bytes as received
+/// (what a TPM name is computed over; never re-marshalled). `what` names the key in errors.
+pub(crate) fn parse_tpm2b_public<'a>(
+    b: &'a [u8],
+    what: &'static str,
+) -> Result<(TpmtPublic, &'a [u8]), TpmError> {
+    let body = Tpm2b::<TPM_MAX_COMMAND_SIZE>::cast(b)
+        .map_err(|e| match (e, TpmUint16::unmarshal(b)) {
+            (_, Err(e)) => wire_error(what, "size", 0, e),
+            (tpm2_protocol::TpmError::TooManyBytes { limit, actual, .. }, _) => TpmError::Invalid {
+                what,
+                reason: format!("size {actual} is more than the {limit} bytes TPM 2.0 allows"),
+            },
+            (_, Ok((size, rest))) => TpmError::Invalid {
+                what,
+                reason: format!(
+                    "size field does not match the data ({} bytes declared, {} present)",
+                    size.value(),
+                    rest.len()
+                ),
+            },
+        })?
+        .data();
+    let mut r = Fields::new(what, b, body);
+    let object_type = r.read::<TpmAlgId>("type")?;
+    let name_alg = r.read::<TpmAlgId>("nameAlg")?;
+    let object_attributes = r.read::<TpmaObject>("objectAttributes")?;
+    let auth_policy = r.read::<Tpm2bDigest>("authPolicy")?;
+    let parameters = r.read_tagged::<_, TpmuPublicParms>(object_type, "parameters")?;
+    let unique = r.read_tagged::<_, TpmuPublicId>(object_type, "unique")?;
+    r.finish()?;
+    Ok((
+        TpmtPublic {
+            object_type,
+            name_alg,
+            object_attributes,
+            auth_policy,
+            parameters,
+            unique,
+        },
+        body,
+    ))
+}
+
 /// An AK from its TPM2B_PUBLIC (tpm2_createak -u; TPM2 Part 2 §12.2.5 TPMT_PUBLIC): RSA with
 /// any exponent, or ECC on NIST P-256/P-384. Returns the key and its TPM name
 /// (nameAlg ‖ H(TPMT_PUBLIC)), which credential activation binds.
 pub fn parse_ak_tpm2b(b: &[u8]) -> Result<(AkPublic, Vec<u8>), TpmError> {
+    const WHAT: &str = "AK TPM2B_PUBLIC";
     let bad = |r: &str| TpmError::Invalid {
-        what: "AK TPM2B_PUBLIC",
+        what: WHAT,
         reason: r.to_string(),
     };
-    let mut c = Cursor { b, pos: 0 };
-    let size = c.u16().ok_or_else(|| bad("truncated size"))? as usize;
-    if size + 2 != b.len() {
-        return Err(bad("size field does not match the data"));
-    }
-    let body = &b[2..];
-    let ty = c.u16().ok_or_else(|| bad("truncated type"))?;
-    let name_alg = c.u16().ok_or_else(|| bad("truncated nameAlg"))?;
-    c.take(4).ok_or_else(|| bad("truncated objectAttributes"))?;
-    let pol = c.u16().ok_or_else(|| bad("truncated authPolicy"))? as usize;
-    c.take(pol).ok_or_else(|| bad("truncated authPolicy"))?;
-    // symmetric: TPM_ALG_NULL (0x0010) or alg + keyBits + mode
-    if c.u16().ok_or_else(|| bad("truncated symmetric"))? != 0x0010 {
-        c.take(4).ok_or_else(|| bad("truncated symmetric"))?;
-    }
-    // scheme: TPM_ALG_NULL or scheme + hashAlg
-    if c.u16().ok_or_else(|| bad("truncated scheme"))? != 0x0010 {
-        c.take(2).ok_or_else(|| bad("truncated scheme"))?;
-    }
-    let key = match ty {
-        0x0001 => {
-            c.u16().ok_or_else(|| bad("truncated keyBits"))?;
-            let e = c.u32().ok_or_else(|| bad("truncated exponent"))?;
-            let e = if e == 0 { 65537 } else { e };
-            let n_len = c.u16().ok_or_else(|| bad("truncated modulus"))? as usize;
-            let n = c.take(n_len).ok_or_else(|| bad("truncated modulus"))?;
+    let (public, body) = parse_tpm2b_public(b, WHAT)?;
+    let key = match (&public.parameters, &public.unique) {
+        (TpmuPublicParms::Rsa(p), TpmuPublicId::Rsa(n)) => {
+            let e = match p.exponent.value() {
+                0 => 65537,
+                e => e,
+            };
             AkPublic::Rsa(
                 rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(n), rsa::BigUint::from(e))
                     .map_err(|e| bad(&e.to_string()))?,
             )
         }
-        0x0023 => {
-            let curve = c.u16().ok_or_else(|| bad("truncated curveID"))?;
-            if c.u16().ok_or_else(|| bad("truncated kdf"))? != 0x0010 {
-                c.take(2).ok_or_else(|| bad("truncated kdf"))?;
-            }
-            let xl = c.u16().ok_or_else(|| bad("truncated x"))? as usize;
-            let x = c.take(xl).ok_or_else(|| bad("truncated x"))?.to_vec();
-            let yl = c.u16().ok_or_else(|| bad("truncated y"))? as usize;
-            let y = c.take(yl).ok_or_else(|| bad("truncated y"))?.to_vec();
+        (TpmuPublicParms::Ecc(p), TpmuPublicId::Ecc(point)) => {
             let mut sec1 = vec![4u8];
-            sec1.extend_from_slice(&x);
-            sec1.extend_from_slice(&y);
-            match curve {
-                0x0003 => AkPublic::P256(
+            sec1.extend_from_slice(&point.x);
+            sec1.extend_from_slice(&point.y);
+            match p.curve_id {
+                TpmEccCurve::NistP256 => AkPublic::P256(
                     p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
                         .map_err(|_| bad("not a P-256 point"))?,
                 ),
-                0x0004 => AkPublic::P384(
+                TpmEccCurve::NistP384 => AkPublic::P384(
                     p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
                         .map_err(|_| bad("not a P-384 point"))?,
                 ),
-                other => return Err(bad(&format!("curve {other:#06x} (only P-256/P-384)"))),
+                other => {
+                    return Err(bad(&format!(
+                        "curve {:#06x} (only P-256/P-384)",
+                        other.value()
+                    )))
+                }
             }
         }
-        other => return Err(bad(&format!("type {other:#06x} (only RSA and ECC)"))),
+        _ => {
+            return Err(bad(&format!(
+                "type {:#06x} (only RSA and ECC)",
+                public.object_type.value()
+            )))
+        }
     };
-    if c.pos != b.len() {
-        return Err(bad("trailing bytes"));
-    }
+    let name_alg = public.name_alg.value();
     let digest = hash(name_alg, body).ok_or_else(|| bad("nameAlg is not SHA-1/256/384/512"))?;
     let mut name = name_alg.to_be_bytes().to_vec();
     name.extend_from_slice(&digest);
@@ -783,22 +879,257 @@ pub fn ak_spki_der(k: &AkPublic) -> Vec<u8> {
     }
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
+    fn be16(v: &mut Vec<u8>, x: u16) {
+        v.extend_from_slice(&x.to_be_bytes());
     }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
+    fn tpm2b(v: &mut Vec<u8>, data: &[u8]) {
+        be16(v, data.len() as u16);
+        v.extend_from_slice(data);
     }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|s| u32::from_be_bytes(s.try_into().expect("4")))
+
+    /// A TPMS_ATTEST of a quote over sha256:0,16 (Part 2 §10.12.12), built field by field.
+    fn quote_attest() -> Vec<u8> {
+        let mut v = TPM_GENERATED_VALUE.to_be_bytes().to_vec();
+        be16(&mut v, 0x8018); // TPM_ST_ATTEST_QUOTE
+        let mut signer = vec![0x00, 0x0b];
+        signer.extend_from_slice(&[0x5a; 32]);
+        tpm2b(&mut v, &signer); // qualifiedSigner
+        tpm2b(&mut v, b"nonce"); // extraData
+        v.extend_from_slice(&7u64.to_be_bytes()); // clock
+        v.extend_from_slice(&2u32.to_be_bytes()); // resetCount
+        v.extend_from_slice(&1u32.to_be_bytes()); // restartCount
+        v.push(1); // safe
+        v.extend_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes()); // firmwareVersion
+        v.extend_from_slice(&1u32.to_be_bytes()); // pcrSelect.count
+        be16(&mut v, TPM_ALG_SHA256);
+        v.extend_from_slice(&[3, 0x01, 0x00, 0x01]); // sizeofSelect, PCRs 0 and 16
+        tpm2b(&mut v, &[0xd1; 32]); // pcrDigest
+        v
+    }
+
+    #[test]
+    fn attest_decodes_every_field() {
+        let a = parse_attest(&quote_attest()).unwrap();
+        assert_eq!(a.magic, TPM_GENERATED_VALUE);
+        assert_eq!(a.attest_type, 0x8018);
+        assert_eq!(a.qualified_signer.len(), 34);
+        assert_eq!(a.extra_data, b"nonce");
+        assert_eq!((a.clock, a.reset_count, a.restart_count), (7, 2, 1));
+        assert_eq!(a.safe, 1);
+        assert_eq!(a.firmware_version, 0x0102_0304_0506_0708);
+        assert_eq!(a.selection, vec![(TPM_ALG_SHA256, vec![0, 16])]);
+        assert_eq!(a.pcr_digest, [0xd1; 32]);
+        // Another magic still decodes: the verdict reports it as its own check.
+        let mut m = quote_attest();
+        m[0] = 0;
+        assert_eq!(parse_attest(&m).unwrap().magic, 0x0054_4347);
+    }
+
+    #[test]
+    fn truncated_or_trailing_attest_is_refused_naming_the_structure() {
+        let b = quote_attest();
+        for n in 0..b.len() {
+            let e = parse_attest(&b[..n]).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    TpmError::Truncated {
+                        what: "TPMS_ATTEST",
+                        ..
+                    }
+                ),
+                "{n}: {e}"
+            );
+            assert!(e.to_string().starts_with("TPMS_ATTEST: "), "{e}");
+        }
+        // Cut inside extraData (a TPM2B of 5 bytes at 42): the field and its offset are named.
+        assert_eq!(
+            parse_attest(&b[..45]).unwrap_err().to_string(),
+            "TPMS_ATTEST: extraData (at byte 42) is truncated"
+        );
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(
+            parse_attest(&long).unwrap_err().to_string(),
+            "TPMS_ATTEST: 1 trailing bytes"
+        );
+        // Other types and malformed fields are named too.
+        let mut other = b.clone();
+        other[5] = 0x17; // TPM_ST_ATTEST_CERTIFY
+        assert_eq!(
+            parse_attest(&other).unwrap_err().to_string(),
+            "TPMS_ATTEST: type 0x8017 is not TPM_ST_ATTEST_QUOTE"
+        );
+        let mut unsafe_flag = b.clone();
+        unsafe_flag[b.len() - 34 - 4 - 2 - 4 - 8 - 1] = 2;
+        let e = parse_attest(&unsafe_flag).unwrap_err().to_string();
+        assert!(e.starts_with("TPMS_ATTEST: clockInfo at byte "), "{e}");
+    }
+
+    /// A TPM2B_PUBLIC of an ECC P-256 signing key (Part 2 §12.2.5), from a fixed private key.
+    fn p256_tpm2b_public() -> (Vec<u8>, p256::ecdsa::VerifyingKey) {
+        let sk = p256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+        let vk = *sk.verifying_key();
+        let point = vk.to_encoded_point(false);
+        let mut t = Vec::new();
+        be16(&mut t, 0x0023); // type: TPM_ALG_ECC
+        be16(&mut t, TPM_ALG_SHA256); // nameAlg
+        t.extend_from_slice(&0x0005_0072u32.to_be_bytes()); // objectAttributes
+        tpm2b(&mut t, &[]); // authPolicy
+        be16(&mut t, 0x0010); // symmetric: TPM_ALG_NULL
+        be16(&mut t, 0x0018); // scheme: TPM_ALG_ECDSA
+        be16(&mut t, TPM_ALG_SHA256); // its hashAlg
+        be16(&mut t, 0x0003); // curveID: NIST P-256
+        be16(&mut t, 0x0010); // kdf: TPM_ALG_NULL
+        tpm2b(&mut t, point.x().unwrap()); // unique.x
+        tpm2b(&mut t, point.y().unwrap()); // unique.y
+        let mut b = Vec::new();
+        tpm2b(&mut b, &t);
+        (b, vk)
+    }
+
+    #[test]
+    fn ak_tpm2b_public_decodes_and_is_named_over_the_bytes_received() {
+        let (b, vk) = p256_tpm2b_public();
+        let (k, name) = parse_ak_tpm2b(&b).unwrap();
+        assert!(matches!(k, AkPublic::P256(got) if got == vk));
+        let mut want = TPM_ALG_SHA256.to_be_bytes().to_vec();
+        want.extend_from_slice(&Sha256::digest(&b[2..]));
+        assert_eq!(name, want);
+    }
+
+    #[test]
+    fn truncated_or_trailing_tpm2b_public_is_refused_naming_the_structure() {
+        let (b, _) = p256_tpm2b_public();
+        for n in 0..b.len() {
+            let e = parse_ak_tpm2b(&b[..n]).unwrap_err().to_string();
+            assert!(e.starts_with("AK TPM2B_PUBLIC: "), "{n}: {e}");
+        }
+        // The size no longer covers the data.
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(
+            parse_ak_tpm2b(&long).unwrap_err().to_string(),
+            "AK TPM2B_PUBLIC: size field does not match the data (88 bytes declared, 89 present)"
+        );
+        // The size covers a byte after the TPMT_PUBLIC.
+        let mut inner = long.clone();
+        inner[..2].copy_from_slice(&((b.len() - 1) as u16).to_be_bytes());
+        assert_eq!(
+            parse_ak_tpm2b(&inner).unwrap_err().to_string(),
+            "AK TPM2B_PUBLIC: 1 trailing bytes"
+        );
+        // A TPMT_PUBLIC cut short inside a consistent size: the field is named.
+        let mut short = b[..b.len() - 1].to_vec();
+        let size = (short.len() - 2) as u16;
+        short[..2].copy_from_slice(&size.to_be_bytes());
+        assert_eq!(
+            parse_ak_tpm2b(&short).unwrap_err().to_string(),
+            "AK TPM2B_PUBLIC: unique (at byte 22) is truncated"
+        );
+        // The EK parser shares the decoding (and then wants an RSA storage key).
+        let e = crate::credential::parse_ek_public(&b[..b.len() - 3]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("EK public: TPM2B_PUBLIC: "),
+            "{e}"
+        );
+        assert_eq!(
+            crate::credential::parse_ek_public(&b)
+                .unwrap_err()
+                .to_string(),
+            "EK public: not an RSA key (only RSA EKs are supported)"
+        );
+    }
+
+    #[test]
+    fn marshaled_pcr_files_decode_and_malformed_ones_are_named() {
+        // sha1:0 + sha256:3,9 and their values in two TPML_DIGEST lists.
+        let mut b = 2u32.to_be_bytes().to_vec();
+        be16(&mut b, TPM_ALG_SHA1);
+        b.extend_from_slice(&[3, 0x01, 0x00, 0x00]);
+        be16(&mut b, TPM_ALG_SHA256);
+        b.extend_from_slice(&[3, 0x08, 0x02, 0x00]);
+        b.extend_from_slice(&2u32.to_be_bytes()); // two TPML_DIGEST
+        b.extend_from_slice(&2u32.to_be_bytes());
+        tpm2b(&mut b, &[0x11; 20]);
+        tpm2b(&mut b, &[0x33; 32]);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        tpm2b(&mut b, &[0x99; 32]);
+        let want = vec![
+            (TPM_ALG_SHA1, 0, vec![0x11; 20]),
+            (TPM_ALG_SHA256, 3, vec![0x33; 32]),
+            (TPM_ALG_SHA256, 9, vec![0x99; 32]),
+        ];
+        assert_eq!(parse_pcrs(&b, &Vec::new()).unwrap(), want);
+        assert_eq!(parse_marshaled(&b).unwrap(), want);
+        let e = |b: &[u8]| parse_marshaled(b).unwrap_err().to_string();
+        assert_eq!(
+            e(&b[..b.len() - 1]),
+            "PCR file (marshaled): TPML_DIGEST (at byte 80) is truncated"
+        );
+        assert_eq!(
+            e(&[&b[..], &[0]].concat()),
+            "PCR file (marshaled): 1 trailing bytes"
+        );
+        // A SHA-1 digest in the SHA-256 bank.
+        let mut wrong = b.clone();
+        wrong[46..48].copy_from_slice(&20u16.to_be_bytes());
+        wrong.drain(48 + 20..48 + 32);
+        assert_eq!(
+            e(&wrong),
+            "PCR file (marshaled): digest size does not match its bank"
+        );
+        // Neither format nor values of the quote's selection.
+        let sel = vec![(TPM_ALG_SHA256, vec![0])];
+        assert!(parse_pcrs(&b[..b.len() - 1], &sel)
+            .unwrap_err()
+            .to_string()
+            .contains("neither tpm2-tools serialized or marshaled format nor values"));
+    }
+
+    #[test]
+    fn tss_signatures_decode_and_anything_else_is_plain() {
+        let mut ecdsa = Vec::new();
+        be16(&mut ecdsa, 0x0018);
+        be16(&mut ecdsa, TPM_ALG_SHA256);
+        tpm2b(&mut ecdsa, &[1; 32]);
+        tpm2b(&mut ecdsa, &[2; 32]);
+        assert_eq!(
+            parse_signature(&ecdsa, TPM_ALG_SHA384),
+            Signature::Ecdsa {
+                hash: TPM_ALG_SHA256,
+                r: vec![1; 32],
+                s: vec![2; 32]
+            }
+        );
+        let mut rsapss = Vec::new();
+        be16(&mut rsapss, 0x0016);
+        be16(&mut rsapss, TPM_ALG_SHA384);
+        tpm2b(&mut rsapss, &[3; 256]);
+        assert_eq!(
+            parse_signature(&rsapss, TPM_ALG_SHA256),
+            Signature::RsaPss {
+                hash: TPM_ALG_SHA384,
+                sig: vec![3; 256]
+            }
+        );
+        // Trailing bytes, truncation or an HMAC signature: the bytes are a plain signature.
+        for b in [
+            [ecdsa.as_slice(), &[0]].concat(),
+            ecdsa[..ecdsa.len() - 1].to_vec(),
+            [&[0x00, 0x05, 0x00, 0x0b][..], &[0xaa; 32]].concat(),
+        ] {
+            assert_eq!(
+                parse_signature(&b, TPM_ALG_SHA256),
+                Signature::Plain {
+                    hash: TPM_ALG_SHA256,
+                    bytes: b.clone()
+                }
+            );
+        }
     }
 }

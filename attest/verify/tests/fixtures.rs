@@ -154,3 +154,143 @@ fn azure_snp_evidence_decodes_once_and_verifies() {
     let e = azure::parse_snp_evidence(v3.to_string().as_bytes()).unwrap_err();
     assert!(e.to_string().contains("version"), "{e}");
 }
+
+#[test]
+fn tpm_structures_of_real_tpms_decode_as_tpm2_protocol_decodes_them() {
+    use base64::Engine;
+    use tpm2_protocol::{
+        data::{Tpm2bPublic, TpmsAttest, TpmtSignature, TpmuAttest},
+        TpmUnmarshal,
+    };
+    let Some(fx) = fixtures("tpm_structures") else {
+        return;
+    };
+    let d = fx.join("attest/tpm/swtpm-tpm2-tools-5.4");
+    // AK: the name credential activation binds is tpm2_createak's `-n` file.
+    let ak = read(d.join("ak.tpm2b_public"));
+    let (key, name) = tpm::parse_ak_tpm2b(&ak).unwrap();
+    assert_eq!(name, read(d.join("ak.name")));
+    let pem = tpm::parse_ak(&read(d.join("ak.pem"))).unwrap();
+    assert_eq!(tpm::ak_spki_der(&key), tpm::ak_spki_der(&pem));
+    // EK: an RSA-2048 storage key with AES-128-CFB.
+    let ek_pub = read(d.join("ek.pub"));
+    let ek = dcr_verify::credential::parse_ek_public(&ek_pub).unwrap();
+    assert_eq!(
+        (ek.modulus.len(), ek.exponent, ek.sym_key_bits),
+        (256, 65537, 128)
+    );
+    // tpm2-protocol's whole-structure unmarshalers accept the same bytes, exactly.
+    for public in [&ak, &ek_pub] {
+        let (_, rest) = Tpm2bPublic::unmarshal(public).unwrap();
+        assert!(rest.is_empty());
+    }
+    // Quotes: swtpm's (tss signatures) and Trustee's (SHA-384 ‖ zeros as extraData).
+    let trustee: serde_json::Value =
+        serde_json::from_slice(&read(fx.join("attest/tpm/trustee/tpm_evidence.json"))).unwrap();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let quotes = [
+        (read(d.join("quote.msg")), read(d.join("quote.sig"))),
+        (read(d.join("quote2.msg")), read(d.join("quote2.sig"))),
+        (
+            b64(&trustee["tpm_quote"]["message"]),
+            b64(&trustee["tpm_quote"]["signature"]),
+        ),
+    ];
+    for (msg, sig) in &quotes {
+        let a = tpm::parse_attest(msg).unwrap();
+        let (whole, rest) = TpmsAttest::unmarshal(msg).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(a.extra_data, &whole.extra_data[..]);
+        assert_eq!(a.firmware_version, whole.firmware_version.value());
+        let TpmuAttest::Quote(q) = whole.attested else {
+            panic!("not a quote");
+        };
+        assert_eq!(a.pcr_digest, &q.pcr_digest[..]);
+        let banks: Vec<u16> = q.pcr_select.iter().map(|s| s.hash.value()).collect();
+        assert_eq!(a.selection.iter().map(|s| s.0).collect::<Vec<_>>(), banks);
+        assert!(matches!(
+            tpm::parse_signature(sig, tpm::TPM_ALG_SHA256),
+            tpm::Signature::RsaSsa { .. }
+        ));
+        let (_, rest) = TpmtSignature::unmarshal(sig).unwrap();
+        assert!(rest.is_empty());
+    }
+    assert_eq!(
+        tpm::parse_attest(&quotes[2].0).unwrap().extra_data.len(),
+        64
+    );
+}
+
+/// tpm2-tools' `-F marshaled` PCR file (TPML_PCR_SELECTION ‖ UINT32 n ‖ n × TPML_DIGEST) for
+/// `values`, marshalled by tpm2-protocol as tss2's Tss2_MU_* would.
+fn marshaled_pcrs(values: &tpm::PcrValues) -> Vec<u8> {
+    use tpm2_protocol::{
+        basic::TpmUint32,
+        data::{
+            Tpm2bDigest, TpmAlgId, TpmlDigest, TpmlPcrSelection, TpmsPcrSelect, TpmsPcrSelection,
+        },
+        TpmMarshal, TpmWriter,
+    };
+    let mut selection = TpmlPcrSelection::new();
+    let mut banks: Vec<(u16, [u8; 3])> = Vec::new();
+    for (alg, idx, _) in values {
+        if banks.last().map(|b| b.0) != Some(*alg) {
+            banks.push((*alg, [0; 3]));
+        }
+        banks.last_mut().unwrap().1[*idx as usize / 8] |= 1 << (idx % 8);
+    }
+    for (alg, bits) in &banks {
+        selection
+            .try_push(TpmsPcrSelection {
+                hash: TpmAlgId::try_from(*alg).unwrap(),
+                pcr_select: TpmsPcrSelect::try_from(&bits[..]).unwrap(),
+            })
+            .unwrap();
+    }
+    let mut buf = vec![0u8; 8192];
+    let mut w = TpmWriter::new(&mut buf);
+    selection.marshal(&mut w).unwrap();
+    let lists: Vec<_> = values.chunks(8).collect();
+    TpmUint32::from(lists.len() as u32).marshal(&mut w).unwrap();
+    for chunk in lists {
+        let mut list = TpmlDigest::new();
+        for (_, _, d) in chunk {
+            list.try_push(Tpm2bDigest::try_from(&d[..]).unwrap())
+                .unwrap();
+        }
+        list.marshal(&mut w).unwrap();
+    }
+    w.as_bytes().to_vec()
+}
+
+#[test]
+fn tpm_quote_with_a_marshaled_pcr_file_verifies() {
+    let Some(fx) = fixtures("tpm_quote_marshaled") else {
+        return;
+    };
+    let d = fx.join("attest/tpm/swtpm-tpm2-tools-5.4");
+    let nonce = hex::decode(String::from_utf8(read(d.join("nonce.hex"))).unwrap().trim()).unwrap();
+    for q in ["quote", "quote2"] {
+        let msg = read(d.join(format!("{q}.msg")));
+        let serialized = read(d.join(format!("{q}.pcrs")));
+        let selection = tpm::parse_attest(&msg).unwrap().selection;
+        let values = tpm::parse_pcrs(&serialized, &selection).unwrap();
+        let marshaled = marshaled_pcrs(&values);
+        assert_eq!(tpm::parse_pcrs(&marshaled, &selection).unwrap(), values);
+        let (v, got) = tpm::verify_quote(
+            &read(d.join("ak.pem")),
+            &msg,
+            &read(d.join(format!("{q}.sig"))),
+            &marshaled,
+            &nonce,
+            tpm::TPM_ALG_SHA256,
+            &Vec::new(),
+        );
+        assert!(v.ok(), "{q}: {v:?}");
+        assert_eq!(got.unwrap(), values);
+    }
+}
