@@ -19,7 +19,7 @@ pub struct Args {
     /// TPMT_SIGNATURE or plain signature (tpm2_quote -s).
     #[arg(short = 's', long, value_name = "PATH")]
     signature: PathBuf,
-    /// PCR values (tpm2_quote -o; serialized or values format).
+    /// PCR values (tpm2_quote -o; serialized, marshaled or values format).
     #[arg(short = 'f', long, value_name = "PATH")]
     pcr: PathBuf,
     /// Qualifying data (nonce): hex, or a file holding the raw bytes.
