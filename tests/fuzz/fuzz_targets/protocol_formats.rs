@@ -1,6 +1,7 @@
 //! Everything the guest and the service read from each other or from storage: sealed streams
 //! (header and chunks), sealed outputs (recipient table), contracts (TOML and canonical JSON),
-//! SEV-SNP certificate tables, TDX quotes as collected, the API's JSON messages, signed
+//! SEV-SNP certificate tables, TDX quotes as collected, the API's JSON messages and typed
+//! evidence, measurements.json, signed
 //! results (DCRSIGN envelope) and the output rules' CSV checker.
 #![no_main]
 use std::io::Read;
@@ -26,7 +27,13 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = contract::Contract::from_canonical_json(data);
     let _ = evidence::parse_cert_table(data);
     let _ = evidence::tdx_from_tsm(data);
-    let _ = serde_json::from_slice::<wire::AttestRequest>(data);
+    if let Ok(req) = serde_json::from_slice::<wire::AttestRequest>(data) {
+        // The request's evidence, typed by its tee (where the service types it).
+        if let Ok(ev) = wire::Evidence::from_wire(req.tee, &req.evidence) {
+            let _ = ev.to_wire();
+        }
+    }
+    let _ = measurements::Measurements::from_json(data);
     let _ = serde_json::from_slice::<wire::RegisterRequest>(data);
     let _ = serde_json::from_slice::<release::Signed>(data);
     let _ = serde_json::from_slice::<wire::RegistrationReceipt>(data);
