@@ -1,207 +1,322 @@
-//! The few TPM 2.0 commands guest-init sends, marshalled by hand through the kernel's resource
-//! manager (`/dev/tpmrm0`). TPM 2.0 Library, Part 3 §22.2 (TPM2_PCR_Extend), Part 1 §18.6
-//! (password authorization session, TPM_RS_PW), Part 2 (big-endian wire format).
+//! The few TPM 2.0 commands guest-init sends through the kernel's resource manager
+//! (`/dev/tpmrm0`), marshalled and their responses unmarshalled by tpm2-protocol's command and
+//! response types (the verifier decodes the same structures with the same crate). TPM 2.0
+//! Library Part 3: PCR_Extend §22.2, CreatePrimary §24.1, NV_ReadPublic §31.6, NV_Read §31.13,
+//! StartAuthSession §11.1, PolicySecret §23.4, ActivateCredential §12.5, Quote §18.4; every
+//! authorization is the empty password session TPM_RS_PW (Part 1 §18.6) or, for the EK, a
+//! policy session.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 
-use zerocopy::big_endian::{U16, U32};
-use zerocopy::{Immutable, IntoBytes, KnownLayout};
+use tpm2_protocol::{
+    basic::{TpmHandle, TpmUint16, TpmUint32},
+    constant::TPM_MAX_COMMAND_SIZE,
+    data::{
+        Tpm2bData, Tpm2bDigest, Tpm2bEccParameter, Tpm2bEncryptedSecret, Tpm2bIdObject, Tpm2bNonce,
+        Tpm2bPublic, Tpm2bPublicKeyRsa, TpmAlgId, TpmEccCurve, TpmSe, TpmSt, TpmaObject,
+        TpmlDigestValues, TpmlPcrSelection, TpmsAuthCommand, TpmsEccParms, TpmsEccPoint,
+        TpmsPcrSelect, TpmsPcrSelection, TpmsRsaParms, TpmsSchemeHash, TpmtEccScheme, TpmtHa,
+        TpmtPublic, TpmtSigScheme, TpmtSymDefObject, TpmuAsymScheme, TpmuHa, TpmuPublicId,
+        TpmuPublicParms, TpmuSymKeyBits, TpmuSymMode,
+    },
+    frame::{
+        tpm_marshal_command, TpmActivateCredentialCommand, TpmActivateCredentialResponse,
+        TpmCreatePrimaryCommand, TpmCreatePrimaryResponse, TpmFrame, TpmNvReadCommand,
+        TpmNvReadPublicCommand, TpmNvReadPublicResponse, TpmNvReadResponse, TpmPcrExtendCommand,
+        TpmPcrExtendResponse, TpmPolicySecretCommand, TpmPolicySecretResponse, TpmQuoteCommand,
+        TpmQuoteResponse, TpmResponse, TpmStartAuthSessionCommand, TpmStartAuthSessionResponse,
+        TpmUnmarshalBody,
+    },
+    TpmMarshal, TpmSized, TpmUnmarshal, TpmWriter,
+};
 
-const TPM_ST_SESSIONS: u16 = 0x8002;
-const TPM_CC_PCR_EXTEND: u32 = 0x0000_0182;
 const TPM_RS_PW: u32 = 0x4000_0009;
-const TPM_ALG_SHA256: u16 = 0x000b;
-
-/// TPM2_PCR_Extend with one SHA-256 digest and an empty password session: 65 bytes.
-#[derive(IntoBytes, Immutable, KnownLayout)]
-#[repr(C)]
-struct PcrExtendSha256 {
-    tag: U16,
-    command_size: U32,
-    command_code: U32,
-    pcr_handle: U32,
-    authorization_size: U32,
-    session_handle: U32,
-    nonce_size: U16,
-    session_attributes: u8,
-    hmac_size: U16,
-    digest_count: U32,
-    hash_alg: U16,
-    digest: [u8; 32],
-}
-const _: () = assert!(core::mem::size_of::<PcrExtendSha256>() == 65);
-
-/// Extend SHA-256 PCR `pcr` with `digest`.
-pub fn pcr_extend_sha256(device: &str, pcr: u32, digest: [u8; 32]) -> io::Result<()> {
-    let cmd = PcrExtendSha256 {
-        tag: U16::new(TPM_ST_SESSIONS),
-        command_size: U32::new(65),
-        command_code: U32::new(TPM_CC_PCR_EXTEND),
-        pcr_handle: U32::new(pcr),
-        authorization_size: U32::new(9),
-        session_handle: U32::new(TPM_RS_PW),
-        nonce_size: U16::new(0),
-        session_attributes: 0,
-        hmac_size: U16::new(0),
-        digest_count: U32::new(1),
-        hash_alg: U16::new(TPM_ALG_SHA256),
-        digest,
-    };
-    let mut f = OpenOptions::new().read(true).write(true).open(device)?;
-    f.write_all(cmd.as_bytes())?;
-    let mut resp = [0u8; 64];
-    let n = f.read(&mut resp)?;
-    if n < 10 {
-        return Err(io::Error::other(format!("TPM response of {n} bytes")));
-    }
-    let rc = u32::from_be_bytes([resp[6], resp[7], resp[8], resp[9]]);
-    if rc != 0 {
-        return Err(io::Error::other(format!(
-            "TPM2_PCR_Extend({pcr}) failed: rc {rc:#x}"
-        )));
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Attestation commands (TPM 2.0 Library Part 3): CreatePrimary §24.1, NV_ReadPublic §31.6,
-// NV_Read §31.13, StartAuthSession §11.1, PolicySecret §23.4, ActivateCredential §12.5,
-// Quote §18.4. Variable-length, so marshalled with a small builder; every response field is
-// length-checked.
-
-const TPM_ST_NO_SESSIONS: u16 = 0x8001;
-const TPM_CC_CREATE_PRIMARY: u32 = 0x131;
-const TPM_CC_NV_READ_PUBLIC: u32 = 0x169;
-const TPM_CC_NV_READ: u32 = 0x14e;
-const TPM_CC_START_AUTH_SESSION: u32 = 0x176;
-const TPM_CC_POLICY_SECRET: u32 = 0x151;
-const TPM_CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
-const TPM_CC_QUOTE: u32 = 0x158;
 const TPM_RH_OWNER: u32 = 0x4000_0001;
 const TPM_RH_NULL: u32 = 0x4000_0007;
 const TPM_RH_ENDORSEMENT: u32 = 0x4000_000b;
-const TPM_ALG_NULL: u16 = 0x0010;
 /// The EK certificate (RSA 2048) NV index (TCG EK Credential Profile §2.2.1.5).
 pub const EK_CERT_NV_INDEX: u32 = 0x01c0_0002;
 
+/// A tpm2-protocol (un)marshalling error as an `io::Error` naming the command.
+fn wire(what: &str, e: tpm2_protocol::TpmError) -> io::Error {
+    io::Error::other(format!("{what}: {e}"))
+}
+
+/// `command` as a TPM command frame, with one empty password (or policy) session per handle
+/// in `sessions` (TPM_ST_SESSIONS), or none (TPM_ST_NO_SESSIONS).
+fn marshal<C: TpmFrame>(command: &C, sessions: &[u32]) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    let auths: Vec<TpmsAuthCommand> = sessions
+        .iter()
+        .map(|h| TpmsAuthCommand {
+            session_handle: TpmHandle::new(*h),
+            ..TpmsAuthCommand::default()
+        })
+        .collect();
+    let tag = if auths.is_empty() {
+        TpmSt::NoSessions
+    } else {
+        TpmSt::Sessions
+    };
+    let mut buf = vec![0u8; TPM_MAX_COMMAND_SIZE];
+    let mut w = TpmWriter::new(&mut buf);
+    tpm_marshal_command(command, tag, &auths, &mut w)?;
+    let n = w.len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The wire bytes of one TPM structure.
+fn to_bytes<T: TpmMarshal + TpmSized>(v: &T) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    let mut buf = vec![0u8; v.len()];
+    let mut w = TpmWriter::new(&mut buf);
+    v.marshal(&mut w)?;
+    let n = w.len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The response code of a response frame (its header: tag, responseSize, responseCode), or
+/// `None` when shorter than a header.
+fn response_code(resp: &[u8]) -> Option<u32> {
+    let (_tag, rest) = TpmUint16::unmarshal(resp).ok()?;
+    let (_size, rest) = TpmUint32::unmarshal(rest).ok()?;
+    let (rc, _) = TpmUint32::unmarshal(rest).ok()?;
+    Some(rc.into())
+}
+
+/// Send `command` on `f`, read the response (at most `max` bytes), require TPM_RC_SUCCESS and
+/// unmarshal it as `R`.
+fn transact<R: TpmUnmarshalBody>(
+    f: &mut std::fs::File,
+    what: &str,
+    command: &[u8],
+    max: usize,
+) -> io::Result<R> {
+    f.write_all(command)?;
+    let mut resp = vec![0u8; max];
+    let n = f.read(&mut resp)?;
+    resp.truncate(n);
+    let rc = response_code(&resp)
+        .ok_or_else(|| io::Error::other(format!("{what}: TPM response of {n} bytes")))?;
+    if rc != 0 {
+        return Err(io::Error::other(format!("{what} failed: rc {rc:#x}")));
+    }
+    TpmResponse::cast(&resp)
+        .and_then(TpmResponse::unmarshal::<R>)
+        .map_err(|e| wire(what, e))
+}
+
+/// TPM2_PCR_Extend of PCR `pcr` with one SHA-256 digest and the password session: 65 bytes.
+fn pcr_extend_command(pcr: u32, digest: [u8; 32]) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    let mut digests = TpmlDigestValues::new();
+    digests.try_push(TpmtHa {
+        hash_alg: TpmAlgId::Sha256,
+        digest: TpmuHa::Digest(digest.as_slice().try_into()?),
+    })?;
+    marshal(
+        &TpmPcrExtendCommand {
+            handles: [TpmHandle::new(pcr)],
+            digests,
+        },
+        &[TPM_RS_PW],
+    )
+}
+
+/// Extend SHA-256 PCR `pcr` with `digest`.
+pub fn pcr_extend_sha256(device: &str, pcr: u32, digest: [u8; 32]) -> io::Result<()> {
+    let what = format!("TPM2_PCR_Extend({pcr})");
+    let cmd = pcr_extend_command(pcr, digest).map_err(|e| wire(&what, e))?;
+    let mut f = OpenOptions::new().read(true).write(true).open(device)?;
+    transact::<TpmPcrExtendResponse>(&mut f, &what, &cmd, 64)?;
+    Ok(())
+}
+
 /// EK template L-1 (TCG EK Credential Profile 2.0, §B.3.3): RSA 2048, AES-128-CFB, policy
 /// PolicySecret(TPM_RH_ENDORSEMENT) — the key `tpm2_createek -G rsa` makes and swtpm_setup
-/// certifies.
-fn ek_template() -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&0x0001u16.to_be_bytes()); // TPM_ALG_RSA
-    t.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
-    t.extend_from_slice(&0x0003_00b2u32.to_be_bytes());
-    t.extend_from_slice(&32u16.to_be_bytes());
-    t.extend_from_slice(&[
+/// certifies. Attributes 0x000300b2: fixedTPM, fixedParent, sensitiveDataOrigin,
+/// adminWithPolicy, restricted, decrypt; exponent 0 (65537); unique: 256 zero bytes.
+fn ek_template() -> Result<TpmtPublic, tpm2_protocol::TpmError> {
+    const EK_POLICY: [u8; 32] = [
         0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7,
         0x24, 0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14,
         0x69, 0xaa,
-    ]);
-    t.extend_from_slice(&0x0006u16.to_be_bytes()); // AES
-    t.extend_from_slice(&128u16.to_be_bytes());
-    t.extend_from_slice(&0x0043u16.to_be_bytes()); // CFB
-    t.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // scheme
-    t.extend_from_slice(&2048u16.to_be_bytes());
-    t.extend_from_slice(&0u32.to_be_bytes()); // exponent 65537
-    t.extend_from_slice(&256u16.to_be_bytes());
-    t.extend_from_slice(&[0u8; 256]);
-    t
+    ];
+    Ok(TpmtPublic {
+        object_type: TpmAlgId::Rsa,
+        name_alg: TpmAlgId::Sha256,
+        object_attributes: TpmaObject::FIXED_TPM
+            | TpmaObject::FIXED_PARENT
+            | TpmaObject::SENSITIVE_DATA_ORIGIN
+            | TpmaObject::ADMIN_WITH_POLICY
+            | TpmaObject::RESTRICTED
+            | TpmaObject::DECRYPT,
+        auth_policy: Tpm2bDigest::try_from(EK_POLICY.as_slice())?,
+        parameters: TpmuPublicParms::Rsa(TpmsRsaParms {
+            symmetric: TpmtSymDefObject {
+                algorithm: TpmAlgId::Aes,
+                key_bits: TpmuSymKeyBits::Aes(TpmUint16::new(128)),
+                mode: TpmuSymMode::Aes(TpmAlgId::Cfb),
+            },
+            scheme: Default::default(), // TPM_ALG_NULL
+            key_bits: TpmUint16::new(2048),
+            exponent: TpmUint32::new(0),
+        }),
+        unique: TpmuPublicId::Rsa(Tpm2bPublicKeyRsa::try_from([0u8; 256].as_slice())?),
+    })
 }
 
 /// A restricted ECDSA P-256 / SHA-256 signing key (the AK), made a primary key of the
 /// endorsement hierarchy: fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth,
-/// restricted, sign.
-fn ak_template() -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&0x0023u16.to_be_bytes()); // TPM_ALG_ECC
-    t.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
-    t.extend_from_slice(&0x0005_0072u32.to_be_bytes());
-    t.extend_from_slice(&0u16.to_be_bytes()); // no authPolicy
-    t.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // symmetric
-    t.extend_from_slice(&0x0018u16.to_be_bytes()); // ECDSA
-    t.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
-    t.extend_from_slice(&0x0003u16.to_be_bytes()); // NIST P-256
-    t.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // kdf
-    t.extend_from_slice(&0u16.to_be_bytes()); // unique.x
-    t.extend_from_slice(&0u16.to_be_bytes()); // unique.y
-    t
-}
-
-struct Cmd {
-    b: Vec<u8>,
-}
-
-impl Cmd {
-    fn new(tag: u16, cc: u32) -> Self {
-        let mut b = Vec::with_capacity(128);
-        b.extend_from_slice(&tag.to_be_bytes());
-        b.extend_from_slice(&0u32.to_be_bytes());
-        b.extend_from_slice(&cc.to_be_bytes());
-        Cmd { b }
-    }
-    fn u8(mut self, v: u8) -> Self {
-        self.b.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.b.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.b.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    fn raw(mut self, v: &[u8]) -> Self {
-        self.b.extend_from_slice(v);
-        self
-    }
-    fn tpm2b(self, v: &[u8]) -> Self {
-        self.u16(v.len() as u16).raw(v)
-    }
-    /// Authorization area: each session as (handle); empty nonce, attributes 0, empty hmac.
-    fn auth(self, sessions: &[u32]) -> Self {
-        let mut s = self.u32(9 * sessions.len() as u32);
-        for h in sessions {
-            s = s.u32(*h).u16(0).u8(0).u16(0);
-        }
-        s
-    }
-    fn done(mut self) -> Vec<u8> {
-        let n = self.b.len() as u32;
-        self.b[2..6].copy_from_slice(&n.to_be_bytes());
-        self.b
+/// restricted, sign (0x00050072); no authPolicy, no symmetric, empty unique.
+fn ak_template() -> TpmtPublic {
+    TpmtPublic {
+        object_type: TpmAlgId::Ecc,
+        name_alg: TpmAlgId::Sha256,
+        object_attributes: TpmaObject::FIXED_TPM
+            | TpmaObject::FIXED_PARENT
+            | TpmaObject::SENSITIVE_DATA_ORIGIN
+            | TpmaObject::USER_WITH_AUTH
+            | TpmaObject::RESTRICTED
+            | TpmaObject::SIGN_ENCRYPT,
+        auth_policy: Tpm2bDigest::default(),
+        parameters: TpmuPublicParms::Ecc(TpmsEccParms {
+            symmetric: TpmtSymDefObject::default(), // TPM_ALG_NULL
+            scheme: TpmtEccScheme {
+                scheme: TpmAlgId::Ecdsa,
+                details: TpmuAsymScheme::Hash(TpmsSchemeHash {
+                    hash_alg: TpmAlgId::Sha256,
+                }),
+            },
+            curve_id: TpmEccCurve::NistP256,
+            kdf: Default::default(), // TPM_ALG_NULL
+        }),
+        unique: TpmuPublicId::Ecc(TpmsEccPoint {
+            x: Tpm2bEccParameter::default(),
+            y: Tpm2bEccParameter::default(),
+        }),
     }
 }
 
-/// A response parameter reader.
-struct Resp<'a> {
-    b: &'a [u8],
-    pos: usize,
+/// TPM2_CreatePrimary in the endorsement hierarchy under the password session: empty
+/// inSensitive, outsideInfo and creationPCR.
+fn create_primary_command(template: TpmtPublic) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    marshal(
+        &TpmCreatePrimaryCommand {
+            handles: [TpmHandle::new(TPM_RH_ENDORSEMENT)],
+            in_sensitive: Default::default(),
+            in_public: Tpm2bPublic { inner: template },
+            outside_info: Tpm2bData::default(),
+            creation_pcr: TpmlPcrSelection::new(),
+        },
+        &[TPM_RS_PW],
+    )
 }
 
-impl<'a> Resp<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let s = self
-            .b
-            .get(self.pos..self.pos + n)
-            .ok_or_else(|| io::Error::other("truncated TPM response"))?;
-        self.pos += n;
-        Ok(s)
+fn nv_read_public_command(index: u32) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    marshal(
+        &TpmNvReadPublicCommand {
+            handles: [TpmHandle::new(index)],
+        },
+        &[],
+    )
+}
+
+/// TPM2_NV_Read of `size` bytes at `offset` with owner authorization.
+fn nv_read_command(index: u32, size: u16, offset: u16) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    marshal(
+        &TpmNvReadCommand {
+            handles: [TpmHandle::new(TPM_RH_OWNER), TpmHandle::new(index)],
+            size: TpmUint16::new(size),
+            offset: TpmUint16::new(offset),
+        },
+        &[TPM_RS_PW],
+    )
+}
+
+/// TPM2_StartAuthSession: an unbound, unsalted SHA-256 policy session, no parameter
+/// encryption.
+fn start_policy_session_command(nonce: &[u8]) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    marshal(
+        &TpmStartAuthSessionCommand {
+            handles: [TpmHandle::new(TPM_RH_NULL), TpmHandle::new(TPM_RH_NULL)],
+            nonce_caller: Tpm2bNonce::try_from(nonce)?,
+            encrypted_salt: Tpm2bEncryptedSecret::default(),
+            session_type: TpmSe::Policy,
+            symmetric: TpmtSymDefObject::default(), // TPM_ALG_NULL
+            auth_hash: TpmAlgId::Sha256,
+        },
+        &[],
+    )
+}
+
+/// TPM2_PolicySecret(TPM_RH_ENDORSEMENT) on `session`: no nonceTPM, cpHashA, policyRef,
+/// expiration 0.
+fn policy_secret_command(session: u32) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    marshal(
+        &TpmPolicySecretCommand {
+            handles: [TpmHandle::new(TPM_RH_ENDORSEMENT), TpmHandle::new(session)],
+            ..TpmPolicySecretCommand::default()
+        },
+        &[TPM_RS_PW],
+    )
+}
+
+/// TPM2_ActivateCredential of `credential_blob` and `secret` (the tpm2-tools file after its
+/// header, each a TPM2B, nothing after) for `ak` (password) with `ek` (policy `session`).
+fn activate_credential_command(
+    ak: u32,
+    ek: u32,
+    session: u32,
+    blob_and_secret: &[u8],
+) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    let (credential_blob, rest) = Tpm2bIdObject::unmarshal(blob_and_secret)?;
+    let (secret, rest) = Tpm2bEncryptedSecret::unmarshal(rest)?;
+    if !rest.is_empty() {
+        return Err(tpm2_protocol::TpmError::TrailingData {
+            offset: blob_and_secret.len() - rest.len(),
+            actual: rest.len(),
+        });
     }
-    fn u16(&mut self) -> io::Result<u16> {
-        let s = self.take(2)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
+    marshal(
+        &TpmActivateCredentialCommand {
+            handles: [TpmHandle::new(ak), TpmHandle::new(ek)],
+            credential_blob,
+            secret,
+        },
+        &[TPM_RS_PW, session],
+    )
+}
+
+/// The SHA-256 PCR selection bitmap (3 octets: PCRs 0–23) of `pcrs`.
+fn pcr_bitmap(pcrs: &[u32]) -> [u8; 3] {
+    let mut bitmap = [0u8; 3];
+    for p in pcrs {
+        bitmap[(*p / 8) as usize] |= 1 << (p % 8);
     }
-    fn u32(&mut self) -> io::Result<u32> {
-        let s = self.take(4)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn tpm2b(&mut self) -> io::Result<&'a [u8]> {
-        let n = self.u16()? as usize;
-        self.take(n)
-    }
+    bitmap
+}
+
+/// TPM2_Quote by `ak` (password) of SHA-256 `pcrs` over `qualifying`, in the key's own scheme.
+fn quote_command(
+    ak: u32,
+    qualifying: &[u8],
+    pcrs: &[u32],
+) -> Result<Vec<u8>, tpm2_protocol::TpmError> {
+    let mut pcr_select = TpmlPcrSelection::new();
+    pcr_select.try_push(TpmsPcrSelection {
+        hash: TpmAlgId::Sha256,
+        pcr_select: TpmsPcrSelect::try_from(pcr_bitmap(pcrs).as_slice())?,
+    })?;
+    marshal(
+        &TpmQuoteCommand {
+            handles: [TpmHandle::new(ak)],
+            qualifying_data: Tpm2bData::try_from(qualifying)?,
+            in_scheme: TpmtSigScheme::default(), // TPM_ALG_NULL
+            pcr_select,
+        },
+        &[TPM_RS_PW],
+    )
 }
 
 /// One open `/dev/tpmrm0`: transient handles live as long as it does.
@@ -216,88 +331,50 @@ impl Tpm {
         })
     }
 
-    fn exec(&mut self, what: &str, cmd: Vec<u8>) -> io::Result<Vec<u8>> {
-        self.f.write_all(&cmd)?;
-        let mut resp = vec![0u8; 8192];
-        let n = self.f.read(&mut resp)?;
-        resp.truncate(n);
-        if n < 10 {
-            return Err(io::Error::other(format!(
-                "{what}: TPM response of {n} bytes"
-            )));
-        }
-        let rc = u32::from_be_bytes([resp[6], resp[7], resp[8], resp[9]]);
-        if rc != 0 {
-            return Err(io::Error::other(format!("{what} failed: rc {rc:#x}")));
-        }
-        Ok(resp)
+    /// Send a command built by `build` and unmarshal its successful response as `R`.
+    fn exec<R: TpmUnmarshalBody>(
+        &mut self,
+        what: &str,
+        build: Result<Vec<u8>, tpm2_protocol::TpmError>,
+    ) -> io::Result<R> {
+        let cmd = build.map_err(|e| wire(what, e))?;
+        transact(&mut self.f, what, &cmd, 8192)
     }
 
     /// CreatePrimary in the endorsement hierarchy; returns (handle, TPM2B_PUBLIC bytes).
-    fn create_primary(&mut self, what: &str, template: &[u8]) -> io::Result<(u32, Vec<u8>)> {
-        let cmd = Cmd::new(TPM_ST_SESSIONS, TPM_CC_CREATE_PRIMARY)
-            .u32(TPM_RH_ENDORSEMENT)
-            .auth(&[TPM_RS_PW])
-            .u16(4)
-            .u16(0)
-            .u16(0) // inSensitive: empty userAuth and data
-            .tpm2b(template)
-            .u16(0) // outsideInfo
-            .u32(0) // creationPCR: none
-            .done();
-        let resp = self.exec(what, cmd)?;
-        let mut r = Resp { b: &resp, pos: 10 };
-        let handle = r.u32()?;
-        r.u32()?; // parameterSize
-        let start = r.pos;
-        r.tpm2b()?;
-        Ok((handle, resp[start..r.pos].to_vec()))
+    fn create_primary(&mut self, what: &str, template: TpmtPublic) -> io::Result<(u32, Vec<u8>)> {
+        let r: TpmCreatePrimaryResponse = self.exec(what, create_primary_command(template))?;
+        let public = to_bytes(&r.out_public).map_err(|e| wire(what, e))?;
+        Ok((r.handles[0].into(), public))
     }
 
     /// The EK (template L-1): (handle, TPM2B_PUBLIC).
     pub fn create_ek(&mut self) -> io::Result<(u32, Vec<u8>)> {
-        self.create_primary("TPM2_CreatePrimary(EK)", &ek_template())
+        const WHAT: &str = "TPM2_CreatePrimary(EK)";
+        let template = ek_template().map_err(|e| wire(WHAT, e))?;
+        self.create_primary(WHAT, template)
     }
 
     /// The AK: (handle, TPM2B_PUBLIC).
     pub fn create_ak(&mut self) -> io::Result<(u32, Vec<u8>)> {
-        self.create_primary("TPM2_CreatePrimary(AK)", &ak_template())
+        self.create_primary("TPM2_CreatePrimary(AK)", ak_template())
     }
 
     /// Read a whole NV index with owner authorization.
     pub fn nv_read(&mut self, index: u32) -> io::Result<Vec<u8>> {
-        let resp = self.exec(
-            "TPM2_NV_ReadPublic",
-            Cmd::new(TPM_ST_NO_SESSIONS, TPM_CC_NV_READ_PUBLIC)
-                .u32(index)
-                .done(),
-        )?;
-        let mut r = Resp { b: &resp, pos: 10 };
-        let public = r.tpm2b()?;
-        // TPMS_NV_PUBLIC: nvIndex u32, nameAlg u16, attributes u32, authPolicy TPM2B, dataSize u16
-        let mut p = Resp { b: public, pos: 10 };
-        p.tpm2b()?;
-        let size = p.u16()? as usize;
+        let public: TpmNvReadPublicResponse =
+            self.exec("TPM2_NV_ReadPublic", nv_read_public_command(index))?;
+        let size = usize::from(u16::from(public.nv_public.inner.data_size));
         let mut out = Vec::with_capacity(size);
         while out.len() < size {
-            let n = (size - out.len()).min(512);
-            let resp = self.exec(
-                "TPM2_NV_Read",
-                Cmd::new(TPM_ST_SESSIONS, TPM_CC_NV_READ)
-                    .u32(TPM_RH_OWNER)
-                    .u32(index)
-                    .auth(&[TPM_RS_PW])
-                    .u16(n as u16)
-                    .u16(out.len() as u16)
-                    .done(),
-            )?;
-            let mut r = Resp { b: &resp, pos: 10 };
-            r.u32()?;
-            let data = r.tpm2b()?;
-            if data.is_empty() {
+            // Both fit in a u16: `size` is one.
+            let n = (size - out.len()).min(512) as u16;
+            let r: TpmNvReadResponse =
+                self.exec("TPM2_NV_Read", nv_read_command(index, n, out.len() as u16))?;
+            if r.data.is_empty() {
                 return Err(io::Error::other("TPM2_NV_Read returned no data"));
             }
-            out.extend_from_slice(data);
+            out.extend_from_slice(&r.data);
         }
         Ok(out)
     }
@@ -319,43 +396,18 @@ impl Tpm {
         let mut nonce = [0u8; 16];
         rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut nonce)
             .map_err(|e| io::Error::other(format!("randomness: {e}")))?;
-        let resp = self.exec(
+        let started: TpmStartAuthSessionResponse = self.exec(
             "TPM2_StartAuthSession",
-            Cmd::new(TPM_ST_NO_SESSIONS, TPM_CC_START_AUTH_SESSION)
-                .u32(TPM_RH_NULL)
-                .u32(TPM_RH_NULL)
-                .tpm2b(&nonce)
-                .u16(0) // encryptedSalt
-                .u8(0x01) // TPM_SE_POLICY
-                .u16(TPM_ALG_NULL) // symmetric
-                .u16(TPM_ALG_SHA256)
-                .done(),
+            start_policy_session_command(&nonce),
         )?;
-        let session = Resp { b: &resp, pos: 10 }.u32()?;
-        self.exec(
-            "TPM2_PolicySecret",
-            Cmd::new(TPM_ST_SESSIONS, TPM_CC_POLICY_SECRET)
-                .u32(TPM_RH_ENDORSEMENT)
-                .u32(session)
-                .auth(&[TPM_RS_PW])
-                .u16(0)
-                .u16(0)
-                .u16(0)
-                .u32(0)
-                .done(),
-        )?;
-        let resp = self.exec(
+        let session: u32 = started.handles[0].into();
+        let _: TpmPolicySecretResponse =
+            self.exec("TPM2_PolicySecret", policy_secret_command(session))?;
+        let r: TpmActivateCredentialResponse = self.exec(
             "TPM2_ActivateCredential",
-            Cmd::new(TPM_ST_SESSIONS, TPM_CC_ACTIVATE_CREDENTIAL)
-                .u32(ak)
-                .u32(ek)
-                .auth(&[TPM_RS_PW, session])
-                .raw(&credential[8..])
-                .done(),
+            activate_credential_command(ak, ek, session, &credential[8..]),
         )?;
-        let mut r = Resp { b: &resp, pos: 10 };
-        r.u32()?;
-        Ok(r.tpm2b()?.to_vec())
+        Ok(r.cert_info.to_vec())
     }
 
     /// TPM2_Quote of SHA-256 `pcrs` with `qualifying` data: (TPMS_ATTEST, TPMT_SIGNATURE).
@@ -365,66 +417,22 @@ impl Tpm {
         qualifying: &[u8],
         pcrs: &[u32],
     ) -> io::Result<(Vec<u8>, Vec<u8>)> {
-        let mut bitmap = [0u8; 3];
-        for p in pcrs {
-            bitmap[(*p / 8) as usize] |= 1 << (p % 8);
-        }
-        let resp = self.exec(
-            "TPM2_Quote",
-            Cmd::new(TPM_ST_SESSIONS, TPM_CC_QUOTE)
-                .u32(ak)
-                .auth(&[TPM_RS_PW])
-                .tpm2b(qualifying)
-                .u16(TPM_ALG_NULL) // the key's own scheme
-                .u32(1)
-                .u16(TPM_ALG_SHA256)
-                .u8(3)
-                .raw(&bitmap)
-                .done(),
-        )?;
-        let mut r = Resp { b: &resp, pos: 10 };
-        let psize = r.u32()? as usize;
-        let end = r.pos + psize;
-        let attest = r.tpm2b()?.to_vec();
-        let sig = resp
-            .get(r.pos..end)
-            .ok_or_else(|| io::Error::other("truncated TPM2_Quote response"))?
-            .to_vec();
+        const WHAT: &str = "TPM2_Quote";
+        let r: TpmQuoteResponse = self.exec(WHAT, quote_command(ak, qualifying, pcrs))?;
+        let attest = to_bytes(&r.quoted.inner).map_err(|e| wire(WHAT, e))?;
+        let sig = to_bytes(&r.signature).map_err(|e| wire(WHAT, e))?;
         Ok((attest, sig))
     }
-}
 
-impl Tpm {
     /// Whether an NV index is defined (TPM2_NV_ReadPublic succeeds).
     pub fn nv_read_public_exists(&mut self, index: u32) -> io::Result<bool> {
-        let cmd = Cmd::new(TPM_ST_NO_SESSIONS, TPM_CC_NV_READ_PUBLIC)
-            .u32(index)
-            .done();
+        let cmd = nv_read_public_command(index).map_err(|e| wire("TPM2_NV_ReadPublic", e))?;
         self.f.write_all(&cmd)?;
         let mut resp = [0u8; 1024];
         let n = self.f.read(&mut resp)?;
-        Ok(n >= 10 && resp[6..10] == [0, 0, 0, 0])
+        Ok(response_code(&resp[..n]) == Some(0))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_have_the_documented_sizes() {
-        // type, nameAlg, attributes, authPolicy(2+32), symmetric(6), scheme(2), keyBits,
-        // exponent, unique(2+256)
-        assert_eq!(ek_template().len(), 2 + 2 + 4 + 34 + 6 + 2 + 2 + 4 + 258);
-        assert_eq!(ak_template().len(), 2 + 2 + 4 + 2 + 2 + 4 + 2 + 2 + 4);
-        let c = Cmd::new(TPM_ST_SESSIONS, TPM_CC_QUOTE)
-            .u32(1)
-            .auth(&[TPM_RS_PW])
-            .done();
-        assert_eq!(c.len(), 10 + 4 + 4 + 9);
-        assert_eq!(
-            u32::from_be_bytes(c[2..6].try_into().unwrap()),
-            c.len() as u32
-        );
-    }
-}
+mod tests;
