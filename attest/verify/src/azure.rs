@@ -232,16 +232,11 @@ pub fn verify_snp_evidence(
         snp::verify_report(&hcl.hw_report, &ev.vcek_der, None, now, snp_policy);
     push_prefixed(&mut v, "snp", report_verdict);
     // REPORT_DATA = SHA-256(runtime claims) ‖ 32 zero bytes.
-    let rd = &hcl.hw_report[0x50..0x90];
-    let want = Sha256::digest(&hcl.var_data);
-    v.push(
-        "hcl.binding",
-        rd[..32] == want[..] && rd[32..].iter().all(|&b| b == 0),
-        format!(
-            "REPORT_DATA {} vs SHA-256(runtime claims) {}",
-            hex::encode(&rd[..32]),
-            hex::encode(want)
-        ),
+    hcl_binding(
+        &mut v,
+        &hcl.hw_report[0x50..0x90],
+        &hcl.var_data,
+        "REPORT_DATA",
     );
     vtpm_checks(
         &mut v,
@@ -253,6 +248,21 @@ pub fn verify_snp_evidence(
         expected_pcrs,
     );
     (v, facts)
+}
+
+/// `hcl.binding`: the hardware report's 64-byte report data `rd` is SHA-256 of the HCL's
+/// runtime claims followed by 32 zero bytes (both SNP and TDX CVMs bind them this way).
+fn hcl_binding(v: &mut Verdict, rd: &[u8], var_data: &[u8], name: &str) {
+    let want = Sha256::digest(var_data);
+    v.push(
+        "hcl.binding",
+        rd[..32] == want[..] && rd[32..].iter().all(|&b| b == 0),
+        format!(
+            "{name} {} vs SHA-256(runtime claims) {}",
+            hex::encode(&rd[..32]),
+            hex::encode(want)
+        ),
+    );
 }
 
 /// Decode the HCL report and check its hardware report type (`hcl.decode`); None (with the
@@ -398,16 +408,7 @@ pub fn verify_tdx(
     };
     // TDREPORT: REPORTMACSTRUCT first; its REPORTDATA at offset 128.
     let rd = &hcl.hw_report[128..192];
-    let want = Sha256::digest(&hcl.var_data);
-    v.push(
-        "hcl.binding",
-        rd[..32] == want[..] && rd[32..].iter().all(|&b| b == 0),
-        format!(
-            "TDREPORT REPORTDATA {} vs SHA-256(runtime claims) {}",
-            hex::encode(&rd[..32]),
-            hex::encode(want)
-        ),
-    );
+    hcl_binding(&mut v, rd, &hcl.var_data, "TDREPORT REPORTDATA");
     let qrd = td_quote_report_data(&ev.td_quote);
     v.push(
         "td_quote.binding",
