@@ -7,6 +7,7 @@ pub mod keygen;
 pub mod make_credential;
 pub mod open;
 pub mod put;
+pub mod query;
 pub mod register;
 pub mod seal;
 pub mod serve;

@@ -36,6 +36,8 @@ enum Cmd {
     Get(cmd::get::Args),
     /// Check a contract (TOML) and print its digest; --canonical-out writes the packed form.
     Contract(cmd::contract::Args),
+    /// SQL analyses: check a query against its rule, or run it on local files.
+    Query(cmd::query::Args),
     /// Verify evidence.
     Verify(cmd::verify::Args),
     /// TPM2_MakeCredential without a TPM (like tpm2_makecredential): encrypt a secret to an EK
@@ -75,6 +77,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Put(a) => cmd::put::run(a),
         Cmd::Get(a) => cmd::get::run(a),
         Cmd::Contract(a) => cmd::contract::run(a),
+        Cmd::Query(a) => cmd::query::run(a),
         Cmd::Verify(a) => cmd::verify::run(a),
         Cmd::MakeCredential(a) => cmd::make_credential::run(a),
     }

@@ -50,6 +50,9 @@ pub struct Contract {
     /// TEE platforms the guest may attest with, in order of preference. The guest uses the
     /// first one it detects and never one that is not listed (no silent fallback).
     pub platforms: Vec<crate::wire::Tee>,
+    /// Agreed SQL analyses (docs/analysis.md): what queries may run and who receives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analyses: Vec<crate::analysis::Analysis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,9 @@ pub struct Dataset {
     pub key_id: String,
     /// The blob name under which the sealed dataset is stored.
     pub blob: String,
+    /// How the SQL engine reads it (docs/analysis.md); needed when an analysis reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<crate::analysis::Table>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +226,22 @@ impl Contract {
             .collect()
     }
 
+    /// The datasets' tables with their owners.
+    pub fn catalog(&self) -> crate::analysis::Catalog<'_> {
+        crate::analysis::Catalog {
+            tables: self
+                .datasets
+                .iter()
+                .filter_map(|d| d.table.as_ref().map(|t| (t, d.owner.as_str())))
+                .collect(),
+        }
+    }
+
+    /// The analysis named `name`.
+    pub fn analysis(&self, name: &str) -> Option<&crate::analysis::Analysis> {
+        self.analyses.iter().find(|a| a.name == name)
+    }
+
     pub fn validate(&self) -> Result<(), ContractError> {
         if self.version != VERSION {
             return Err(field(
@@ -281,6 +303,31 @@ impl Contract {
                     "must be 1-64 of [A-Za-z0-9._-]",
                 ));
             }
+        }
+        let mut tables = BTreeSet::new();
+        for (i, d) in self.datasets.iter().enumerate() {
+            if let Some(t) = &d.table {
+                let at = format!("datasets[{i}].table");
+                crate::analysis::validate_table(t, &at).map_err(|(f, why)| field(f, why))?;
+                if !tables.insert(t.name.as_str()) {
+                    return Err(field(
+                        format!("{at}.name"),
+                        format!("{:?}: another dataset's table has this name", t.name),
+                    ));
+                }
+            }
+        }
+        let catalog = self.catalog();
+        let mut analyses = BTreeSet::new();
+        for (i, a) in self.analyses.iter().enumerate() {
+            if !id_ok(&a.name) || !analyses.insert(a.name.as_str()) {
+                return Err(field(
+                    format!("analyses[{i}].name"),
+                    "empty, malformed or duplicate",
+                ));
+            }
+            crate::analysis::validate_analysis(a, &format!("analyses[{i}]"), &catalog, &parties)
+                .map_err(|(f, why)| field(f, why))?;
         }
         let mut names = BTreeSet::new();
         for (i, w) in self.workloads.iter().enumerate() {

@@ -6,6 +6,7 @@
 //! Pure: bytes in, bytes out; randomness is passed in; no filesystem, no clock.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod canonical;
 #[cfg(feature = "cli")]
 pub mod cli;

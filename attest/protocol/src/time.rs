@@ -66,6 +66,20 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(secs).ok()
 }
 
+/// `YYYY-MM-DD` → days since 1970-01-01 (may be negative); `None` if malformed or not a real
+/// date.
+pub fn parse_date(s: &str) -> Option<i64> {
+    let d: Vec<&str> = s.split('-').collect();
+    if d.len() != 3 {
+        return None;
+    }
+    let (y, mo, day) = (digits(d[0], 4)?, digits(d[1], 2)?, digits(d[2], 2)?);
+    if !(1..=12).contains(&mo) || !(1..=days_in_month(y, mo)).contains(&day) {
+        return None;
+    }
+    Some(days_from_civil(y, mo, day))
+}
+
 /// Days since 1970-01-01 → (year, month 1-12, day 1-31), proleptic Gregorian (H. Hinnant's
 /// civil_from_days; the inverse of `days_from_civil`).
 pub fn civil_from_days(days: i64) -> (i64, i64, i64) {

@@ -1,0 +1,169 @@
+//! `dcr-attest query`: SQL analyses (docs/analysis.md).
+//! - `check`: is a query allowed under an analysis of a contract? Nothing runs.
+//! - `run-local`: the same engine and rules on local files (synthetic data), before
+//!   submitting.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use dcr_protocol::analysis::{ParameterValue, TableFormat};
+use dcr_sql::{Engine, Submission};
+
+use super::common::read_contract;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Check a query against an analysis's rule (exit 0: allowed; 1: refused, the rule named).
+    Check(Query),
+    /// Run a query on local files with the same engine and rules; the result (CSV) on stdout
+    /// or in --out (exit 1: refused).
+    RunLocal(RunLocal),
+}
+
+#[derive(clap::Args)]
+struct Query {
+    /// The contract (TOML).
+    #[arg(long, value_name = "PATH")]
+    contract: PathBuf,
+    /// The analysis's name in the contract.
+    #[arg(long, value_name = "NAME")]
+    analysis: String,
+    /// The query (aggregation and list rules).
+    #[arg(long, value_name = "SQL", conflicts_with_all = ["sql_file", "param"])]
+    sql: Option<String>,
+    /// The query, from a file.
+    #[arg(long, value_name = "PATH", conflicts_with = "param")]
+    sql_file: Option<PathBuf>,
+    /// A template's parameter, NAME=VALUE; VALUE is read as JSON when it parses (5, 2.5,
+    /// true, "text"), else as text.
+    #[arg(long, value_name = "NAME=VALUE")]
+    param: Vec<String>,
+    /// Who submits (checked against the analysis's submitters).
+    #[arg(long, value_name = "PARTY")]
+    party: Option<String>,
+    /// Print the plan that would run (threshold included).
+    #[arg(long)]
+    explain: bool,
+}
+
+#[derive(clap::Args)]
+struct RunLocal {
+    #[command(flatten)]
+    query: Query,
+    /// A table's rows: NAME=FILE, in the format the contract declares (repeat per table;
+    /// tables not given are empty).
+    #[arg(long, value_name = "NAME=FILE")]
+    table: Vec<String>,
+    /// Write the CSV here instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    match a.cmd {
+        Sub::Check(q) => check(q),
+        Sub::RunLocal(r) => run_local(r),
+    }
+}
+
+fn submission(q: &Query) -> anyhow::Result<Submission> {
+    if let Some(s) = &q.sql {
+        return Ok(Submission::Sql(s.clone()));
+    }
+    if let Some(p) = &q.sql_file {
+        let s =
+            std::fs::read_to_string(p).with_context(|| format!("--sql-file {}", p.display()))?;
+        return Ok(Submission::Sql(s));
+    }
+    if q.param.is_empty() {
+        let c = read_contract(&q.contract)?;
+        let is_template = c
+            .analysis(&q.analysis)
+            .is_some_and(|a| matches!(a.rule, dcr_protocol::analysis::Rule::Template(_)));
+        if !is_template {
+            bail!("--sql or --sql-file: the query to check");
+        }
+    }
+    let mut values = BTreeMap::new();
+    for p in &q.param {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--param {p:?}: expected NAME=VALUE"))?;
+        let v = serde_json::from_str::<ParameterValue>(v)
+            .unwrap_or_else(|_| ParameterValue::Text(v.to_string()));
+        if values.insert(k.to_string(), v).is_some() {
+            bail!("--param {k}: given twice");
+        }
+    }
+    Ok(Submission::Template(values))
+}
+
+fn check(q: Query) -> anyhow::Result<ExitCode> {
+    let contract = read_contract(&q.contract)?;
+    let sub = submission(&q)?;
+    let engine = Engine::new(&contract).context("the SQL engine")?;
+    match engine.check(&q.analysis, q.party.as_deref(), &sub) {
+        Ok(checked) => {
+            println!("allowed by analysis {}", checked.analysis);
+            if q.explain {
+                println!("{}", checked.plan().display_indent());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) => {
+            eprintln!("{r}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn run_local(r: RunLocal) -> anyhow::Result<ExitCode> {
+    let contract = read_contract(&r.query.contract)?;
+    let sub = submission(&r.query)?;
+    let mut engine = Engine::new(&contract).context("the SQL engine")?;
+    let catalog = contract.catalog();
+    let mut given = std::collections::BTreeSet::new();
+    for t in &r.table {
+        let (name, file) = t
+            .split_once('=')
+            .with_context(|| format!("--table {t:?}: expected NAME=FILE"))?;
+        let table = catalog
+            .table(name)
+            .with_context(|| format!("--table {name}: no such table in the contract"))?;
+        if !given.insert(name) {
+            bail!("--table {name}: given twice");
+        }
+        let bytes = std::fs::read(file).with_context(|| format!("--table {name}={file}"))?;
+        let batches = match table.format {
+            TableFormat::Csv => dcr_sql::load::csv(table, bytes.as_slice()),
+            TableFormat::Parquet => dcr_sql::load::parquet(table, bytes.into()),
+        }
+        .with_context(|| format!("--table {name}={file}"))?;
+        engine
+            .load(name, batches)
+            .with_context(|| format!("--table {name}={file}"))?;
+    }
+    let checked = match engine.check(&r.query.analysis, r.query.party.as_deref(), &sub) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let out = engine.run(&checked)?;
+    let csv = out.to_csv()?;
+    match &r.out {
+        Some(p) => std::fs::write(p, &csv).with_context(|| format!("--out {}", p.display()))?,
+        None => std::io::stdout().write_all(&csv).context("stdout")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,444 @@
+//! Tables and analysis rules in the contract (docs/analysis.md): what the SQL engine may read
+//! and which queries it may run. Data only; the engine (`dcr-sql`) enforces it on the
+//! logical plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// A dataset's table: its SQL name, file format and columns, and the column that identifies
+/// a person (the privacy unit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    /// The SQL table name: 1-63 of `[a-z0-9_]`, starting with a letter.
+    pub name: String,
+    pub format: TableFormat,
+    /// The column that identifies a person (e.g. the hashed user id). It may be joined on and
+    /// counted distinct; it is never selected, grouped by, filtered on or fed to a function.
+    /// A row whose privacy unit is empty (null) is refused when the table is loaded.
+    pub privacy_unit: String,
+    /// Every column, in file order (a CSV header must be exactly these names).
+    pub columns: Vec<Column>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// RFC 4180 CSV, UTF-8, a header line.
+    Csv,
+    /// Apache Parquet (uncompressed, Snappy, gzip or LZ4 pages).
+    Parquet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// UTF-8 text (Arrow Utf8).
+    String,
+    /// Signed 64-bit integer.
+    Int64,
+    /// IEEE 754 double.
+    Float64,
+    Boolean,
+    /// A calendar date, `YYYY-MM-DD` (Arrow Date32).
+    Date,
+}
+
+/// One agreed analysis: who may submit queries under it, who receives their results, and
+/// the rule every query must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Analysis {
+    /// 1-64 of `[A-Za-z0-9._-]`, unique in the contract.
+    pub name: String,
+    /// Party ids allowed to submit queries under this analysis.
+    pub submitters: Vec<String>,
+    /// Party ids that receive each result. Empty: the submitter only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    pub rule: Rule,
+}
+
+/// The three rule kinds (after AWS Clean Rooms' aggregation and list rules and Snowflake's
+/// templates; docs/analysis.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    Aggregation(AggregationRule),
+    List(ListRule),
+    Template(TemplateRule),
+}
+
+impl Rule {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rule::Aggregation(_) => "aggregation",
+            Rule::List(_) => "list",
+            Rule::Template(_) => "template",
+        }
+    }
+}
+
+/// Free SQL that aggregates: every output row aggregates at least `min_distinct_units`
+/// distinct privacy units of every table the query reads (enforced by the engine).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationRule {
+    /// k: groups with fewer distinct privacy units (of any table read) are dropped.
+    pub min_distinct_units: u64,
+    /// `table.column`s usable in INNER JOIN … ON equalities (and as COUNT DISTINCT
+    /// arguments when listed in `aggregates`); never output, grouped or filtered.
+    #[serde(default)]
+    pub join_columns: Vec<String>,
+    /// `table.column`s that may be selected, grouped by and filtered on.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    /// Which aggregate may take which column (bare column arguments only).
+    pub aggregates: Vec<AggregateAllowance>,
+    /// Scalar functions allowed on dimensions and on aggregate results.
+    #[serde(default)]
+    pub scalar_functions: Vec<ScalarFunction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateAllowance {
+    pub function: AggregateFunction,
+    /// `table.column`s it may take.
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateFunction {
+    Count,
+    CountDistinct,
+    Sum,
+    SumDistinct,
+    Avg,
+}
+
+impl AggregateFunction {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggregateFunction::Count => "count",
+            AggregateFunction::CountDistinct => "count_distinct",
+            AggregateFunction::Sum => "sum",
+            AggregateFunction::SumDistinct => "sum_distinct",
+            AggregateFunction::Avg => "avg",
+        }
+    }
+}
+
+/// The scalar functions a rule may allow (a subset of AWS Clean Rooms' list; each is
+/// registered in the engine only when allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScalarFunction {
+    Abs,
+    Ceil,
+    Floor,
+    Round,
+    Lower,
+    Upper,
+    Trim,
+}
+
+impl ScalarFunction {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScalarFunction::Abs => "abs",
+            ScalarFunction::Ceil => "ceil",
+            ScalarFunction::Floor => "floor",
+            ScalarFunction::Round => "round",
+            ScalarFunction::Lower => "lower",
+            ScalarFunction::Upper => "upper",
+            ScalarFunction::Trim => "btrim",
+        }
+    }
+}
+
+/// Row-level overlap: `SELECT [DISTINCT] list columns FROM a JOIN b ON keys [WHERE …]
+/// [LIMIT n]`, with at least one join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListRule {
+    /// `table.column`s usable in INNER JOIN … ON equalities; never output.
+    pub join_columns: Vec<String>,
+    /// `table.column`s that may be output and filtered on.
+    pub list_columns: Vec<String>,
+}
+
+/// Named SQL agreed by every party, with typed parameters (`$name` in the SQL). The
+/// threshold applies to its aggregate like under an aggregation rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRule {
+    pub sql: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterType>,
+    /// k for the template's aggregate (0: the template does not aggregate; then it may only
+    /// be a list of agreed columns — the parties agreed the SQL itself).
+    pub min_distinct_units: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParameterType {
+    String,
+    Int64,
+    Float64,
+    Boolean,
+    Date,
+}
+
+/// The largest k a rule may ask for (AWS allows 2..=100000).
+pub const MAX_MIN_DISTINCT_UNITS: u64 = 100_000;
+
+/// A table or column name: 1-63 of `[a-z0-9_]`, starting with a letter (SQL folds unquoted
+/// identifiers to lower case).
+pub fn sql_ident_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Check a table on its own; `at` names it in errors (`datasets[i].table`).
+pub fn validate_table(t: &Table, at: &str) -> Result<(), (String, String)> {
+    if !sql_ident_ok(&t.name) {
+        return Err((
+            format!("{at}.name"),
+            "must be 1-63 of [a-z0-9_], starting with a letter".into(),
+        ));
+    }
+    if t.columns.is_empty() {
+        return Err((format!("{at}.columns"), "at least one column".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        if !sql_ident_ok(&c.name) || !seen.insert(c.name.as_str()) {
+            return Err((
+                format!("{at}.columns[{i}].name"),
+                "empty, malformed (1-63 of [a-z0-9_], starting with a letter) or duplicate".into(),
+            ));
+        }
+    }
+    if !seen.contains(t.privacy_unit.as_str()) {
+        return Err((
+            format!("{at}.privacy_unit"),
+            format!("{:?} is not one of the table's columns", t.privacy_unit),
+        ));
+    }
+    Ok(())
+}
+
+/// What a `table.column` names, for the checks below.
+pub struct Catalog<'a> {
+    pub tables: Vec<(&'a Table, &'a str)>,
+}
+
+impl<'a> Catalog<'a> {
+    /// The table named `name` and its owner.
+    pub fn table(&self, name: &str) -> Option<&'a Table> {
+        self.tables
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .map(|t| t.0)
+    }
+
+    /// Resolve `table.column`.
+    pub fn column(&self, qualified: &str) -> Result<(&'a Table, &'a Column), String> {
+        let (t, c) = qualified
+            .split_once('.')
+            .ok_or_else(|| format!("{qualified:?}: expected table.column"))?;
+        let table = self
+            .table(t)
+            .ok_or_else(|| format!("{qualified:?}: no table {t:?} in the contract"))?;
+        let column = table
+            .columns
+            .iter()
+            .find(|x| x.name == c)
+            .ok_or_else(|| format!("{qualified:?}: table {t} has no column {c:?}"))?;
+        Ok((table, column))
+    }
+}
+
+/// Check an analysis against the contract's tables and parties; `at` names it in errors.
+pub fn validate_analysis(
+    a: &Analysis,
+    at: &str,
+    catalog: &Catalog,
+    parties: &BTreeSet<&str>,
+) -> Result<(), (String, String)> {
+    let err = |f: &str, why: String| Err((format!("{at}.{f}"), why));
+    if a.submitters.is_empty() {
+        return err("submitters", "at least one party".into());
+    }
+    for (list, name) in [(&a.submitters, "submitters"), (&a.recipients, "recipients")] {
+        let mut seen = BTreeSet::new();
+        for (i, p) in list.iter().enumerate() {
+            if !parties.contains(p.as_str()) {
+                return err(&format!("{name}[{i}]"), format!("{p:?} is not a party"));
+            }
+            if !seen.insert(p) {
+                return err(&format!("{name}[{i}]"), format!("{p:?} is listed twice"));
+            }
+        }
+    }
+    let columns = |list: &[String], name: &str| -> Result<(), (String, String)> {
+        let mut seen = BTreeSet::new();
+        for (i, q) in list.iter().enumerate() {
+            catalog
+                .column(q)
+                .map_err(|why| (format!("{at}.rule.{name}[{i}]"), why))?;
+            if !seen.insert(q) {
+                return Err((format!("{at}.rule.{name}[{i}]"), format!("{q:?} twice")));
+            }
+        }
+        Ok(())
+    };
+    // Output columns never include a privacy unit.
+    let not_unit = |list: &[String], name: &str| -> Result<(), (String, String)> {
+        for (i, q) in list.iter().enumerate() {
+            let (t, c) = catalog
+                .column(q)
+                .map_err(|w| (format!("{at}.rule.{name}[{i}]"), w))?;
+            if t.privacy_unit == c.name {
+                return Err((
+                    format!("{at}.rule.{name}[{i}]"),
+                    format!("{q} is table {}'s privacy unit: it may only be joined on or counted distinct", t.name),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let k_ok = |k: u64| (2..=MAX_MIN_DISTINCT_UNITS).contains(&k);
+    match &a.rule {
+        Rule::Aggregation(r) => {
+            if !k_ok(r.min_distinct_units) {
+                return err(
+                    "rule.min_distinct_units",
+                    format!(
+                        "{}: must be 2 to {MAX_MIN_DISTINCT_UNITS}",
+                        r.min_distinct_units
+                    ),
+                );
+            }
+            columns(&r.join_columns, "join_columns")?;
+            columns(&r.dimensions, "dimensions")?;
+            not_unit(&r.dimensions, "dimensions")?;
+            if let Some(q) = r.dimensions.iter().find(|d| r.join_columns.contains(d)) {
+                return err(
+                    "rule.dimensions",
+                    format!("{q} is also a join column (join columns are never output)"),
+                );
+            }
+            if r.aggregates.is_empty() {
+                return err("rule.aggregates", "at least one aggregate".into());
+            }
+            let mut fns = BTreeSet::new();
+            for (i, g) in r.aggregates.iter().enumerate() {
+                if !fns.insert(g.function) {
+                    return err(
+                        &format!("rule.aggregates[{i}].function"),
+                        format!("{} listed twice", g.function.name()),
+                    );
+                }
+                columns(&g.columns, &format!("aggregates[{i}].columns"))?;
+                if g.columns.is_empty() {
+                    return err(
+                        &format!("rule.aggregates[{i}].columns"),
+                        "at least one column".into(),
+                    );
+                }
+                if g.function != AggregateFunction::CountDistinct {
+                    not_unit(&g.columns, &format!("aggregates[{i}].columns"))?;
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for (i, f) in r.scalar_functions.iter().enumerate() {
+                if !seen.insert(f) {
+                    return err(
+                        &format!("rule.scalar_functions[{i}]"),
+                        "listed twice".into(),
+                    );
+                }
+            }
+        }
+        Rule::List(r) => {
+            if r.join_columns.is_empty() {
+                return err("rule.join_columns", "a list rule needs join columns".into());
+            }
+            columns(&r.join_columns, "join_columns")?;
+            columns(&r.list_columns, "list_columns")?;
+            not_unit(&r.list_columns, "list_columns")?;
+            if r.list_columns.is_empty() {
+                return err("rule.list_columns", "at least one column".into());
+            }
+            if let Some(q) = r.list_columns.iter().find(|d| r.join_columns.contains(d)) {
+                return err(
+                    "rule.list_columns",
+                    format!("{q} is also a join column (join columns are never output)"),
+                );
+            }
+        }
+        Rule::Template(r) => {
+            if r.sql.trim().is_empty() || r.sql.len() > 16 * 1024 {
+                return err("rule.sql", "1 to 16384 bytes of SQL".into());
+            }
+            if r.min_distinct_units != 0 && !k_ok(r.min_distinct_units) {
+                return err(
+                    "rule.min_distinct_units",
+                    format!(
+                        "{}: must be 0 (no aggregate) or 2 to {MAX_MIN_DISTINCT_UNITS}",
+                        r.min_distinct_units
+                    ),
+                );
+            }
+            for p in r.parameters.keys() {
+                if !sql_ident_ok(p) {
+                    return err(
+                        &format!("rule.parameters.{p}"),
+                        "a parameter name is 1-63 of [a-z0-9_], starting with a letter".into(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A parameter value for a template, typed by the template's declaration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParameterValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl ParameterValue {
+    /// Whether this JSON value has the declared type (no coercion: `"5"` is not an int64).
+    pub fn fits(&self, ty: ParameterType) -> bool {
+        match (self, ty) {
+            (ParameterValue::Text(_), ParameterType::String) => true,
+            (ParameterValue::Text(s), ParameterType::Date) => crate::time::parse_date(s).is_some(),
+            (ParameterValue::Int(_), ParameterType::Int64) => true,
+            (ParameterValue::Int(_) | ParameterValue::Float(_), ParameterType::Float64) => true,
+            (ParameterValue::Bool(_), ParameterType::Boolean) => true,
+            _ => false,
+        }
+    }
+}
