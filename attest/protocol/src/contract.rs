@@ -555,6 +555,104 @@ deadline_secs = 60
         }
     }
 
+    fn with_sql(rule: &str) -> String {
+        good().replacen(
+            r#"datasets = [{ id = "users", owner = "a", key_id = "users-key", blob = "users.sealed" }]"#,
+            r#"datasets = [{ id = "users", owner = "a", key_id = "users-key", blob = "users.sealed", table = { name = "users", format = "csv", privacy_unit = "uid", columns = [{ name = "uid", type = "string" }, { name = "seg", type = "string" }, { name = "n", type = "int64" }] } }]"#,
+            1,
+        ) + &format!(
+            "[[analyses]]\nname = \"q\"\nsubmitters = [\"b\"]\n[analyses.rule.aggregation]\n{rule}\n"
+        )
+    }
+
+    #[test]
+    fn analyses_are_checked_against_the_tables_and_parties() {
+        let ok = "min_distinct_units = 50\njoin_columns = []\ndimensions = [\"users.seg\"]\naggregates = [{ function = \"count_distinct\", columns = [\"users.uid\"] }, { function = \"sum\", columns = [\"users.n\"] }]";
+        let c = Contract::from_toml(&with_sql(ok)).expect("good SQL contract");
+        assert_eq!(c.analyses.len(), 1);
+        // A contract without tables or analyses canonicalizes as before (no new keys).
+        let plain =
+            String::from_utf8(Contract::from_toml(&good()).unwrap().canonical_json()).unwrap();
+        assert!(
+            !plain.contains("analyses") && !plain.contains("table"),
+            "{plain}"
+        );
+        for (from, to, field_name) in [
+            (
+                "dimensions = [\"users.seg\"]",
+                "dimensions = [\"users.uid\"]",
+                "analyses[0].rule.dimensions[0]",
+            ),
+            (
+                "dimensions = [\"users.seg\"]",
+                "dimensions = [\"users.nope\"]",
+                "analyses[0].rule.dimensions[0]",
+            ),
+            (
+                "dimensions = [\"users.seg\"]",
+                "dimensions = [\"other.seg\"]",
+                "analyses[0].rule.dimensions[0]",
+            ),
+            (
+                "dimensions = [\"users.seg\"]",
+                "dimensions = [\"seg\"]",
+                "analyses[0].rule.dimensions[0]",
+            ),
+            (
+                "min_distinct_units = 50",
+                "min_distinct_units = 1",
+                "analyses[0].rule.min_distinct_units",
+            ),
+            (
+                "columns = [\"users.n\"]",
+                "columns = [\"users.uid\"]",
+                "analyses[0].rule.aggregates[1].columns[0]",
+            ),
+        ] {
+            let text = with_sql(&ok.replacen(from, to, 1));
+            match Contract::from_toml(&text) {
+                Err(ContractError::Field { field: f, reason }) => {
+                    assert_eq!(f, field_name, "{to}: {reason}")
+                }
+                other => panic!("{to}: {other:?}"),
+            }
+        }
+        for (from, to, field_name) in [
+            (
+                "submitters = [\"b\"]",
+                "submitters = [\"z\"]",
+                "analyses[0].submitters[0]",
+            ),
+            (
+                "submitters = [\"b\"]",
+                "submitters = []",
+                "analyses[0].submitters",
+            ),
+            (
+                "privacy_unit = \"uid\"",
+                "privacy_unit = \"who\"",
+                "datasets[0].table.privacy_unit",
+            ),
+            (
+                "name = \"users\", format",
+                "name = \"Users\", format",
+                "datasets[0].table.name",
+            ),
+        ] {
+            let text = with_sql(ok);
+            assert!(text.contains(from), "{from}");
+            match Contract::from_toml(&text.replacen(from, to, 1)) {
+                Err(ContractError::Field { field: f, reason }) => {
+                    assert_eq!(f, field_name, "{to}: {reason}")
+                }
+                other => panic!("{to}: {other:?}"),
+            }
+        }
+        // Unknown fields anywhere in a rule are refused at parse time.
+        let e = Contract::from_toml(&with_sql(&format!("{ok}\nmin_group = 2"))).unwrap_err();
+        assert!(matches!(e, ContractError::Parse(_)), "{e}");
+    }
+
     #[test]
     fn the_good_contract_passes() {
         Contract::from_toml(&good()).unwrap();

@@ -157,6 +157,7 @@ fn run(dir: &Path, mode: &str) {
                 let out = e.run(&q).expect("run");
                 times.push(t.elapsed().as_secs_f64());
                 rows = out.rows();
+                std::fs::write(dir.join("dcr.csv"), out.to_csv().expect("csv")).expect("write");
             }
         }
         "plain" | "plain-having" => {
