@@ -331,36 +331,6 @@ impl Default for NoiseBudget {
     }
 }
 
-#[cfg(test)]
-mod noise_tests {
-    use super::*;
-
-    #[test]
-    fn a_flood_across_a_second_counts_every_refusal_turned_away_once() {
-        let mut b = NoiseBudget::new();
-        let t = 1_000_000;
-        let mut written = 0;
-        let mut counted = 0;
-        // 1000 refusals in second t, then 1000 in second t + 1.
-        for i in 0..2000u64 {
-            if b.take(t + i / 1000) {
-                written += 1;
-                counted += b.drain_suppressed();
-            }
-        }
-        counted += b.drain_suppressed();
-        assert_eq!(written, NOISE_BURST + NOISE_PER_SECOND);
-        assert_eq!(counted, 2000 - written);
-        // A quiet minute refills the burst, never more.
-        assert!(b.take(t + 61));
-        let mut more = 1;
-        while b.take(t + 61) {
-            more += 1;
-        }
-        assert_eq!(more, NOISE_BURST);
-    }
-}
-
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -514,4 +484,34 @@ pub fn remove_blob_temps(data_dir: &Path) -> Result<usize, ServiceError> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod noise_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_across_a_second_counts_every_refusal_turned_away_once() {
+        let mut b = NoiseBudget::new();
+        let t = 1_000_000;
+        let mut written = 0;
+        let mut counted = 0;
+        // 1000 refusals in second t, then 1000 in second t + 1.
+        for i in 0..2000u64 {
+            if b.take(t + i / 1000) {
+                written += 1;
+                counted += b.drain_suppressed();
+            }
+        }
+        counted += b.drain_suppressed();
+        assert_eq!(written, NOISE_BURST + NOISE_PER_SECOND);
+        assert_eq!(counted, 2000 - written);
+        // A quiet minute refills the burst, never more.
+        assert!(b.take(t + 61));
+        let mut more = 1;
+        while b.take(t + 61) {
+            more += 1;
+        }
+        assert_eq!(more, NOISE_BURST);
+    }
 }

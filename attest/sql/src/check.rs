@@ -594,7 +594,7 @@ fn aggregate_ok(e: &Expr, rule: &AggregationRule, cols: &Columns) -> Result<(), 
     let ok = rule
         .aggregates
         .iter()
-        .any(|a| a.function == f && a.columns.iter().any(|x| *x == q));
+        .any(|a| a.function == f && a.columns.contains(&q));
     if !ok {
         return Err(format!(
             "{}({q}) is not allowed by this rule (aggregates)",

@@ -87,7 +87,7 @@ fn gen(dir: &Path, rows: u64) {
             })
             .collect();
         let conv_v: Vec<i64> = (start..start + n)
-            .map(|i| i64::from(splitmix(i ^ 0x77) % 10 == 0))
+            .map(|i| i64::from(splitmix(i ^ 0x77).is_multiple_of(10)))
             .collect();
         b.push(
             RecordBatch::try_new(

@@ -3,24 +3,32 @@
 //! - `run-local`: the same engine and rules on local files (synthetic data), before
 //!   submitting.
 
+#[cfg(feature = "sql")]
 use std::collections::BTreeMap;
+#[cfg(feature = "sql")]
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "sql")]
 use anyhow::{bail, Context};
+#[cfg(feature = "sql")]
 use dcr_protocol::analysis::{ParameterValue, TableFormat};
+#[cfg(feature = "sql")]
 use dcr_sql::{Engine, Submission};
 
+#[cfg(feature = "sql")]
 use super::common::read_contract;
 
 #[derive(clap::Args)]
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 pub struct Args {
     #[command(subcommand)]
     cmd: Sub,
 }
 
 #[derive(clap::Subcommand)]
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 enum Sub {
     /// Check a query against an analysis's rule (exit 0: allowed; 1: refused, the rule named).
     Check(Query),
@@ -30,6 +38,7 @@ enum Sub {
 }
 
 #[derive(clap::Args)]
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 struct Query {
     /// The contract (TOML).
     #[arg(long, value_name = "PATH")]
@@ -56,6 +65,7 @@ struct Query {
 }
 
 #[derive(clap::Args)]
+#[cfg_attr(not(feature = "sql"), allow(dead_code))]
 struct RunLocal {
     #[command(flatten)]
     query: Query,
@@ -68,6 +78,7 @@ struct RunLocal {
     out: Option<PathBuf>,
 }
 
+#[cfg(feature = "sql")]
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.cmd {
         Sub::Check(q) => check(q),
@@ -75,6 +86,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[cfg(not(feature = "sql"))]
+pub fn run(_: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this dcr-attest was built without the SQL engine (feature sql): cargo build --release -p dcr-attest"
+    )
+}
+
+#[cfg(feature = "sql")]
 fn submission(q: &Query) -> anyhow::Result<Submission> {
     if let Some(s) = &q.sql {
         return Ok(Submission::Sql(s.clone()));
@@ -107,6 +126,7 @@ fn submission(q: &Query) -> anyhow::Result<Submission> {
     Ok(Submission::Template(values))
 }
 
+#[cfg(feature = "sql")]
 fn check(q: Query) -> anyhow::Result<ExitCode> {
     let contract = read_contract(&q.contract)?;
     let sub = submission(&q)?;
@@ -126,6 +146,7 @@ fn check(q: Query) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[cfg(feature = "sql")]
 fn run_local(r: RunLocal) -> anyhow::Result<ExitCode> {
     let contract = read_contract(&r.query.contract)?;
     let sub = submission(&r.query)?;
