@@ -309,8 +309,11 @@ impl<'c> Engine<'c> {
             }
             (Rule::Template(_), None) => unreachable!("bound above"),
         };
+        let mut units = Vec::new();
         if k > 0 {
-            plan = threshold::apply(plan, &scans, k)?;
+            let (p, counted) = threshold::apply(plan, &scans, k)?;
+            plan = p;
+            units = counted;
         }
         let plan = ordered(plan)?;
         // Re-check what will run: the optimizer moves predicates, rewrites subqueries and
@@ -318,14 +321,6 @@ impl<'c> Engine<'c> {
         let optimized = state
             .optimize(&plan)
             .map_err(|e| format!("the query does not plan: {}", one_line(&e.to_string())))?;
-        let units: Vec<(String, String)> = if k > 0 {
-            scans
-                .iter()
-                .map(|s| (s.qualifier.clone(), s.table.privacy_unit.clone()))
-                .collect()
-        } else {
-            Vec::new()
-        };
         post_check(&optimized, &units, k)?;
         Ok(Checked {
             analysis: a.name.clone(),
