@@ -547,7 +547,10 @@ const ATTACKS: &[(&str, &str)] = &[
     ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i FULL OUTER JOIN purchases p ON i.user = p.user GROUP BY i.segment", "joins are not allowed"),
     ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i CROSS JOIN purchases p GROUP BY i.segment", "without ON"),
     ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i, purchases p WHERE i.user = p.user GROUP BY i.segment", "privacy unit"),
-    ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i JOIN impressions j ON i.user = j.user AND i.segment = j.segment GROUP BY i.segment", "not a join column"),
+    ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i JOIN impressions j ON i.user = j.user AND i.segment = j.segment GROUP BY i.segment", "read twice"),
+    // Self-joins under other aliases multiply a person's rows (outside review).
+    ("SELECT a.segment, COUNT(DISTINCT a.user), SUM(a.spend) FROM impressions a JOIN impressions t1 ON a.user = t1.user JOIN impressions t2 ON t1.user = t2.user GROUP BY a.segment", "read twice"),
+    ("SELECT a.segment, COUNT(DISTINCT a.user), COUNT(a.spend) FROM impressions a JOIN impressions b ON a.user = b.user GROUP BY a.segment", "read twice"),
     ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i JOIN purchases p ON i.user = p.user WHERE p.user = 'x' GROUP BY i.segment", "privacy unit"),
     // Set operations, subqueries, CTEs, windows.
     ("SELECT i.segment, COUNT(DISTINCT i.user) FROM impressions i GROUP BY i.segment UNION SELECT i.user, 1 FROM impressions i", "UNION"),
@@ -652,6 +655,18 @@ fn list_and_template_rules_hold_their_shapes() {
         "publisher",
         sql("SELECT i.segment FROM impressions i"),
         "needs at least one INNER JOIN",
+    );
+    // A self-join is not an overlap of two parties' tables (outside review).
+    no(
+        "matched",
+        "publisher",
+        sql("SELECT a.channel FROM purchases a JOIN purchases b ON a.user = b.user"),
+        "read twice",
+    );
+    ok(
+        "audience",
+        "advertiser",
+        sql("SELECT i.day, COUNT(DISTINCT i.user) FROM impressions i WHERE i.day >= DATE '2026-01-12' GROUP BY i.day"),
     );
     no(
         "matched",

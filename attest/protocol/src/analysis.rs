@@ -97,15 +97,15 @@ pub struct AggregationRule {
     pub min_distinct_units: u64,
     /// `table.column`s usable in INNER JOIN … ON equalities (and as COUNT DISTINCT
     /// arguments when listed in `aggregates`); never output, grouped or filtered.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub join_columns: Vec<String>,
     /// `table.column`s that may be selected, grouped by and filtered on.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dimensions: Vec<String>,
     /// Which aggregate may take which column (bare column arguments only).
     pub aggregates: Vec<AggregateAllowance>,
     /// Scalar functions allowed on dimensions and on aggregate results.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scalar_functions: Vec<ScalarFunction>,
 }
 
@@ -184,7 +184,7 @@ pub struct ListRule {
 #[serde(deny_unknown_fields)]
 pub struct TemplateRule {
     pub sql: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ParameterType>,
     /// k for the template's aggregate (0: the template does not aggregate; then it may only
     /// be a list of agreed columns — the parties agreed the SQL itself).

@@ -72,6 +72,20 @@ pub fn scans<'a>(plan: &LogicalPlan, catalog: &Catalog<'a>) -> Result<Vec<Scan<'
     Ok(out)
 }
 
+/// Each contract table at most once: a self-join (under any aliases) multiplies a person's
+/// rows by their own row count, which turns row-weighted aggregates into a per-person signal.
+fn once_each(scans: &[Scan]) -> Result<(), Why> {
+    for (i, s) in scans.iter().enumerate() {
+        if scans[..i].iter().any(|x| x.table.name == s.table.name) {
+            return Err(format!(
+                "table {} is read twice: self-joins are not allowed (they multiply a person's rows)",
+                s.table.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Column lineage and classes for one query under one rule.
 struct Columns<'a, 'r> {
     scans: &'r [Scan<'a>],
@@ -189,6 +203,24 @@ fn never(e: &Expr) -> Option<Why> {
     })
 }
 
+/// The operand of NOT, IS [NOT] NULL / TRUE / FALSE / UNKNOWN and unary minus: allowed
+/// wherever their operand is.
+fn operand(e: &Expr) -> Option<&Expr> {
+    match e {
+        Expr::Not(x)
+        | Expr::IsNull(x)
+        | Expr::IsNotNull(x)
+        | Expr::IsTrue(x)
+        | Expr::IsFalse(x)
+        | Expr::IsNotTrue(x)
+        | Expr::IsNotFalse(x)
+        | Expr::IsUnknown(x)
+        | Expr::IsNotUnknown(x)
+        | Expr::Negative(x) => Some(x),
+        _ => None,
+    }
+}
+
 fn scalar_allowed(f: &str, allowed: &[ScalarFunction]) -> bool {
     allowed.iter().any(|a| a.name() == f)
 }
@@ -201,6 +233,9 @@ fn pre_expr(e: &Expr, cols: &Columns, allowed: &[ScalarFunction], place: &str) -
         return Err(w);
     }
     let rec = |x: &Expr| pre_expr(x, cols, allowed, place);
+    if let Some(x) = operand(e) {
+        return rec(x);
+    }
     match e {
         Expr::Column(c) => cols.dimension(c, place),
         Expr::Literal(..) => Ok(()),
@@ -223,16 +258,6 @@ fn pre_expr(e: &Expr, cols: &Columns, allowed: &[ScalarFunction], place: &str) -
             rec(left)?;
             rec(right)
         }
-        Expr::Not(x)
-        | Expr::IsNull(x)
-        | Expr::IsNotNull(x)
-        | Expr::IsTrue(x)
-        | Expr::IsFalse(x)
-        | Expr::IsNotTrue(x)
-        | Expr::IsNotFalse(x)
-        | Expr::IsUnknown(x)
-        | Expr::IsNotUnknown(x)
-        | Expr::Negative(x) => rec(x),
         Expr::Between(b) => {
             rec(&b.expr)?;
             rec(&b.low)?;
@@ -265,6 +290,8 @@ fn pre_expr(e: &Expr, cols: &Columns, allowed: &[ScalarFunction], place: &str) -
             }
             f.args.iter().try_for_each(rec)
         }
+        // A typed literal (`DATE '2026-01-02'`) is a cast of a constant: harmless.
+        Expr::Cast(c) if matches!(*c.expr, Expr::Literal(..)) => Ok(()),
         Expr::Cast(_) | Expr::TryCast(_) => Err(format!(
             "CAST is not allowed in {place} (a cast can turn any column into a group key)"
         )),
@@ -282,6 +309,9 @@ fn post_expr(e: &Expr, allowed: &[ScalarFunction]) -> Result<(), Why> {
         return Err(w);
     }
     let rec = |x: &Expr| post_expr(x, allowed);
+    if let Some(x) = operand(e) {
+        return rec(x);
+    }
     match e {
         Expr::Column(_) | Expr::Literal(..) => Ok(()),
         Expr::Alias(Alias { expr, .. }) => rec(expr),
@@ -289,16 +319,6 @@ fn post_expr(e: &Expr, allowed: &[ScalarFunction]) -> Result<(), Why> {
             rec(left)?;
             rec(right)
         }
-        Expr::Not(x)
-        | Expr::IsNull(x)
-        | Expr::IsNotNull(x)
-        | Expr::IsTrue(x)
-        | Expr::IsFalse(x)
-        | Expr::IsNotTrue(x)
-        | Expr::IsNotFalse(x)
-        | Expr::IsUnknown(x)
-        | Expr::IsNotUnknown(x)
-        | Expr::Negative(x) => rec(x),
         Expr::Cast(c) => rec(&c.expr),
         Expr::TryCast(c) => rec(&c.expr),
         Expr::Between(b) => {
@@ -490,6 +510,7 @@ pub fn aggregation<'a>(
 ) -> Result<Vec<Scan<'a>>, Why> {
     shape(plan)?;
     let scans = scans(plan, catalog)?;
+    once_each(&scans)?;
     let cols = Columns {
         scans: &scans,
         join: rule.join_columns.iter().map(String::as_str).collect(),
@@ -678,6 +699,23 @@ pub fn list<'a>(
     let joins = below(node, &cols, &[], "WHERE")?;
     if joins == 0 {
         return Err("a list rule needs at least one INNER JOIN on join columns".into());
+    }
+    once_each(&scans)?;
+    let owners: std::collections::BTreeSet<&str> = scans
+        .iter()
+        .filter_map(|s| {
+            catalog
+                .tables
+                .iter()
+                .find(|(t, _)| t.name == s.table.name)
+                .map(|(_, o)| *o)
+        })
+        .collect();
+    if owners.len() < 2 {
+        return Err(
+            "a list rule lists the overlap of two parties' tables: join tables of different owners"
+                .into(),
+        );
     }
     Ok(scans)
 }
