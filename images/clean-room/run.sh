@@ -28,9 +28,7 @@ step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 step "setup"
 bash reproducible/setup.sh
 step "building dcr-build, dcr-attest, dcr-cleanroom-gen"
-# dcr-attest without its SQL engine (feature sql, most of its build time): this run does not
-# query. tests/run.sh builds the whole workspace, engine included.
-cargo build --locked --release --quiet -p dcr-build -p dcr-attest -p dcr-cleanroom-gen --no-default-features
+cargo build --locked --release --quiet -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
 bin="$top/target/release"
 
 rm -rf "$work"
