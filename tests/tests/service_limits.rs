@@ -180,7 +180,15 @@ fn connection_caps_hold_and_other_clients_are_served() {
     );
     let p = port(&svc);
     // Four idle connections from one address are kept; the fifth is closed at once.
-    let mut held: Vec<TcpStream> = (0..4).map(|_| connect(p, "127.0.0.2")).collect();
+    // Each held connection is proven accepted (a request answered) before the next step: under
+    // load an over-cap probe could otherwise be accepted ahead of a held connection still in
+    // the listen backlog, and take its place.
+    let accepted = |from: &str| {
+        let mut c = Conn::new(p, from);
+        assert_eq!(c.request("GET", "/v1/service", b"").unwrap().0, 200);
+        c.0.into_inner()
+    };
+    let mut held: Vec<TcpStream> = (0..4).map(|_| accepted("127.0.0.2")).collect();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         refused_eventually(p, "127.0.0.2").is_some(),
@@ -192,7 +200,7 @@ fn connection_caps_hold_and_other_clients_are_served() {
     drop(c);
     // Fill the global cap from other addresses: 4 + 4 + 4 = 12; the next one is closed.
     for a in ["127.0.0.4", "127.0.0.5"] {
-        held.extend((0..4).map(|_| connect(p, a)));
+        held.extend((0..4).map(|_| accepted(a)));
     }
     std::thread::sleep(Duration::from_millis(300));
     let closed = refused_eventually(p, "127.0.0.6");
