@@ -442,3 +442,254 @@ impl ParameterValue {
         }
     }
 }
+
+/// The longest query text a party may submit (bytes).
+pub const MAX_QUERY_SQL: usize = 16 * 1024;
+
+/// A query a party submits under an analysis: `dcr-attest query submit` sends it, the service
+/// stores it bound to the contract and the party its token names, and the guest hands it to
+/// the SQL engine. Exactly one of `sql` (aggregation and list rules) or `parameters`
+/// (templates; may be empty) is meaningful for the analysis's rule; the engine refuses the
+/// other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    /// The analysis's name in the contract.
+    pub analysis: String,
+    /// Who submitted it (the service sets it from the party's token, never from the body).
+    pub party: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, ParameterValue>,
+}
+
+/// Why a query document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("not a query document: {0}")]
+    Json(String),
+    #[error("{field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+impl Query {
+    /// Parse and check a query document (size, names; the rule is the engine's job).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, QueryError> {
+        let q: Query =
+            serde_json::from_slice(bytes).map_err(|e| QueryError::Json(e.to_string()))?;
+        q.validate()?;
+        Ok(q)
+    }
+
+    pub fn validate(&self) -> Result<(), QueryError> {
+        for (field, v) in [("analysis", &self.analysis), ("party", &self.party)] {
+            if !crate::contract::id_ok(v) {
+                return Err(QueryError::Field {
+                    field,
+                    reason: format!("{v:?} is not a name (1-64 of [A-Za-z0-9._-])"),
+                });
+            }
+        }
+        if let Some(sql) = &self.sql {
+            if sql.len() > MAX_QUERY_SQL {
+                return Err(QueryError::Field {
+                    field: "sql",
+                    reason: format!("{} bytes; at most {MAX_QUERY_SQL}", sql.len()),
+                });
+            }
+            if !self.parameters.is_empty() {
+                return Err(QueryError::Field {
+                    field: "parameters",
+                    reason: "a query has SQL or template parameters, not both".into(),
+                });
+            }
+        }
+        for (k, v) in &self.parameters {
+            if !sql_ident_ok(k) {
+                return Err(QueryError::Field {
+                    field: "parameters",
+                    reason: format!("{k:?} is not a parameter name"),
+                });
+            }
+            if let ParameterValue::Text(s) = v {
+                if s.len() > 4096 {
+                    return Err(QueryError::Field {
+                        field: "parameters",
+                        reason: format!("{k}: longer than 4096 bytes"),
+                    });
+                }
+            }
+        }
+        if self.parameters.len() > 64 {
+            return Err(QueryError::Field {
+                field: "parameters",
+                reason: "more than 64".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a query's result blob holds once opened (sealed to the analysis's recipients, signed
+/// by the TEE like a run's output): a header line naming the query, then the rows or the
+/// refusal.
+///
+/// ```text
+/// dcr-answer/1 ok query=<id> analysis=<name> party=<id> sha256=<hex of the query JSON>\n<CSV>
+/// dcr-answer/1 refused query=<id> analysis=<name> party=<id> sha256=<hex>\n<one line>\n
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub query_id: String,
+    pub analysis: String,
+    pub party: String,
+    /// SHA-256 of the query document the TEE ran (the submitter compares it with what it sent).
+    pub query_sha256: [u8; 32],
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The result, CSV with a header line.
+    Rows(Vec<u8>),
+    /// Refused before anything ran: one line naming the analysis and its rule.
+    Refused(String),
+}
+
+const ANSWER_MAGIC: &str = "dcr-answer/1";
+
+impl Answer {
+    pub fn encode(&self) -> Vec<u8> {
+        let (status, body) = match &self.outcome {
+            Outcome::Rows(csv) => ("ok", csv.clone()),
+            Outcome::Refused(r) => {
+                let line: String = r.chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
+                ("refused", format!("{line}\n").into_bytes())
+            }
+        };
+        let mut out = format!(
+            "{ANSWER_MAGIC} {status} query={} analysis={} party={} sha256={}\n",
+            self.query_id,
+            self.analysis,
+            self.party,
+            hex::encode(self.query_sha256)
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, QueryError> {
+        let bad = |why: &str| QueryError::Field {
+            field: "answer",
+            reason: why.to_string(),
+        };
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| bad("no header line"))?;
+        let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| bad("header is not UTF-8"))?;
+        let body = &bytes[nl + 1..];
+        let parts: Vec<&str> = head.split(' ').collect();
+        let [magic, status, q, a, p, s] = parts.as_slice() else {
+            return Err(bad("header: expected 6 fields"));
+        };
+        if *magic != ANSWER_MAGIC {
+            return Err(bad("not a dcr-answer/1 document"));
+        }
+        let field = |s: &'_ str, k: &str| -> Result<String, QueryError> {
+            s.strip_prefix(k)
+                .and_then(|v| v.strip_prefix('='))
+                .map(str::to_string)
+                .ok_or_else(|| bad(&format!("header: expected {k}=")))
+        };
+        let query_sha256: [u8; 32] = hex::decode(field(s, "sha256")?)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("header: sha256 is not 64 hex digits"))?;
+        let outcome = match *status {
+            "ok" => Outcome::Rows(body.to_vec()),
+            "refused" => {
+                let text = std::str::from_utf8(body).map_err(|_| bad("refusal is not UTF-8"))?;
+                let line = text
+                    .strip_suffix('\n')
+                    .filter(|l| !l.contains('\n'))
+                    .ok_or_else(|| bad("a refusal is one line"))?;
+                Outcome::Refused(line.to_string())
+            }
+            other => return Err(bad(&format!("status {other:?}"))),
+        };
+        Ok(Answer {
+            query_id: field(q, "query")?,
+            analysis: field(a, "analysis")?,
+            party: field(p, "party")?,
+            query_sha256,
+            outcome,
+        })
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn query_documents_are_checked() {
+        let ok = br#"{"analysis":"overlap","party":"advertiser","sql":"SELECT 1"}"#;
+        let q = Query::from_json(ok).unwrap();
+        assert_eq!(q.sql.as_deref(), Some("SELECT 1"));
+        for (bad, field) in [
+            (
+                r#"{"analysis":"overlap","party":"a","sql":"x","extra":1}"#,
+                "unknown field",
+            ),
+            (r#"{"analysis":"../x","party":"a","sql":"x"}"#, "analysis"),
+            (r#"{"analysis":"o","party":"","sql":"x"}"#, "party"),
+            (
+                r#"{"analysis":"o","party":"a","sql":"x","parameters":{"k":1}}"#,
+                "not both",
+            ),
+            (
+                r#"{"analysis":"o","party":"a","parameters":{"K-1":1}}"#,
+                "parameter name",
+            ),
+        ] {
+            let e = Query::from_json(bad.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+        let long = format!(
+            r#"{{"analysis":"o","party":"a","sql":"{}"}}"#,
+            "x".repeat(MAX_QUERY_SQL + 1)
+        );
+        assert!(Query::from_json(long.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
+    }
+
+    #[test]
+    fn answers_round_trip_and_refusals_stay_one_line() {
+        let rows = Answer {
+            query_id: "ab".repeat(16),
+            analysis: "overlap".into(),
+            party: "advertiser".into(),
+            query_sha256: [7; 32],
+            outcome: Outcome::Rows(b"segment,n\nsports,60\n".to_vec()),
+        };
+        assert_eq!(Answer::decode(&rows.encode()).unwrap(), rows);
+        let refused = Answer {
+            outcome: Outcome::Refused("refused by analysis overlap (aggregation rule):\nx".into()),
+            ..rows.clone()
+        };
+        let back = Answer::decode(&refused.encode()).unwrap();
+        assert_eq!(
+            back.outcome,
+            Outcome::Refused("refused by analysis overlap (aggregation rule): x".into())
+        );
+        assert!(
+            Answer::decode(b"dcr-answer/1 maybe query=a analysis=b party=c sha256=00\n").is_err()
+        );
+        assert!(Answer::decode(b"no newline").is_err());
+    }
+}

@@ -170,7 +170,7 @@ pub enum Network {
     Dhcp {},
 }
 
-fn id_ok(s: &str) -> bool {
+pub fn id_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

@@ -25,6 +25,8 @@ pub const REGISTER_DOMAIN: &[u8] = b"dcr/v1/register\0";
 pub const REGISTER_POLICY_DOMAIN: &[u8] = b"dcr/v1/register-policy\0";
 /// Domain of the service's signed registration receipt.
 pub const RECEIPT_DOMAIN: &[u8] = b"dcr/v1/registration\0";
+/// Domain of the service's signed list of pending queries (crate::wire::QueryList).
+pub const QUERIES_DOMAIN: &[u8] = b"dcr/v1/queries\0";
 /// Domain of the TEE's signature over a sealed result (crate::result).
 pub const RESULT_DOMAIN: &[u8] = b"dcr/v1/result\0";
 

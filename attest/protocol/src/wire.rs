@@ -416,3 +416,55 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
 }
+
+/// Answer to `POST /v1/contracts/{digest}/queries`: the stored query's id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryReceipt {
+    /// 32 lowercase hex digits; the result is the blob [`query_result_blob`]`(id)`.
+    pub id: String,
+    pub contract_digest: String,
+    pub analysis: String,
+    pub party: String,
+}
+
+/// One stored query, not yet answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    pub id: String,
+    pub query: crate::analysis::Query,
+}
+
+/// `GET /v1/contracts/{digest}/queries`: the payload of the service's signed answer
+/// (`release::Signed` under [`crate::release::QUERIES_DOMAIN`]), so that nobody between the
+/// service and the TEE can add, alter or re-attribute a query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryList {
+    pub contract_digest: String,
+    pub queries: Vec<PendingQuery>,
+}
+
+/// The most queries a contract may have waiting.
+pub const MAX_PENDING_QUERIES: usize = 64;
+
+/// Whether `id` is a query id (32 lowercase hex digits).
+pub fn query_id_ok(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The blob a query's sealed, signed result (or refusal) is written to.
+pub fn query_result_blob(id: &str) -> String {
+    format!("query-{id}.result")
+}
+
+/// The query id a result blob name is for, if it is one.
+pub fn query_of_result_blob(name: &str) -> Option<&str> {
+    name.strip_prefix("query-")
+        .and_then(|r| r.strip_suffix(".result"))
+        .filter(|id| query_id_ok(id))
+}

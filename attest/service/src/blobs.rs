@@ -73,7 +73,7 @@ pub(crate) async fn get_blob(
 
 /// Who may write `name` in the contract's namespace: the owner of the dataset whose blob it
 /// is (party token), or the TEE with the upload token released for this contract's output
-/// blob (unused, unexpired). Returns the upload token's hash when that is the writer.
+/// blob (unused, unexpired). Returns the upload token when that is the writer.
 pub(crate) fn blob_writer(
     st: &State,
     headers: &HeaderMap,
@@ -81,7 +81,7 @@ pub(crate) fn blob_writer(
     digest: &str,
     name: &str,
     audit: &mut Map<String, Value>,
-) -> Result<Option<[u8; 32]>, Refusal> {
+) -> Result<Option<Tee>, Refusal> {
     let upload_hash = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
@@ -123,9 +123,14 @@ pub(crate) fn blob_writer(
         Err(e) => return Err(internal(format!("store: {e}"))),
     };
     audit.insert("upload".into(), grant.session_id.clone().into());
-    if grant.contract_digest != digest || grant.blob != name {
+    // Besides the output blob (which uses the token up), the TEE writes the answer of each
+    // pending query of this contract, once each (crate::queries).
+    let answers_query = grant.contract_digest == digest
+        && dcr_protocol::wire::query_of_result_blob(name)
+            .is_some_and(|id| crate::queries::is_pending(&st.cfg.data_dir, digest, id));
+    if grant.contract_digest != digest || (grant.blob != name && !answers_query) {
         return Err(unauthorized(format!(
-            "this upload token writes {} of contract {} only",
+            "this upload token writes {} (and answers to pending queries) of contract {} only",
             grant.blob, grant.contract_digest
         )));
     }
@@ -135,7 +140,17 @@ pub(crate) fn blob_writer(
             dcr_protocol::time::format_rfc3339(grant.expires_at)
         )));
     }
-    Ok(Some(h))
+    Ok(Some(Tee {
+        token_hash: h,
+        uses_up: !answers_query,
+    }))
+}
+
+/// The TEE writing a blob with its upload token: the output blob uses the token up; a
+/// query's answer does not.
+pub(crate) struct Tee {
+    pub token_hash: [u8; 32],
+    pub uses_up: bool,
 }
 
 pub(crate) async fn put_blob(
@@ -164,7 +179,7 @@ pub(crate) async fn put_blob(
     // TEE's output is bounded by the contract's output_mib (plus the proof).
     let mut limit = MAX_BLOB;
     let _reservation = match &checked {
-        Ok(Some(h)) => {
+        Ok(Some(Tee { token_hash: h, .. })) => {
             let fresh = st.uploads.lock().expect("uploads lock").insert(*h);
             if !fresh {
                 drain(body, 64 << 20).await;
@@ -239,8 +254,11 @@ pub(crate) async fn put_blob(
     };
     audit.insert("decision".into(), "store".into());
     let op = match who {
-        Some(h) => Op::UseUpload { token_hash: h },
-        None => Op::None,
+        Some(Tee {
+            token_hash,
+            uses_up: true,
+        }) => Op::UseUpload { token_hash },
+        _ => Op::None,
     };
     match st.journal.commit(op, audit).await {
         Ok(Outcome::Done) => {

@@ -18,6 +18,7 @@ mod evidence;
 pub mod journal;
 pub mod net;
 mod policy;
+mod queries;
 mod register;
 mod release;
 mod routes;
@@ -282,6 +283,8 @@ pub struct State {
     pub uploads: Mutex<std::collections::HashSet<[u8; 32]>>,
     /// The budget of unauthenticated refusal records (see `api::audited`).
     pub audit_noise: Mutex<NoiseBudget>,
+    /// Held while a query is counted and stored (the per-contract cap is exact).
+    pub queries: Mutex<()>,
 }
 
 /// A token bucket for audit records of refusals anyone can provoke: `NOISE_PER_SECOND`
@@ -394,6 +397,7 @@ pub fn serve(cfg: Config) -> Result<(), ServiceError> {
         used: Mutex::new(HashMap::new()),
         uploads: Mutex::new(std::collections::HashSet::new()),
         audit_noise: Mutex::new(NoiseBudget::new()),
+        queries: Mutex::new(()),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

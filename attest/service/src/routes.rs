@@ -20,6 +20,10 @@ pub fn router(state: St) -> Router {
         .route("/v1/attest", post(attest))
         .route("/v1/keys", post(register))
         .route(
+            "/v1/contracts/{digest}/queries",
+            get(crate::queries::list).post(crate::queries::submit),
+        )
+        .route(
             "/v1/contracts/{digest}/blobs/{name}",
             get(get_blob)
                 .put(put_blob)

@@ -28,7 +28,7 @@ use dcr_protocol::analysis::{Analysis, ParameterType, ParameterValue, Rule, Scal
 use dcr_protocol::contract::Contract;
 
 /// The longest query text accepted.
-pub const MAX_SQL: usize = 16 * 1024;
+pub const MAX_SQL: usize = dcr_protocol::analysis::MAX_QUERY_SQL;
 
 /// What a party submits under an analysis.
 #[derive(Debug, Clone, PartialEq)]

@@ -221,6 +221,26 @@ pub fn open_result(
     key: &Path,
     contract: &dcr_protocol::contract::Contract,
 ) -> Result<u64, PartyError> {
+    let plain = open_signed(input, key, contract, &contract.output.blob)?;
+    dcr_protocol::output::check(&contract.output, &plain).map_err(|e| {
+        ferr(
+            input,
+            format!("signed result: breaks the contract's output rules: {e}"),
+        )
+    })?;
+    let n = plain.len() as u64;
+    write_private_atomically(out, |w| w.write_all(&plain).map_err(|e| ferr(out, e)))?;
+    Ok(n)
+}
+
+/// Open the signed, sealed blob `blob` of a run (a run's output or a query's answer) as a
+/// recipient, after its proof verified (see [`open_result`]); the plaintext, in memory.
+pub fn open_signed(
+    input: &Path,
+    key: &Path,
+    contract: &dcr_protocol::contract::Contract,
+    blob: &str,
+) -> Result<Zeroizing<Vec<u8>>, PartyError> {
     use dcr_protocol::result;
     let sk = read_secret_key(key)?;
     let mut r = std::io::BufReader::new(std::fs::File::open(input).map_err(|e| ferr(input, e))?);
@@ -232,13 +252,9 @@ pub fn open_result(
     r.read_exact(&mut proof)
         .map_err(|_| ferr(input, "signed result: truncated proof"))?;
     let proof = result::parse_proof(&proof).map_err(|e| ferr(input, e))?;
-    let (release, signed_digest) = result::verify_proof(
-        &proof,
-        &contract.signing_key(),
-        &contract.digest(),
-        &contract.output.blob,
-    )
-    .map_err(|e| ferr(input, e))?;
+    let (release, signed_digest) =
+        result::verify_proof(&proof, &contract.signing_key(), &contract.digest(), blob)
+            .map_err(|e| ferr(input, e))?;
     // Every dataset's key was released to that TEE: every owner's policy accepted it (a
     // release of one party's key alone could come from a TEE only that party vouched for).
     for d in &contract.datasets {
@@ -282,15 +298,7 @@ pub fn open_result(
         .finalize()
         .into();
     result::check_digest(&signed_digest, &actual).map_err(|e| ferr(input, e))?;
-    dcr_protocol::output::check(&contract.output, &plain).map_err(|e| {
-        ferr(
-            input,
-            format!("signed result: breaks the contract's output rules: {e}"),
-        )
-    })?;
-    let n = plain.len() as u64;
-    write_private_atomically(out, |w| w.write_all(&plain).map_err(|e| ferr(out, e)))?;
-    Ok(n)
+    Ok(plain)
 }
 
 /// SHA-256 of a file, hex (for progress lines).

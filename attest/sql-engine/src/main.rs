@@ -1,0 +1,83 @@
+//! dcr-sql-engine: the SQL engine as a confined guest workload (docs/analysis.md).
+//!
+//! ```text
+//! dcr-sql-engine CONTRACT.json QUERY.json NAME=FILE...
+//! ```
+//! - CONTRACT.json: the contract as the image carries it (canonical JSON);
+//! - QUERY.json: one submitted query (`dcr_protocol::analysis::Query`: analysis, party, SQL
+//!   or template parameters);
+//! - NAME=FILE: a table's decrypted rows, in the format the contract declares.
+//!
+//! The query is checked against its analysis's rule (and its submitter) before any table is
+//! read. Exit 0: the result as CSV on stdout. Exit 3: refused; one line on stdout naming the
+//! rule. Any other exit: failure (one line on stderr). The engine never sees a key: guest-init
+//! hands it plaintext tables and seals what it prints.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use dcr_protocol::analysis::{Query, TableFormat};
+use dcr_protocol::contract::Contract;
+use dcr_sql::{Engine, Submission};
+
+/// Exit status of a refused query.
+const REFUSED: u8 = 3;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dcr-sql-engine: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [contract_path, query_path, tables @ ..] = args.as_slice() else {
+        return Err("usage: dcr-sql-engine CONTRACT.json QUERY.json NAME=FILE...".into());
+    };
+    let bytes = std::fs::read(contract_path).map_err(|e| format!("{contract_path}: {e}"))?;
+    let contract =
+        Contract::from_canonical_json(&bytes).map_err(|e| format!("{contract_path}: {e}"))?;
+    let bytes = std::fs::read(query_path).map_err(|e| format!("{query_path}: {e}"))?;
+    let query = Query::from_json(&bytes).map_err(|e| format!("{query_path}: {e}"))?;
+    let mut engine = Engine::new(&contract).map_err(|e| e.to_string())?;
+    let submission = match &query.sql {
+        Some(sql) => Submission::Sql(sql.clone()),
+        None => Submission::Template(query.parameters.clone()),
+    };
+    // The rule first: a refused query never sees a row.
+    let checked = match engine.check(&query.analysis, Some(&query.party), &submission) {
+        Ok(c) => c,
+        Err(refusal) => {
+            println!("{refusal}");
+            return Ok(ExitCode::from(REFUSED));
+        }
+    };
+    let catalog = contract.catalog();
+    for t in tables {
+        let (name, file) = t
+            .split_once('=')
+            .ok_or_else(|| format!("{t:?}: expected NAME=FILE"))?;
+        let table = catalog
+            .table(name)
+            .ok_or_else(|| format!("table {name}: not in the contract"))?;
+        let data = std::fs::read(file).map_err(|e| format!("table {name}: {file}: {e}"))?;
+        let batches = match table.format {
+            TableFormat::Csv => dcr_sql::load::csv(table, data.as_slice()),
+            TableFormat::Parquet => dcr_sql::load::parquet(table, bytes::Bytes::from(data)),
+        }
+        .map_err(|e| format!("table {name}: {e}"))?;
+        engine
+            .load(name, batches)
+            .map_err(|e| format!("table {name}: {e}"))?;
+    }
+    let out = engine.run(&checked).map_err(|e| e.to_string())?;
+    let csv = out.to_csv().map_err(|e| e.to_string())?;
+    std::io::stdout()
+        .write_all(&csv)
+        .map_err(|e| format!("stdout: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
