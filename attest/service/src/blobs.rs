@@ -71,6 +71,16 @@ pub(crate) async fn get_blob(
         .into_response())
 }
 
+/// The SHA-256 of the upload token in `Authorization: Upload <hex>`, if there is one.
+pub(crate) fn upload_token_hash(headers: &HeaderMap) -> Option<[u8; 32]> {
+    headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Upload "))
+        .and_then(|t| hex::decode(t.trim()).ok())
+        .map(|t| <[u8; 32]>::from(Sha256::digest(&t)))
+}
+
 /// Who may write `name` in the contract's namespace: the owner of the dataset whose blob it
 /// is (party token), or the TEE with the upload token released for this contract's output
 /// blob (unused, unexpired). Returns the upload token when that is the writer.
@@ -82,12 +92,7 @@ pub(crate) fn blob_writer(
     name: &str,
     audit: &mut Map<String, Value>,
 ) -> Result<Option<Tee>, Refusal> {
-    let upload_hash = headers
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Upload "))
-        .and_then(|t| hex::decode(t.trim()).ok())
-        .map(|t| <[u8; 32]>::from(Sha256::digest(&t)));
+    let upload_hash = upload_token_hash(headers);
     if let Some(p) = party(st, headers) {
         audit.insert("party".into(), p.clone().into());
         if name == contract.output.blob {

@@ -222,13 +222,7 @@ fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 
 /// An upload token released for this contract, unexpired and unused (the TEE of a run).
 fn tee_of(st: &State, headers: &HeaderMap, digest: &str) -> Result<bool, Refusal> {
-    let Some(h) = headers
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Upload "))
-        .and_then(|t| hex::decode(t.trim()).ok())
-        .map(|t| <[u8; 32]>::from(Sha256::digest(&t)))
-    else {
+    let Some(h) = crate::blobs::upload_token_hash(headers) else {
         return Ok(false);
     };
     let grant = match st.journal.upload(&h) {
