@@ -17,6 +17,7 @@ mod console;
 mod evidence;
 mod measure;
 mod net;
+mod queries;
 mod release;
 mod sys;
 mod tpm;
@@ -35,7 +36,7 @@ use crate::console::{emit, say};
 use crate::release::TeeKeys;
 
 /// Where the image builder puts the contract.
-const CONTRACT_PATH: &str = "/etc/dcr/contract.json";
+pub const CONTRACT_PATH: &str = "/etc/dcr/contract.json";
 
 /// A failed step: what we were doing and why it failed.
 #[derive(Debug)]
@@ -133,8 +134,19 @@ fn clean_room(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let keys = evidence::attest(c, digest, &client, tee, &tk)?;
     workload::mount_run_dir()?;
     let inputs = workload::fetch_inputs(c, digest, &keys, &client)?;
-    let out = workload::run_workload(c, &inputs)?;
-    workload::deliver_output(c, digest, &tk, &keys, &client, out)
+    let out = match c.native_workload() {
+        Some(w) => Some(workload::run_workload(c, w, &inputs)?),
+        None => None,
+    };
+    // Answers first: the output's upload uses the upload token up.
+    queries::answer_queries(c, digest, &tk, &keys, &client, &inputs)?;
+    match out {
+        Some(out) => workload::deliver_output(c, digest, &tk, &keys, &client, out),
+        None => {
+            say("output none (the contract has no native workload)");
+            Ok(())
+        }
+    }
 }
 
 fn main() {

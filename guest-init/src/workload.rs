@@ -3,10 +3,10 @@
 //! to the recipients, signed and uploaded. Secrets live in `Zeroizing` buffers.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dcr_protocol::contract::Contract;
+use dcr_protocol::contract::{Contract, Workload};
 use dcr_protocol::seal::{Header, Opener};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -20,7 +20,7 @@ use crate::{fail, step, StepError};
 pub const WORKLOAD_DIR: &str = "/workloads";
 
 /// Where decrypted inputs live: a tmpfs (RAM; no block device), mode 0755, files 0644.
-const RUN_DIR: &str = "/run/dcr";
+pub const RUN_DIR: &str = "/run/dcr";
 
 /// First workload uid; workload i runs as uid/gid FIRST_UID + i.
 const FIRST_UID: u32 = 61000;
@@ -118,30 +118,39 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Run the (single) workload confined; returns its stdout.
-pub fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec<u8>>, StepError> {
-    let [w] = c.workloads.as_slice() else {
-        return fail(
-            "workload",
-            format!(
-                "this guest runs exactly one workload; the contract has {}",
-                c.workloads.len()
-            ),
-        );
-    };
+/// The executable of `w` at /workloads/<name>, after checking it has the contract's SHA-256.
+pub fn checked_exe(what: &'static str, w: &Workload) -> Result<PathBuf, StepError> {
     let exe = Path::new(WORKLOAD_DIR).join(&w.name);
     let bytes = step(
-        "workload",
+        what,
         std::fs::read(&exe).map_err(|e| format!("{}: {e}", exe.display())),
     )?;
     if hex::encode(Sha256::digest(&bytes)) != w.sha256 {
         return fail(
-            "workload",
+            what,
             format!("{} does not have the contract's SHA-256", exe.display()),
         );
     }
-    let args: Vec<&String> = w
-        .inputs
+    Ok(exe)
+}
+
+/// The uid/gid workload `w` runs as: FIRST_UID + its index in the contract.
+pub fn workload_uid(c: &Contract, w: &Workload) -> u32 {
+    let i = c
+        .workloads
+        .iter()
+        .position(|x| x.name == w.name)
+        .unwrap_or(0);
+    FIRST_UID + i as u32
+}
+
+/// The decrypted input paths of `w`, in the order its contract entry names them.
+pub fn inputs_of<'a>(
+    c: &Contract,
+    w: &Workload,
+    all_inputs: &'a [String],
+) -> Vec<(&'a str, usize)> {
+    w.inputs
         .iter()
         .map(|id| {
             let i = c
@@ -149,10 +158,44 @@ pub fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec
                 .iter()
                 .position(|d| d.id == *id)
                 .expect("validated");
-            &all_inputs[i]
+            (all_inputs[i].as_str(), i)
         })
-        .collect();
-    let mut cmd = std::process::Command::new(&exe);
+        .collect()
+}
+
+/// What a confined run gave back.
+pub struct Ran {
+    pub status: std::process::ExitStatus,
+    /// Its stdout, at most `output_mib` + 1 bytes.
+    pub out: Zeroizing<Vec<u8>>,
+    pub secs: f64,
+}
+
+impl Ran {
+    /// `exit=<code>` or `signal<n>` for console lines.
+    pub fn exit(&self) -> String {
+        self.status.code().map_or_else(
+            || {
+                format!(
+                    "signal{:?}",
+                    std::os::unix::process::ExitStatusExt::signal(&self.status)
+                )
+            },
+            |c| c.to_string(),
+        )
+    }
+}
+
+/// Run `exe args` confined (its own uid, no capabilities, rlimits, stdin null, stderr
+/// dropped, env cleared), killed with its process group after `timeout_secs`.
+pub fn run_confined(
+    what: &'static str,
+    w: &Workload,
+    exe: &Path,
+    args: &[String],
+    uid: u32,
+) -> Result<Ran, StepError> {
+    let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
         .current_dir("/")
         .env_clear()
@@ -161,14 +204,14 @@ pub fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec
         // Nothing a workload says reaches the operator's console.
         .stderr(std::process::Stdio::null());
     let conf = crate::sys::Confinement {
-        uid: FIRST_UID,
-        gid: FIRST_UID,
+        uid,
+        gid: uid,
         memory_bytes: w.limits.memory_mib << 20,
         cpu_secs: w.limits.cpu_secs,
     };
     let start = Instant::now();
     let mut child = step(
-        "workload",
+        what,
         crate::sys::spawn_confined(&mut cmd, &conf).map_err(|e| format!("spawn {}: {e}", w.name)),
     )?;
     let pgid = child.id();
@@ -187,7 +230,7 @@ pub fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec
                 crate::sys::kill_group(pgid);
                 let _ = child.wait();
                 return fail(
-                    "workload",
+                    what,
                     format!(
                         "{} timed out after {} s (killed)",
                         w.name, w.limits.timeout_secs
@@ -195,41 +238,54 @@ pub fn run_workload(c: &Contract, all_inputs: &[String]) -> Result<Zeroizing<Vec
                 );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return fail("workload", format!("wait {}: {e}", w.name)),
+            Err(e) => return fail(what, format!("wait {}: {e}", w.name)),
         }
     };
     crate::sys::kill_group(pgid);
     let (r, out) = reader.join().map_err(|_| StepError {
-        step: "workload",
+        step: what,
         detail: "output reader panicked".into(),
     })?;
-    step("workload", r.map_err(|e| format!("{} output: {e}", w.name)))?;
-    say(&format!(
-        "workload {} exit={} output={} bytes time={:.1}s",
-        w.name,
-        status.code().map_or_else(
-            || format!(
-                "signal{:?}",
-                std::os::unix::process::ExitStatusExt::signal(&status)
-            ),
-            |c| c.to_string()
-        ),
-        out.len(),
-        start.elapsed().as_secs_f64()
-    ));
-    if !status.success() {
-        return fail("workload", format!("{} failed ({status})", w.name));
-    }
+    step(what, r.map_err(|e| format!("{} output: {e}", w.name)))?;
     if out.len() as u64 > cap {
         return fail(
-            "workload",
+            what,
             format!(
                 "{} wrote more than output_mib = {}",
                 w.name, w.limits.output_mib
             ),
         );
     }
-    Ok(out)
+    Ok(Ran {
+        status,
+        out,
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Run the contract's native workload `w` confined; returns its stdout.
+pub fn run_workload(
+    c: &Contract,
+    w: &Workload,
+    all_inputs: &[String],
+) -> Result<Zeroizing<Vec<u8>>, StepError> {
+    let exe = checked_exe("workload", w)?;
+    let args: Vec<String> = inputs_of(c, w, all_inputs)
+        .into_iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
+    let ran = run_confined("workload", w, &exe, &args, workload_uid(c, w))?;
+    say(&format!(
+        "workload {} exit={} output={} bytes time={:.1}s",
+        w.name,
+        ran.exit(),
+        ran.out.len(),
+        ran.secs
+    ));
+    if !ran.status.success() {
+        return fail("workload", format!("{} failed ({})", w.name, ran.status));
+    }
+    Ok(ran.out)
 }
 
 /// The contract's output rules (dcr_protocol::output: strict CSV, header = the contract's

@@ -8,10 +8,13 @@
 #     signing key; dcr-build builds the image with that contract and shows its measurements;
 #  5. each party generates its dataset (deterministic, ROWS rows), seals it, registers its key
 #     with the image's reference values, and uploads the sealed data;
-#  6. the UKI boots under OVMF + swtpm (QEMU TCG): guest-init attests, gets the keys, runs
-#     the join, seals the aggregates to both parties, uploads them, powers off;
-#  7. the publisher fetches the result, checks its proof (an attested TEE of this contract
-#     signed it) while opening it, and prints it.
+#  6. the advertiser submits its SQL query (overlap.sql) under the contract's analysis;
+#  7. the UKI boots under OVMF + swtpm (QEMU TCG): guest-init attests, gets the keys, runs
+#     the native join, answers the query with the SQL engine (the rule's k = 50 enforced on
+#     the plan), seals both to the parties, uploads them, powers off;
+#  8. the advertiser fetches the SQL answer, checks its proof (an attested TEE of this
+#     contract signed it) while opening it; the publisher opens the native output; they must
+#     be the same table, which is printed.
 # Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -108,17 +111,30 @@ for party in publisher advertiser; do
     --name "$blob" --in "data/$party.sealed"
 done
 
+step "the advertiser submits its SQL query (images/clean-room/overlap.sql) under analysis overlap"
+"$bin/dcr-attest" query submit --service "$party_url" --service-pub service/service.pub.json \
+  --token-file keys/advertiser.token --contract contract.toml --party advertiser --analysis overlap \
+  --sql-file "$top/images/clean-room/overlap.sql" --query-out query.json | tee submit.out
+qid=$(sed -n 's/^submitted query \([0-9a-f]\{32\}\) .*/\1/p' submit.out)
+[ -n "$qid" ] || die "query submit printed no query id: $(cat submit.out)"
+
 step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the service"
 "$bin/dcr-build" run image --mode uefi --net --tpm-state tpm --timeout "${TIMEOUT:-900}" --memory "${MEMORY:-1024}" \
   | sed -u -e '/^dcr-init: eventlog/s/base64=.*/base64=… (in console.log)/' \
   | grep --line-buffered -E '^(dcr-init|run):' | tee console.log
 
-step "the publisher fetches and opens the result"
+step "the advertiser fetches and opens the answer to its SQL query"
+# query result checks the answer's proof first (the service's signed release, key pinned in
+# the contract, names the TEE's result key, whose signature covers the sealed bytes), then
+# that it answers exactly query.json.
+"$bin/dcr-attest" query result --service "$party_url" --service-pub service/service.pub.json \
+  --contract contract.toml --id "$qid" --key keys/advertiser.key --query query.json --out result.csv
+step "the publisher fetches and opens the native workload's output (the same table)"
 "$bin/dcr-attest" get --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
   --name overlap-result.sealed --out result.sealed
-# open checks the result's proof first: the service's signed release (key pinned in the
-# contract) names the TEE's result key, whose signature covers the sealed bytes.
-"$bin/dcr-attest" open --in result.sealed --out result.csv --key keys/publisher.key --contract contract.toml
-echo "== result (audience overlap and conversions per segment; groups under k = 50 suppressed)"
+"$bin/dcr-attest" open --in result.sealed --out native.csv --key keys/publisher.key --contract contract.toml
+cmp -s result.csv native.csv ||
+  die "the SQL answer (result.csv) and the native workload's output (native.csv) differ: $(diff result.csv native.csv | head -5 | tr '\n' ' ')"
+echo "== result (audience overlap and conversions per segment; groups under k = 50 suppressed; SQL = native)"
 column -s, -t < result.csv 2>/dev/null || cat result.csv
 step "done: $work/result.csv"

@@ -267,6 +267,11 @@ impl Room {
 
     /// Generate both datasets (`rows`, `seed`) into `data-<tag>/`.
     pub fn data(&self, tag: &str, rows: u64, seed: u64) -> PathBuf {
+        self.data_with(tag, rows, seed, &[])
+    }
+
+    /// [`Room::data`] with extra generator arguments (`--parquet`).
+    pub fn data_with(&self, tag: &str, rows: u64, seed: u64, extra: &[&str]) -> PathBuf {
         let d = self.dir.join(format!("data-{tag}"));
         ok(
             Command::new(dcr_cleanroom_gen())
@@ -278,6 +283,7 @@ impl Room {
                     "--out-dir",
                 ])
                 .arg(&d)
+                .args(extra)
                 .output()
                 .unwrap(),
             "generator",
@@ -285,7 +291,8 @@ impl Room {
         d
     }
 
-    fn attest(&self, args: &[&str]) -> std::process::Output {
+    /// Run dcr-attest in the room's directory.
+    pub fn attest(&self, args: &[&str]) -> std::process::Output {
         Command::new(dcr_attest())
             .args(args)
             .current_dir(&self.dir)
@@ -296,6 +303,11 @@ impl Room {
     /// Seal, register (reference values of `image`) and upload both parties' data for the
     /// contract with `tag`.
     pub fn provide(&self, tag: &str, data: &Path, image: &Path) {
+        self.provide_ext(tag, data, image, "csv")
+    }
+
+    /// [`Room::provide`] of `<party>.<ext>` (`csv` or `parquet`).
+    pub fn provide_ext(&self, tag: &str, data: &Path, image: &Path, ext: &str) {
         let contract = format!("contract-{tag}.toml");
         for (party, key_id, blob) in [
             ("publisher", "publisher-segments", "publisher-segments"),
@@ -308,7 +320,7 @@ impl Room {
             let (key_id, blob) = (format!("{key_id}-{tag}"), format!("{blob}-{tag}.sealed"));
             let sealed = format!("{party}-{tag}.sealed");
             let dek = format!("{party}-{tag}.dek");
-            let input = data.join(format!("{party}.csv"));
+            let input = data.join(format!("{party}.{ext}"));
             ok(
                 self.attest(&[
                     "seal",

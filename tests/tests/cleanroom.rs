@@ -1,7 +1,8 @@
 //! The whole clean room in QEMU + OVMF + swtpm (TCG) against `dcr-attest serve` on loopback.
 //!
-//! - The README's main job (images/clean-room/run.sh) prints the aggregates; they equal a
-//!   plain-Rust join of the generator's plaintext, and both recipients open the result.
+//! - The README's main job (images/clean-room/run.sh) prints the aggregates the SQL engine
+//!   answered to the advertiser's query; they equal a plain-Rust join of the generator's
+//!   plaintext and the native workload's output, and both recipients open the result.
 //! - Faults, each ending in a clean power off with the reason on the console and no output
 //!   uploaded: service refuses, service unreachable (deadline), forged service signature,
 //!   corrupted sealed input, workload failure, workload timeout, output violating the rules,
@@ -67,6 +68,15 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         std::fs::read_to_string(work.join("result-advertiser.csv")).unwrap(),
         want
     );
+    // The main job's table is the SQL answer; the native output is the same table.
+    assert_eq!(
+        std::fs::read_to_string(work.join("native.csv")).unwrap(),
+        want
+    );
+    assert!(
+        out.contains("analysis=overlap party=advertiser outcome=ok rows="),
+        "no answered query in:\n{out}"
+    );
     // The console shows each step.
     for step in [
         "network static",
@@ -75,6 +85,7 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         "release ok",
         "input publisher-segments",
         "workload overlap exit=0",
+        "queries pending=1",
         "output rows=",
         "power-off status=ok",
     ] {

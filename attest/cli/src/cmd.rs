@@ -8,6 +8,7 @@ pub mod make_credential;
 pub mod open;
 pub mod put;
 pub mod query;
+pub mod query_service;
 pub mod register;
 pub mod seal;
 pub mod serve;

@@ -482,6 +482,18 @@ impl Query {
         Ok(q)
     }
 
+    /// The document's canonical bytes: serde_json of the typed query (fields in declaration
+    /// order, parameters sorted). The submitter, the service and the guest all hash these.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a query serializes")
+    }
+
+    /// SHA-256 of [`Query::to_json`]: what an answer's `sha256=` names.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.to_json()).into()
+    }
+
     pub fn validate(&self) -> Result<(), QueryError> {
         for (field, v) in [("analysis", &self.analysis), ("party", &self.party)] {
             if !crate::contract::id_ok(v) {
@@ -630,9 +642,207 @@ impl Answer {
     }
 }
 
+/// The most rows an answer may carry (guest-init refuses a larger one).
+pub const MAX_ANSWER_ROWS: usize = 1_000_000;
+/// The most columns an answer may carry.
+pub const MAX_ANSWER_COLUMNS: usize = 64;
+
+/// guest-init's re-check of what the confined engine printed, before it is sealed
+/// (docs/analysis.md, "What guest-init re-checks"): strict CSV (UTF-8, `\n` line ends, RFC 4180
+/// quoting, no control characters), a header of 1-64 distinct non-empty names, every row as
+/// wide as the header, at most [`MAX_ANSWER_ROWS`] rows, and per rule:
+/// - `list`: every column is one of the rule's list columns (by name);
+/// - `aggregation`, `template`: no column is named like a privacy unit or a join column
+///   (unless a dimension or list column of the rule has that name).
+///
+/// The engine enforces the rule on the plan; this catches an engine that misbehaves grossly
+/// (a raw identifier column, malformed or oversized output). Returns the number of rows.
+pub fn check_answer_csv(rule: &Rule, catalog: &Catalog<'_>, csv: &[u8]) -> Result<usize, String> {
+    let text = std::str::from_utf8(csv).map_err(|_| "the answer is not UTF-8".to_string())?;
+    let records = csv_records(text)?;
+    let Some((header, rows)) = records.split_first() else {
+        return Err("the answer has no header line".into());
+    };
+    if header.is_empty() || header.len() > MAX_ANSWER_COLUMNS {
+        return Err(format!(
+            "the answer has {} columns (1 to {MAX_ANSWER_COLUMNS})",
+            header.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for h in header {
+        if h.is_empty() || !seen.insert(h.as_str()) {
+            return Err(format!(
+                "the answer's header has an empty or repeated name {h:?}"
+            ));
+        }
+    }
+    if rows.len() > MAX_ANSWER_ROWS {
+        return Err(format!(
+            "the answer has {} rows (at most {MAX_ANSWER_ROWS})",
+            rows.len()
+        ));
+    }
+    if let Some(i) = rows.iter().position(|r| r.len() != header.len()) {
+        return Err(format!(
+            "row {} has {} fields, the header {}",
+            i + 1,
+            rows[i].len(),
+            header.len()
+        ));
+    }
+    let bare = |q: &String| q.split_once('.').map_or(q.clone(), |(_, c)| c.to_string());
+    match rule {
+        Rule::List(l) => {
+            let allowed: BTreeSet<String> = l.list_columns.iter().map(bare).collect();
+            if let Some(h) = header.iter().find(|h| !allowed.contains(*h)) {
+                return Err(format!(
+                    "list rule: the answer has column {h:?}, not a list column"
+                ));
+            }
+        }
+        Rule::Aggregation(_) | Rule::Template(_) => {
+            let mut allowed: BTreeSet<String> = BTreeSet::new();
+            let mut banned: BTreeSet<String> = catalog
+                .tables
+                .iter()
+                .map(|(t, _)| t.privacy_unit.clone())
+                .collect();
+            if let Rule::Aggregation(a) = rule {
+                banned.extend(a.join_columns.iter().map(bare));
+                allowed.extend(a.dimensions.iter().map(bare));
+            }
+            if let Some(h) = header
+                .iter()
+                .find(|h| banned.contains(*h) && !allowed.contains(*h))
+            {
+                return Err(format!(
+                    "{} rule: the answer has a column named {h:?}, a privacy unit or join column",
+                    rule.kind()
+                ));
+            }
+        }
+    }
+    Ok(rows.len())
+}
+
+/// RFC 4180 records of `text` (`\n` line ends; a final line end required; quoted fields may
+/// hold commas and doubled quotes but no line breaks; no control characters anywhere).
+fn csv_records(text: &str) -> Result<Vec<Vec<String>>, String> {
+    if !text.ends_with('\n') {
+        return Err("the answer does not end with a line end".into());
+    }
+    let mut out = Vec::new();
+    for (n, line) in text[..text.len() - 1].split('\n').enumerate() {
+        if let Some(c) = line.chars().find(|c| c.is_control()) {
+            return Err(format!("line {}: control character {c:?}", n + 1));
+        }
+        let mut fields = Vec::new();
+        let mut rest = line;
+        loop {
+            if let Some(q) = rest.strip_prefix('"') {
+                let mut v = String::new();
+                let mut chars = q.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        None => return Err(format!("line {}: unterminated quote", n + 1)),
+                        Some((i, '"')) => {
+                            if q[i + 1..].starts_with('"') {
+                                v.push('"');
+                                chars.next();
+                            } else {
+                                break i + 1;
+                            }
+                        }
+                        Some((_, c)) => v.push(c),
+                    }
+                };
+                fields.push(v);
+                rest = &q[end..];
+            } else {
+                let end = rest.find(',').unwrap_or(rest.len());
+                if rest[..end].contains('"') {
+                    return Err(format!("line {}: a quote inside an unquoted field", n + 1));
+                }
+                fields.push(rest[..end].to_string());
+                rest = &rest[end..];
+            }
+            match rest.strip_prefix(',') {
+                Some(r) => rest = r,
+                None if rest.is_empty() => break,
+                None => return Err(format!("line {}: text after a closing quote", n + 1)),
+            }
+        }
+        out.push(fields);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod query_tests {
     use super::*;
+
+    fn table(name: &str, unit: &str, cols: &[&str]) -> Table {
+        Table {
+            name: name.into(),
+            format: TableFormat::Csv,
+            privacy_unit: unit.into(),
+            columns: cols
+                .iter()
+                .map(|c| Column {
+                    name: (*c).into(),
+                    ty: ColumnType::String,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn answers_are_rechecked_against_their_rule() {
+        let seg = table("segments", "user", &["user", "segment"]);
+        let conv = table("conversions", "uid", &["uid", "converted"]);
+        let catalog = Catalog {
+            tables: vec![(&seg, "publisher"), (&conv, "advertiser")],
+        };
+        let agg = Rule::Aggregation(AggregationRule {
+            min_distinct_units: 50,
+            join_columns: vec!["segments.user".into(), "conversions.uid".into()],
+            dimensions: vec!["segments.segment".into()],
+            aggregates: vec![],
+            scalar_functions: vec![],
+        });
+        let list = Rule::List(ListRule {
+            join_columns: vec!["segments.user".into(), "conversions.uid".into()],
+            list_columns: vec!["segments.segment".into()],
+        });
+        let ok = |r: &Rule, csv: &str| check_answer_csv(r, &catalog, csv.as_bytes());
+        assert_eq!(
+            ok(&agg, "segment,overlap\nnews,51\n\"a,\"\"b\"\"\",52\n"),
+            Ok(2)
+        );
+        assert_eq!(ok(&agg, "segment,overlap\n"), Ok(0));
+        assert_eq!(ok(&list, "segment\nnews\n"), Ok(1));
+        for (rule, bad, why) in [
+            (&agg, "", "line end"),
+            (&agg, "segment,overlap\nnews,51", "line end"),
+            (&agg, "segment,overlap\nnews\n", "fields"),
+            (&agg, "segment,segment\nnews,news\n", "repeated"),
+            (&agg, ",overlap\nnews,1\n", "empty"),
+            (&agg, "user,overlap\nab12,51\n", "privacy unit"),
+            (&agg, "uid,overlap\nab12,51\n", "privacy unit"),
+            (&agg, "segment,overlap\nne\rws,51\n", "control"),
+            (&agg, "segment,overlap\n\"news,51\n", "unterminated"),
+            (&agg, "segment,overlap\nn\"ews,51\n", "quote"),
+            (&agg, "segment,overlap\n\"news\"x,51\n", "closing quote"),
+            (&list, "segment,user\nnews,ab12\n", "not a list column"),
+        ] {
+            let e = ok(rule, bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(check_answer_csv(&agg, &catalog, b"segment\n\xff\n").is_err());
+        let many = format!("c\n{}", "1\n".repeat(MAX_ANSWER_ROWS + 1));
+        assert!(ok(&agg, &many).unwrap_err().contains("rows"));
+    }
 
     #[test]
     fn query_documents_are_checked() {

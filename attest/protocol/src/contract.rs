@@ -81,11 +81,33 @@ pub struct Dataset {
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub name: String,
+    /// What the executable is (docs/contract.md): `native` (default; its stdout is the
+    /// contract's output) or `sql` (the SQL engine: it answers the submitted queries of the
+    /// contract's analyses, one confined run per query).
+    #[serde(default, skip_serializing_if = "WorkloadKind::is_native")]
+    pub kind: WorkloadKind,
     /// SHA-256 of the workload executable packed at /workloads/<name>.
     pub sha256: String,
     /// Dataset ids, in the order the workload receives them.
     pub inputs: Vec<String>,
     pub limits: Limits,
+}
+
+/// The kinds of workload a contract can name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// A program whose stdout is the contract's output (held to `[output]`).
+    #[default]
+    Native,
+    /// The SQL engine (dcr-sql-engine): answers the pending queries of the analyses.
+    Sql,
+}
+
+impl WorkloadKind {
+    pub fn is_native(&self) -> bool {
+        *self == WorkloadKind::Native
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +260,42 @@ impl Contract {
     }
 
     /// The analysis named `name`.
+    /// The one native workload (its stdout is the output).
+    pub fn native_workload(&self) -> Option<&Workload> {
+        self.workloads
+            .iter()
+            .find(|w| w.kind == WorkloadKind::Native)
+    }
+
+    /// The SQL engine workload, when the contract has one.
+    pub fn sql_workload(&self) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.kind == WorkloadKind::Sql)
+    }
+
+    /// Who receives the answer to `party`'s query under `analysis`: the analysis's recipients,
+    /// or the submitter when it names none. `None` when one of them has no recipient key.
+    pub fn answer_recipients(
+        &self,
+        analysis: &crate::analysis::Analysis,
+        party: &str,
+    ) -> Option<Vec<(String, HpkePublic)>> {
+        let names: Vec<&str> = if analysis.recipients.is_empty() {
+            vec![party]
+        } else {
+            analysis.recipients.iter().map(String::as_str).collect()
+        };
+        names
+            .into_iter()
+            .map(|n| {
+                let r = self.recipients.iter().find(|r| r.party == n)?;
+                Some((
+                    n.to_string(),
+                    HpkePublic::from_text(&r.hpke_public_key).ok()?,
+                ))
+            })
+            .collect()
+    }
+
     pub fn analysis(&self, name: &str) -> Option<&crate::analysis::Analysis> {
         self.analyses.iter().find(|a| a.name == name)
     }
@@ -369,8 +427,43 @@ impl Contract {
                 }
             }
         }
-        if names.is_empty() {
-            return Err(field("workloads", "at least one workload"));
+        let natives: Vec<usize> = (0..self.workloads.len())
+            .filter(|&i| self.workloads[i].kind.is_native())
+            .collect();
+        if natives.len() > 1 {
+            return Err(field(
+                format!("workloads[{}].kind", natives[1]),
+                "at most one native workload (its stdout is the output)",
+            ));
+        }
+        let sql: Vec<usize> = (0..self.workloads.len())
+            .filter(|&i| self.workloads[i].kind == WorkloadKind::Sql)
+            .collect();
+        if sql.len() > 1 {
+            return Err(field(
+                format!("workloads[{}].kind", sql[1]),
+                "at most one sql workload (it answers every analysis)",
+            ));
+        }
+        if let Some(&i) = sql.first() {
+            if self.analyses.is_empty() {
+                return Err(field(
+                    format!("workloads[{i}].kind"),
+                    "a sql workload needs at least one [[analyses]]",
+                ));
+            }
+            for (j, inp) in self.workloads[i].inputs.iter().enumerate() {
+                if self
+                    .datasets
+                    .iter()
+                    .any(|d| d.id == *inp && d.table.is_none())
+                {
+                    return Err(field(
+                        format!("workloads[{i}].inputs[{j}]"),
+                        format!("dataset {inp:?} declares no table for the SQL engine"),
+                    ));
+                }
+            }
         }
         if self.output.min_group_size == 0 {
             return Err(field("output.min_group_size", "must be >= 1"));
@@ -417,6 +510,23 @@ impl Contract {
                 return Err(field(
                     format!("recipients[{i}].hpke_public_key"),
                     "the same key as an earlier recipient",
+                ));
+            }
+        }
+        for (i, a) in self.analyses.iter().enumerate() {
+            let (list, name) = if a.recipients.is_empty() {
+                (&a.submitters, "submitters")
+            } else {
+                (&a.recipients, "recipients")
+            };
+            if let Some((j, p)) = list
+                .iter()
+                .enumerate()
+                .find(|(_, p)| !recipient_parties.contains(p.as_str()))
+            {
+                return Err(field(
+                    format!("analyses[{i}].{name}[{j}]"),
+                    format!("{p:?} receives this analysis's answers but has no [[recipients]] key"),
                 ));
             }
         }
@@ -728,6 +838,94 @@ deadline_secs = 60
             "output.columns",
         );
         refused("max_len = 32", "max_len = 0", "output.columns[0].max_len");
+    }
+
+    /// `with_sql` plus a sql workload `e` after `w` (optionally instead of it).
+    fn with_engine(keep_native: bool) -> String {
+        let ok = "min_distinct_units = 50\ndimensions = [\"users.seg\"]\naggregates = [{ function = \"count_distinct\", columns = [\"users.uid\"] }]";
+        let engine = format!(
+            "[[workloads]]\nname = \"e\"\nkind = \"sql\"\nsha256 = \"{}\"\ninputs = [\"users\"]\nlimits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}\n",
+            "cd".repeat(32)
+        );
+        let t = with_sql(ok).replacen("[output]", &format!("{engine}[output]"), 1);
+        if keep_native {
+            t
+        } else {
+            let a = t.find("[[workloads]]\nname = \"w\"").unwrap();
+            let b = a + t[a..].find("[[workloads]]\nname = \"e\"").unwrap();
+            format!("{}{}", &t[..a], &t[b..])
+        }
+    }
+
+    #[test]
+    fn workload_kinds_are_checked() {
+        let c = Contract::from_toml(&with_engine(true)).expect("native + sql");
+        assert_eq!(c.native_workload().unwrap().name, "w");
+        assert_eq!(c.sql_workload().unwrap().name, "e");
+        // The native kind is the default and is not written out: old digests stay.
+        let json = String::from_utf8(c.canonical_json()).unwrap();
+        assert_eq!(json.matches("\"kind\":\"sql\"").count(), 1, "{json}");
+        assert!(!json.contains("native"), "{json}");
+        let c = Contract::from_toml(&with_engine(false)).expect("sql only");
+        assert!(c.native_workload().is_none());
+        let bad = |text: String, f: &str| match Contract::from_toml(&text) {
+            Err(ContractError::Field { field, .. }) => assert_eq!(field, f, "{text}"),
+            other => panic!("{f}: {other:?}"),
+        };
+        // Two native workloads, two engines, an engine without analyses, an unknown kind.
+        let two = with_engine(true).replacen("name = \"e\"\nkind = \"sql\"", "name = \"e\"", 1);
+        bad(two, "workloads[1].kind");
+        let t = with_engine(false);
+        let e = t.find("[[workloads]]").unwrap();
+        let block = &t[e..t.find("[output]").unwrap()];
+        bad(
+            t.replacen(
+                block,
+                &format!("{block}{}", block.replace("\"e\"", "\"f\"")),
+                1,
+            ),
+            "workloads[1].kind",
+        );
+        // (with_sql appends the analysis last)
+        let no_analyses = t[..t.find("[[analyses]]").unwrap()].to_string();
+        bad(no_analyses, "workloads[0].kind");
+        assert!(matches!(
+            Contract::from_toml(&with_engine(false).replacen(
+                "kind = \"sql\"",
+                "kind = \"docker\"",
+                1
+            )),
+            Err(ContractError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn answer_recipients_are_the_analysis_recipients_or_the_submitter() {
+        let c = Contract::from_toml(&with_engine(true)).unwrap();
+        let a = c.analysis("q").unwrap();
+        let r = c.answer_recipients(a, "b").unwrap();
+        assert_eq!(r.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["b"]);
+        let t = with_engine(true).replacen(
+            "submitters = [\"b\"]",
+            "submitters = [\"b\"]\nrecipients = [\"a\", \"b\"]",
+            1,
+        );
+        let c = Contract::from_toml(&t).unwrap();
+        let r = c.answer_recipients(c.analysis("q").unwrap(), "b").unwrap();
+        assert_eq!(r.len(), 2);
+        // A submitter that receives answers must have a recipient key.
+        let k2 = format!(
+            "[[recipients]]\nparty = \"b\"\nhpke_public_key = \"x25519:{}\"\n",
+            "22".repeat(32)
+        );
+        let t = with_engine(true);
+        assert!(t.contains(&k2));
+        match Contract::from_toml(&t.replacen(&k2, "", 1)) {
+            Err(ContractError::Field { field, .. }) => {
+                assert_eq!(field, "analyses[0].submitters[0]")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

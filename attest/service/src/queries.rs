@@ -166,7 +166,7 @@ pub(crate) async fn submit(
                 ));
             }
             let id = hex::encode(&rand32()[..16]);
-            let bytes = serde_json::to_vec(&query).map_err(|e| internal(e.to_string()))?;
+            let bytes = query.to_json();
             write_new(
                 &dir(&st.cfg.data_dir, &digest),
                 &format!("{id}.json"),

@@ -2,9 +2,8 @@
 //! - `check`: is a query allowed under an analysis of a contract? Nothing runs.
 //! - `run-local`: the same engine and rules on local files (synthetic data), before
 //!   submitting.
+//! - `submit`, `pending`, `result`: through the key-release service (query_service.rs).
 
-#[cfg(feature = "sql")]
-use std::collections::BTreeMap;
 #[cfg(feature = "sql")]
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +12,7 @@ use std::process::ExitCode;
 #[cfg(feature = "sql")]
 use anyhow::{bail, Context};
 #[cfg(feature = "sql")]
-use dcr_protocol::analysis::{ParameterValue, TableFormat};
+use dcr_protocol::analysis::TableFormat;
 #[cfg(feature = "sql")]
 use dcr_sql::{Engine, Submission};
 
@@ -35,6 +34,13 @@ enum Sub {
     /// Run a query on local files with the same engine and rules; the result (CSV) on stdout
     /// or in --out (exit 1: refused).
     RunLocal(RunLocal),
+    /// Submit a query for the next run (a party's token; the party must be a submitter of
+    /// the analysis). Prints the query id.
+    Submit(super::query_service::Submit),
+    /// List the queries waiting for a run (the service's signed list).
+    Pending(super::query_service::Pending),
+    /// Fetch and open a query's answer (exit 0: rows; 3: refused, the reason on stderr).
+    Result(super::query_service::Result),
 }
 
 #[derive(clap::Args)]
@@ -78,19 +84,20 @@ struct RunLocal {
     out: Option<PathBuf>,
 }
 
-#[cfg(feature = "sql")]
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.cmd {
+        #[cfg(feature = "sql")]
         Sub::Check(q) => check(q),
+        #[cfg(feature = "sql")]
         Sub::RunLocal(r) => run_local(r),
+        #[cfg(not(feature = "sql"))]
+        Sub::Check(_) | Sub::RunLocal(_) => anyhow::bail!(
+            "this dcr-attest was built without the SQL engine (feature sql): cargo build --release -p dcr-attest"
+        ),
+        Sub::Submit(s) => super::query_service::submit(s),
+        Sub::Pending(p) => super::query_service::pending(p),
+        Sub::Result(r) => super::query_service::result(r),
     }
-}
-
-#[cfg(not(feature = "sql"))]
-pub fn run(_: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "this dcr-attest was built without the SQL engine (feature sql): cargo build --release -p dcr-attest"
-    )
 }
 
 #[cfg(feature = "sql")]
@@ -112,18 +119,9 @@ fn submission(q: &Query) -> anyhow::Result<Submission> {
             bail!("--sql or --sql-file: the query to check");
         }
     }
-    let mut values = BTreeMap::new();
-    for p in &q.param {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--param {p:?}: expected NAME=VALUE"))?;
-        let v = serde_json::from_str::<ParameterValue>(v)
-            .unwrap_or_else(|_| ParameterValue::Text(v.to_string()));
-        if values.insert(k.to_string(), v).is_some() {
-            bail!("--param {k}: given twice");
-        }
-    }
-    Ok(Submission::Template(values))
+    Ok(Submission::Template(super::query_service::parameters(
+        &q.param,
+    )?))
 }
 
 #[cfg(feature = "sql")]

@@ -284,6 +284,18 @@ impl Client {
         Ok(len)
     }
 
+    /// GET `path` with a party's bearer token; the body (at most 64 MiB).
+    pub fn get_with_token(&self, path: &str, token: &str) -> Result<Vec<u8>, PartyError> {
+        self.token_transport_ok()?;
+        let resp = self
+            .agent
+            .get(&format!("{}{path}", self.url))
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .map_err(|e| self.http(e))?;
+        self.finish(resp)
+    }
+
     /// GET a blob of a contract into a file (atomically; never overwrites).
     pub fn get_blob(
         &self,

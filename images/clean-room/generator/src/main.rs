@@ -1,5 +1,7 @@
-//! `dcr-cleanroom-gen --seed S --rows N --out-dir D`: the two parties' plaintext datasets for
-//! the reference clean room, identical for the same seed and size on any machine.
+//! `dcr-cleanroom-gen --seed S --rows N --out-dir D [--parquet]`: the two parties' plaintext
+//! datasets for the reference clean room, identical for the same seed and size on any machine.
+//! With `--parquet`, also `D/publisher.parquet` and `D/advertiser.parquet`: the same rows
+//! (user and segment as strings, converted as int64; Snappy, 64 Ki rows per row group).
 //!
 //! - `D/publisher.csv`: `user,segment` — N users (16-hex-digit hashed ids), one segment each,
 //!   drawn with fixed weights from SEGMENTS (the last, `collectors`, is rare: at small N its
@@ -45,7 +47,7 @@ fn main() {
             .map(String::as_str)
     };
     let usage = || -> ! {
-        eprintln!("usage: dcr-cleanroom-gen --seed S --rows N --out-dir D");
+        eprintln!("usage: dcr-cleanroom-gen --seed S --rows N --out-dir D [--parquet]");
         std::process::exit(2)
     };
     let seed: u64 = get("--seed")
@@ -70,6 +72,9 @@ fn main() {
             }
         }
     };
+    let parquet = args.iter().any(|a| a == "--parquet");
+    let mut pub_rows: Vec<(u64, &str)> = Vec::new();
+    let mut adv_rows: Vec<(u64, u8)> = Vec::new();
     let mut publisher = open("publisher.csv");
     let mut advertiser = open("advertiser.csv");
     let r = (|| -> std::io::Result<()> {
@@ -89,6 +94,9 @@ fn main() {
                 .map(|(s, _)| *s)
                 .expect("weights cover the range");
             writeln!(publisher, "{:016x},{seg}", id(seed, 1, i))?;
+            if parquet {
+                pub_rows.push((id(seed, 1, i), seg));
+            }
         }
         writeln!(advertiser, "user,converted")?;
         for j in 0..rows {
@@ -100,6 +108,9 @@ fn main() {
             };
             let converted = u8::from((r >> 32).is_multiple_of(10));
             writeln!(advertiser, "{user:016x},{converted}")?;
+            if parquet {
+                adv_rows.push((user, converted));
+            }
         }
         publisher.flush()?;
         advertiser.flush()
@@ -108,8 +119,98 @@ fn main() {
         eprintln!("error: writing {}: {e}", dir.display());
         std::process::exit(2);
     }
+    if parquet {
+        let r = write_parquet(
+            &dir.join("publisher.parquet"),
+            ("segment", false),
+            pub_rows.len(),
+            |range| {
+                let (u, s): (Vec<String>, Vec<&str>) = pub_rows[range]
+                    .iter()
+                    .map(|(u, s)| (format!("{u:016x}"), *s))
+                    .unzip();
+                (u, Column::Text(s.into_iter().map(str::to_string).collect()))
+            },
+        )
+        .and_then(|()| {
+            write_parquet(
+                &dir.join("advertiser.parquet"),
+                ("converted", true),
+                adv_rows.len(),
+                |range| {
+                    let (u, c): (Vec<String>, Vec<i64>) = adv_rows[range]
+                        .iter()
+                        .map(|(u, c)| (format!("{u:016x}"), i64::from(*c)))
+                        .unzip();
+                    (u, Column::Int(c))
+                },
+            )
+        });
+        if let Err(e) = r {
+            eprintln!("error: writing Parquet in {}: {e}", dir.display());
+            std::process::exit(2);
+        }
+    }
     println!(
         "generated {rows} publisher rows and {rows} advertiser rows (seed {seed}) in {}",
         dir.display()
     );
+}
+
+/// The second column of a batch.
+enum Column {
+    Text(Vec<String>),
+    Int(Vec<i64>),
+}
+
+/// Write `n` rows as Parquet: `user` (string) and one more column, in row groups of 64 Ki.
+fn write_parquet(
+    path: &std::path::Path,
+    (second, is_int): (&str, bool),
+    n: usize,
+    batch: impl Fn(std::ops::Range<usize>) -> (Vec<String>, Column),
+) -> Result<(), String> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    const GROUP: usize = 1 << 16;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new(
+            second,
+            if is_int {
+                DataType::Int64
+            } else {
+                DataType::Utf8
+            },
+            false,
+        ),
+    ]));
+    let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(GROUP))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema.clone(), Some(props))
+        .map_err(|e| e.to_string())?;
+    let mut at = 0;
+    while at < n {
+        let end = (at + GROUP).min(n);
+        let (users, col) = batch(at..end);
+        let col: ArrayRef = match col {
+            Column::Text(v) => Arc::new(StringArray::from(v)),
+            Column::Int(v) => Arc::new(Int64Array::from(v)),
+        };
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(users)) as ArrayRef, col],
+        )
+        .map_err(|e| e.to_string())?;
+        w.write(&b).map_err(|e| e.to_string())?;
+        at = end;
+    }
+    w.close().map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -1,0 +1,280 @@
+//! SQL clean room end to end in QEMU + OVMF + swtpm (TCG), Parquet inputs, an image whose only
+//! workload is the SQL engine (the main job covers CSV beside the native workload):
+//! - queries go through the service (`dcr-attest query submit`); a token cannot submit as
+//!   another party;
+//! - the guest answers each pending query: allowed ones with the rows (equal to a plain join of
+//!   the plaintext with groups under k = 50 dropped), a raw projection with a sealed refusal
+//!   naming the rule and no rows;
+//! - an answer reaches only the analysis's recipients (an analysis with no `recipients`: the
+//!   submitter alone);
+//! - `query result` refuses an answer for another query document; after the run nothing is
+//!   pending.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dcr_tests::cleanroom::*;
+use dcr_tests::*;
+
+const TOOLS: [&str; 5] = [
+    "qemu-system-x86_64",
+    "swtpm",
+    "swtpm_setup",
+    "swtpm_localca",
+    "certtool",
+];
+
+/// The reference recipe with only the SQL engine as workload (built from the workspace).
+fn sql_only_recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(reference_recipe().join("image.toml")).unwrap();
+    let start = text
+        .find("[[workloads]]\nname = \"overlap\"")
+        .expect("the native workload in the recipe");
+    let end = start + text[start..].find("\n\n").unwrap() + 2;
+    let text = format!("{}{}", &text[..start], &text[end..]);
+    assert!(text.contains("crate = \"../../attest/sql-engine\""));
+    let text = text
+        .replace(
+            "crate = \"../../attest/sql-engine\"",
+            &format!(
+                "crate = \"{}\"",
+                workspace().join("attest/sql-engine").display()
+            ),
+        )
+        .replace(
+            "contract = \"contract.toml\"",
+            &format!(
+                "contract = \"{}\"",
+                reference_recipe().join("contract.toml").display()
+            ),
+        );
+    let r = dir.join("recipe-sql");
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(r.join("image.toml"), text).unwrap();
+    r
+}
+
+/// The room's contract: Parquet tables, no native workload, and a second analysis `mine`
+/// under the same rule whose answers go to the submitter only.
+fn sql_contract(room: &Room) -> PathBuf {
+    room.contract("pq", |t| {
+        let start = t
+            .find("[[workloads]]\nname = \"overlap\"")
+            .expect("native workload");
+        let end = start + t[start..].find("\n\n").unwrap() + 2;
+        let t = format!("{}{}", &t[..start], &t[end..]);
+        let a = t.find("[[analyses]]").expect("analysis");
+        let w = t.find("[[workloads]]").expect("sql workload");
+        let mine = t[a..w]
+            .replace("name = \"overlap\"", "name = \"mine\"")
+            .replace("recipients = [\"publisher\", \"advertiser\"]\n", "");
+        assert!(mine.contains("name = \"mine\"") && !mine.contains("recipients"));
+        let t = format!("{}{mine}{}", &t[..w], &t[w..]);
+        assert_eq!(t.matches("format = \"csv\"").count(), 2);
+        t.replace("format = \"csv\"", "format = \"parquet\"")
+    })
+}
+
+fn service_args(room: &Room, contract: &Path) -> Vec<String> {
+    vec![
+        "--service".into(),
+        room.svc.url.clone(),
+        "--contract".into(),
+        contract.display().to_string(),
+    ]
+}
+
+fn attest(room: &Room, args: &[String]) -> std::process::Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    room.attest(&a)
+}
+
+/// Submit `sql` under `analysis` as `party` with `token`'s file; the query id.
+fn submit(
+    room: &Room,
+    contract: &Path,
+    token: &str,
+    party: &str,
+    analysis: &str,
+    sql: &str,
+    doc: &str,
+) -> Result<String, String> {
+    let mut a: Vec<String> = ["query", "submit"].map(String::from).to_vec();
+    a.extend(service_args(room, contract));
+    a.extend(
+        [
+            "--token-file",
+            &format!("{token}.token"),
+            "--party",
+            party,
+            "--analysis",
+            analysis,
+            "--sql",
+            sql,
+            "--query-out",
+            doc,
+        ]
+        .map(String::from),
+    );
+    let o = attest(room, &a);
+    if !o.status.success() {
+        return Err(stderr(&o));
+    }
+    let out = stdout(&o);
+    let id = out
+        .strip_prefix("submitted query ")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no id in {out:?}"));
+    Ok(id.to_string())
+}
+
+/// `query result` as `party` (its key), checked against the document `doc`.
+fn result(room: &Room, contract: &Path, id: &str, party: &str, doc: &str) -> std::process::Output {
+    let mut a: Vec<String> = ["query", "result"].map(String::from).to_vec();
+    a.extend(service_args(room, contract));
+    a.extend(["--id", id, "--key", &format!("{party}.key"), "--query", doc].map(String::from));
+    attest(room, &a)
+}
+
+#[test]
+fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
+    if !require_tools("sql_clean_room_answers_parquet_queries", &TOOLS) {
+        return;
+    }
+    let room = Room::new("sql-room");
+    let contract = sql_contract(&room);
+    let recipe = sql_only_recipe(&room.dir);
+    let image = room.dir.join("image-pq");
+    let o = Command::new(dcr_build())
+        .arg("image")
+        .arg(&recipe)
+        .arg("--contract")
+        .arg(&contract)
+        .arg("--out")
+        .arg(&image)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dcr-build image: {}", stderr(&o));
+    let data = room.data_with("pq", 10000, 5, &["--parquet"]);
+    room.provide_ext("pq", &data, &image, "parquet");
+
+    let overlap =
+        std::fs::read_to_string(reference_recipe().join("../clean-room/overlap.sql")).unwrap();
+    let ok = submit(
+        &room,
+        &contract,
+        "advertiser",
+        "advertiser",
+        "overlap",
+        &overlap,
+        "q-ok.json",
+    )
+    .unwrap();
+    let raw = submit(
+        &room,
+        &contract,
+        "advertiser",
+        "advertiser",
+        "overlap",
+        "SELECT s.user, s.segment FROM segments s",
+        "q-raw.json",
+    )
+    .unwrap();
+    let mine = submit(
+        &room,
+        &contract,
+        "advertiser",
+        "advertiser",
+        "mine",
+        &overlap,
+        "q-mine.json",
+    )
+    .unwrap();
+    // The publisher's token cannot submit as the advertiser (the service checks the token's
+    // party), and the publisher is not a submitter.
+    let e = submit(
+        &room,
+        &contract,
+        "publisher",
+        "advertiser",
+        "overlap",
+        &overlap,
+        "q-x.json",
+    )
+    .unwrap_err();
+    assert!(e.contains("not_submitter"), "{e}");
+
+    let mut pending: Vec<String> = ["query", "pending"].map(String::from).to_vec();
+    pending.extend(service_args(&room, &contract));
+    pending.extend(["--token-file", "publisher.token"].map(String::from));
+    let o = attest(&room, &pending);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("3 queries pending"),
+        "{}",
+        stdout(&o)
+    );
+
+    let (code, console) = room.boot(&image);
+    assert_eq!(code, Some(0), "{console}");
+    assert!(console.contains("dcr-init: queries pending=3"), "{console}");
+    assert!(
+        console.contains(&format!(
+            "dcr-init: query {ok} analysis=overlap party=advertiser outcome=ok rows="
+        )),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!(
+            "dcr-init: query {raw} analysis=overlap party=advertiser outcome=refused"
+        )),
+        "{console}"
+    );
+    assert!(console.contains("dcr-init: output none"), "{console}");
+    assert!(
+        console.contains("dcr-init: power-off status=ok"),
+        "{console}"
+    );
+    // Neither SQL nor rows reach the operator's console.
+    assert!(!console.contains("SELECT"), "{console}");
+
+    let want = expected_result(&data, 50);
+    assert!(want.lines().count() > 3, "{want}");
+    for party in ["advertiser", "publisher"] {
+        let o = result(&room, &contract, &ok, party, "q-ok.json");
+        assert!(o.status.success(), "{party}: {}", stderr(&o));
+        assert_eq!(stdout(&o), want, "{party}");
+    }
+    // The raw projection: refused before anything ran, the rule named, no rows.
+    let o = result(&room, &contract, &raw, "advertiser", "q-raw.json");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    let reason = stderr(&o);
+    assert!(
+        reason.contains("refused: ") && reason.contains("aggregation"),
+        "{reason}"
+    );
+    // `mine` names no recipients: the submitter alone opens its answer.
+    let o = result(&room, &contract, &mine, "advertiser", "q-mine.json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), want);
+    let o = result(&room, &contract, &mine, "publisher", "q-mine.json");
+    assert!(
+        !o.status.success(),
+        "the publisher opened an answer sealed to the advertiser"
+    );
+    assert!(stdout(&o).is_empty());
+    // An answer is for one query document: another one's is refused.
+    let o = result(&room, &contract, &ok, "advertiser", "q-mine.json");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("other than --query"), "{}", stderr(&o));
+    // Nothing is pending any more.
+    let o = attest(&room, &pending);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("0 queries pending"),
+        "{}",
+        stdout(&o)
+    );
+}
