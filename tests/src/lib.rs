@@ -139,11 +139,18 @@ pub fn reference_build() -> PathBuf {
 /// The reference recipe text with its relative paths made absolute and its crate workload
 /// replaced by a file workload, so that it can be copied to a temporary directory; writes a
 /// copy of the contract naming that workload's digest beside `workload_file`.
+///
+/// The SQL engine workload is left out of both (these images test the native workload; the
+/// engine has its own tests, tests/tests/cleanroom_sql.rs).
 pub fn portable_recipe(workload_file: &Path, workload_sha256: &str) -> String {
     let dir = reference_recipe();
-    let text = std::fs::read_to_string(dir.join("image.toml")).expect("read reference recipe");
+    let text = without_sql_workload(
+        &std::fs::read_to_string(dir.join("image.toml")).expect("read reference recipe"),
+    );
     // The contract names the workload by digest: a copy beside the workload file names this one.
-    let reference = std::fs::read_to_string(dir.join("contract.toml")).expect("read contract");
+    let reference = without_sql_workload(
+        &std::fs::read_to_string(dir.join("contract.toml")).expect("read contract"),
+    );
     let start = reference
         .find("\nsha256 = \"")
         .expect("contract workload digest")
@@ -172,6 +179,17 @@ pub fn portable_recipe(workload_file: &Path, workload_sha256: &str) -> String {
     );
     assert!(text.contains("file = "), "reference recipe changed shape");
     text
+}
+
+/// A recipe or contract text without its `[[workloads]]` block named `sql`.
+pub fn without_sql_workload(text: &str) -> String {
+    let start = text
+        .find("[[workloads]]\nname = \"sql\"")
+        .expect("the reference has the sql workload");
+    let end = text[start..]
+        .find("\n\n")
+        .map_or(text.len(), |i| start + i + 2);
+    format!("{}{}", &text[..start], &text[end..])
 }
 
 /// Lowercase hex SHA-256.
@@ -274,6 +292,12 @@ pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
 }
 
 /// Path of a release dcr-attest (`DCR_ATTEST_BIN` overrides).
+/// The SQL engine as the guest runs it (host build: `cargo build --release`).
+pub fn dcr_sql_engine() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    release_bin(&BIN, "DCR_SQL_ENGINE_BIN", "dcr-sql-engine")
+}
+
 pub fn dcr_attest() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     release_bin(&BIN, "DCR_ATTEST_BIN", "dcr-attest")

@@ -70,7 +70,7 @@ fn boot(mode: &str) {
             .as_object()
             .expect("tpm prediction");
         assert!(
-            console.contains("dcr-init: pcr23 extended=2 (contract + 1 workloads)"),
+            console.contains("dcr-init: pcr23 extended=3 (contract + 2 workloads)"),
             "{console}"
         );
         for pcr in ["4", "9", "11", "23"] {

@@ -10,7 +10,9 @@ use std::process::Command;
 use dcr_protocol::analysis::ParameterValue;
 use dcr_protocol::contract::Contract;
 use dcr_sql::{Engine, Submission};
-use dcr_tests::{dcr_attest, dcr_cleanroom_gen, require_tools, stderr, stdout, Rng, TempDir};
+use dcr_tests::{
+    dcr_attest, dcr_cleanroom_gen, dcr_sql_engine, require_tools, stderr, stdout, Rng, TempDir,
+};
 
 const K: u64 = 50;
 
@@ -1028,4 +1030,138 @@ fn the_reference_rooms_sql_gives_the_native_workloads_table() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), stdout(&native), "SQL vs native workload");
     assert!(stdout(&o).lines().count() > 3);
+}
+
+/// dcr-sql-engine as guest-init runs it: the contract's canonical JSON, one query document,
+/// NAME=FILE tables. CSV and Parquet give the run-local table; a refused query (rule or
+/// submitter) exits 3 with one line naming it and reads no table (the files given do not
+/// exist); a plan checked before a load never runs.
+#[test]
+fn the_engine_binary_answers_csv_and_parquet_and_refuses_before_reading() {
+    let d = TempDir::new("sql-engine-bin");
+    let o = Command::new(dcr_cleanroom_gen())
+        .args(["--seed", "3", "--rows", "20000", "--parquet", "--out-dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = dcr_tests::workspace().join("images/clean-room/contract.toml");
+    let text = std::fs::read_to_string(&reference).unwrap();
+    let sql = std::fs::read_to_string(dcr_tests::workspace().join("images/clean-room/overlap.sql"))
+        .unwrap();
+    let canonical = |name: &str, text: &str| {
+        let c = Contract::from_toml(text).unwrap();
+        let p = d.path().join(name);
+        std::fs::write(&p, c.canonical_json()).unwrap();
+        p
+    };
+    let csv_contract = canonical("csv.json", &text);
+    let pq_contract = canonical(
+        "pq.json",
+        &text.replace("format = \"csv\"", "format = \"parquet\""),
+    );
+    let query = |name: &str, party: &str, sql: &str| {
+        let p = d.path().join(name);
+        let q = dcr_protocol::analysis::Query {
+            analysis: "overlap".into(),
+            party: party.into(),
+            sql: Some(sql.into()),
+            parameters: BTreeMap::new(),
+        };
+        std::fs::write(&p, q.to_json()).unwrap();
+        p
+    };
+    let ok = query("ok.json", "advertiser", &sql);
+    let engine = |contract: &Path, q: &Path, ext: &str| {
+        Command::new(dcr_sql_engine())
+            .arg(contract)
+            .arg(q)
+            .arg(format!(
+                "segments={}",
+                d.path().join(format!("publisher.{ext}")).display()
+            ))
+            .arg(format!(
+                "conversions={}",
+                d.path().join(format!("advertiser.{ext}")).display()
+            ))
+            .output()
+            .unwrap()
+    };
+    let local = Command::new(dcr_attest())
+        .args(["query", "run-local", "--contract"])
+        .arg(&reference)
+        .args([
+            "--analysis",
+            "overlap",
+            "--party",
+            "advertiser",
+            "--sql",
+            &sql,
+            "--table",
+        ])
+        .arg(format!(
+            "segments={}",
+            d.path().join("publisher.csv").display()
+        ))
+        .arg("--table")
+        .arg(format!(
+            "conversions={}",
+            d.path().join("advertiser.csv").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", stderr(&local));
+    let want = stdout(&local);
+    assert!(want.lines().count() > 3, "{want}");
+    for (c, ext) in [(&csv_contract, "csv"), (&pq_contract, "parquet")] {
+        let o = engine(c, &ok, ext);
+        assert_eq!(o.status.code(), Some(0), "{ext}: {}", stderr(&o));
+        assert_eq!(stdout(&o), want, "{ext}");
+    }
+    // Refusals: exit 3, one line naming the rule; the (missing) tables are never read.
+    let missing = |contract: &Path, q: &Path| {
+        Command::new(dcr_sql_engine())
+            .arg(contract)
+            .arg(q)
+            .arg("segments=/nonexistent/segments.csv")
+            .arg("conversions=/nonexistent/conversions.csv")
+            .output()
+            .unwrap()
+    };
+    for (q, why) in [
+        (
+            query("raw.json", "advertiser", "SELECT s.user FROM segments s"),
+            "aggregation",
+        ),
+        (query("party.json", "publisher", &sql), "publisher"),
+    ] {
+        let o = missing(&csv_contract, &q);
+        assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
+        let line = stdout(&o);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains(why), "{line}");
+    }
+    // An allowed query does read its tables: a missing file is an error (exit 1), not rows.
+    let o = missing(&csv_contract, &ok);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty());
+    assert!(
+        stderr(&o).contains("/nonexistent/segments.csv"),
+        "{}",
+        stderr(&o)
+    );
+    // The library: a plan checked before a load is refused at run time.
+    let c = Contract::from_toml(&text).unwrap();
+    let mut e = Engine::new(&c).unwrap();
+    let checked = e
+        .check("overlap", Some("advertiser"), &Submission::Sql(sql.clone()))
+        .unwrap();
+    let rows = dcr_sql::load::csv(
+        c.catalog().table("segments").unwrap(),
+        std::fs::File::open(d.path().join("publisher.csv")).unwrap(),
+    )
+    .unwrap();
+    e.load("segments", rows).unwrap();
+    let err = e.run(&checked).err().expect("a stale plan must not run");
+    assert!(err.to_string().contains("check it again"), "{err}");
 }

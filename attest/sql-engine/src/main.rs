@@ -8,8 +8,8 @@
 //!   or template parameters);
 //! - NAME=FILE: a table's decrypted rows, in the format the contract declares.
 //!
-//! The query is checked against its analysis's rule (and its submitter) before any table is
-//! read. Exit 0: the result as CSV on stdout. Exit 3: refused; one line on stdout naming the
+//! The query (its submitter and its rule, on the logical plan) is checked before any table is
+//! read, and again over the loaded tables, whose plan is the one that runs. Exit 0: the result as CSV on stdout. Exit 3: refused; one line on stdout naming the
 //! rule. Any other exit: failure (one line on stderr). The engine never sees a key: guest-init
 //! hands it plaintext tables and seals what it prints.
 
@@ -48,14 +48,12 @@ fn run() -> Result<ExitCode, String> {
         Some(sql) => Submission::Sql(sql.clone()),
         None => Submission::Template(query.parameters.clone()),
     };
-    // The rule first: a refused query never sees a row.
-    let checked = match engine.check(&query.analysis, Some(&query.party), &submission) {
-        Ok(c) => c,
-        Err(refusal) => {
-            println!("{refusal}");
-            return Ok(ExitCode::from(REFUSED));
-        }
-    };
+    // The submitter and the rule first, over the empty tables: a refused query never has a
+    // row read.
+    if let Err(refusal) = engine.check(&query.analysis, Some(&query.party), &submission) {
+        println!("{refusal}");
+        return Ok(ExitCode::from(REFUSED));
+    }
     let catalog = contract.catalog();
     for t in tables {
         let (name, file) = t
@@ -74,6 +72,15 @@ fn run() -> Result<ExitCode, String> {
             .load(name, batches)
             .map_err(|e| format!("table {name}: {e}"))?;
     }
+    // Checked again over the loaded tables: the plan that runs is the one checked (a check
+    // binds the tables it saw; Engine::run refuses a plan from before a load).
+    let checked = match engine.check(&query.analysis, Some(&query.party), &submission) {
+        Ok(c) => c,
+        Err(refusal) => {
+            println!("{refusal}");
+            return Ok(ExitCode::from(REFUSED));
+        }
+    };
     let out = engine.run(&checked).map_err(|e| e.to_string())?;
     let csv = out.to_csv().map_err(|e| e.to_string())?;
     std::io::stdout()

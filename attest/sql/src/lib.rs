@@ -67,6 +67,8 @@ pub struct Checked {
     pub analysis: String,
     ctx: SessionContext,
     plan: LogicalPlan,
+    /// The engine's table generation the plan was made against (its scans hold those tables).
+    generation: u64,
 }
 
 impl Checked {
@@ -111,6 +113,9 @@ pub struct Engine<'c> {
     tables: HashMap<String, Arc<MemTable>>,
     rt: tokio::runtime::Runtime,
     threads: usize,
+    /// Bumped by every [`Engine::load`]: a query checked before a load would scan the tables
+    /// as they were, so [`Engine::run`] refuses it.
+    generation: u64,
 }
 
 impl<'c> Engine<'c> {
@@ -127,6 +132,7 @@ impl<'c> Engine<'c> {
             tables: HashMap::new(),
             rt,
             threads,
+            generation: 0,
         };
         for (t, _) in contract.catalog().tables {
             e.load(&t.name, Vec::new())?;
@@ -155,6 +161,7 @@ impl<'c> Engine<'c> {
             })
         })?;
         self.tables.insert(table.into(), Arc::new(mem));
+        self.generation += 1;
         Ok(())
     }
 
@@ -326,11 +333,18 @@ impl<'c> Engine<'c> {
             analysis: a.name.clone(),
             ctx,
             plan,
+            generation: self.generation,
         })
     }
 
-    /// Run a checked query.
+    /// Run a checked query. Load the tables first: a query checked before a load is refused
+    /// (its plan holds the tables as they were when it was checked).
     pub fn run(&self, q: &Checked) -> Result<Output, EngineError> {
+        if q.generation != self.generation {
+            return Err(EngineError::Run(
+                "tables were loaded after this query was checked; check it again".into(),
+            ));
+        }
         self.rt.block_on(async {
             let df = q
                 .ctx
