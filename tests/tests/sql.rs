@@ -115,6 +115,9 @@ blob = "result.sealed"
 [[recipients]]
 party = "advertiser"
 hpke_public_key = "x25519:5bcf6293e4f118b5e53584fb59afff56f58870e11e9275afe743239c8e4a5c74"
+[[recipients]]
+party = "publisher"
+hpke_public_key = "x25519:4eb327074fb135d4078f02d7d48ad769c0a233473b00221f6dbc2ccae81a6f3d"
 
 [service]
 url = "http://10.0.2.2:8443"
