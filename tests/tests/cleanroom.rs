@@ -248,7 +248,10 @@ fn every_fault_powers_off_with_its_reason_and_uploads_nothing() {
     let recipe_dir = room.dir.join("recipe-k1");
     std::fs::create_dir_all(&recipe_dir).unwrap();
     std::fs::write(recipe_dir.join("image.toml"), portable_recipe(&k1, &k1_sha)).unwrap();
-    let agreed = std::fs::read_to_string(room.dir.join("contract-a.toml")).unwrap();
+    // (portable_recipe leaves the SQL engine out; so do these contracts)
+    let agreed =
+        without_sql_workload(&std::fs::read_to_string(room.dir.join("contract-a.toml")).unwrap());
+    std::fs::write(room.dir.join("agreed-native.toml"), &agreed).unwrap();
     let agreed_sha = dcr_protocol::contract::Contract::from_toml(&agreed)
         .unwrap()
         .workloads[0]
@@ -264,7 +267,7 @@ fn every_fault_powers_off_with_its_reason_and_uploads_nothing() {
         .arg("image")
         .arg(&recipe_dir)
         .arg("--contract")
-        .arg(room.dir.join("contract-a.toml"))
+        .arg(room.dir.join("agreed-native.toml"))
         .arg("--out")
         .arg(room.dir.join("image-k1-refused"))
         .output()
