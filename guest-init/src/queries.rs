@@ -9,7 +9,6 @@
 //! one-line reason and no data; a malformed or unsigned list fails the run.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -19,10 +18,12 @@ use dcr_protocol::release::{Signed, QUERIES_DOMAIN};
 use dcr_protocol::wire::{query_id_ok, query_result_blob, QueryList, MAX_PENDING_QUERIES};
 use zeroize::Zeroizing;
 
-use crate::client::{blob_path, Client};
+use crate::client::Client;
 use crate::console::say;
 use crate::release::{Keys, TeeKeys};
-use crate::workload::{checked_exe, inputs_of, run_confined, workload_uid, RUN_DIR};
+use crate::workload::{
+    checked_exe, inputs_of, run_confined, seal_sign_upload, workload_uid, RUN_DIR,
+};
 use crate::{step, StepError, CONTRACT_PATH};
 
 /// The largest signed list accepted (64 queries of at most 16 KiB SQL, base64 in JSON).
@@ -118,31 +119,8 @@ pub fn answer_queries(
         );
         let blob = query_result_blob(&pq.id);
         let keys_only: Vec<_> = recipients.iter().map(|(_, k)| *k).collect();
-        let mut sealer = step(
-            "queries",
-            dcr_protocol::recipients::seal_to(
-                Vec::new(),
-                &keys_only,
-                "dcr.output",
-                dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
-                &mut rand_core::OsRng,
-            )
-            .map_err(|e| e.to_string()),
-        )?;
-        step(
-            "queries",
-            sealer.write_all(&answer).map_err(|e| e.to_string()),
-        )?;
-        let sealed = step("queries", sealer.finish().map_err(|e| e.to_string()))?;
-        drop(answer);
-        let signed = dcr_protocol::result::sign(&tk.result, &keys.release, digest, &blob, &sealed);
-        client.call(
-            "answer",
-            "PUT",
-            &blob_path(digest, &blob),
-            Some(&signed),
-            Some(&auth),
-            1 << 20,
+        let (_, signed) = seal_sign_upload(
+            "answer", digest, tk, keys, client, &keys_only, &blob, answer,
         )?;
         let names: Vec<&str> = recipients.iter().map(|(n, _)| n.as_str()).collect();
         say(&format!(

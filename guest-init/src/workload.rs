@@ -308,11 +308,45 @@ pub fn deliver_output(
         "output",
         check_output(c, &out).map_err(|e| format!("output rules: {e}")),
     )?;
+    let (sealed, signed) = seal_sign_upload(
+        "upload",
+        digest,
+        tk,
+        keys,
+        client,
+        &c.recipient_keys(),
+        &c.output.blob,
+        out,
+    )?;
+    say(&format!(
+        "output rows={rows} sealed={sealed} bytes signed={} bytes sha256={} recipients={} blob={}",
+        signed.len(),
+        hex::encode(Sha256::digest(&signed)),
+        c.recipients.len(),
+        c.output.blob
+    ));
+    Ok(())
+}
+
+/// Seal `plain` to `recipients`, sign the sealed bytes with this TEE's result key for `blob`
+/// (the proof: the service's signed release naming that key, and its signature) and upload
+/// the signed result with the upload token. Returns the sealed length and the signed bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_sign_upload(
+    what: &'static str,
+    digest: &[u8; 32],
+    tk: &TeeKeys,
+    keys: &Keys,
+    client: &Client,
+    recipients: &[dcr_protocol::keys::HpkePublic],
+    blob: &str,
+    plain: Zeroizing<Vec<u8>>,
+) -> Result<(usize, Vec<u8>), StepError> {
     let mut sealer = step(
-        "output",
+        what,
         dcr_protocol::recipients::seal_to(
             Vec::new(),
-            &c.recipient_keys(),
+            recipients,
             "dcr.output",
             dcr_protocol::seal::DEFAULT_CHUNK_SIZE,
             &mut rand_core::OsRng,
@@ -320,31 +354,20 @@ pub fn deliver_output(
         .map_err(|e| e.to_string()),
     )?;
     step(
-        "output",
-        std::io::Write::write_all(&mut sealer, &out).map_err(|e| e.to_string()),
+        what,
+        std::io::Write::write_all(&mut sealer, &plain).map_err(|e| e.to_string()),
     )?;
-    let sealed = step("output", sealer.finish().map_err(|e| e.to_string()))?;
-    drop(out);
-    // The result carries its proof: the service's signed release (naming this TEE's result
-    // key) and this key's signature over the sealed bytes.
-    let signed =
-        dcr_protocol::result::sign(&tk.result, &keys.release, digest, &c.output.blob, &sealed);
+    let sealed = step(what, sealer.finish().map_err(|e| e.to_string()))?;
+    drop(plain);
+    let signed = dcr_protocol::result::sign(&tk.result, &keys.release, digest, blob, &sealed);
     let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
     client.call(
-        "upload",
+        what,
         "PUT",
-        &blob_path(digest, &c.output.blob),
+        &blob_path(digest, blob),
         Some(&signed),
         Some(&auth),
         1 << 20,
     )?;
-    say(&format!(
-        "output rows={rows} sealed={} bytes signed={} bytes sha256={} recipients={} blob={}",
-        sealed.len(),
-        signed.len(),
-        hex::encode(Sha256::digest(&signed)),
-        c.recipients.len(),
-        c.output.blob
-    ));
-    Ok(())
+    Ok((sealed.len(), signed))
 }

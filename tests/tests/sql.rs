@@ -1007,29 +1007,7 @@ fn the_reference_rooms_sql_gives_the_native_workloads_table() {
     let sql = std::fs::read_to_string(dcr_tests::workspace().join("images/clean-room/overlap.sql"))
         .unwrap();
     assert!(a.submitters.contains(&"advertiser".to_string()));
-    let o = Command::new(dcr_attest())
-        .args(["query", "run-local", "--contract"])
-        .arg(&contract)
-        .args([
-            "--analysis",
-            "overlap",
-            "--party",
-            "advertiser",
-            "--sql",
-            &sql,
-            "--table",
-        ])
-        .arg(format!(
-            "segments={}",
-            d.path().join("publisher.csv").display()
-        ))
-        .arg("--table")
-        .arg(format!(
-            "conversions={}",
-            d.path().join("advertiser.csv").display()
-        ))
-        .output()
-        .unwrap();
+    let o = run_local_overlap(&contract, d.path(), &sql);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), stdout(&native), "SQL vs native workload");
     assert!(stdout(&o).lines().count() > 3);
@@ -1090,29 +1068,7 @@ fn the_engine_binary_answers_csv_and_parquet_and_refuses_before_reading() {
             .output()
             .unwrap()
     };
-    let local = Command::new(dcr_attest())
-        .args(["query", "run-local", "--contract"])
-        .arg(&reference)
-        .args([
-            "--analysis",
-            "overlap",
-            "--party",
-            "advertiser",
-            "--sql",
-            &sql,
-            "--table",
-        ])
-        .arg(format!(
-            "segments={}",
-            d.path().join("publisher.csv").display()
-        ))
-        .arg("--table")
-        .arg(format!(
-            "conversions={}",
-            d.path().join("advertiser.csv").display()
-        ))
-        .output()
-        .unwrap();
+    let local = run_local_overlap(&reference, d.path(), &sql);
     assert!(local.status.success(), "{}", stderr(&local));
     let want = stdout(&local);
     assert!(want.lines().count() > 3, "{want}");
@@ -1167,4 +1123,29 @@ fn the_engine_binary_answers_csv_and_parquet_and_refuses_before_reading() {
     e.load("segments", rows).unwrap();
     let err = e.run(&checked).err().expect("a stale plan must not run");
     assert!(err.to_string().contains("check it again"), "{err}");
+}
+
+/// `query run-local` of `sql` as the advertiser under the reference room's analysis overlap,
+/// over the generator's CSVs in `data`.
+fn run_local_overlap(contract: &Path, data: &Path, sql: &str) -> std::process::Output {
+    Command::new(dcr_attest())
+        .args(["query", "run-local", "--contract"])
+        .arg(contract)
+        .args([
+            "--analysis",
+            "overlap",
+            "--party",
+            "advertiser",
+            "--sql",
+            sql,
+        ])
+        .arg("--table")
+        .arg(format!("segments={}", data.join("publisher.csv").display()))
+        .arg("--table")
+        .arg(format!(
+            "conversions={}",
+            data.join("advertiser.csv").display()
+        ))
+        .output()
+        .unwrap()
 }

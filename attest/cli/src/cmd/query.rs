@@ -52,16 +52,8 @@ struct Query {
     /// The analysis's name in the contract.
     #[arg(long, value_name = "NAME")]
     analysis: String,
-    /// The query (aggregation and list rules).
-    #[arg(long, value_name = "SQL", conflicts_with_all = ["sql_file", "param"])]
-    sql: Option<String>,
-    /// The query, from a file.
-    #[arg(long, value_name = "PATH", conflicts_with = "param")]
-    sql_file: Option<PathBuf>,
-    /// A template's parameter, NAME=VALUE; VALUE is read as JSON when it parses (5, 2.5,
-    /// true, "text"), else as text.
-    #[arg(long, value_name = "NAME=VALUE")]
-    param: Vec<String>,
+    #[command(flatten)]
+    text: super::query_service::Text,
     /// Who submits (checked against the analysis's submitters).
     #[arg(long, value_name = "PARTY")]
     party: Option<String>,
@@ -102,15 +94,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 #[cfg(feature = "sql")]
 fn submission(q: &Query) -> anyhow::Result<Submission> {
-    if let Some(s) = &q.sql {
+    if let Some(s) = &q.text.sql {
         return Ok(Submission::Sql(s.clone()));
     }
-    if let Some(p) = &q.sql_file {
+    if let Some(p) = &q.text.sql_file {
         let s =
             std::fs::read_to_string(p).with_context(|| format!("--sql-file {}", p.display()))?;
         return Ok(Submission::Sql(s));
     }
-    if q.param.is_empty() {
+    if q.text.param.is_empty() {
         let c = read_contract(&q.contract)?;
         let is_template = c
             .analysis(&q.analysis)
@@ -120,7 +112,7 @@ fn submission(q: &Query) -> anyhow::Result<Submission> {
         }
     }
     Ok(Submission::Template(super::query_service::parameters(
-        &q.param,
+        &q.text.param,
     )?))
 }
 

@@ -50,19 +50,26 @@ pub struct Submit {
     /// The analysis's name in the contract.
     #[arg(long, value_name = "NAME")]
     analysis: String,
-    /// The query (aggregation and list rules).
-    #[arg(long, value_name = "SQL", conflicts_with_all = ["sql_file", "param"])]
-    sql: Option<String>,
-    /// The query, from a file.
-    #[arg(long, value_name = "PATH", conflicts_with = "param")]
-    sql_file: Option<PathBuf>,
-    /// A template's parameter, NAME=VALUE; VALUE is read as JSON when it parses (5, 2.5,
-    /// true, "text"), else as text.
-    #[arg(long, value_name = "NAME=VALUE")]
-    param: Vec<String>,
+    #[command(flatten)]
+    text: Text,
     /// Also write the submitted query document here (give it to `query result --query`).
     #[arg(long, value_name = "PATH")]
     query_out: Option<PathBuf>,
+}
+
+/// A query's text, as `check`, `run-local` and `submit` take it.
+#[derive(clap::Args)]
+pub struct Text {
+    /// The query (aggregation and list rules).
+    #[arg(long, value_name = "SQL", conflicts_with_all = ["sql_file", "param"])]
+    pub sql: Option<String>,
+    /// The query, from a file.
+    #[arg(long, value_name = "PATH", conflicts_with = "param")]
+    pub sql_file: Option<PathBuf>,
+    /// A template's parameter, NAME=VALUE; VALUE is read as JSON when it parses (5, 2.5,
+    /// true, "text"), else as text.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub param: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -137,7 +144,7 @@ pub fn submit(a: Submit) -> anyhow::Result<ExitCode> {
             analysis.submitters.join(", ")
         );
     }
-    let sql = match (&a.sql, &a.sql_file) {
+    let sql = match (&a.text.sql, &a.text.sql_file) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(p)) => Some(
             std::fs::read_to_string(p).with_context(|| format!("--sql-file {}", p.display()))?,
@@ -152,7 +159,7 @@ pub fn submit(a: Submit) -> anyhow::Result<ExitCode> {
         analysis: a.analysis.clone(),
         party: a.party.clone(),
         sql,
-        parameters: parameters(&a.param)?,
+        parameters: parameters(&a.text.param)?,
     };
     query.validate().context("the query")?;
     let doc = query.to_json();
