@@ -15,7 +15,8 @@ cargo build --locked --release --workspace --quiet
 echo "== cargo test"
 # The e2e tests run the binaries built just above (instead of each test binary asking cargo
 # for them with another feature set, which would recompile shared dependencies).
-export DCR_BUILD_BIN="$top/target/release/dcr-build" DCR_ATTEST_BIN="$top/target/release/dcr-attest"
+export DCR_BUILD_BIN="$top/target/release/dcr-build" DCR_ATTEST_BIN="$top/target/release/dcr-attest" \
+  DCR_GEN_BIN="$top/target/release/dcr-cleanroom-gen" DCR_SQL_ENGINE_BIN="$top/target/release/dcr-sql-engine"
 cargo test --locked --release --workspace 2>&1 | tee "${TMPDIR:-/tmp}/dcr-cargo-test.log"
 echo "== reproducibility: two builds under varied conditions"
 bash reproducible/rebuild-and-compare.sh

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use dcr_protocol::analysis::{check_answer_csv, Answer, Outcome, Query};
+use dcr_protocol::analysis::{check_answer_csv, Answer, Outcome, Query, MAX_QUERY_JSON};
 use dcr_protocol::contract::Contract;
 use dcr_protocol::release::{Signed, QUERIES_DOMAIN};
 use dcr_protocol::wire::{query_id_ok, query_result_blob, QueryList, MAX_PENDING_QUERIES};
@@ -26,13 +26,20 @@ use crate::workload::{
 };
 use crate::{step, StepError, CONTRACT_PATH};
 
-/// The largest signed list accepted (64 queries of at most 16 KiB SQL, base64 in JSON).
+/// The largest signed list accepted: 64 query documents of at most MAX_QUERY_JSON bytes (with
+/// their ids), base64 in the signed JSON.
 const LIST_LIMIT: u64 = 4 << 20;
+const _: () =
+    assert!((MAX_PENDING_QUERIES * (MAX_QUERY_JSON + 128) * 4 / 3 + 4096) as u64 <= LIST_LIMIT);
 
 /// Exit status of dcr-sql-engine for a refused query.
 const ENGINE_REFUSED: i32 = 3;
 
-/// Answer every pending query, when the contract has a sql workload.
+/// Answer the pending queries, when the contract has a sql workload. The sql workload's
+/// `timeout_secs` is the budget for all of a run's queries together (each query gets what is
+/// left of it); queries left when it is spent stay pending for the next run. So a flood of
+/// slow queries cannot hold the run (and the output, uploaded after the answers) past what
+/// the parties agreed.
 pub fn answer_queries(
     c: &Contract,
     digest: &[u8; 32],
@@ -75,7 +82,18 @@ pub fn answer_queries(
         })
         .collect();
     let uid = workload_uid(c, w);
-    for pq in &list.queries {
+    let budget = std::time::Duration::from_secs(w.limits.timeout_secs);
+    let start = std::time::Instant::now();
+    for (n, pq) in list.queries.iter().enumerate() {
+        let left = budget.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            say(&format!(
+                "queries deferred={} (the sql workload's timeout_secs = {} is spent; they stay pending)",
+                list.queries.len() - n,
+                w.limits.timeout_secs
+            ));
+            break;
+        }
         let q = &pq.query;
         let Some(analysis) = c.analysis(&q.analysis) else {
             // The service stores only queries of the contract's analyses: a list naming
@@ -86,15 +104,15 @@ pub fn answer_queries(
             ));
             continue;
         };
-        let recipients = step(
-            "queries",
-            c.answer_recipients(analysis, &q.party).ok_or_else(|| {
-                format!(
-                    "query {}: a recipient of analysis {} has no key",
-                    pq.id, analysis.name
-                )
-            }),
-        )?;
+        let Some(recipients) = c.answer_recipients(analysis, &q.party) else {
+            // Only a party the analysis does not name can lack a key (the contract gives every
+            // recipient and every submitter one): nobody to seal a refusal to.
+            say(&format!(
+                "query {} skipped: party {:?} is not a submitter of analysis {} and has no key",
+                pq.id, q.party, analysis.name
+            ));
+            continue;
+        };
         let (outcome, detail, secs) = if !analysis.submitters.contains(&q.party) {
             (
                 Outcome::Refused(format!(
@@ -105,14 +123,19 @@ pub fn answer_queries(
                 0.0,
             )
         } else {
-            run_one(c, w, &exe, &dir, &pq.id, q, &tables, uid, &analysis.rule)?
+            let run = Run {
+                exe: &exe,
+                dir: &dir,
+                tables: &tables,
+                uid,
+                timeout_secs: left.as_secs().max(1),
+            };
+            run_one(c, w, &run, &pq.id, q, &analysis.rule)?
         };
         let answer = Zeroizing::new(
             Answer {
                 query_id: pq.id.clone(),
-                analysis: q.analysis.clone(),
-                party: q.party.clone(),
-                query_sha256: q.digest(),
+                query: q.clone(),
                 outcome,
             }
             .encode(),
@@ -172,19 +195,26 @@ fn verify_list(c: &Contract, digest: &[u8; 32], body: &[u8]) -> Result<QueryList
     Ok(list)
 }
 
+/// How the engine runs: its checked executable, the directory the query documents go to, its
+/// tables (NAME=FILE), its uid and the seconds this query may take.
+struct Run<'a> {
+    exe: &'a Path,
+    dir: &'a Path,
+    tables: &'a [String],
+    uid: u32,
+    timeout_secs: u64,
+}
+
 /// One query through the engine: its outcome, a word for the console, the seconds it took.
-#[allow(clippy::too_many_arguments)]
 fn run_one(
     c: &Contract,
     w: &dcr_protocol::contract::Workload,
-    exe: &Path,
-    dir: &Path,
+    r: &Run<'_>,
     id: &str,
     q: &Query,
-    tables: &[String],
-    uid: u32,
     rule: &dcr_protocol::analysis::Rule,
 ) -> Result<(Outcome, String, f64), StepError> {
+    let (exe, dir, tables, uid) = (r.exe, r.dir, r.tables, r.uid);
     let path = dir.join(format!("{id}.json"));
     step(
         "queries",
@@ -194,7 +224,7 @@ fn run_one(
     )?;
     let mut args = vec![CONTRACT_PATH.to_string(), path.display().to_string()];
     args.extend(tables.iter().cloned());
-    let ran = run_confined("queries", w, exe, &args, uid);
+    let ran = run_confined("queries", w, exe, &args, uid, r.timeout_secs);
     let _ = std::fs::remove_file(&path);
     let ran = match ran {
         Ok(r) => r,

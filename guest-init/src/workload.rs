@@ -194,6 +194,7 @@ pub fn run_confined(
     exe: &Path,
     args: &[String],
     uid: u32,
+    timeout_secs: u64,
 ) -> Result<Ran, StepError> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
@@ -222,7 +223,7 @@ pub fn run_confined(
         let r = (&mut stdout).take(cap + 1).read_to_end(&mut out);
         (r, out)
     });
-    let timeout = Duration::from_secs(w.limits.timeout_secs);
+    let timeout = Duration::from_secs(timeout_secs);
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
@@ -231,10 +232,7 @@ pub fn run_confined(
                 let _ = child.wait();
                 return fail(
                     what,
-                    format!(
-                        "{} timed out after {} s (killed)",
-                        w.name, w.limits.timeout_secs
-                    ),
+                    format!("{} timed out after {timeout_secs} s (killed)", w.name),
                 );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
@@ -274,7 +272,14 @@ pub fn run_workload(
         .into_iter()
         .map(|(p, _)| p.to_string())
         .collect();
-    let ran = run_confined("workload", w, &exe, &args, workload_uid(c, w))?;
+    let ran = run_confined(
+        "workload",
+        w,
+        &exe,
+        &args,
+        workload_uid(c, w),
+        w.limits.timeout_secs,
+    )?;
     say(&format!(
         "workload {} exit={} output={} bytes time={:.1}s",
         w.name,

@@ -245,6 +245,12 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
         let o = result(&room, &contract, &ok, party, "q-ok.json");
         assert!(o.status.success(), "{party}: {}", stderr(&o));
         assert_eq!(stdout(&o), want, "{party}");
+        // Every recipient sees the query that ran, not only its submitter.
+        assert!(
+            stderr(&o).contains("query sql: SELECT s.segment, COUNT(DISTINCT s.user)"),
+            "{party}: {}",
+            stderr(&o)
+        );
     }
     // The raw projection: refused before anything ran, the rule named, no rows.
     let o = result(&room, &contract, &raw, "advertiser", "q-raw.json");

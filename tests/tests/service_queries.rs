@@ -106,6 +106,29 @@ fn queries_are_stored_for_named_submitters_and_listed_signed() {
             400,
             "bad_request",
         ),
+        // Template parameters for an analysis that takes SQL (they would only fatten the
+        // list the guest reads), SQL with a control character, a document over the cap.
+        (
+            Some(adv.as_str()),
+            r#"{"analysis":"overlap","party":"advertiser","parameters":{"a":"b"}}"#.to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            Some(adv.as_str()),
+            r#"{"analysis":"overlap","party":"advertiser","sql":"SELECT '[2J'"}"#.to_string(),
+            400,
+            "bad_request",
+        ),
+        (
+            Some(adv.as_str()),
+            format!(
+                r#"{{"analysis":"overlap","party":"advertiser","sql":"{}"}}"#,
+                "\\\"".repeat(13000)
+            ),
+            400,
+            "bad_request",
+        ),
     ] {
         let (s, b) = call("POST", &url, token, Some(&body));
         assert_eq!(

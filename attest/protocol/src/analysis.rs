@@ -445,6 +445,9 @@ impl ParameterValue {
 
 /// The longest query text a party may submit (bytes).
 pub const MAX_QUERY_SQL: usize = 16 * 1024;
+/// The largest query document ([`Query::to_json`], escapes included): bounds what the service
+/// stores and the signed list the guest reads (64 of these).
+pub const MAX_QUERY_JSON: usize = 24 * 1024;
 
 /// A query a party submits under an analysis: `dcr-attest query submit` sends it, the service
 /// stores it bound to the contract and the party its token names, and the guest hands it to
@@ -539,25 +542,52 @@ impl Query {
                 reason: "more than 64".into(),
             });
         }
+        let control = |s: &str, tabs: bool| {
+            s.chars()
+                .any(|c| c.is_control() && !(tabs && matches!(c, '\n' | '\r' | '\t')))
+        };
+        if self.sql.as_deref().is_some_and(|s| control(s, true)) {
+            return Err(QueryError::Field {
+                field: "sql",
+                reason: "control characters other than tab and line ends".into(),
+            });
+        }
+        if let Some((k, _)) = self
+            .parameters
+            .iter()
+            .find(|(_, v)| matches!(v, ParameterValue::Text(t) if control(t, false)))
+        {
+            return Err(QueryError::Field {
+                field: "parameters",
+                reason: format!("{k}: control characters"),
+            });
+        }
+        let n = self.to_json().len();
+        if n > MAX_QUERY_JSON {
+            return Err(QueryError::Field {
+                field: "query",
+                reason: format!("the document is {n} bytes as JSON; at most {MAX_QUERY_JSON}"),
+            });
+        }
         Ok(())
     }
 }
 
 /// What a query's result blob holds once opened (sealed to the analysis's recipients, signed
-/// by the TEE like a run's output): a header line naming the query, then the rows or the
+/// by the TEE like a run's output): a header line naming the query, the query document the TEE
+/// ran (so every recipient sees what was asked, not only the submitter), then the rows or the
 /// refusal.
 ///
 /// ```text
-/// dcr-answer/1 ok query=<id> analysis=<name> party=<id> sha256=<hex of the query JSON>\n<CSV>
-/// dcr-answer/1 refused query=<id> analysis=<name> party=<id> sha256=<hex>\n<one line>\n
+/// dcr-answer/1 ok query=<id> analysis=<name> party=<id> sha256=<hex of the query JSON>\n
+/// <the query JSON, Query::to_json, one line>\n
+/// <CSV>            (ok)  |  <one line>\n   (refused)
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub query_id: String,
-    pub analysis: String,
-    pub party: String,
-    /// SHA-256 of the query document the TEE ran (the submitter compares it with what it sent).
-    pub query_sha256: [u8; 32],
+    /// The query document the TEE ran.
+    pub query: Query,
     pub outcome: Outcome,
 }
 
@@ -571,23 +601,32 @@ pub enum Outcome {
 
 const ANSWER_MAGIC: &str = "dcr-answer/1";
 
+/// A refusal as one line of printable text (newlines and other control characters, which
+/// could reach a recipient's terminal, become spaces).
+pub fn one_line(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 impl Answer {
     pub fn encode(&self) -> Vec<u8> {
         let (status, body) = match &self.outcome {
             Outcome::Rows(csv) => ("ok", csv.clone()),
-            Outcome::Refused(r) => {
-                let line: String = r.chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
-                ("refused", format!("{line}\n").into_bytes())
-            }
+            Outcome::Refused(r) => ("refused", format!("{}\n", one_line(r)).into_bytes()),
         };
+        let doc = self.query.to_json();
         let mut out = format!(
             "{ANSWER_MAGIC} {status} query={} analysis={} party={} sha256={}\n",
             self.query_id,
-            self.analysis,
-            self.party,
-            hex::encode(self.query_sha256)
+            self.query.analysis,
+            self.query.party,
+            hex::encode(self.query.digest())
         )
         .into_bytes();
+        out.extend_from_slice(&doc);
+        out.push(b'\n');
         out.extend_from_slice(&body);
         out
     }
@@ -597,12 +636,17 @@ impl Answer {
             field: "answer",
             reason: why.to_string(),
         };
-        let nl = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| bad("no header line"))?;
+        let line = |b: &[u8]| -> Result<usize, QueryError> {
+            b.iter()
+                .position(|&c| c == b'\n')
+                .ok_or_else(|| bad("truncated header"))
+        };
+        let nl = line(bytes)?;
         let head = std::str::from_utf8(&bytes[..nl]).map_err(|_| bad("header is not UTF-8"))?;
-        let body = &bytes[nl + 1..];
+        let rest = &bytes[nl + 1..];
+        let nl2 = line(rest)?;
+        let doc = &rest[..nl2];
+        let body = &rest[nl2 + 1..];
         let parts: Vec<&str> = head.split(' ').collect();
         let [magic, status, q, a, p, s] = parts.as_slice() else {
             return Err(bad("header: expected 6 fields"));
@@ -616,27 +660,32 @@ impl Answer {
                 .map(str::to_string)
                 .ok_or_else(|| bad(&format!("header: expected {k}=")))
         };
-        let query_sha256: [u8; 32] = hex::decode(field(s, "sha256")?)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| bad("header: sha256 is not 64 hex digits"))?;
+        let query = Query::from_json(doc)?;
+        // The document is canonical and the header names exactly it.
+        if query.to_json() != doc
+            || field(s, "sha256")? != hex::encode(query.digest())
+            || field(a, "analysis")? != query.analysis
+            || field(p, "party")? != query.party
+        {
+            return Err(bad(
+                "the header does not name the query document it carries",
+            ));
+        }
         let outcome = match *status {
             "ok" => Outcome::Rows(body.to_vec()),
             "refused" => {
                 let text = std::str::from_utf8(body).map_err(|_| bad("refusal is not UTF-8"))?;
                 let line = text
                     .strip_suffix('\n')
-                    .filter(|l| !l.contains('\n'))
-                    .ok_or_else(|| bad("a refusal is one line"))?;
+                    .filter(|l| !l.chars().any(char::is_control))
+                    .ok_or_else(|| bad("a refusal is one line of text"))?;
                 Outcome::Refused(line.to_string())
             }
             other => return Err(bad(&format!("status {other:?}"))),
         };
         Ok(Answer {
             query_id: field(q, "query")?,
-            analysis: field(a, "analysis")?,
-            party: field(p, "party")?,
-            query_sha256,
+            query,
             outcome,
         })
     }
@@ -879,27 +928,81 @@ mod query_tests {
     }
 
     #[test]
+    fn query_documents_are_bounded_and_printable() {
+        let q = |sql: &str| Query {
+            analysis: "a".into(),
+            party: "p".into(),
+            sql: Some(sql.into()),
+            parameters: BTreeMap::new(),
+        };
+        assert!(q("SELECT 1\r\n\tFROM t").validate().is_ok());
+        assert!(q("SELECT '\u{1b}[2J'").validate().is_err());
+        assert!(q("SELECT '\u{0}'").validate().is_err());
+        // 16 KiB of control-free SQL that JSON escapes (quotes) past the document cap.
+        assert!(q(&"\"".repeat(MAX_QUERY_SQL)).validate().is_err());
+        let mut p = q("x");
+        p.sql = None;
+        for i in 0..64 {
+            p.parameters
+                .insert(format!("p{i}"), ParameterValue::Text("y".repeat(4096)));
+        }
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
+        p.parameters.clear();
+        p.parameters
+            .insert("t".into(), ParameterValue::Text("a\nb".into()));
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
     fn answers_round_trip_and_refusals_stay_one_line() {
-        let rows = Answer {
-            query_id: "ab".repeat(16),
+        let query = Query {
             analysis: "overlap".into(),
             party: "advertiser".into(),
-            query_sha256: [7; 32],
+            sql: Some("SELECT 1\nFROM t".into()),
+            parameters: BTreeMap::new(),
+        };
+        let rows = Answer {
+            query_id: "ab".repeat(16),
+            query: query.clone(),
             outcome: Outcome::Rows(b"segment,n\nsports,60\n".to_vec()),
         };
-        assert_eq!(Answer::decode(&rows.encode()).unwrap(), rows);
+        let bytes = rows.encode();
+        assert_eq!(Answer::decode(&bytes).unwrap(), rows);
         let refused = Answer {
-            outcome: Outcome::Refused("refused by analysis overlap (aggregation rule):\nx".into()),
+            outcome: Outcome::Refused(
+                "refused by analysis overlap (aggregation rule):\nx\u{1b}[31m".into(),
+            ),
             ..rows.clone()
         };
         let back = Answer::decode(&refused.encode()).unwrap();
         assert_eq!(
             back.outcome,
-            Outcome::Refused("refused by analysis overlap (aggregation rule): x".into())
+            Outcome::Refused("refused by analysis overlap (aggregation rule): x [31m".into())
         );
+        // The header must name the document it carries.
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for (from, to) in [
+            ("party=advertiser", "party=publisher"),
+            ("analysis=overlap ", "analysis=other "),
+            ("\"party\":\"advertiser\"", "\"party\":\"publisher\""),
+            ("SELECT 1", "SELECT 2"),
+            ("{\"analysis\"", "{ \"analysis\""),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let forged = text.replacen(from, to, 1);
+            assert!(Answer::decode(forged.as_bytes()).is_err(), "{from} -> {to}");
+        }
+        let h = hex::encode(query.digest());
+        assert!(Answer::decode(text.replacen(&h, &"0".repeat(64), 1).as_bytes()).is_err());
         assert!(
-            Answer::decode(b"dcr-answer/1 maybe query=a analysis=b party=c sha256=00\n").is_err()
+            Answer::decode(b"dcr-answer/1 maybe query=a analysis=b party=c sha256=00\n{}\n")
+                .is_err()
         );
         assert!(Answer::decode(b"no newline").is_err());
+        let mut raw = refused.encode();
+        raw.truncate(raw.len() - 1);
+        raw.extend_from_slice(b"\x07\n");
+        assert!(Answer::decode(&raw).is_err());
     }
 }

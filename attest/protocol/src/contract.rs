@@ -355,10 +355,10 @@ impl Contract {
                     "key ids starting with \"dcr.\" are reserved for the service",
                 ));
             }
-            if !id_ok(&d.blob) {
+            if !id_ok(&d.blob) || d.blob.starts_with("query-") {
                 return Err(field(
                     format!("datasets[{i}].blob"),
-                    "must be 1-64 of [A-Za-z0-9._-]",
+                    "must be 1-64 of [A-Za-z0-9._-], not starting with query- (answers' names)",
                 ));
             }
         }
@@ -470,8 +470,11 @@ impl Contract {
         }
         crate::output::validate_columns(&self.output.columns)
             .map_err(|(f, why)| field(format!("output.columns{f}"), why))?;
-        if !id_ok(&self.output.blob) {
-            return Err(field("output.blob", "must be 1-64 of [A-Za-z0-9._-]"));
+        if !id_ok(&self.output.blob) || self.output.blob.starts_with("query-") {
+            return Err(field(
+                "output.blob",
+                "must be 1-64 of [A-Za-z0-9._-], not starting with query- (answers' names)",
+            ));
         }
         if let Some(i) = self
             .datasets
@@ -926,6 +929,20 @@ deadline_secs = 60
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn blob_names_of_answers_are_reserved() {
+        refused(
+            "blob = \"result.sealed\"",
+            "blob = \"query-00000000000000000000000000000000.result\"",
+            "output.blob",
+        );
+        refused(
+            "blob = \"users.sealed\"",
+            "blob = \"query-x\"",
+            "datasets[0].blob",
+        );
     }
 
     #[test]

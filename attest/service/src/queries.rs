@@ -135,6 +135,19 @@ pub(crate) async fn submit(
                 query.analysis
             )));
         };
+        let template = matches!(a.rule, dcr_protocol::analysis::Rule::Template(_));
+        if template && query.sql.is_some() {
+            return Err(bad(format!(
+                "sql: analysis {} is a template; send its parameters, not SQL",
+                a.name
+            )));
+        }
+        if !template && (query.sql.is_none() || !query.parameters.is_empty()) {
+            return Err(bad(format!(
+                "sql: analysis {} takes SQL, not template parameters",
+                a.name
+            )));
+        }
         if !a.submitters.contains(&p) {
             return Err(forbidden(
                 "not_submitter",

@@ -263,29 +263,41 @@ pub fn result(a: Result) -> anyhow::Result<ExitCode> {
             answer.query_id
         );
     }
+    let ran = &answer.query;
     if let Some(q) = &expected {
-        if answer.query_sha256 != q.digest()
-            || answer.analysis != q.analysis
-            || answer.party != q.party
-        {
+        if ran.digest() != q.digest() {
             bail!(
                 "query {}: the TEE answered a query (sha256 {}, analysis {}, party {}) other than --query (sha256 {})",
                 a.id,
-                hex::encode(answer.query_sha256),
-                answer.analysis,
-                answer.party,
+                hex::encode(ran.digest()),
+                ran.analysis,
+                ran.party,
                 hex::encode(q.digest())
             );
         }
     }
     eprintln!(
-        "query {} analysis={} party={} sha256={}: answered by an attested TEE of contract {}",
+        "query {} analysis={} party={} sha256={}: answered by an attested TEE of contract {}{}",
         a.id,
-        answer.analysis,
-        answer.party,
-        hex::encode(answer.query_sha256),
-        hex::encode(c.digest())
+        ran.analysis,
+        ran.party,
+        hex::encode(ran.digest()),
+        hex::encode(c.digest()),
+        if expected.is_some() {
+            " (the document given with --query)"
+        } else {
+            ""
+        }
     );
+    // What ran, as the TEE saw it (every recipient sees it; printable: the guest refuses
+    // control characters in queries).
+    match &ran.sql {
+        Some(sql) => eprintln!("query sql: {}", sql.escape_debug()),
+        None => eprintln!(
+            "query parameters: {}",
+            serde_json::to_string(&ran.parameters).expect("parameters are JSON")
+        ),
+    }
     match answer.outcome {
         Outcome::Rows(csv) => {
             match &a.out {
@@ -299,7 +311,7 @@ pub fn result(a: Result) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Refused(reason) => {
-            eprintln!("refused: {reason}");
+            eprintln!("refused: {}", reason.escape_debug());
             Ok(ExitCode::from(REFUSED))
         }
     }

@@ -274,12 +274,15 @@ pub fn open_signed(
     };
     // The result is small (a workload's output is capped by output_mib): read it whole, check
     // the proof's digest and the contract's output rules, then write it.
+    // A workload's output is capped by output_mib; a query's answer adds its header line and
+    // the query document (at most MAX_QUERY_JSON).
     let cap = contract
         .workloads
         .iter()
         .map(|w| w.limits.output_mib << 20)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        + 64 * 1024;
     let mut o = dcr_protocol::recipients::open_as(&mut hr, &sk).map_err(|e| ferr(input, e))?;
     let mut plain = Zeroizing::new(Vec::new());
     (&mut o)
