@@ -14,7 +14,7 @@
 #
 # (Until session 8 both builds were cold, b with one job and its own dcr-build. With the SQL
 # engine in the reference image each cold guest build takes ~9 minutes on 2 cores, ~13 with
-# one job: a warm a, 3 jobs and a's dcr-build for b keep the harness inside CI's time.)
+# one job: a warm a, 3 jobs and one dcr-build for both keep the harness inside CI's time.)
 #
 # usage: reproducible/rebuild-and-compare.sh [images/<name> ...]   (default: every recipe)
 set -euo pipefail
@@ -59,15 +59,23 @@ build() { # dir out umask tz locale jobs
     if [ -n "$jobs" ]; then export CARGO_BUILD_JOBS="$jobs"; else unset CARGO_BUILD_JOBS; fi
     unset SOURCE_DATE_EPOCH CARGO_TARGET_DIR RUSTFLAGS
     echo "== build in '$dir' (umask $mask, TZ=$tz, LC_ALL=$loc, jobs=${jobs:-default}, $(date -u +%T))" >&2
-    # a builds dcr-build; b runs a's (the guest binaries, kernel, initramfs and UKI are what
-    # is compared; each is built from b's own tree, in b's own target directory).
-    if [ "$dir" = "$a" ]; then cargo build --locked --release -q -p dcr-build; fi
+    # One dcr-build for both (the guest binaries, kernel, initramfs and UKI are what is
+    # compared; each is built from its own tree, in its own target directory): DCR_BUILD_BIN
+    # when the caller built it (tests/run.sh, after the workspace build: `-p dcr-build` alone
+    # would compile its dependencies again with other features), else this checkout's.
     for r in "${recipes[@]}"; do
-      "$a/target/release/dcr-build" image "$r" --out "$out/$(basename "$r")" >/dev/null
+      "$builder" image "$r" --out "$out/$(basename "$r")" >/dev/null
     done
   )
 }
 
+if [ -n "${DCR_BUILD_BIN:-}" ]; then
+  builder=$DCR_BUILD_BIN
+  [ -x "$builder" ] || die "DCR_BUILD_BIN=$builder is not an executable"
+else
+  (cd "$a" && cargo build --locked --release -q -p dcr-build)
+  builder="$a/target/release/dcr-build"
+fi
 build "$a" "$work/out-a" 022 UTC C.UTF-8 ""
 build "$b" "$work/out-b" 077 Pacific/Chatham POSIX 3
 
@@ -77,7 +85,7 @@ failed=0
 for r in "${recipes[@]}"; do
   n=$(basename "$r")
   echo "== compare $n"
-  if "$a/target/release/dcr-build" compare "$work/out-a/$n" "$work/out-b/$n"; then
+  if "$builder" compare "$work/out-a/$n" "$work/out-b/$n"; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
