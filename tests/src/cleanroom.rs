@@ -133,6 +133,15 @@ impl Proxy {
     }
 }
 
+/// The tools a [`Room`] and its boots need.
+pub const ROOM_TOOLS: [&str; 5] = [
+    "qemu-system-x86_64",
+    "swtpm",
+    "swtpm_setup",
+    "swtpm_localca",
+    "certtool",
+];
+
 pub struct Room {
     pub dir: PathBuf,
     _tmp: TempDir,

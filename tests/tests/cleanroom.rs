@@ -14,13 +14,8 @@ use std::process::Command;
 use dcr_tests::cleanroom::*;
 use dcr_tests::*;
 
-const TOOLS: [&str; 5] = [
-    "qemu-system-x86_64",
-    "swtpm",
-    "swtpm_setup",
-    "swtpm_localca",
-    "certtool",
-];
+/// What these tests need on the machine.
+const TOOLS: [&str; 5] = ROOM_TOOLS;
 
 #[test]
 fn main_job_prints_the_aggregates_of_a_plain_join() {

@@ -16,13 +16,8 @@ use std::process::Command;
 use dcr_tests::cleanroom::*;
 use dcr_tests::*;
 
-const TOOLS: [&str; 5] = [
-    "qemu-system-x86_64",
-    "swtpm",
-    "swtpm_setup",
-    "swtpm_localca",
-    "certtool",
-];
+/// What these tests need on the machine.
+const TOOLS: [&str; 5] = ROOM_TOOLS;
 
 /// The reference recipe with only the SQL engine as workload (built from the workspace).
 fn sql_only_recipe(dir: &Path) -> PathBuf {
