@@ -14,7 +14,8 @@ use std::path::Path;
 
 use dcr_protocol::analysis::{check_answer_csv, Answer, Outcome, Query, MAX_QUERY_JSON};
 use dcr_protocol::contract::Contract;
-use dcr_protocol::release::{Signed, QUERIES_DOMAIN};
+use dcr_protocol::dp::{budget_name, Debit, DebitRequest, DpAccount, ACCOUNT_LINE};
+use dcr_protocol::release::{Signed, DEBIT_DOMAIN, QUERIES_DOMAIN};
 use dcr_protocol::wire::{query_id_ok, query_result_blob, QueryList, MAX_PENDING_QUERIES};
 use zeroize::Zeroizing;
 
@@ -130,7 +131,30 @@ pub fn answer_queries(
                 uid,
                 timeout_secs: left.as_secs().max(1),
             };
-            run_one(c, w, &run, &pq.id, q, &analysis.rule)?
+            match run_one(c, w, &run, &pq.id, q, analysis)? {
+                (Ran::Done(o), detail, secs) => (o, detail, secs),
+                (Ran::Dp { account, csv }, detail, secs) => {
+                    match debit(c, digest, keys, client, &pq.id, q, analysis) {
+                        Ok((debit, spent)) => (
+                            Outcome::Dp {
+                                account,
+                                debit,
+                                csv,
+                            },
+                            format!("{detail} epsilon={} budget_spent={spent}", q_eps(analysis)),
+                            secs,
+                        ),
+                        Err(why) => (
+                            Outcome::Refused(format!(
+                                "analysis {}: no privacy budget debit, so no answer: {why}",
+                                analysis.name
+                            )),
+                            "budget_refused".into(),
+                            secs,
+                        ),
+                    }
+                }
+            }
         };
         let answer = Zeroizing::new(
             Answer {
@@ -195,6 +219,71 @@ fn verify_list(c: &Contract, digest: &[u8; 32], body: &[u8]) -> Result<QueryList
     Ok(list)
 }
 
+/// The rule's ε per query, for the console.
+fn q_eps(a: &dcr_protocol::analysis::Analysis) -> String {
+    a.rule_dp()
+        .map(|d| d.epsilon_per_query.to_string())
+        .unwrap_or_default()
+}
+
+/// Ask the service to debit the query's ε (with the upload token); the signed debit must be
+/// the service's (the contract's key) for exactly this query. Returns it and the budget's
+/// spent total. A refusal (budget exhausted) or any failure: the reason, and no answer.
+fn debit(
+    c: &Contract,
+    digest: &[u8; 32],
+    keys: &Keys,
+    client: &Client,
+    id: &str,
+    q: &Query,
+    a: &dcr_protocol::analysis::Analysis,
+) -> Result<(Signed, String), String> {
+    let dp = a.rule_dp().ok_or("the analysis has no dp rule")?;
+    let req = DebitRequest {
+        query_id: id.to_string(),
+        query_sha256: hex::encode(q.digest()),
+        analysis: a.name.clone(),
+        party: q.party.clone(),
+        epsilon: dp.epsilon_per_query,
+    };
+    let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
+    let body = client
+        .call(
+            "budget",
+            "POST",
+            &format!("/v1/contracts/{}/budget/debit", hex::encode(digest)),
+            Some(&serde_json::to_vec(&req).expect("a typed document")),
+            Some(&auth),
+            1 << 16,
+        )
+        .map_err(|e| e.detail)?;
+    let signed: Signed =
+        serde_json::from_slice(&body).map_err(|e| format!("the debit is not a signed document: {e}"))?;
+    let payload = signed
+        .verify_in(DEBIT_DOMAIN, &c.signing_key())
+        .map_err(|e| format!("the debit: {e}"))?;
+    let d: Debit = serde_json::from_slice(&payload).map_err(|e| format!("the debit: {e}"))?;
+    if d.contract_digest != hex::encode(digest)
+        || d.query_id != req.query_id
+        || d.query_sha256 != req.query_sha256
+        || d.analysis != req.analysis
+        || d.party != req.party
+        || d.epsilon != dp.epsilon_per_query
+        || d.total != dp.epsilon_total
+        || d.spent > d.total
+        || d.budget != budget_name(dp.budget, &q.party)
+    {
+        return Err("the signed debit is not this query's".into());
+    }
+    Ok((signed, d.spent.to_string()))
+}
+
+/// What one engine run gave: a final outcome, or a DP answer that needs its debit first.
+enum Ran {
+    Done(Outcome),
+    Dp { account: DpAccount, csv: Vec<u8> },
+}
+
 /// How the engine runs: its checked executable, the directory the query documents go to, its
 /// tables (NAME=FILE), its uid and the seconds this query may take.
 struct Run<'a> {
@@ -212,8 +301,66 @@ fn run_one(
     r: &Run<'_>,
     id: &str,
     q: &Query,
-    rule: &dcr_protocol::analysis::Rule,
+    analysis: &dcr_protocol::analysis::Analysis,
+) -> Result<(Ran, String, f64), StepError> {
+    let (o, detail, secs) = run_engine(c, w, r, id, q, analysis)?;
+    let Some(dp) = analysis.rule_dp() else {
+        return Ok((Ran::Done(o), detail, secs));
+    };
+    let Outcome::Rows(out) = o else {
+        return Ok((Ran::Done(o), detail, secs));
+    };
+    // A DP answer: the engine's account line first, within the rule, then the CSV.
+    let refused = |why: String| {
+        Ok((
+            Ran::Done(Outcome::Refused(format!(
+                "analysis {}: guest-init refused the engine's answer: {why}",
+                q.analysis
+            ))),
+            "answer_refused".to_string(),
+            secs,
+        ))
+    };
+    let Some(nl) = out.iter().position(|&b| b == b'\n') else {
+        return refused("no account line".into());
+    };
+    let Some(json) = out[..nl].strip_prefix(ACCOUNT_LINE.as_bytes()) else {
+        return refused("no account line".into());
+    };
+    let account: DpAccount = match serde_json::from_slice(json) {
+        Ok(a) => a,
+        Err(e) => return refused(format!("the account line: {e}")),
+    };
+    let ok = account.epsilon.is_finite()
+        && account.epsilon > 0.0
+        && account.epsilon <= dp.epsilon_per_query.as_f64() * (1.0 + 1e-9)
+        && account.delta.is_finite()
+        && account.delta >= 0.0
+        && account.delta <= dp.delta.0
+        && account.max_rows_per_unit == dp.max_rows_per_unit;
+    if !ok {
+        return refused(format!(
+            "the account (ε {}, δ {}) exceeds the rule (ε {}, δ {})",
+            account.epsilon, account.delta, dp.epsilon_per_query, dp.delta.0
+        ));
+    }
+    let csv = out[nl + 1..].to_vec();
+    match check_answer_csv(&analysis.rule, &c.catalog(), &csv) {
+        Ok(rows) => Ok((Ran::Dp { account, csv }, format!("ok rows={rows}"), secs)),
+        Err(e) => refused(e),
+    }
+}
+
+/// The engine's run as a plain outcome (a DP answer still carries its account line).
+fn run_engine(
+    c: &Contract,
+    w: &dcr_protocol::contract::Workload,
+    r: &Run<'_>,
+    id: &str,
+    q: &Query,
+    analysis: &dcr_protocol::analysis::Analysis,
 ) -> Result<(Outcome, String, f64), StepError> {
+    let rule = &analysis.rule;
     let (exe, dir, tables, uid) = (r.exe, r.dir, r.tables, r.uid);
     let path = dir.join(format!("{id}.json"));
     step(
@@ -242,6 +389,10 @@ fn run_one(
     };
     let secs = ran.secs;
     match ran.status.code() {
+        // A DP answer is checked by run_one, after its account line.
+        Some(0) if analysis.rule_dp().is_some() => {
+            Ok((Outcome::Rows(ran.out.to_vec()), "ok".into(), secs))
+        }
         Some(0) => match check_answer_csv(rule, &c.catalog(), &ran.out) {
             Ok(rows) => Ok((
                 Outcome::Rows(ran.out.to_vec()),

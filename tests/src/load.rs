@@ -264,11 +264,7 @@ pub fn setup_service_with_keys(
     contract_name: &str,
     key_ids: &[(&str, bool)],
 ) -> ([u8; 32], SigningPublic) {
-    use std::process::Command;
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(svc.data_dir.join("service.pub.json")).unwrap())
-            .unwrap();
-    let signing = info["signing_key"].as_str().unwrap().to_string();
+    let signing = service_signing_key(svc);
     let rcpt = HpkeSecret::generate(&mut rand_core::OsRng)
         .public()
         .to_text();
@@ -280,9 +276,33 @@ pub fn setup_service_with_keys(
             &format!("datasets = [{{ id = \"d-{k}\", owner = \"publisher\", key_id = \"{k}\", blob = \"b-{k}\" }}, "),
         );
     }
-    let c = dcr_protocol::contract::Contract::from_toml(&toml).unwrap();
+    setup_service_with_contract(d, svc, tpm, contract_name, &toml, key_ids)
+}
+
+/// The service's signing key as text (`ed25519:<hex>`), from its service.pub.json.
+pub fn service_signing_key(svc: &crate::Service) -> String {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(svc.data_dir.join("service.pub.json")).unwrap())
+            .unwrap();
+    info["signing_key"].as_str().unwrap().to_string()
+}
+
+/// [`setup_service_with_keys`] for a contract of the caller's (`toml`, whose first dataset's
+/// key is `key_ids[0]`): writes it, registers every key (empty sealed data) with the TPM's
+/// PCRs as the reference. Returns its digest and the service's signing key.
+pub fn setup_service_with_contract(
+    d: &std::path::Path,
+    svc: &crate::Service,
+    tpm: &SoftTpm,
+    contract_name: &str,
+    toml: &str,
+    key_ids: &[(&str, bool)],
+) -> ([u8; 32], SigningPublic) {
+    use std::process::Command;
+    let signing = service_signing_key(svc);
+    let c = dcr_protocol::contract::Contract::from_toml(toml).unwrap();
     let cpath = d.join(format!("{contract_name}.toml"));
-    std::fs::write(&cpath, &toml).unwrap();
+    std::fs::write(&cpath, toml).unwrap();
     let pcrs: Vec<(u32, String)> = tpm.pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect();
     let rpath = d.join(format!("{contract_name}.measurements.json"));
     std::fs::write(&rpath, crate::tpm_reference(&pcrs).to_string()).unwrap();

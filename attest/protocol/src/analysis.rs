@@ -78,6 +78,16 @@ pub enum Rule {
     Template(TemplateRule),
 }
 
+impl Analysis {
+    /// The DP section of an aggregation rule, if it has one.
+    pub fn rule_dp(&self) -> Option<&crate::dp::DpRule> {
+        match &self.rule {
+            Rule::Aggregation(r) => r.dp.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 impl Rule {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -107,6 +117,11 @@ pub struct AggregationRule {
     /// Scalar functions allowed on dimensions and on aggregate results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scalar_functions: Vec<ScalarFunction>,
+    /// Differential privacy (docs/analysis.md): noisy aggregates, groups released by noisy
+    /// partition selection (whose threshold is at least `min_distinct_units`), and a budget
+    /// the key-release service debits. Absent: exact aggregates under the k threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<crate::dp::DpRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +390,9 @@ pub fn validate_analysis(
                     );
                 }
             }
+            if let Some(dp) = &r.dp {
+                validate_dp(r, dp, catalog).map_err(|(f, why)| (format!("{at}.rule.dp.{f}"), why))?;
+            }
         }
         Rule::List(r) => {
             if r.join_columns.is_empty() {
@@ -415,6 +433,60 @@ pub fn validate_analysis(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// A DP rule against its aggregation rule: the aggregates DP can bound (COUNT, COUNT
+/// DISTINCT of a privacy unit, SUM and AVG of clamped columns), and clamp bounds for exactly
+/// the SUM/AVG columns, numeric ones.
+fn validate_dp(
+    r: &AggregationRule,
+    dp: &crate::dp::DpRule,
+    catalog: &Catalog,
+) -> Result<(), (String, String)> {
+    dp.validate().map_err(|(f, why)| (f.to_string(), why))?;
+    let mut need = BTreeSet::new();
+    for g in &r.aggregates {
+        match g.function {
+            AggregateFunction::Count => {}
+            AggregateFunction::CountDistinct => {
+                for c in &g.columns {
+                    let (t, col) = catalog.column(c).map_err(|w| ("aggregates".to_string(), w))?;
+                    if t.privacy_unit != col.name {
+                        return Err((
+                            "aggregates".into(),
+                            format!("count_distinct({c}): under DP only a privacy unit may be counted distinct"),
+                        ));
+                    }
+                }
+            }
+            AggregateFunction::SumDistinct => {
+                return Err((
+                    "aggregates".into(),
+                    "sum_distinct has no bounded sensitivity; DP allows count, count_distinct (privacy units), sum and avg".into(),
+                ))
+            }
+            AggregateFunction::Sum | AggregateFunction::Avg => need.extend(g.columns.iter()),
+        }
+    }
+    for c in &need {
+        let (_, col) = catalog.column(c).map_err(|w| ("clamp".to_string(), w))?;
+        if !matches!(col.ty, ColumnType::Int64 | ColumnType::Float64) {
+            return Err(("clamp".into(), format!("{c} is not numeric")));
+        }
+        if !dp.clamp.contains_key(*c) {
+            return Err((
+                "clamp".into(),
+                format!("{c} is summed or averaged: it needs bounds [lo, hi]"),
+            ));
+        }
+    }
+    if let Some(c) = dp.clamp.keys().find(|c| !need.contains(c)) {
+        return Err((
+            "clamp".into(),
+            format!("{c} is not a sum or avg column of the rule"),
+        ));
     }
     Ok(())
 }
@@ -583,6 +655,10 @@ impl Query {
 /// <the query JSON, Query::to_json, one line>\n
 /// <CSV>            (ok)  |  <one line>\n   (refused)
 /// ```
+///
+/// A DP answer has status `dp` and two more lines before its CSV: the engine's account
+/// (`dp::DpAccount`, JSON) and the service's signed debit (`release::Signed` over a
+/// `dp::Debit`, JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub query_id: String,
@@ -591,10 +667,16 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The result, CSV with a header line.
     Rows(Vec<u8>),
+    /// A DP result: what it spent, the service's signed debit of it, the noisy CSV.
+    Dp {
+        account: crate::dp::DpAccount,
+        debit: crate::release::Signed,
+        csv: Vec<u8>,
+    },
     /// Refused before anything ran: one line naming the analysis and its rule.
     Refused(String),
 }
@@ -614,6 +696,18 @@ impl Answer {
     pub fn encode(&self) -> Vec<u8> {
         let (status, body) = match &self.outcome {
             Outcome::Rows(csv) => ("ok", csv.clone()),
+            Outcome::Dp {
+                account,
+                debit,
+                csv,
+            } => {
+                let mut b = serde_json::to_vec(account).expect("a typed document");
+                b.push(b'\n');
+                b.extend_from_slice(&serde_json::to_vec(debit).expect("a typed document"));
+                b.push(b'\n');
+                b.extend_from_slice(csv);
+                ("dp", b)
+            }
             Outcome::Refused(r) => ("refused", format!("{}\n", one_line(r)).into_bytes()),
         };
         let doc = self.query.to_json();
@@ -673,6 +767,20 @@ impl Answer {
         }
         let outcome = match *status {
             "ok" => Outcome::Rows(body.to_vec()),
+            "dp" => {
+                let n1 = line(body)?;
+                let account: crate::dp::DpAccount = serde_json::from_slice(&body[..n1])
+                    .map_err(|e| bad(&format!("dp account: {e}")))?;
+                let rest = &body[n1 + 1..];
+                let n2 = line(rest)?;
+                let debit: crate::release::Signed = serde_json::from_slice(&rest[..n2])
+                    .map_err(|e| bad(&format!("dp debit: {e}")))?;
+                Outcome::Dp {
+                    account,
+                    debit,
+                    csv: rest[n2 + 1..].to_vec(),
+                }
+            }
             "refused" => {
                 let text = std::str::from_utf8(body).map_err(|_| bad("refusal is not UTF-8"))?;
                 let line = text
@@ -859,6 +967,7 @@ mod query_tests {
             dimensions: vec!["segments.segment".into()],
             aggregates: vec![],
             scalar_functions: vec![],
+            dp: None,
         });
         let list = Rule::List(ListRule {
             join_columns: vec!["segments.user".into(), "conversions.uid".into()],

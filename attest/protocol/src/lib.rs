@@ -13,6 +13,7 @@ pub mod cli;
 pub mod console;
 pub mod contract;
 pub mod digest;
+pub mod dp;
 pub mod evidence;
 pub mod keys;
 pub mod measurements;

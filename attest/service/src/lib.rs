@@ -12,6 +12,7 @@
 
 mod api;
 mod blobs;
+mod budget;
 mod challenge;
 mod contracts;
 mod evidence;

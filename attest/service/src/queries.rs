@@ -80,6 +80,20 @@ fn pending(data_dir: &Path, digest: &str) -> Result<Vec<PendingQuery>, Refusal> 
     Ok(found.into_iter().map(|(_, q)| q).collect())
 }
 
+/// A stored query of the contract (answered or not).
+pub(crate) fn stored(data_dir: &Path, digest: &str, id: &str) -> Result<Option<Query>, Refusal> {
+    if !query_id_ok(id) {
+        return Ok(None);
+    }
+    match std::fs::read(dir(data_dir, digest).join(format!("{id}.json"))) {
+        Ok(b) => Query::from_json(&b)
+            .map(Some)
+            .map_err(|e| internal(format!("stored query {id}: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(internal(format!("query {id}: {e}"))),
+    }
+}
+
 /// Whether `id` is a stored query of the contract that has no answer yet.
 pub(crate) fn is_pending(data_dir: &Path, digest: &str, id: &str) -> bool {
     query_id_ok(id)
@@ -89,7 +103,7 @@ pub(crate) fn is_pending(data_dir: &Path, digest: &str, id: &str) -> bool {
             .exists()
 }
 
-fn registered(st: &State, digest: &str) -> Result<dcr_protocol::contract::Contract, Refusal> {
+pub(crate) fn registered(st: &State, digest: &str) -> Result<dcr_protocol::contract::Contract, Refusal> {
     contracts::load(&st.cfg.data_dir, digest)
         .map_err(|e| internal(e.to_string()))?
         .ok_or_else(|| {
@@ -234,7 +248,7 @@ fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// An upload token released for this contract, unexpired and unused (the TEE of a run).
-fn tee_of(st: &State, headers: &HeaderMap, digest: &str) -> Result<bool, Refusal> {
+pub(crate) fn tee_of(st: &State, headers: &HeaderMap, digest: &str) -> Result<bool, Refusal> {
     let Some(h) = crate::blobs::upload_token_hash(headers) else {
         return Ok(false);
     };

@@ -24,6 +24,14 @@ pub fn router(state: St) -> Router {
             get(crate::queries::list).post(crate::queries::submit),
         )
         .route(
+            "/v1/contracts/{digest}/budget",
+            get(crate::budget::show),
+        )
+        .route(
+            "/v1/contracts/{digest}/budget/debit",
+            post(crate::budget::debit),
+        )
+        .route(
             "/v1/contracts/{digest}/blobs/{name}",
             get(get_blob)
                 .put(put_blob)

@@ -9,7 +9,8 @@
 //! - NAME=FILE: a table's decrypted rows, in the format the contract declares.
 //!
 //! The query (its submitter and its rule, on the logical plan) is checked before any table is
-//! read, and again over the loaded tables, whose plan is the one that runs. Exit 0: the result as CSV on stdout. Exit 3: refused; one line on stdout naming the
+//! read, and again over the loaded tables, whose plan is the one that runs. Exit 0: the result as CSV on stdout
+//! (under a DP rule, first one `#dcr-dp {account}` line: ε and δ spent, noise scales). Exit 3: refused; one line on stdout naming the
 //! rule. Any other exit: failure (one line on stderr). The engine never sees a key: guest-init
 //! hands it plaintext tables and seals what it prints.
 
@@ -34,6 +35,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode, String> {
+    // OpenDP's noise must come from the kernel: a build with the test-only seeded stream
+    // never answers (attest/kernel-random).
+    if openssl::seedable() {
+        return Err("built with the test-only seeded random stream (feature test-seed); refusing to run".into());
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [contract_path, query_path, tables @ ..] = args.as_slice() else {
         return Err("usage: dcr-sql-engine CONTRACT.json QUERY.json NAME=FILE...".into());
@@ -82,7 +88,14 @@ fn run() -> Result<ExitCode, String> {
         }
     };
     let out = engine.run(&checked).map_err(|e| e.to_string())?;
-    let csv = out.to_csv().map_err(|e| e.to_string())?;
+    let mut csv = Vec::new();
+    if let Some(account) = &out.dp {
+        // A DP answer states what it spent first (guest-init checks it against the rule).
+        csv.extend_from_slice(dcr_protocol::dp::ACCOUNT_LINE.as_bytes());
+        csv.extend_from_slice(&serde_json::to_vec(account).map_err(|e| e.to_string())?);
+        csv.push(b'\n');
+    }
+    csv.extend_from_slice(&out.to_csv().map_err(|e| e.to_string())?);
     std::io::stdout()
         .write_all(&csv)
         .map_err(|e| format!("stdout: {e}"))?;

@@ -10,6 +10,7 @@
 //! table factories, no file formats, statements refused).
 
 pub mod check;
+pub mod dp;
 pub mod load;
 pub mod threshold;
 
@@ -60,6 +61,8 @@ pub enum EngineError {
     Run(String),
     #[error("output: {0}")]
     Output(String),
+    #[error("differential privacy: {0}")]
+    Dp(#[from] dp::DpError),
 }
 
 /// A query that passed its rule, with the plan the engine will run.
@@ -69,12 +72,17 @@ pub struct Checked {
     plan: LogicalPlan,
     /// The engine's table generation the plan was made against (its scans hold those tables).
     generation: u64,
+    /// Under a DP rule: how the aggregate is released instead (`plan` is then unused).
+    dp: Option<dp::DpQuery>,
 }
 
 impl Checked {
     /// The plan as it will run (threshold included), for `query check --explain`.
     pub fn plan(&self) -> &LogicalPlan {
-        &self.plan
+        match &self.dp {
+            Some(d) => d.rows_plan(),
+            None => &self.plan,
+        }
     }
 }
 
@@ -82,6 +90,8 @@ impl Checked {
 pub struct Output {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// A DP answer's account (what it spent, its noise scales).
+    pub dp: Option<dcr_protocol::dp::DpAccount>,
 }
 
 impl Output {
@@ -316,6 +326,21 @@ impl<'c> Engine<'c> {
             }
             (Rule::Template(_), None) => unreachable!("bound above"),
         };
+        if let (Rule::Aggregation(r), Some(rule)) = (&a.rule, a.rule_dp()) {
+            let classes = threshold::unit_classes(&plan, &scans)?;
+            let d = dp::prepare(&plan, &scans, &classes, rule, r.min_distinct_units)?;
+            // What runs is the row-level plan; check that the optimizer keeps it one.
+            state
+                .optimize(&d.rows)
+                .map_err(|e| format!("the query does not plan: {}", one_line(&e.to_string())))?;
+            return Ok(Checked {
+                analysis: a.name.clone(),
+                ctx,
+                plan: d.rows.clone(),
+                generation: self.generation,
+                dp: Some(d),
+            });
+        }
         let mut units = Vec::new();
         if k > 0 {
             let (p, counted) = threshold::apply(plan, &scans, k)?;
@@ -334,6 +359,7 @@ impl<'c> Engine<'c> {
             ctx,
             plan,
             generation: self.generation,
+            dp: None,
         })
     }
 
@@ -356,7 +382,19 @@ impl<'c> Engine<'c> {
                 .collect()
                 .await
                 .map_err(|e| EngineError::Run(one_line(&e.to_string())))?;
-            Ok(Output { schema, batches })
+            if let Some(d) = &q.dp {
+                let r = dp::release(d, &batches)?;
+                return Ok(Output {
+                    schema: r.schema,
+                    batches: vec![r.batch],
+                    dp: Some(r.account),
+                });
+            }
+            Ok(Output {
+                schema,
+                batches,
+                dp: None,
+            })
         })
     }
 }

@@ -73,7 +73,7 @@ pub fn apply(
 /// Scans grouped by inner-join equalities between their privacy units (of the same declared
 /// type, so no coercion can merge distinct values): indices into `scans`, each class's first
 /// member its representative.
-fn unit_classes(plan: &LogicalPlan, scans: &[Scan]) -> Result<Vec<Vec<usize>>, Why> {
+pub(crate) fn unit_classes(plan: &LogicalPlan, scans: &[Scan]) -> Result<Vec<Vec<usize>>, Why> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::logical_expr::{BinaryExpr, JoinType, Operator};
     let mut parent: Vec<usize> = (0..scans.len()).collect();

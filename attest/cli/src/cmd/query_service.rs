@@ -298,21 +298,66 @@ pub fn result(a: Result) -> anyhow::Result<ExitCode> {
             serde_json::to_string(&ran.parameters).expect("parameters are JSON")
         ),
     }
-    match answer.outcome {
-        Outcome::Rows(csv) => {
-            match &a.out {
-                Some(p) => dcr_attest::parties::write_private_atomically(p, |w| {
-                    w.write_all(&csv)
-                        .map_err(|e| dcr_attest::parties::PartyError::Format(e.to_string()))
-                })
-                .with_context(|| format!("--out {}", p.display()))?,
-                None => std::io::stdout().write_all(&csv).context("stdout")?,
+    let csv = match answer.outcome {
+        Outcome::Rows(csv) => csv,
+        Outcome::Dp {
+            account,
+            debit,
+            csv,
+        } => {
+            // The debit is the service's (the contract's key), for this very query.
+            let payload = debit
+                .verify_in(dcr_protocol::release::DEBIT_DOMAIN, &c.signing_key())
+                .with_context(|| format!("query {}: the budget debit", a.id))?;
+            let d: dcr_protocol::dp::Debit = serde_json::from_slice(&payload)
+                .with_context(|| format!("query {}: the budget debit", a.id))?;
+            if d.query_id != a.id
+                || d.query_sha256 != hex::encode(ran.digest())
+                || d.contract_digest != hex::encode(c.digest())
+                || d.analysis != ran.analysis
+            {
+                bail!(
+                    "query {}: the budget debit is for another query ({} of contract {})",
+                    a.id,
+                    d.query_id,
+                    d.contract_digest
+                );
             }
-            Ok(ExitCode::SUCCESS)
+            let scales: Vec<String> = account
+                .scales
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            eprintln!(
+                "differential privacy: spent ε={} δ={:e} (rule: ε {} per query); noise scale {}; {}max rows per person {}",
+                account.epsilon,
+                account.delta,
+                d.epsilon,
+                scales.join(" "),
+                account
+                    .threshold
+                    .map(|t| format!("groups released above a noisy {t} people; "))
+                    .unwrap_or_default(),
+                account.max_rows_per_unit
+            );
+            eprintln!(
+                "budget: debited by the key-release service at {}: {} of {} spent ({})",
+                d.at, d.spent, d.total, d.budget
+            );
+            csv
         }
         Outcome::Refused(reason) => {
             eprintln!("refused: {}", reason.escape_debug());
-            Ok(ExitCode::from(REFUSED))
+            return Ok(ExitCode::from(REFUSED));
         }
+    };
+    match &a.out {
+        Some(p) => dcr_attest::parties::write_private_atomically(p, |w| {
+            w.write_all(&csv)
+                .map_err(|e| dcr_attest::parties::PartyError::Format(e.to_string()))
+        })
+        .with_context(|| format!("--out {}", p.display()))?,
+        None => std::io::stdout().write_all(&csv).context("stdout")?,
     }
+    Ok(ExitCode::SUCCESS)
 }

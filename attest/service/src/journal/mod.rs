@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use audit::{bound_record, recover_audit, AuditState, MAX_FIELD, MAX_MESSAGE};
 use store::{Store, StoreCell};
-pub use store::{KEYS, SPENT, UPLOADS};
+pub use store::{BUDGETS, DEBITS, KEYS, SPENT, UPLOADS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -55,6 +55,12 @@ pub enum Op {
     },
     /// Use an upload token once.
     UseUpload { token_hash: [u8; 32] },
+    /// Debit a query's ε from a budget, once per query id: the debit is stored with the
+    /// budget's new total (`debit.spent`), or the stored one is returned.
+    Debit {
+        budget: String,
+        debit: dcr_protocol::dp::Debit,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -64,6 +70,10 @@ pub enum Outcome {
     /// Release: the single-use keys that were already spent (and must not be released).
     AlreadySpent(Vec<String>),
     UploadRefused,
+    /// The debit as stored (JSON), new or an earlier one for the same query id.
+    Debited { record: Vec<u8>, replay: bool },
+    /// The debit would take the budget past its total: nano-ε spent so far.
+    Exhausted { spent: u64 },
 }
 
 pub struct Job {
@@ -93,6 +103,10 @@ impl Journal {
             w.open_table(KEYS).map_err(|e| store_err(e.to_string()))?;
             w.open_table(SPENT).map_err(|e| store_err(e.to_string()))?;
             w.open_table(UPLOADS)
+                .map_err(|e| store_err(e.to_string()))?;
+            w.open_table(BUDGETS)
+                .map_err(|e| store_err(e.to_string()))?;
+            w.open_table(DEBITS)
                 .map_err(|e| store_err(e.to_string()))?;
             w.commit().map_err(|e| store_err(e.to_string()))?;
         }
@@ -173,6 +187,23 @@ impl Journal {
             let r = db.begin_read().map_err(|e| e.to_string())?;
             let t = r.open_table(SPENT).map_err(|e| e.to_string())?;
             Ok(t.get(key_id).map_err(|e| e.to_string())?.is_some())
+        })
+    }
+
+    /// Nano-ε spent from each budget whose key starts with `prefix`.
+    pub fn budgets_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, JournalError> {
+        self.read(|db| -> Result<_, String> {
+            let r = db.begin_read().map_err(|e| e.to_string())?;
+            let t = r.open_table(BUDGETS).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for e in t.range(prefix..).map_err(|e| e.to_string())? {
+                let (k, v) = e.map_err(|e| e.to_string())?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
         })
     }
 
@@ -297,6 +328,8 @@ impl Committer {
             let mut keys = w.open_table(KEYS)?;
             let mut spent = w.open_table(SPENT)?;
             let mut uploads = w.open_table(UPLOADS)?;
+            let mut budgets = w.open_table(BUDGETS)?;
+            let mut debits = w.open_table(DEBITS)?;
             for j in jobs.iter_mut() {
                 let o = match &j.op {
                     Op::None => Outcome::Done,
@@ -356,6 +389,44 @@ impl Committer {
                                 j.audit.insert("decision".into(), "refuse".into());
                                 j.audit.insert("code".into(), "unauthorized".into());
                                 Outcome::UploadRefused
+                            }
+                        }
+                    }
+                    Op::Debit { budget, debit } => {
+                        let key = format!("{budget}#{}", debit.query_id);
+                        let stored = debits.get(key.as_str())?.map(|v| v.value().to_vec());
+                        if let Some(record) = stored {
+                            j.audit.insert("decision".into(), "replay".into());
+                            Outcome::Debited {
+                                record,
+                                replay: true,
+                            }
+                        } else {
+                            let spent = budgets.get(budget.as_str())?.map_or(0, |v| v.value());
+                            match spent.checked_add(debit.epsilon.0) {
+                                Some(after) if after <= debit.total.0 => {
+                                    let mut d = debit.clone();
+                                    d.spent = dcr_protocol::dp::Epsilon(after);
+                                    let record =
+                                        serde_json::to_vec(&d).expect("a typed document");
+                                    budgets.insert(budget.as_str(), after)?;
+                                    debits.insert(key.as_str(), record.as_slice())?;
+                                    j.audit.insert("decision".into(), "debit".into());
+                                    j.audit.insert("spent".into(), d.spent.to_string().into());
+                                    Outcome::Debited {
+                                        record,
+                                        replay: false,
+                                    }
+                                }
+                                _ => {
+                                    j.audit.insert("decision".into(), "refuse".into());
+                                    j.audit.insert("code".into(), "budget_exhausted".into());
+                                    j.audit.insert(
+                                        "spent".into(),
+                                        dcr_protocol::dp::Epsilon(spent).to_string().into(),
+                                    );
+                                    Outcome::Exhausted { spent }
+                                }
                             }
                         }
                     }

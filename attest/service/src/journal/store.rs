@@ -7,6 +7,11 @@ use redb::TableDefinition;
 pub const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 pub const SPENT: TableDefinition<&str, &str> = TableDefinition::new("spent");
 pub const UPLOADS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("uploads");
+/// Privacy budgets: `<contract digest>/<analysis>/<budget>` → nano-ε spent. Never deleted:
+/// re-registering a contract does not reset its budget (a new budget is a new contract).
+pub const BUDGETS: TableDefinition<&str, u64> = TableDefinition::new("budgets");
+/// Debits: `<budget key>#<query id>` → the debit (JSON of `dcr_protocol::dp::Debit`).
+pub const DEBITS: TableDefinition<&str, &[u8]> = TableDefinition::new("debits");
 
 /// The store, replaceable: after an I/O error (a full disk) redb refuses every later
 /// operation until the database is reopened. Whoever meets an error closes the failed
