@@ -257,8 +257,8 @@ fn debit(
             1 << 16,
         )
         .map_err(|e| e.detail)?;
-    let signed: Signed =
-        serde_json::from_slice(&body).map_err(|e| format!("the debit is not a signed document: {e}"))?;
+    let signed: Signed = serde_json::from_slice(&body)
+        .map_err(|e| format!("the debit is not a signed document: {e}"))?;
     let payload = signed
         .verify_in(DEBIT_DOMAIN, &c.signing_key())
         .map_err(|e| format!("the debit: {e}"))?;

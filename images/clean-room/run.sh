@@ -8,13 +8,15 @@
 #     signing key; dcr-build builds the image with that contract and shows its measurements;
 #  5. each party generates its dataset (deterministic, ROWS rows), seals it, registers its key
 #     with the image's reference values, and uploads the sealed data;
-#  6. the advertiser submits its SQL query (overlap.sql) under the contract's analysis;
+#  6. the advertiser submits its SQL query (overlap.sql) under the contract's analysis, and
+#     the same question under the differentially private analysis (overlap-dp.sql);
 #  7. the UKI boots under OVMF + swtpm (QEMU TCG): guest-init attests, gets the keys, runs
 #     the native join, answers the query with the SQL engine (the rule's k = 50 enforced on
 #     the plan), seals both to the parties, uploads them, powers off;
 #  8. the advertiser fetches the SQL answer, checks its proof (an attested TEE of this
 #     contract signed it) while opening it; the publisher opens the native output; they must
-#     be the same table, which is printed.
+#     be the same table, which is printed; then the DP answer (noisy, with its ε, noise
+#     scales and the service's signed budget debit).
 # Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -117,6 +119,12 @@ step "the advertiser submits its SQL query (images/clean-room/overlap.sql) under
   --sql-file "$top/images/clean-room/overlap.sql" --query-out query.json | tee submit.out
 qid=$(sed -n 's/^submitted query \([0-9a-f]\{32\}\) .*/\1/p' submit.out)
 [ -n "$qid" ] || die "query submit printed no query id: $(cat submit.out)"
+step "the advertiser submits the same question under analysis overlap_dp (differential privacy: noise, budget)"
+"$bin/dcr-attest" query submit --service "$party_url" --service-pub service/service.pub.json \
+  --token-file keys/advertiser.token --contract contract.toml --party advertiser --analysis overlap_dp \
+  --sql-file "$top/images/clean-room/overlap-dp.sql" --query-out query-dp.json | tee submit-dp.out
+qid_dp=$(sed -n 's/^submitted query \([0-9a-f]\{32\}\) .*/\1/p' submit-dp.out)
+[ -n "$qid_dp" ] || die "query submit printed no query id: $(cat submit-dp.out)"
 
 step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the service"
 "$bin/dcr-build" run image --mode uefi --net --tpm-state tpm --timeout "${TIMEOUT:-900}" --memory "${MEMORY:-1024}" \
@@ -137,4 +145,9 @@ cmp -s result.csv native.csv ||
   die "the SQL answer (result.csv) and the native workload's output (native.csv) differ: $(diff result.csv native.csv | head -5 | tr '\n' ' ')"
 echo "== result (audience overlap and conversions per segment; groups under k = 50 suppressed; SQL = native)"
 column -s, -t < result.csv 2>/dev/null || cat result.csv
+step "the advertiser opens the differentially private answer (its ε, noise scales and the service's budget debit)"
+"$bin/dcr-attest" query result --service "$party_url" --service-pub service/service.pub.json \
+  --contract contract.toml --id "$qid_dp" --key keys/advertiser.key --query query-dp.json --out result-dp.csv
+echo "== differentially private answer (noisy; segments released by a noisy threshold of at least 50 people)"
+column -s, -t < result-dp.csv 2>/dev/null || cat result-dp.csv
 step "done: $work/result.csv"

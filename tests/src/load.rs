@@ -357,3 +357,213 @@ pub fn soft_tpm_service_args(d: &std::path::Path) -> (SoftTpm, Vec<String>) {
     ];
     (tpm, args)
 }
+
+/// The parties' bearer tokens in a [`DpRoom`].
+pub const PUB_TOKEN: &str = "publisher-token-0123456789";
+pub const ADV_TOKEN: &str = "advertiser-token-0123456789";
+
+/// The load tests' contract with a table, a sql workload and a DP analysis `segments`
+/// (`per_query` ε a query, `total` in all, budget scope `scope`), a plain analysis `plain`,
+/// and both parties.
+pub fn dp_contract(signing: &str, per_query: &str, total: &str, scope: &str) -> String {
+    let rcpt = HpkeSecret::generate(&mut rand_core::OsRng)
+        .public()
+        .to_text();
+    let base = crate::test_contract("budget", "k1", &rcpt, signing);
+    let table = r#"table = { name = "users", format = "csv", privacy_unit = "user", columns = [{ name = "user", type = "string" }, { name = "segment", type = "string" }] }"#;
+    let mut t = base
+        .replace(
+            r#"blob = "users.sealed" }]"#,
+            &format!(r#"blob = "users.sealed", {table} }}]"#),
+        )
+        .replace(
+            r#"parties = [{ id = "publisher", name = "Publisher" }]"#,
+            r#"parties = [{ id = "publisher", name = "Publisher" }, { id = "advertiser", name = "Advertiser" }]"#,
+        );
+    t.push_str(&format!(
+        r#"
+[[workloads]]
+name = "sql"
+kind = "sql"
+sha256 = "{w}"
+inputs = ["users"]
+limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
+
+[[analyses]]
+name = "segments"
+submitters = ["publisher", "advertiser"]
+[analyses.rule.aggregation]
+min_distinct_units = 10
+dimensions = ["users.segment"]
+aggregates = [{{ function = "count_distinct", columns = ["users.user"] }}]
+[analyses.rule.aggregation.dp]
+epsilon_per_query = "{per_query}"
+epsilon_total = "{total}"
+delta = "1e-6"
+max_rows_per_unit = 1
+budget = "{scope}"
+
+[[analyses]]
+name = "plain"
+submitters = ["publisher"]
+[analyses.rule.aggregation]
+min_distinct_units = 10
+dimensions = ["users.segment"]
+aggregates = [{{ function = "count_distinct", columns = ["users.user"] }}]
+
+[[recipients]]
+party = "advertiser"
+hpke_public_key = "{adv}"
+"#,
+        w = "cd".repeat(32),
+        adv = HpkeSecret::generate(&mut rand_core::OsRng)
+            .public()
+            .to_text()
+    ));
+    t
+}
+
+/// A service with [`dp_contract`] registered (key `k1`), tokens for both parties, and the
+/// software TPM it trusts (for upload tokens by real releases).
+pub struct DpRoom {
+    pub svc: crate::Service,
+    pub digest: String,
+    pub signing: SigningPublic,
+    pub tpm: SoftTpm,
+    /// The service's arguments (to restart it on the same data).
+    pub args: Vec<String>,
+    pub data: std::path::PathBuf,
+    _dir: crate::TempDir,
+}
+
+/// An HTTP agent that returns error statuses as responses.
+pub fn plain_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+/// GET (no body) or POST JSON with an optional Authorization; (status, JSON body).
+pub fn call_json(
+    url: &str,
+    auth: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let a = plain_agent();
+    let mut r = match body {
+        None => {
+            let mut q = a.get(url);
+            if let Some(t) = auth {
+                q = q.header("authorization", t);
+            }
+            q.call()
+        }
+        Some(b) => {
+            let mut q = a.post(url).header("content-type", "application/json");
+            if let Some(t) = auth {
+                q = q.header("authorization", t);
+            }
+            q.send(serde_json::to_vec(b).unwrap())
+        }
+    }
+    .unwrap();
+    let s = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON: {text}")),
+    )
+}
+
+/// A debit request body.
+pub fn debit_request(
+    id: &str,
+    sha: &str,
+    analysis: &str,
+    party: &str,
+    eps: &str,
+) -> serde_json::Value {
+    serde_json::json!({"query_id": id, "query_sha256": sha, "analysis": analysis, "party": party, "epsilon": eps})
+}
+
+impl DpRoom {
+    pub fn new(per_query: &str, total: &str, scope: &str) -> DpRoom {
+        let dir = crate::TempDir::new("budget");
+        let d = dir.path().to_path_buf();
+        let (tpm, args) = soft_tpm_service_args(&d);
+        std::fs::write(
+            d.join("tokens"),
+            format!("publisher:{PUB_TOKEN}\nadvertiser:{ADV_TOKEN}\n"),
+        )
+        .unwrap();
+        let data = d.join("svc");
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let svc = crate::start_service(&data, &a);
+        let toml = dp_contract(&service_signing_key(&svc), per_query, total, scope);
+        let (cd, signing) =
+            setup_service_with_contract(&d, &svc, &tpm, "budget", &toml, &[("k1", false)]);
+        DpRoom {
+            svc,
+            digest: hex::encode(cd),
+            signing,
+            tpm,
+            args,
+            data,
+            _dir: dir,
+        }
+    }
+
+    /// Submit query number `n` as `party` under `analysis`: its id and document digest.
+    pub fn submit(&self, party: &str, token: &str, analysis: &str, n: usize) -> (String, String) {
+        let q = dcr_protocol::analysis::Query {
+            analysis: analysis.into(),
+            party: party.into(),
+            sql: Some(format!(
+                "SELECT u.segment, COUNT(DISTINCT u.user) AS n FROM users u GROUP BY u.segment -- {n}"
+            )),
+            parameters: Default::default(),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&q.to_json()).unwrap();
+        let (s, b) = call_json(
+            &format!("{}/v1/contracts/{}/queries", self.svc.url, self.digest),
+            Some(&format!("Bearer {token}")),
+            Some(&body),
+        );
+        assert_eq!(s, 201, "{b}");
+        (
+            b["id"].as_str().unwrap().to_string(),
+            hex::encode(q.digest()),
+        )
+    }
+
+    /// A TEE's `Authorization: Upload …` (a real release to the pinned software TPM).
+    pub fn upload_auth(&self) -> String {
+        let cd: [u8; 32] = hex::decode(&self.digest).unwrap().try_into().unwrap();
+        let r = release_keys(&plain_agent(), &self.svc.url, &self.tpm, &cd, &self.signing).unwrap();
+        let (_, tok) = r
+            .keys
+            .iter()
+            .find(|(k, _)| k == dcr_protocol::wire::UPLOAD_TOKEN_ID)
+            .expect("an upload token");
+        format!("Upload {}", hex::encode(tok))
+    }
+
+    pub fn debit_url(&self) -> String {
+        format!("{}/v1/contracts/{}/budget/debit", self.svc.url, self.digest)
+    }
+
+    pub fn budget_url(&self) -> String {
+        format!("{}/v1/contracts/{}/budget", self.svc.url, self.digest)
+    }
+}
+
+impl DpRoom {
+    /// Stop the service (SIGKILL) and start it again on the same data.
+    pub fn restart(&mut self) {
+        let _ = self.svc.child.kill();
+        let _ = self.svc.child.wait();
+        let a: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.svc = crate::start_service(&self.data, &a);
+    }
+}

@@ -8,7 +8,10 @@
 //! - an answer reaches only the analysis's recipients (an analysis with no `recipients`: the
 //!   submitter alone);
 //! - `query result` refuses an answer for another query document; after the run nothing is
-//!   pending.
+//!   pending;
+//! - differential privacy: the first query of the DP analysis is answered with noise of the
+//!   stated scale around the plaintext's values and the service's signed debit; the second
+//!   would pass the budget (ε 1 in all) and is refused with no rows.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,14 +62,19 @@ fn sql_contract(room: &Room) -> PathBuf {
         let end = start + t[start..].find("\n\n").unwrap() + 2;
         let t = format!("{}{}", &t[..start], &t[end..]);
         let a = t.find("[[analyses]]").expect("analysis");
-        let w = t.find("[[workloads]]").expect("sql workload");
+        let w = t
+            .find("[[analyses]]\nname = \"overlap_dp\"")
+            .expect("the DP analysis");
         let mine = t[a..w]
             .replace("name = \"overlap\"", "name = \"mine\"")
             .replace("recipients = [\"publisher\", \"advertiser\"]\n", "");
         assert!(mine.contains("name = \"mine\"") && !mine.contains("recipients"));
         let t = format!("{}{mine}{}", &t[..w], &t[w..]);
         assert_eq!(t.matches("format = \"csv\"").count(), 2);
+        // A budget of one query for the DP analysis.
+        assert_eq!(t.matches("epsilon_total = \"4\"\n").count(), 1);
         t.replace("format = \"csv\"", "format = \"parquet\"")
+            .replace("epsilon_total = \"4\"\n", "epsilon_total = \"1\"\n")
     })
 }
 
@@ -186,6 +194,28 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
         "q-mine.json",
     )
     .unwrap();
+    let dp_sql =
+        std::fs::read_to_string(reference_recipe().join("../clean-room/overlap-dp.sql")).unwrap();
+    let dp1 = submit(
+        &room,
+        &contract,
+        "advertiser",
+        "advertiser",
+        "overlap_dp",
+        &dp_sql,
+        "q-dp1.json",
+    )
+    .unwrap();
+    let dp2 = submit(
+        &room,
+        &contract,
+        "advertiser",
+        "advertiser",
+        "overlap_dp",
+        &format!("{dp_sql}-- the same again"),
+        "q-dp2.json",
+    )
+    .unwrap();
     // The publisher's token cannot submit as the advertiser (the service checks the token's
     // party), and the publisher is not a submitter.
     let e = submit(
@@ -206,14 +236,26 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     let o = attest(&room, &pending);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).starts_with("3 queries pending"),
+        stdout(&o).starts_with("5 queries pending"),
         "{}",
         stdout(&o)
     );
 
     let (code, console) = room.boot(&image);
     assert_eq!(code, Some(0), "{console}");
-    assert!(console.contains("dcr-init: queries pending=3"), "{console}");
+    assert!(console.contains("dcr-init: queries pending=5"), "{console}");
+    assert!(
+        console.contains(&format!(
+            "dcr-init: query {dp1} analysis=overlap_dp party=advertiser outcome=ok rows="
+        )) && console.contains("epsilon=1 budget_spent=1 "),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!(
+            "dcr-init: query {dp2} analysis=overlap_dp party=advertiser outcome=budget_refused"
+        )),
+        "{console}"
+    );
     assert!(
         console.contains(&format!(
             "dcr-init: query {ok} analysis=overlap party=advertiser outcome=ok rows="
@@ -270,6 +312,57 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     let o = result(&room, &contract, &ok, "advertiser", "q-mine.json");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("other than --query"), "{}", stderr(&o));
+    // The DP answer: noise around the plaintext's values (the released segments all exist,
+    // each count within 20 noise scales), its account and the service's debit.
+    let truth = expected_result(&data, 1);
+    let o = result(&room, &contract, &dp1, "publisher", "q-dp1.json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("differential privacy: spent ε="), "{err}");
+    assert!(
+        err.contains("budget: debited by the key-release service at ")
+            && err.contains(": 1 of 1 spent (analysis)"),
+        "{err}"
+    );
+    let scale = |col: &str| -> f64 {
+        let at = err
+            .find(&format!(" {col}="))
+            .unwrap_or_else(|| panic!("no scale for {col}: {err}"));
+        err[at + col.len() + 2..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(';')
+            .parse()
+            .unwrap()
+    };
+    let (b_overlap, b_conv) = (scale("overlap"), scale("conversions"));
+    let noisy = stdout(&o);
+    assert!(
+        noisy.starts_with("segment,overlap,conversions\n"),
+        "{noisy}"
+    );
+    let released: Vec<&str> = noisy.lines().skip(1).collect();
+    assert!(!released.is_empty(), "{noisy}");
+    for row in &released {
+        let f: Vec<&str> = row.split(',').collect();
+        let t = truth
+            .lines()
+            .find(|l| l.starts_with(&format!("{},", f[0])))
+            .unwrap_or_else(|| panic!("segment {} released but not in the data", f[0]));
+        let tf: Vec<f64> = t.split(',').skip(1).map(|x| x.parse().unwrap()).collect();
+        let (o, c): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        assert!(
+            (o - tf[0]).abs() <= 20.0 * b_overlap && (c - tf[1]).abs() <= 20.0 * b_conv,
+            "{row} vs {t} (scales {b_overlap}, {b_conv})"
+        );
+        assert!(tf[0] >= 20.0, "a segment of {} people was released", tf[0]);
+    }
+    // The second DP query would pass the budget: refused, no rows, the budget named.
+    let o = result(&room, &contract, &dp2, "advertiser", "q-dp2.json");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).contains("budget"), "{}", stderr(&o));
     // Nothing is pending any more.
     let o = attest(&room, &pending);
     assert!(o.status.success(), "{}", stderr(&o));

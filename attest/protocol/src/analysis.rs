@@ -391,7 +391,8 @@ pub fn validate_analysis(
                 }
             }
             if let Some(dp) = &r.dp {
-                validate_dp(r, dp, catalog).map_err(|(f, why)| (format!("{at}.rule.dp.{f}"), why))?;
+                validate_dp(r, dp, catalog)
+                    .map_err(|(f, why)| (format!("{at}.rule.dp.{f}"), why))?;
             }
         }
         Rule::List(r) => {

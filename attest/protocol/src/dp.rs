@@ -25,8 +25,8 @@ pub const MAX_ROWS_PER_UNIT: u32 = 10_000;
 /// The largest δ a contract may state (δ is a failure probability; 1e-3 is already weak).
 pub const MAX_DELTA: f64 = 1e-3;
 
-/// An ε, exactly: nano-ε (ε × 10⁹). Written in TOML as a number (`0.5`) or a decimal string
-/// (`"0.5"`); serialized as the decimal string.
+/// An ε, exactly: nano-ε (ε × 10⁹). Written as a decimal string in its shortest form
+/// (`"0.5"`, `"4"`), which is also how it is serialized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Epsilon(pub u64);
 
@@ -57,19 +57,6 @@ impl Epsilon {
             .map(Epsilon)
             .ok_or_else(bad)
     }
-
-    fn from_f64(v: f64) -> Result<Self, String> {
-        if !v.is_finite() || !(0.0..=1e6).contains(&v) {
-            return Err(format!("{v}: not an ε"));
-        }
-        let nanos = (v * NANOS as f64).round();
-        // Exactly representable to 9 decimals (0.1 is 100000000 nano-ε after rounding; a
-        // value with more digits is refused rather than silently rounded).
-        if ((nanos / NANOS as f64) - v).abs() > v.abs() * 1e-12 + 1e-15 {
-            return Err(format!("{v}: at most 9 fractional digits"));
-        }
-        Ok(Epsilon(nanos as u64))
-    }
 }
 
 impl fmt::Display for Epsilon {
@@ -90,29 +77,43 @@ impl Serialize for Epsilon {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumberOrText {
-    Int(u64),
-    Float(f64),
-    Text(String),
-}
-
 impl<'de> Deserialize<'de> for Epsilon {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(i) => i
-                .checked_mul(NANOS)
-                .map(Epsilon)
-                .ok_or_else(|| serde::de::Error::custom("ε out of range")),
-            NumberOrText::Float(v) => Epsilon::from_f64(v).map_err(serde::de::Error::custom),
-            NumberOrText::Text(s) => Epsilon::parse(&s).map_err(serde::de::Error::custom),
+        let s = canonical_text(d, "ε", "\"0.5\"")?;
+        let e = Epsilon::parse(&s).map_err(serde::de::Error::custom)?;
+        if e.to_string() != s {
+            return Err(serde::de::Error::custom(format!(
+                "ε {s:?}: write it as {:?} (the contract's canonical form)",
+                e.to_string()
+            )));
         }
+        Ok(e)
     }
 }
 
-/// A δ (probability): written as a number (`1e-6`) or a string (`"1e-6"`); serialized as the
-/// shortest decimal string that reads back to the same f64.
+/// A string (the contract's canonical JSON has no floats, so ε and δ are decimal strings,
+/// the same bytes in TOML, in JSON and in the digest).
+fn canonical_text<'de, D: Deserializer<'de>>(
+    d: D,
+    what: &str,
+    example: &str,
+) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    match NumberOrText::deserialize(d) {
+        Ok(NumberOrText::Text(s)) => Ok(s),
+        _ => Err(serde::de::Error::custom(format!(
+            "write {what} as a decimal string, e.g. {example} (the contract's canonical JSON has no floats)"
+        ))),
+    }
+}
+
+/// A δ (probability): written as a string in Rust's shortest exponent form (`"1e-6"`,
+/// `"2.5e-7"`), which is also how it is serialized.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Delta(pub f64);
 
@@ -131,13 +132,16 @@ impl Serialize for Delta {
 
 impl<'de> Deserialize<'de> for Delta {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(i) => i as f64,
-            NumberOrText::Float(v) => v,
-            NumberOrText::Text(s) => s
-                .parse::<f64>()
-                .map_err(|_| serde::de::Error::custom(format!("{s:?}: not a number")))?,
-        };
+        let s = canonical_text(d, "δ", "\"1e-6\"")?;
+        let v = s
+            .parse::<f64>()
+            .map_err(|_| serde::de::Error::custom(format!("δ {s:?}: not a number")))?;
+        if format!("{v:e}") != s {
+            return Err(serde::de::Error::custom(format!(
+                "δ {s:?}: write it as {:?} (the contract's canonical form)",
+                format!("{v:e}")
+            )));
+        }
         Ok(Delta(v))
     }
 }
@@ -296,7 +300,12 @@ mod tests {
 
     #[test]
     fn epsilon_is_exact_decimal() {
-        for (s, n) in [("0.5", 500_000_000), ("1", NANOS), ("0.000000001", 1), ("2.25", 2_250_000_000)] {
+        for (s, n) in [
+            ("0.5", 500_000_000),
+            ("1", NANOS),
+            ("0.000000001", 1),
+            ("2.25", 2_250_000_000),
+        ] {
             let e = Epsilon::parse(s).unwrap();
             assert_eq!(e.0, n);
             assert_eq!(e.to_string(), s);
@@ -304,21 +313,34 @@ mod tests {
         for bad in ["", ".5", "1.", "-1", "0.1234567891", "1e-3", "0x1", "1.5.5"] {
             assert!(Epsilon::parse(bad).is_err(), "{bad}");
         }
-        // From TOML floats: 0.1 and 0.3 are exact decimals; more digits are refused.
-        let e: Epsilon = toml::from_str::<BTreeMap<String, Epsilon>>("e = 0.1").unwrap()["e"];
+        // In a contract: the canonical decimal string only (no floats, no other spelling).
+        let e: Epsilon = toml::from_str::<BTreeMap<String, Epsilon>>("e = \"0.1\"").unwrap()["e"];
         assert_eq!(e.0, 100_000_000);
-        assert!(toml::from_str::<BTreeMap<String, Epsilon>>("e = 0.1234567891").is_err());
-        assert!(toml::from_str::<BTreeMap<String, Epsilon>>("e = -0.5").is_err());
+        for bad in [
+            "e = 0.1",
+            "e = 1",
+            "e = \"0.10\"",
+            "e = \"01\"",
+            "e = \"-0.5\"",
+        ] {
+            assert!(
+                toml::from_str::<BTreeMap<String, Epsilon>>(bad).is_err(),
+                "{bad}"
+            );
+        }
         // Ten ledger debits of 0.1 are exactly 1.
         assert_eq!((0..10).map(|_| e.0).sum::<u64>(), NANOS);
     }
 
     #[test]
     fn delta_round_trips_as_text() {
-        let d: Delta = serde_json::from_str("1e-6").unwrap();
+        let d: Delta = serde_json::from_str("\"1e-6\"").unwrap();
         let s = serde_json::to_string(&d).unwrap();
         assert_eq!(s, "\"1e-6\"");
         assert_eq!(serde_json::from_str::<Delta>(&s).unwrap(), d);
+        for bad in ["1e-6", "\"0.000001\"", "\"1E-6\"", "\"x\""] {
+            assert!(serde_json::from_str::<Delta>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,7 +22,9 @@ use axum::Json;
 use dcr_protocol::dp::{budget_name, Debit, DebitRequest, Epsilon};
 use dcr_protocol::release::{Signed, DEBIT_DOMAIN};
 
-use crate::api::{audit_base, audited, bad, forbidden, internal, parse_json, party, refuse, unauthorized};
+use crate::api::{
+    audit_base, audited, bad, forbidden, internal, parse_json, party, refuse, unauthorized,
+};
 use crate::api::{Refusal, St};
 use crate::blobs::blob_path_ok;
 use crate::journal::{Op, Outcome};
@@ -56,7 +58,10 @@ pub(crate) async fn debit(
             return Err(refuse(
                 StatusCode::NOT_FOUND,
                 "unknown_query",
-                format!("query_id: {} is not a query of contract {digest}", req.query_id),
+                format!(
+                    "query_id: {} is not a query of contract {digest}",
+                    req.query_id
+                ),
             ));
         };
         if hex::encode(q.digest()) != req.query_sha256
@@ -68,9 +73,12 @@ pub(crate) async fn debit(
                 req.query_id
             )));
         }
-        let a = contract
-            .analysis(&req.analysis)
-            .ok_or_else(|| internal(format!("stored query names unknown analysis {}", req.analysis)))?;
+        let a = contract.analysis(&req.analysis).ok_or_else(|| {
+            internal(format!(
+                "stored query names unknown analysis {}",
+                req.analysis
+            ))
+        })?;
         let Some(dp) = a.rule_dp() else {
             return Err(bad(format!(
                 "analysis: {} has no dp rule; there is no budget to debit",
@@ -165,7 +173,10 @@ pub(crate) async fn show(
     for a in &contract.analyses {
         let Some(dp) = a.rule_dp() else { continue };
         let prefix = format!("{digest}/{}/", a.name);
-        let mine: Vec<_> = spent.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+        let mine: Vec<_> = spent
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
         if mine.is_empty() {
             out.push(BudgetView {
                 analysis: a.name.clone(),

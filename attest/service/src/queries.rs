@@ -103,7 +103,10 @@ pub(crate) fn is_pending(data_dir: &Path, digest: &str, id: &str) -> bool {
             .exists()
 }
 
-pub(crate) fn registered(st: &State, digest: &str) -> Result<dcr_protocol::contract::Contract, Refusal> {
+pub(crate) fn registered(
+    st: &State,
+    digest: &str,
+) -> Result<dcr_protocol::contract::Contract, Refusal> {
     contracts::load(&st.cfg.data_dir, digest)
         .map_err(|e| internal(e.to_string()))?
         .ok_or_else(|| {

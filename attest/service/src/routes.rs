@@ -23,10 +23,7 @@ pub fn router(state: St) -> Router {
             "/v1/contracts/{digest}/queries",
             get(crate::queries::list).post(crate::queries::submit),
         )
-        .route(
-            "/v1/contracts/{digest}/budget",
-            get(crate::budget::show),
-        )
+        .route("/v1/contracts/{digest}/budget", get(crate::budget::show))
         .route(
             "/v1/contracts/{digest}/budget/debit",
             post(crate::budget::debit),

@@ -38,7 +38,10 @@ fn run() -> Result<ExitCode, String> {
     // OpenDP's noise must come from the kernel: a build with the test-only seeded stream
     // never answers (attest/kernel-random).
     if openssl::seedable() {
-        return Err("built with the test-only seeded random stream (feature test-seed); refusing to run".into());
+        return Err(
+            "built with the test-only seeded random stream (feature test-seed); refusing to run"
+                .into(),
+        );
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [contract_path, query_path, tables @ ..] = args.as_slice() else {

@@ -28,7 +28,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_empty_array, Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{
+    new_empty_array, Array, ArrayRef, Float64Array, Int64Array, RecordBatch,
+};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -53,12 +55,23 @@ const FLOAT_GRID: i64 = 1 << 20;
 #[derive(Debug, Clone)]
 pub(crate) enum Agg {
     /// COUNT(*) (`arg: None`) or COUNT(col): rows (with a non-null `col`).
-    Count { arg: Option<usize> },
+    Count {
+        arg: Option<usize>,
+    },
     /// COUNT(DISTINCT unit).
     Units,
     /// SUM(col) / AVG(col), the argument clamped into `[lo, hi]`; `int`: an Int64 column.
-    Sum { arg: usize, lo: i64, hi: i64, int: bool },
-    Avg { arg: usize, lo: i64, hi: i64 },
+    Sum {
+        arg: usize,
+        lo: i64,
+        hi: i64,
+        int: bool,
+    },
+    Avg {
+        arg: usize,
+        lo: i64,
+        hi: i64,
+    },
 }
 
 /// One output column: a group key or an aggregate.
@@ -108,9 +121,9 @@ pub(crate) fn prepare(
             LogicalPlan::Aggregate(a) => (Some(p), a),
             other => {
                 return Err(format!(
-                    "{shape}: no HAVING, ORDER BY or LIMIT (they would act on exact values); found {}",
-                    other.display()
-                ))
+                "{shape}: no HAVING, ORDER BY or LIMIT (they would act on exact values); found {}",
+                other.display()
+            ))
             }
         },
         LogicalPlan::Aggregate(a) => (None, a),
@@ -128,21 +141,33 @@ pub(crate) fn prepare(
     ));
     let is_unit = |e: &Expr| match e {
         Expr::Column(c) => scans.iter().any(|s| {
-            c.relation.as_ref().is_some_and(|r| r.table() == s.qualifier)
+            c.relation
+                .as_ref()
+                .is_some_and(|r| r.table() == s.qualifier)
                 && s.table.privacy_unit == c.name
         }),
         _ => false,
     };
     let ty_of = |c: &Column| -> Option<ColumnType> {
-        let s = scans
+        let s = scans.iter().find(|s| {
+            c.relation
+                .as_ref()
+                .is_some_and(|r| r.table() == s.qualifier)
+        })?;
+        s.table
+            .columns
             .iter()
-            .find(|s| c.relation.as_ref().is_some_and(|r| r.table() == s.qualifier))?;
-        s.table.columns.iter().find(|x| x.name == c.name).map(|x| x.ty)
+            .find(|x| x.name == c.name)
+            .map(|x| x.ty)
     };
     let clamp_of = |c: &Column| -> Result<[i64; 2], Why> {
         let s = scans
             .iter()
-            .find(|s| c.relation.as_ref().is_some_and(|r| r.table() == s.qualifier))
+            .find(|s| {
+                c.relation
+                    .as_ref()
+                    .is_some_and(|r| r.table() == s.qualifier)
+            })
             .ok_or_else(|| format!("column {c}: no table"))?;
         rule.clamp
             .get(&format!("{}.{}", s.table.name, c.name))
@@ -172,15 +197,31 @@ pub(crate) fn prepare(
             },
             _ => return Err(format!("{e}: not an aggregate")),
         };
-        aggs.push(agg_of(call, &is_unit, &ty_of, &clamp_of, &mut exprs, &mut args)?);
+        aggs.push(agg_of(
+            call, &is_unit, &ty_of, &clamp_of, &mut exprs, &mut args,
+        )?);
     }
-    let names: Vec<String> = agg.schema.fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = agg
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let n_groups = agg.group_expr.len();
     let out = match proj {
         None => names
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), if i < n_groups { Out::Group(i) } else { Out::Agg(i - n_groups) }))
+            .map(|(i, n)| {
+                (
+                    n.clone(),
+                    if i < n_groups {
+                        Out::Group(i)
+                    } else {
+                        Out::Agg(i - n_groups)
+                    },
+                )
+            })
             .collect(),
         Some(p) => {
             let mut out = Vec::new();
@@ -200,7 +241,11 @@ pub(crate) fn prepare(
                     .map_err(|_| format!("{c}: not an output of the aggregate"))?;
                 out.push((
                     f.name().clone(),
-                    if i < n_groups { Out::Group(i) } else { Out::Agg(i - n_groups) },
+                    if i < n_groups {
+                        Out::Group(i)
+                    } else {
+                        Out::Agg(i - n_groups)
+                    },
                 ));
             }
             out
@@ -299,19 +344,30 @@ struct Group {
     sums: Vec<i64>,
 }
 
+type Laplace = opendp::core::Measurement<
+    VectorDomain<AtomDomain<i64>>,
+    L1Distance<i64>,
+    MaxDivergence,
+    Vec<i64>,
+>;
+
+/// OpenDP's discrete Laplace over a vector of integers (one value per released group).
+fn laplace(scale: f64) -> Result<Laplace, DpError> {
+    make_laplace(
+        VectorDomain::new(AtomDomain::<i64>::default()),
+        L1Distance::<i64>::default(),
+        scale,
+        None,
+    )
+    .map_err(odp)
+}
+
 /// The scale of the Laplace noise for sensitivity `d_in` and budget `eps`, as OpenDP's map
 /// confirms: the smallest scale tried (d_in/eps, then slightly larger) whose ε ≤ `eps`.
 fn laplace_for(d_in: i64, eps: f64) -> Result<(f64, f64), DpError> {
     let mut scale = d_in as f64 / eps;
     for _ in 0..64 {
-        let m = make_laplace::<_, _, MaxDivergence>(
-            VectorDomain::new(AtomDomain::<i64>::default()),
-            L1Distance::<i64>::default(),
-            scale,
-            None,
-        )
-        .map_err(odp)?;
-        let spent = m.map(&d_in).map_err(odp)?;
+        let spent = laplace(scale)?.map(&d_in).map_err(odp)?;
         if spent <= eps {
             return Ok((scale, spent));
         }
@@ -340,11 +396,22 @@ fn threshold_mech(scale: f64, tau: i64) -> Result<Threshold, DpError> {
 
 /// Partition selection: the scale for ε and the smallest threshold ≥ `floor` whose δ ≤ `delta`
 /// for a unit in up to `m` groups, changing each group's unit count by 1.
-fn selection_for(m: i64, eps: f64, delta: f64, floor: i64) -> Result<(Threshold, f64, i64, (f64, f64)), DpError> {
-    let d_in = (u32::try_from(m).map_err(|_| DpError::Data("rows per unit".into()))?, m, 1i64);
+fn selection_for(
+    m: i64,
+    eps: f64,
+    delta: f64,
+    floor: i64,
+) -> Result<(Threshold, f64, i64, (f64, f64)), DpError> {
+    let d_in = (
+        u32::try_from(m).map_err(|_| DpError::Data("rows per unit".into()))?,
+        m,
+        1i64,
+    );
     let mut scale = m as f64 / eps;
     for _ in 0..64 {
-        let spent = threshold_mech(scale, floor.max(1))?.map(&d_in).map_err(odp)?;
+        let spent = threshold_mech(scale, floor.max(1))?
+            .map(&d_in)
+            .map_err(odp)?;
         if spent.0 <= eps {
             break;
         }
@@ -357,9 +424,10 @@ fn selection_for(m: i64, eps: f64, delta: f64, floor: i64) -> Result<(Threshold,
     let (mut lo, mut hi) = (floor.max(1), floor.max(1));
     while ok(hi)?.is_none() {
         lo = hi;
-        hi = hi.checked_mul(2).filter(|h| *h < 1 << 40).ok_or_else(|| {
-            DpError::OpenDp(format!("no threshold reaches δ {delta} at ε {eps}"))
-        })?;
+        hi = hi
+            .checked_mul(2)
+            .filter(|h| *h < 1 << 40)
+            .ok_or_else(|| DpError::OpenDp(format!("no threshold reaches δ {delta} at ε {eps}")))?;
     }
     if lo < hi {
         // lo fails (or is the floor itself, checked below); find the smallest passing.
@@ -382,35 +450,58 @@ fn selection_for(m: i64, eps: f64, delta: f64, floor: i64) -> Result<(Threshold,
 /// Release a DP query's answer from its row-level batches (`unit, g0.., a0..`).
 pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError> {
     let m = i64::from(q.rule.max_rows_per_unit);
-    let n_args = batches.first().map_or(0, |b| b.num_columns() - 1 - q.groups);
+    let n_args = batches
+        .first()
+        .map_or(0, |b| b.num_columns() - 1 - q.groups);
     let data = |e: datafusion::arrow::error::ArrowError| DpError::Data(e.to_string());
     // Group keys and units as comparable byte rows; arguments as Float64/Int64.
     let mut unit_rows: HashMap<Vec<u8>, Vec<(usize, usize)>> = HashMap::new();
     let mut group_keys = Vec::with_capacity(batches.len());
     let mut arg_cols: Vec<Vec<ArrayRef>> = Vec::with_capacity(batches.len());
     for (bi, b) in batches.iter().enumerate() {
-        let uconv = RowConverter::new(vec![SortField::new(b.column(0).data_type().clone())]).map_err(data)?;
-        let urows = uconv.convert_columns(&[b.column(0).clone()]).map_err(data)?;
+        let uconv = RowConverter::new(vec![SortField::new(b.column(0).data_type().clone())])
+            .map_err(data)?;
+        let urows = uconv
+            .convert_columns(&[b.column(0).clone()])
+            .map_err(data)?;
         for r in 0..b.num_rows() {
-            unit_rows.entry(urows.row(r).as_ref().to_vec()).or_default().push((bi, r));
+            unit_rows
+                .entry(urows.row(r).as_ref().to_vec())
+                .or_default()
+                .push((bi, r));
         }
         let gcols: Vec<ArrayRef> = (0..q.groups).map(|i| b.column(1 + i).clone()).collect();
         let keys: Vec<Vec<u8>> = if q.groups == 0 {
             vec![Vec::new(); b.num_rows()]
         } else {
-            let conv = RowConverter::new(gcols.iter().map(|c| SortField::new(c.data_type().clone())).collect())
-                .map_err(data)?;
+            let conv = RowConverter::new(
+                gcols
+                    .iter()
+                    .map(|c| SortField::new(c.data_type().clone()))
+                    .collect(),
+            )
+            .map_err(data)?;
             let rows = conv.convert_columns(&gcols).map_err(data)?;
-            (0..b.num_rows()).map(|r| rows.row(r).as_ref().to_vec()).collect()
+            (0..b.num_rows())
+                .map(|r| rows.row(r).as_ref().to_vec())
+                .collect()
         };
         group_keys.push(keys);
-        arg_cols.push((0..n_args).map(|j| b.column(1 + q.groups + j).clone()).collect());
+        arg_cols.push(
+            (0..n_args)
+                .map(|j| b.column(1 + q.groups + j).clone())
+                .collect(),
+        );
     }
     // Per argument: its grid (value units per step) and bounds in steps.
     let mut grid = vec![(1.0f64, 0i64, 0i64); n_args];
     for a in &q.aggs {
         if let Agg::Sum { arg, lo, hi, int } = *a {
-            grid[arg] = if int { (1.0, lo, hi) } else { float_grid(lo, hi) };
+            grid[arg] = if int {
+                (1.0, lo, hi)
+            } else {
+                float_grid(lo, hi)
+            };
         }
         if let Agg::Avg { arg, lo, hi } = *a {
             grid[arg] = float_grid(lo, hi);
@@ -421,10 +512,13 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
         .map(|cols| {
             cols.iter()
                 .map(|c| {
-                    matches!(c.data_type(), DataType::Int64 | DataType::Float64 | DataType::Int32)
-                        .then(|| cast(c, &DataType::Float64).ok())
-                        .flatten()
-                        .and_then(|a| a.as_any().downcast_ref::<Float64Array>().cloned())
+                    matches!(
+                        c.data_type(),
+                        DataType::Int64 | DataType::Float64 | DataType::Int32
+                    )
+                    .then(|| cast(c, &DataType::Float64).ok())
+                    .flatten()
+                    .and_then(|a| a.as_any().downcast_ref::<Float64Array>().cloned())
                 })
                 .collect()
         })
@@ -457,7 +551,11 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
                     let (step, lo, hi) = grid[j];
                     if step > 0.0 && hi > lo {
                         let v = f.value(r);
-                        let q = if v.is_nan() { 0 } else { ((v / step).round() as i64).clamp(lo, hi) };
+                        let q = if v.is_nan() {
+                            0
+                        } else {
+                            ((v / step).round() as i64).clamp(lo, hi)
+                        };
                         g.sums[j] = g.sums[j]
                             .checked_add(q)
                             .ok_or_else(|| DpError::Data("a sum overflowed".into()))?;
@@ -486,13 +584,24 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
     let keys: Vec<Vec<u8>> = groups.keys().cloned().collect();
     let released: Vec<Vec<u8>> = if q.groups == 0 {
         if groups.is_empty() {
-            groups.insert(Vec::new(), Group { nonnull: vec![0; n_args], sums: vec![0; n_args], ..Group::default() });
+            groups.insert(
+                Vec::new(),
+                Group {
+                    nonnull: vec![0; n_args],
+                    sums: vec![0; n_args],
+                    ..Group::default()
+                },
+            );
         }
         vec![Vec::new()]
     } else {
         let floor = i64::try_from(q.min_units).unwrap_or(i64::MAX);
         let (mech, _scale, tau, spent) = selection_for(m, eps_each, q.rule.delta.0, floor)?;
-        let counts: HashMap<u64, i64> = keys.iter().enumerate().map(|(i, k)| (i as u64, groups[k].units)).collect();
+        let counts: HashMap<u64, i64> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i as u64, groups[k].units))
+            .collect();
         let kept = mech.invoke(&counts).map_err(odp)?;
         spent_eps += spent.0;
         spent_delta += spent.1;
@@ -506,45 +615,66 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
     let mut noisy = |values: Vec<i64>, d_in: i64| -> Result<(Vec<i64>, f64), DpError> {
         let (scale, spent) = laplace_for(d_in, eps_each)?;
         spent_eps += spent;
-        let m = make_laplace::<_, _, MaxDivergence>(
-            VectorDomain::new(AtomDomain::<i64>::default()),
-            L1Distance::<i64>::default(),
-            scale,
-            None,
-        )
-        .map_err(odp)?;
-        Ok((m.invoke(&values).map_err(odp)?, scale))
+        Ok((laplace(scale)?.invoke(&values).map_err(odp)?, scale))
     };
-    let pick = |f: &dyn Fn(&Group) -> i64| -> Vec<i64> { released.iter().map(|k| f(&groups[k])).collect() };
+    let pick = |f: &dyn Fn(&Group) -> i64| -> Vec<i64> {
+        released.iter().map(|k| f(&groups[k])).collect()
+    };
     let mut agg_cols: Vec<(ArrayRef, f64)> = Vec::new();
     for a in &q.aggs {
         let col: (ArrayRef, f64) = match *a {
             Agg::Count { arg } => {
                 let (v, s) = noisy(pick(&|g| arg.map_or(g.rows, |j| g.nonnull[j])), m)?;
-                (Arc::new(Int64Array::from_iter_values(v.into_iter().map(|x| x.max(0)))), s)
+                (
+                    Arc::new(Int64Array::from_iter_values(
+                        v.into_iter().map(|x| x.max(0)),
+                    )),
+                    s,
+                )
             }
             Agg::Units => {
                 let (v, s) = noisy(pick(&|g| g.units), m)?;
-                (Arc::new(Int64Array::from_iter_values(v.into_iter().map(|x| x.max(0)))), s)
+                (
+                    Arc::new(Int64Array::from_iter_values(
+                        v.into_iter().map(|x| x.max(0)),
+                    )),
+                    s,
+                )
             }
-            Agg::Sum { arg, lo: _, hi: _, int } => {
+            Agg::Sum {
+                arg,
+                lo: _,
+                hi: _,
+                int,
+            } => {
                 let (step, glo, ghi) = grid[arg];
                 let bound = glo.unsigned_abs().max(ghi.unsigned_abs()) as i64;
-                let d_in = m.checked_mul(bound).ok_or_else(|| DpError::Data("sensitivity overflow".into()))?;
+                let d_in = m
+                    .checked_mul(bound)
+                    .ok_or_else(|| DpError::Data("sensitivity overflow".into()))?;
                 let (v, s) = noisy(pick(&|g| g.sums[arg]), d_in)?;
                 if int {
                     (Arc::new(Int64Array::from_iter_values(v)), s)
                 } else {
-                    (Arc::new(Float64Array::from_iter_values(v.into_iter().map(|x| x as f64 * step))), s * step)
+                    (
+                        Arc::new(Float64Array::from_iter_values(
+                            v.into_iter().map(|x| x as f64 * step),
+                        )),
+                        s * step,
+                    )
                 }
             }
             Agg::Avg { arg, lo, hi } => {
                 let (step, glo, ghi) = grid[arg];
                 let bound = glo.unsigned_abs().max(ghi.unsigned_abs()) as i64;
-                let d_in = m.checked_mul(bound).ok_or_else(|| DpError::Data("sensitivity overflow".into()))?;
+                let d_in = m
+                    .checked_mul(bound)
+                    .ok_or_else(|| DpError::Data("sensitivity overflow".into()))?;
                 let (sum, s1) = noisy(pick(&|g| g.sums[arg]), d_in)?;
                 let (cnt, _) = noisy(pick(&|g| g.nonnull[arg]), m)?;
-                let v = sum.iter().zip(&cnt).map(|(s, c)| ((*s as f64 * step) / (*c).max(1) as f64).clamp(lo as f64, hi as f64));
+                let v = sum.iter().zip(&cnt).map(|(s, c)| {
+                    ((*s as f64 * step) / (*c).max(1) as f64).clamp(lo as f64, hi as f64)
+                });
                 (Arc::new(Float64Array::from_iter_values(v)), s1 * step)
             }
         };
@@ -607,5 +737,9 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
 fn float_grid(lo: i64, hi: i64) -> (f64, i64, i64) {
     let b = lo.unsigned_abs().max(hi.unsigned_abs()).max(1) as f64;
     let step = b / FLOAT_GRID as f64;
-    (step, (lo as f64 / step).round() as i64, (hi as f64 / step).round() as i64)
+    (
+        step,
+        (lo as f64 / step).round() as i64,
+        (hi as f64 / step).round() as i64,
+    )
 }

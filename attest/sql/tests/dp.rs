@@ -104,10 +104,16 @@ fn load<'c>(c: &'c Contract, visits: &str, buys: &str) -> Engine<'c> {
     let cat = c.catalog();
     let v = format!("user,segment,amount,score\n{visits}");
     let b = format!("uid,product\n{buys}");
-    e.load("visits", dcr_sql::load::csv(cat.table("visits").unwrap(), v.as_bytes()).unwrap())
-        .unwrap();
-    e.load("buys", dcr_sql::load::csv(cat.table("buys").unwrap(), b.as_bytes()).unwrap())
-        .unwrap();
+    e.load(
+        "visits",
+        dcr_sql::load::csv(cat.table("visits").unwrap(), v.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    e.load(
+        "buys",
+        dcr_sql::load::csv(cat.table("buys").unwrap(), b.as_bytes()).unwrap(),
+    )
+    .unwrap();
     e
 }
 
@@ -121,7 +127,10 @@ fn run(e: &Engine<'_>, sql: &str) -> Output {
 /// Rows of the output as strings (header dropped).
 fn table(o: &Output) -> Vec<Vec<String>> {
     let csv = String::from_utf8(o.to_csv().unwrap()).unwrap();
-    csv.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect()
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
 }
 
 /// Variance of the discrete Laplace with scale b.
@@ -140,7 +149,7 @@ fn dlap_ge(d: i64, b: f64) -> f64 {
     }
 }
 
-const DP: &str = "epsilon_per_query = 3\nepsilon_total = 30\ndelta = 1e-6\nmax_rows_per_unit = 1\nclamp = { \"visits.amount\" = [0, 10], \"visits.score\" = [0, 1] }";
+const DP: &str = "epsilon_per_query = \"3\"\nepsilon_total = \"30\"\ndelta = \"1e-6\"\nmax_rows_per_unit = 1\nclamp = { \"visits.amount\" = [0, 10], \"visits.score\" = [0, 1] }";
 
 #[test]
 fn noise_has_the_configured_scale() {
@@ -168,23 +177,42 @@ fn noise_has_the_configured_scale() {
     assert!(acc.delta <= 1e-6 && acc.delta > 0.0, "{acc:?}");
     // Scales: sensitivity / ε share (count: 1 row per unit; sum: 1 × 10).
     let (bn, bs) = (acc.scales["n"], acc.scales["total"]);
-    assert!((bn - 1.0).abs() < 1e-6 && (bs - 10.0).abs() < 1e-5, "{acc:?}");
+    assert!(
+        (bn - 1.0).abs() < 1e-6 && (bs - 10.0).abs() < 1e-5,
+        "{acc:?}"
+    );
     let rows = table(&out);
-    assert_eq!(rows.len(), groups, "every group of 40 users is far above the threshold");
+    assert_eq!(
+        rows.len(),
+        groups,
+        "every group of 40 users is far above the threshold"
+    );
     for (col, truth, b) in [(1, 40.0, bn), (2, 200.0, bs)] {
-        let noise: Vec<f64> = rows.iter().map(|r| r[col].parse::<f64>().unwrap() - truth).collect();
+        let noise: Vec<f64> = rows
+            .iter()
+            .map(|r| r[col].parse::<f64>().unwrap() - truth)
+            .collect();
         let n = noise.len() as f64;
         let mean = noise.iter().sum::<f64>() / n;
         let var = noise.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
         let want = dlap_var(b);
-        assert!((var / want - 1.0).abs() < 0.1, "column {col}: variance {var}, expected {want}");
-        assert!(mean.abs() < 4.0 * (want / n).sqrt(), "column {col}: mean {mean}");
+        assert!(
+            (var / want - 1.0).abs() < 0.1,
+            "column {col}: variance {var}, expected {want}"
+        );
+        assert!(
+            mean.abs() < 4.0 * (want / n).sqrt(),
+            "column {col}: mean {mean}"
+        );
         // Tail: P(|X| >= 3b) against the closed form.
         let d = (3.0 * b).ceil() as i64;
         let tail = noise.iter().filter(|x| x.abs() >= d as f64).count() as f64 / n;
         let want_tail = 2.0 * dlap_ge(d, b);
         let sd = (want_tail * (1.0 - want_tail) / n).sqrt();
-        assert!((tail - want_tail).abs() < 5.0 * sd, "column {col}: tail {tail}, expected {want_tail}");
+        assert!(
+            (tail - want_tail).abs() < 5.0 * sd,
+            "column {col}: tail {tail}, expected {want_tail}"
+        );
     }
 }
 
@@ -232,7 +260,7 @@ fn partition_selection_drops_rare_groups_at_the_expected_rate() {
 fn rows_per_unit_are_bounded_and_aggregates_match_the_data() {
     let _g = SEQ.lock().unwrap_or_else(|p| p.into_inner());
     // Huge ε: the noise is (almost) nil, so the released values are the bounded aggregates.
-    let dp = "epsilon_per_query = 100\nepsilon_total = 100\ndelta = 1e-9\nmax_rows_per_unit = 2\nclamp = { \"visits.amount\" = [0, 10], \"visits.score\" = [0, 1] }";
+    let dp = "epsilon_per_query = \"100\"\nepsilon_total = \"100\"\ndelta = \"1e-9\"\nmax_rows_per_unit = 2\nclamp = { \"visits.amount\" = [0, 10], \"visits.score\" = [0, 1] }";
     let c = contract(dp, 2);
     let (mut v, mut b) = (String::new(), String::new());
     // 30 users in "x" with one row each (amount 20, clamped to 10; score 0.25);
@@ -299,8 +327,14 @@ fn noise_comes_from_the_kernel_when_unseeded() {
     let sql = "SELECT COUNT(v.amount) AS n, SUM(v.amount) AS s FROM visits v JOIN buys b ON v.user = b.uid";
     let before = openssl::bytes_served();
     let answers: Vec<Vec<Vec<String>>> = (0..8).map(|_| table(&run(&e, sql))).collect();
-    assert!(openssl::bytes_served() > before, "OpenDP drew no bytes from the kernel source");
-    assert!(answers.windows(2).any(|w| w[0] != w[1]), "eight noisy answers were identical: {answers:?}");
+    assert!(
+        openssl::bytes_served() > before,
+        "OpenDP drew no bytes from the kernel source"
+    );
+    assert!(
+        answers.windows(2).any(|w| w[0] != w[1]),
+        "eight noisy answers were identical: {answers:?}"
+    );
     // Seeded twice alike gives the same answer (the test stream is deterministic) ...
     openssl::rand::seed_for_tests(Some(7));
     let a = table(&run(&e, sql));

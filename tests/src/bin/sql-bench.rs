@@ -2,7 +2,8 @@
 //! Parquet; `sql-bench run DIR MODE` times the overlap query over them in memory and prints
 //! `MODE seconds=… rows=… peak_rss_mib=…` (median of 3 runs, loading excluded).
 //!
-//! MODE: `dcr` (rules checked, threshold written into the plan, the engine's session), `plain`
+//! MODE: `dcr` (rules checked, threshold written into the plan, the engine's session),
+//! `dcr-dp` (the same question under the contract's DP analysis `overlap_dp`), `plain`
 //! (DataFusion's default SessionContext, the same SQL, no threshold), `plain-having` (the
 //! same, with the threshold written by hand as HAVING). reproducible/bench-sql.sh runs each
 //! in its own process and DuckDB beside them.
@@ -106,6 +107,8 @@ fn gen(dir: &Path, rows: u64) {
 }
 
 const SQL: &str = "SELECT s.segment, COUNT(DISTINCT s.user) AS overlap, SUM(c.converted) AS conversions FROM segments s JOIN conversions c ON s.user = c.user GROUP BY s.segment ORDER BY s.segment";
+/// The same question under the reference contract's DP analysis (no ORDER BY under DP).
+const SQL_DP: &str = "SELECT s.segment, COUNT(DISTINCT s.user) AS overlap, SUM(c.converted) AS conversions FROM segments s JOIN conversions c ON s.user = c.user GROUP BY s.segment";
 const SQL_HAVING: &str = "SELECT s.segment, COUNT(DISTINCT s.user) AS overlap, SUM(c.converted) AS conversions FROM segments s JOIN conversions c ON s.user = c.user GROUP BY s.segment HAVING COUNT(DISTINCT s.user) >= 50 AND COUNT(DISTINCT c.user) >= 50 ORDER BY s.segment";
 
 fn peak_rss_mib() -> u64 {
@@ -145,19 +148,25 @@ fn run(dir: &Path, mode: &str) {
     let mut times = Vec::new();
     let mut rows = 0;
     match mode {
-        "dcr" => {
+        "dcr" | "dcr-dp" => {
             let mut e = Engine::new(&c).expect("engine");
             e.load("segments", seg).expect("load");
             e.load("conversions", conv).expect("load");
+            let (analysis, sql) = if mode == "dcr" {
+                ("overlap", SQL)
+            } else {
+                ("overlap_dp", SQL_DP)
+            };
             for _ in 0..3 {
                 let t = Instant::now();
                 let q = e
-                    .check("overlap", Some("advertiser"), &Submission::Sql(SQL.into()))
+                    .check(analysis, Some("advertiser"), &Submission::Sql(sql.into()))
                     .expect("allowed");
                 let out = e.run(&q).expect("run");
                 times.push(t.elapsed().as_secs_f64());
                 rows = out.rows();
-                std::fs::write(dir.join("dcr.csv"), out.to_csv().expect("csv")).expect("write");
+                std::fs::write(dir.join(format!("{mode}.csv")), out.to_csv().expect("csv"))
+                    .expect("write");
             }
         }
         "plain" | "plain-having" => {
@@ -191,7 +200,7 @@ fn run(dir: &Path, mode: &str) {
             }
         }
         m => {
-            eprintln!("sql-bench: unknown mode {m:?} (dcr, plain, plain-having)");
+            eprintln!("sql-bench: unknown mode {m:?} (dcr, dcr-dp, plain, plain-having)");
             std::process::exit(2);
         }
     }

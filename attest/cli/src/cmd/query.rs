@@ -171,6 +171,19 @@ fn run_local(r: RunLocal) -> anyhow::Result<ExitCode> {
         }
     };
     let out = engine.run(&checked)?;
+    if let Some(a) = &out.dp {
+        // Local runs spend no budget (no service), but say what a run in the TEE would.
+        let scales: Vec<String> = a.scales.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!(
+            "differential privacy: spent ε={} δ={:e}; noise scale {}{} (run locally: no budget debited)",
+            a.epsilon,
+            a.delta,
+            scales.join(" "),
+            a.threshold
+                .map(|t| format!("; groups released above a noisy {t} people"))
+                .unwrap_or_default()
+        );
+    }
     let csv = out.to_csv()?;
     match &r.out {
         Some(p) => std::fs::write(p, &csv).with_context(|| format!("--out {}", p.display()))?,

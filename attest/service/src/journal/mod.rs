@@ -71,9 +71,14 @@ pub enum Outcome {
     AlreadySpent(Vec<String>),
     UploadRefused,
     /// The debit as stored (JSON), new or an earlier one for the same query id.
-    Debited { record: Vec<u8>, replay: bool },
+    Debited {
+        record: Vec<u8>,
+        replay: bool,
+    },
     /// The debit would take the budget past its total: nano-ε spent so far.
-    Exhausted { spent: u64 },
+    Exhausted {
+        spent: u64,
+    },
 }
 
 pub struct Job {
@@ -106,8 +111,7 @@ impl Journal {
                 .map_err(|e| store_err(e.to_string()))?;
             w.open_table(BUDGETS)
                 .map_err(|e| store_err(e.to_string()))?;
-            w.open_table(DEBITS)
-                .map_err(|e| store_err(e.to_string()))?;
+            w.open_table(DEBITS).map_err(|e| store_err(e.to_string()))?;
             w.commit().map_err(|e| store_err(e.to_string()))?;
         }
         let audit_path = data_dir.join("audit.log");
@@ -407,8 +411,7 @@ impl Committer {
                                 Some(after) if after <= debit.total.0 => {
                                     let mut d = debit.clone();
                                     d.spent = dcr_protocol::dp::Epsilon(after);
-                                    let record =
-                                        serde_json::to_vec(&d).expect("a typed document");
+                                    let record = serde_json::to_vec(&d).expect("a typed document");
                                     budgets.insert(budget.as_str(), after)?;
                                     debits.insert(key.as_str(), record.as_slice())?;
                                     j.audit.insert("decision".into(), "debit".into());
