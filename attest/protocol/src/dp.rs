@@ -98,18 +98,11 @@ fn canonical_text<'de, D: Deserializer<'de>>(
     what: &str,
     example: &str,
 ) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrText {
-        Text(String),
-        Number(serde_json::Number),
-    }
-    match NumberOrText::deserialize(d) {
-        Ok(NumberOrText::Text(s)) => Ok(s),
-        _ => Err(serde::de::Error::custom(format!(
+    String::deserialize(d).map_err(|_: D::Error| {
+        serde::de::Error::custom(format!(
             "write {what} as a decimal string, e.g. {example} (the contract's canonical JSON has no floats)"
-        ))),
-    }
+        ))
+    })
 }
 
 /// A δ (probability): written as a string in Rust's shortest exponent form (`"1e-6"`,
