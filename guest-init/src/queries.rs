@@ -15,8 +15,9 @@ use std::path::Path;
 use dcr_protocol::analysis::{check_answer_csv, Answer, Outcome, Query, MAX_QUERY_JSON};
 use dcr_protocol::contract::Contract;
 use dcr_protocol::dp::{budget_name, Debit, DebitRequest, DpAccount, ACCOUNT_LINE};
-use dcr_protocol::release::{Signed, DEBIT_DOMAIN, QUERIES_DOMAIN};
+use dcr_protocol::release::{Signed, DEBIT_DOMAIN, DEBIT_REQUEST_DOMAIN, QUERIES_DOMAIN};
 use dcr_protocol::wire::{query_id_ok, query_result_blob, QueryList, MAX_PENDING_QUERIES};
+use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
 use crate::client::Client;
@@ -134,7 +135,7 @@ pub fn answer_queries(
             match run_one(c, w, &run, &pq.id, q, analysis)? {
                 (Ran::Done(o), detail, secs) => (o, detail, secs),
                 (Ran::Dp { account, csv }, detail, secs) => {
-                    match debit(c, digest, keys, client, &pq.id, q, analysis) {
+                    match debit(c, digest, tk, keys, client, &pq.id, q, analysis) {
                         Ok((debit, spent)) => (
                             Outcome::Dp {
                                 account,
@@ -226,12 +227,15 @@ fn q_eps(a: &dcr_protocol::analysis::Analysis) -> String {
         .unwrap_or_default()
 }
 
-/// Ask the service to debit the query's ε (with the upload token); the signed debit must be
-/// the service's (the contract's key) for exactly this query. Returns it and the budget's
-/// spent total. A refusal (budget exhausted) or any failure: the reason, and no answer.
+/// Ask the service to debit the query's ε (the upload token, the request signed with this
+/// TEE's attested result key); the signed debit must be the service's (the contract's key) for
+/// exactly this query and this run. Returns it and the budget's spent total. A refusal (budget
+/// exhausted, debited for another run) or any failure: the reason, and no answer.
+#[allow(clippy::too_many_arguments)]
 fn debit(
     c: &Contract,
     digest: &[u8; 32],
+    tk: &TeeKeys,
     keys: &Keys,
     client: &Client,
     id: &str,
@@ -252,7 +256,14 @@ fn debit(
             "budget",
             "POST",
             &format!("/v1/contracts/{}/budget/debit", hex::encode(digest)),
-            Some(&serde_json::to_vec(&req).expect("a typed document")),
+            Some(
+                &serde_json::to_vec(&Signed::sign_in(
+                    DEBIT_REQUEST_DOMAIN,
+                    &tk.result,
+                    &serde_json::to_vec(&req).expect("a typed document"),
+                ))
+                .expect("a typed document"),
+            ),
             Some(&auth),
             1 << 16,
         )
@@ -272,6 +283,7 @@ fn debit(
         || d.total != dp.epsilon_total
         || d.spent > d.total
         || d.budget != budget_name(dp.budget, &q.party)
+        || d.run != hex::encode(Sha256::digest(&keys.upload_token[..]))
     {
         return Err("the signed debit is not this query's".into());
     }

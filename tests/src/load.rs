@@ -363,7 +363,7 @@ pub const PUB_TOKEN: &str = "publisher-token-0123456789";
 pub const ADV_TOKEN: &str = "advertiser-token-0123456789";
 
 /// The load tests' contract with a table, a sql workload and a DP analysis `segments`
-/// (`per_query` ε a query, `total` in all, budget scope `scope`), a plain analysis `plain`,
+/// (`per_query` ε a query, `total` in all, δ 1e-9, budget scope `scope`), a plain analysis `plain`,
 /// and both parties.
 pub fn dp_contract(signing: &str, per_query: &str, total: &str, scope: &str) -> String {
     let rcpt = HpkeSecret::generate(&mut rand_core::OsRng)
@@ -399,7 +399,7 @@ aggregates = [{{ function = "count_distinct", columns = ["users.user"] }}]
 [analyses.rule.aggregation.dp]
 epsilon_per_query = "{per_query}"
 epsilon_total = "{total}"
-delta = "1e-6"
+delta = "1e-9"
 max_rows_per_unit = 1
 budget = "{scope}"
 
@@ -476,6 +476,38 @@ pub fn call_json(
     )
 }
 
+/// A run's TEE as the budget tests see it.
+pub struct Tee {
+    pub auth: String,
+    /// Hex SHA-256 of the upload token (what a debit names as its run).
+    pub run: String,
+    pub key: SigningSecret,
+}
+
+impl Tee {
+    /// A debit request signed with this TEE's result key (the body the service takes).
+    pub fn req(
+        &self,
+        id: &str,
+        sha: &str,
+        analysis: &str,
+        party: &str,
+        eps: &str,
+    ) -> serde_json::Value {
+        signed_debit(&self.key, &debit_request(id, sha, analysis, party, eps))
+    }
+}
+
+/// `body` signed under the debit-request domain with `key`, as JSON.
+pub fn signed_debit(key: &SigningSecret, body: &serde_json::Value) -> serde_json::Value {
+    serde_json::to_value(Signed::sign_in(
+        dcr_protocol::release::DEBIT_REQUEST_DOMAIN,
+        key,
+        &serde_json::to_vec(body).unwrap(),
+    ))
+    .unwrap()
+}
+
 /// A debit request body.
 pub fn debit_request(
     id: &str,
@@ -537,8 +569,9 @@ impl DpRoom {
         )
     }
 
-    /// A TEE's `Authorization: Upload …` (a real release to the pinned software TPM).
-    pub fn upload_auth(&self) -> String {
+    /// A run's TEE (a real release to the pinned software TPM): its `Authorization: Upload …`
+    /// and its attested result key.
+    pub fn upload_auth(&self) -> Tee {
         let cd: [u8; 32] = hex::decode(&self.digest).unwrap().try_into().unwrap();
         let r = release_keys(&plain_agent(), &self.svc.url, &self.tpm, &cd, &self.signing).unwrap();
         let (_, tok) = r
@@ -546,7 +579,11 @@ impl DpRoom {
             .iter()
             .find(|(k, _)| k == dcr_protocol::wire::UPLOAD_TOKEN_ID)
             .expect("an upload token");
-        format!("Upload {}", hex::encode(tok))
+        Tee {
+            auth: format!("Upload {}", hex::encode(tok)),
+            run: hex::encode(Sha256::digest(tok)),
+            key: r.result_key,
+        }
     }
 
     pub fn debit_url(&self) -> String {

@@ -32,7 +32,8 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         .output()
         .unwrap();
     let out = stdout(&o);
-    assert!(o.status.success(), "run.sh failed:\n{out}\n{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(o.status.success(), "run.sh failed:\n{out}\n{err}");
     let got = std::fs::read_to_string(work.join("result.csv")).unwrap();
     let want = expected_result(&work.join("data"), 50);
     assert_eq!(got, want);
@@ -72,6 +73,13 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         out.contains("analysis=overlap party=advertiser outcome=ok rows="),
         "no answered query in:\n{out}"
     );
+    // The same question under the DP analysis: answered, debited, and printed with its account.
+    assert!(
+        out.contains("analysis=overlap_dp party=advertiser outcome=ok rows=")
+            && out.contains("epsilon=1 budget_spent=1 "),
+        "no DP answer in:\n{out}"
+    );
+    assert!(err.contains("differential privacy: spent ε="), "{err}");
     // The console shows each step.
     for step in [
         "network static",
@@ -80,7 +88,7 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         "release ok",
         "input publisher-segments",
         "workload overlap exit=0",
-        "queries pending=1",
+        "queries pending=2",
         "output rows=",
         "power-off status=ok",
     ] {

@@ -37,55 +37,55 @@ fn debits_are_the_tees_once_per_query_and_never_past_the_total() {
     for (auth, body, status, code) in [
         (
             None,
-            debit_request(id0, sha0, "segments", "publisher", "0.5"),
+            tee.req(id0, sha0, "segments", "publisher", "0.5"),
             401,
             "unauthorized",
         ),
         (
             Some(format!("Bearer {PUB_TOKEN}")),
-            debit_request(id0, sha0, "segments", "publisher", "0.5"),
+            tee.req(id0, sha0, "segments", "publisher", "0.5"),
             401,
             "unauthorized",
         ),
         (
             Some(format!("Upload {}", "ab".repeat(32))),
-            debit_request(id0, sha0, "segments", "publisher", "0.5"),
+            tee.req(id0, sha0, "segments", "publisher", "0.5"),
             401,
             "unauthorized",
         ),
         (
-            Some(tee.clone()),
-            debit_request(id0, sha0, "segments", "publisher", "0.25"),
+            Some(tee.auth.clone()),
+            tee.req(id0, sha0, "segments", "publisher", "0.25"),
             400,
             "bad_request",
         ),
         (
-            Some(tee.clone()),
-            debit_request(id0, sha0, "segments", "publisher", "1"),
+            Some(tee.auth.clone()),
+            tee.req(id0, sha0, "segments", "publisher", "1"),
             400,
             "bad_request",
         ),
         (
-            Some(tee.clone()),
-            debit_request(id0, &"00".repeat(32), "segments", "publisher", "0.5"),
+            Some(tee.auth.clone()),
+            tee.req(id0, &"00".repeat(32), "segments", "publisher", "0.5"),
             400,
             "bad_request",
         ),
         (
-            Some(tee.clone()),
-            debit_request(id0, sha0, "segments", "advertiser", "0.5"),
+            Some(tee.auth.clone()),
+            tee.req(id0, sha0, "segments", "advertiser", "0.5"),
             400,
             "bad_request",
         ),
         (
-            Some(tee.clone()),
-            debit_request(&"0".repeat(32), sha0, "segments", "publisher", "0.5"),
+            Some(tee.auth.clone()),
+            tee.req(&"0".repeat(32), sha0, "segments", "publisher", "0.5"),
             404,
             "unknown_query",
         ),
         (
-            Some(tee.clone()),
-            debit_request(&plain_id, &plain_sha, "plain", "publisher", "0.5"),
+            Some(tee.auth.clone()),
+            tee.req(&plain_id, &plain_sha, "plain", "publisher", "0.5"),
             400,
             "bad_request",
         ),
@@ -97,16 +97,24 @@ fn debits_are_the_tees_once_per_query_and_never_past_the_total() {
             "{body}: {b}"
         );
     }
+    // Unknown fields in the signed request; an unsigned request; one signed by another key
+    // (a man in the middle with the token but not the TEE's attested result key).
     let mut extra = debit_request(id0, sha0, "segments", "publisher", "0.5");
     extra["more"] = 1.into();
-    assert_eq!(call_json(&url, Some(&tee), Some(&extra)).0, 400);
+    let (s, _) = call_json(&url, Some(&tee.auth), Some(&signed_debit(&tee.key, &extra)));
+    assert_eq!(s, 400);
+    let plain = debit_request(id0, sha0, "segments", "publisher", "0.5");
+    assert_eq!(call_json(&url, Some(&tee.auth), Some(&plain)).0, 400);
+    let other = dcr_protocol::keys::SigningSecret::generate(&mut rand_core::OsRng);
+    let (s, b) = call_json(&url, Some(&tee.auth), Some(&signed_debit(&other, &plain)));
+    assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")), "{b}");
     // Four debits of 0.5 fill a budget of 2; the fifth and sixth are refused.
     let mut acked = Vec::new();
     for (i, (id, sha)) in qs.iter().enumerate() {
         let (s, b) = call_json(
             &url,
-            Some(&tee),
-            Some(&debit_request(id, sha, "segments", "publisher", "0.5")),
+            Some(&tee.auth),
+            Some(&tee.req(id, sha, "segments", "publisher", "0.5")),
         );
         if i < 4 {
             assert_eq!(s, 200, "{b}");
@@ -134,10 +142,24 @@ fn debits_are_the_tees_once_per_query_and_never_past_the_total() {
     let (id, sha, first) = &acked[1];
     let (s, again) = call_json(
         &url,
-        Some(&tee),
-        Some(&debit_request(id, sha, "segments", "publisher", "0.5")),
+        Some(&tee.auth),
+        Some(&tee.req(id, sha, "segments", "publisher", "0.5")),
     );
     assert_eq!((s, &again), (200, first));
+    assert_eq!(opened(&r.signing, first).run, tee.run);
+    // Another run (a new release) cannot get the same query debited again: no fresh noise
+    // for one debit.
+    let run2 = r.upload_auth();
+    let (s, b) = call_json(
+        &url,
+        Some(&run2.auth),
+        Some(&run2.req(id, sha, "segments", "publisher", "0.5")),
+    );
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (409, Some("already_debited")),
+        "{b}"
+    );
     // The parties see the budget; others do not.
     let burl = r.budget_url();
     let (s, b) = call_json(&burl, Some(&format!("Bearer {ADV_TOKEN}")), None);
@@ -173,8 +195,8 @@ fn debits_are_the_tees_once_per_query_and_never_past_the_total() {
     let (id, sha) = &qs[5];
     let (s, b) = call_json(
         &r.debit_url(),
-        Some(&tee),
-        Some(&debit_request(id, sha, "segments", "publisher", "0.5")),
+        Some(&tee.auth),
+        Some(&tee.req(id, sha, "segments", "publisher", "0.5")),
     );
     assert_eq!(
         (s, b["code"].as_str()),
@@ -193,15 +215,15 @@ fn budgets_per_party_are_separate() {
     let url = r.debit_url();
     let (s, b) = call_json(
         &url,
-        Some(&tee),
-        Some(&debit_request(&p1, &s1, "segments", "publisher", "0.5")),
+        Some(&tee.auth),
+        Some(&tee.req(&p1, &s1, "segments", "publisher", "0.5")),
     );
     assert_eq!(s, 200, "{b}");
     assert_eq!(opened(&r.signing, &b).budget, "party:publisher");
     let (s, b) = call_json(
         &url,
-        Some(&tee),
-        Some(&debit_request(&p2, &s2, "segments", "publisher", "0.5")),
+        Some(&tee.auth),
+        Some(&tee.req(&p2, &s2, "segments", "publisher", "0.5")),
     );
     assert_eq!(
         (s, b["code"].as_str()),
@@ -210,8 +232,8 @@ fn budgets_per_party_are_separate() {
     );
     let (s, b) = call_json(
         &url,
-        Some(&tee),
-        Some(&debit_request(&a1, &sa1, "segments", "advertiser", "0.5")),
+        Some(&tee.auth),
+        Some(&tee.req(&a1, &sa1, "segments", "advertiser", "0.5")),
     );
     assert_eq!(s, 200, "{b}");
     assert_eq!(opened(&r.signing, &b).budget, "party:advertiser");
@@ -236,10 +258,10 @@ fn kill_9_during_64_concurrent_debits_loses_nothing_acknowledged_and_grants_noth
                 let a = plain_agent();
                 let resp = a
                     .post(url)
-                    .header("authorization", tee.as_str())
+                    .header("authorization", tee.auth.as_str())
                     .header("content-type", "application/json")
                     .send(
-                        serde_json::to_vec(&debit_request(id, sha, "segments", "publisher", "0.5"))
+                        serde_json::to_vec(&tee.req(id, sha, "segments", "publisher", "0.5"))
                             .unwrap(),
                     );
                 if let Ok(mut resp) = resp {
@@ -269,8 +291,8 @@ fn kill_9_during_64_concurrent_debits_loses_nothing_acknowledged_and_grants_noth
         let sha = &qs.iter().find(|(i, _)| i == id).unwrap().1;
         let (s, again) = call_json(
             &url2,
-            Some(&tee),
-            Some(&debit_request(id, sha, "segments", "publisher", "0.5")),
+            Some(&tee.auth),
+            Some(&tee.req(id, sha, "segments", "publisher", "0.5")),
         );
         assert_eq!((s, &again), (200, first), "acknowledged debit of {id} lost");
     }
@@ -279,8 +301,8 @@ fn kill_9_during_64_concurrent_debits_loses_nothing_acknowledged_and_grants_noth
     for (id, sha) in &qs {
         let (s, b) = call_json(
             &url2,
-            Some(&tee),
-            Some(&debit_request(id, sha, "segments", "publisher", "0.5")),
+            Some(&tee.auth),
+            Some(&tee.req(id, sha, "segments", "publisher", "0.5")),
         );
         match s {
             200 => {

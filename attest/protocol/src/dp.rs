@@ -24,6 +24,8 @@ pub const MAX_EPSILON: u64 = 100 * NANOS;
 pub const MAX_ROWS_PER_UNIT: u32 = 10_000;
 /// The largest δ a contract may state (δ is a failure probability; 1e-3 is already weak).
 pub const MAX_DELTA: f64 = 1e-3;
+/// The largest δ a whole budget may add up to (queries it allows × δ; basic composition).
+pub const MAX_DELTA_TOTAL: f64 = 1e-3;
 
 /// An ε, exactly: nano-ε (ε × 10⁹). Written as a decimal string in its shortest form
 /// (`"0.5"`, `"4"`), which is also how it is serialized.
@@ -203,6 +205,17 @@ impl DpRule {
         if !(d.is_finite() && d > 0.0 && d <= MAX_DELTA) {
             return Err(("delta", format!("{d}: must be > 0 and at most {MAX_DELTA}")));
         }
+        // δ is not debited: bound what the whole budget can add up to instead.
+        let queries = (self.epsilon_total.0 / self.epsilon_per_query.0) as f64;
+        if queries * d > MAX_DELTA_TOTAL {
+            return Err((
+                "delta",
+                format!(
+                    "{d} × {queries} queries (epsilon_total / epsilon_per_query) = {:e}: at most {MAX_DELTA_TOTAL:e} over the budget",
+                    queries * d
+                ),
+            ));
+        }
         if !(1..=MAX_ROWS_PER_UNIT).contains(&self.max_rows_per_unit) {
             return Err((
                 "max_rows_per_unit",
@@ -245,7 +258,9 @@ pub struct DpAccount {
 /// The prefix of the engine's first output line for a DP answer.
 pub const ACCOUNT_LINE: &str = "#dcr-dp ";
 
-/// `POST /v1/contracts/{digest}/budget/debit` (upload token of the run's TEE).
+/// `POST /v1/contracts/{digest}/budget/debit` (upload token of the run's TEE): the body is a
+/// `release::Signed` of this request under [`crate::release::DEBIT_REQUEST_DOMAIN`] with the
+/// TEE's attested result key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebitRequest {
@@ -272,6 +287,10 @@ pub struct Debit {
     pub query_sha256: String,
     pub party: String,
     pub epsilon: Epsilon,
+    /// The run that was debited: hex SHA-256 of its upload token. Another run asking to debit
+    /// the same query is refused, so a query re-run (a dropped answer, a replayed list) never
+    /// gets fresh noise for the same debit; the TEE checks that this is its own run.
+    pub run: String,
     /// The budget's total spent after this debit (this debit included).
     pub spent: Epsilon,
     pub total: Epsilon,

@@ -27,6 +27,8 @@ pub const REGISTER_POLICY_DOMAIN: &[u8] = b"dcr/v1/register-policy\0";
 pub const RECEIPT_DOMAIN: &[u8] = b"dcr/v1/registration\0";
 /// Domain of the service's signed list of pending queries (crate::wire::QueryList).
 pub const QUERIES_DOMAIN: &[u8] = b"dcr/v1/queries\0";
+/// Domain of the TEE's signature (its result key) over a budget debit request.
+pub const DEBIT_REQUEST_DOMAIN: &[u8] = b"dcr/v1/budget-debit-request\0";
 /// Domain of the service's signed budget debit (crate::dp::Debit).
 pub const DEBIT_DOMAIN: &[u8] = b"dcr/v1/budget-debit\0";
 /// Domain of the TEE's signature over a sealed result (crate::result).

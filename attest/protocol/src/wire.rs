@@ -393,6 +393,11 @@ pub struct UploadGrant {
     pub blob: String,
     /// Unix seconds.
     pub expires_at: u64,
+    /// The attested TEE's result key (`ed25519:<hex>`, bound in its evidence): budget debits
+    /// must be signed with it, so a stolen upload token cannot spend a budget. Absent in
+    /// records written before debits existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_key: Option<String>,
 }
 
 /// The service's public keys (service.pub.json, GET /v1/service).

@@ -1,13 +1,16 @@
 //! Privacy budgets of DP analyses (docs/analysis.md, "Differential privacy"; docs/protocol.md):
 //!
 //! - `POST /v1/contracts/{digest}/budget/debit` — the TEE of a run (its unused, unexpired
-//!   upload token for this contract) asks to debit a stored query's ε before it seals the
-//!   answer. The service checks the query (stored for this contract, same document digest,
-//!   analysis and party), that its analysis has a `dp` rule and that the ε asked is exactly
-//!   the rule's `epsilon_per_query`; then the journal debits it in one redb transaction
-//!   (durable before the answer): refused when the budget would pass `epsilon_total`, and a
-//!   query id already debited returns the stored debit (no second spend). The answer is the
-//!   debit signed under `DEBIT_DOMAIN`; the TEE seals the answer only with it.
+//!   upload token for this contract, and the request signed with the result key its evidence
+//!   bound, so a token seen on the wire cannot spend budgets) asks to debit a stored query's
+//!   ε before it seals the answer. The service checks the query (stored for this contract,
+//!   same document digest, analysis and party), that its analysis has a `dp` rule and that
+//!   the ε asked is exactly the rule's `epsilon_per_query`; then the journal debits it in one
+//!   redb transaction (durable before the answer): refused when the budget would pass
+//!   `epsilon_total`. A query is debited for one run only: the same run asking again gets the
+//!   stored debit (no second spend); another run is refused (`already_debited`), so a query
+//!   never gets fresh noise twice for one debit. The answer is the debit signed under
+//!   `DEBIT_DOMAIN`; the TEE seals the answer only with it.
 //! - `GET /v1/contracts/{digest}/budget` — a party of the contract: each DP analysis's budgets,
 //!   spent and total.
 //!
@@ -20,7 +23,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dcr_protocol::dp::{budget_name, Debit, DebitRequest, Epsilon};
-use dcr_protocol::release::{Signed, DEBIT_DOMAIN};
+use dcr_protocol::keys::SigningPublic;
+use dcr_protocol::release::{Signed, DEBIT_DOMAIN, DEBIT_REQUEST_DOMAIN};
 
 use crate::api::{
     audit_base, audited, bad, forbidden, internal, parse_json, party, refuse, unauthorized,
@@ -28,7 +32,7 @@ use crate::api::{
 use crate::api::{Refusal, St};
 use crate::blobs::blob_path_ok;
 use crate::journal::{Op, Outcome};
-use crate::queries::{registered, stored, tee_of};
+use crate::queries::{registered, stored, tee_grant};
 
 /// The ledger key of a budget.
 fn key(digest: &str, analysis: &str, budget: &str) -> String {
@@ -45,13 +49,24 @@ pub(crate) async fn debit(
     let r = (|| {
         blob_path_ok(&digest, "x")?;
         audit.insert("contract_digest".into(), digest.clone().into());
-        if !tee_of(&st, &headers, &digest)? {
+        let Some((grant, run)) = tee_grant(&st, &headers, &digest)? else {
             return Err(unauthorized(
                 "the unused upload token of a TEE attested for this contract is required",
             ));
-        }
+        };
         let contract = registered(&st, &digest)?;
-        let req: DebitRequest = parse_json(&body)?;
+        let signed: Signed = parse_json(&body)?;
+        let tee_key = grant
+            .result_key
+            .as_deref()
+            .and_then(|k| SigningPublic::from_text(k).ok())
+            .ok_or_else(|| unauthorized("this upload token's release names no result key"))?;
+        let payload = signed
+            .verify_in(DEBIT_REQUEST_DOMAIN, &tee_key)
+            .map_err(|_| {
+                unauthorized("the debit request is not signed by the TEE's attested result key")
+            })?;
+        let req: DebitRequest = parse_json(&payload)?;
         audit.insert("query".into(), req.query_id.clone().into());
         audit.insert("analysis".into(), req.analysis.clone().into());
         let Some(q) = stored(&st.cfg.data_dir, &digest, &req.query_id)? else {
@@ -104,6 +119,7 @@ pub(crate) async fn debit(
                 query_sha256: req.query_sha256,
                 party: req.party,
                 epsilon: req.epsilon,
+                run: hex::encode(run),
                 spent: Epsilon(0),
                 total: dp.epsilon_total,
                 at: dcr_protocol::time::format_rfc3339(crate::unix_now()),
@@ -126,6 +142,14 @@ pub(crate) async fn debit(
                 _ => internal("stored debit does not parse").into_response(),
             }
         }
+        Ok(Outcome::DebitedElsewhere) => refuse(
+            StatusCode::CONFLICT,
+            "already_debited",
+            format!(
+                "query {query} was debited for another run; its answer is that run's (a query is never answered twice)"
+            ),
+        )
+        .into_response(),
         Ok(Outcome::Exhausted { spent }) => refuse(
             StatusCode::CONFLICT,
             "budget_exhausted",

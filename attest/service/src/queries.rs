@@ -251,17 +251,26 @@ fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// An upload token released for this contract, unexpired and unused (the TEE of a run).
-pub(crate) fn tee_of(st: &State, headers: &HeaderMap, digest: &str) -> Result<bool, Refusal> {
+fn tee_of(st: &State, headers: &HeaderMap, digest: &str) -> Result<bool, Refusal> {
+    Ok(tee_grant(st, headers, digest)?.is_some())
+}
+
+/// [`tee_of`], with the token's grant and the token's SHA-256 (which names the run).
+pub(crate) fn tee_grant(
+    st: &State,
+    headers: &HeaderMap,
+    digest: &str,
+) -> Result<Option<(UploadGrant, [u8; 32])>, Refusal> {
     let Some(h) = crate::blobs::upload_token_hash(headers) else {
-        return Ok(false);
+        return Ok(None);
     };
     let grant = match st.journal.upload(&h) {
         Ok(Some(r)) if !r.is_empty() => serde_json::from_slice::<UploadGrant>(&r)
             .map_err(|e| internal(format!("upload record: {e}")))?,
-        Ok(_) => return Ok(false),
+        Ok(_) => return Ok(None),
         Err(e) => return Err(internal(format!("store: {e}"))),
     };
-    Ok(grant.contract_digest == digest && unix_now() <= grant.expires_at)
+    Ok((grant.contract_digest == digest && unix_now() <= grant.expires_at).then_some((grant, h)))
 }
 
 pub(crate) async fn list(

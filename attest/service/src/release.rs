@@ -243,6 +243,7 @@ pub(crate) async fn decide(
         contract_digest: req.contract_digest.clone(),
         blob: contract.output.blob.clone(),
         expires_at: now + UPLOAD_TTL_SECS,
+        result_key: Some(req.result_key.clone()),
     })
     .expect("json");
     let op = Op::Release {

@@ -450,9 +450,10 @@ fn selection_for(
 /// Release a DP query's answer from its row-level batches (`unit, g0.., a0..`).
 pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError> {
     let m = i64::from(q.rule.max_rows_per_unit);
-    let n_args = batches
-        .first()
-        .map_or(0, |b| b.num_columns() - 1 - q.groups);
+    // From the plan, not the batches: a filter that matches nothing yields no batch at all,
+    // and the answer must not depend on that (an empty input answers like any other).
+    let schema = q.rows.schema();
+    let n_args = schema.fields().len() - 1 - q.groups;
     let data = |e: datafusion::arrow::error::ArrowError| DpError::Data(e.to_string());
     // Group keys and units as comparable byte rows; arguments as Float64/Int64.
     let mut unit_rows: HashMap<Vec<u8>, Vec<(usize, usize)>> = HashMap::new();
@@ -543,22 +544,20 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
             g.rows += 1;
             for j in 0..n_args {
                 let col = &arg_cols[bi][j];
-                if col.is_null(r) {
+                // NaN counts as NULL (no value to clamp).
+                let nan = f64_args[bi][j]
+                    .as_ref()
+                    .is_some_and(|f| f.value(r).is_nan());
+                if col.is_null(r) || nan {
                     continue;
                 }
                 g.nonnull[j] += 1;
                 if let Some(f) = &f64_args[bi][j] {
                     let (step, lo, hi) = grid[j];
                     if step > 0.0 && hi > lo {
-                        let v = f.value(r);
-                        let q = if v.is_nan() {
-                            0
-                        } else {
-                            ((v / step).round() as i64).clamp(lo, hi)
-                        };
-                        g.sums[j] = g.sums[j]
-                            .checked_add(q)
-                            .ok_or_else(|| DpError::Data("a sum overflowed".into()))?;
+                        let q = ((f.value(r) / step).round() as i64).clamp(lo, hi);
+                        // Saturating, not an error: a failure must not depend on the data.
+                        g.sums[j] = g.sums[j].saturating_add(q);
                     }
                 }
             }
@@ -686,9 +685,7 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
     for (name, o) in &q.out {
         match o {
             Out::Group(i) => {
-                let dt = batches
-                    .first()
-                    .map_or(DataType::Utf8, |b| b.column(1 + i).data_type().clone());
+                let dt = schema.field(1 + i).data_type().clone();
                 let values: Vec<ScalarValue> = released
                     .iter()
                     .map(|k| {

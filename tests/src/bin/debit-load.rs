@@ -34,8 +34,8 @@ fn main() {
                         let t = Instant::now();
                         let (st, _) = call_json(
                             url,
-                            Some(tee),
-                            Some(&debit_request(id, sha, "segments", "publisher", "0.001")),
+                            Some(&tee.auth),
+                            Some(&tee.req(id, sha, "segments", "publisher", "0.001")),
                         );
                         (st, t.elapsed())
                     })
@@ -60,7 +60,7 @@ fn main() {
                     "{}/v1/contracts/{}/blobs/query-{id}.result",
                     r.svc.url, r.digest
                 ))
-                .header("authorization", tee.as_str())
+                .header("authorization", tee.auth.as_str())
                 .send(&b"stub"[..])
                 .expect("put");
             assert!(put.status().is_success(), "answer upload: {}", put.status());

@@ -298,7 +298,13 @@ pub fn result(a: Result) -> anyhow::Result<ExitCode> {
             serde_json::to_string(&ran.parameters).expect("parameters are JSON")
         ),
     }
+    let dp_rule = c.analysis(&ran.analysis).and_then(|an| an.rule_dp());
     let csv = match answer.outcome {
+        Outcome::Rows(_) if dp_rule.is_some() => bail!(
+            "query {}: analysis {} is differentially private but the answer carries no budget debit",
+            a.id,
+            ran.analysis
+        ),
         Outcome::Rows(csv) => csv,
         Outcome::Dp {
             account,
@@ -311,10 +317,18 @@ pub fn result(a: Result) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("query {}: the budget debit", a.id))?;
             let d: dcr_protocol::dp::Debit = serde_json::from_slice(&payload)
                 .with_context(|| format!("query {}: the budget debit", a.id))?;
+            let rule_ok = dp_rule.is_some_and(|r| {
+                d.epsilon == r.epsilon_per_query
+                    && d.total == r.epsilon_total
+                    && d.budget == dcr_protocol::dp::budget_name(r.budget, &ran.party)
+            });
             if d.query_id != a.id
                 || d.query_sha256 != hex::encode(ran.digest())
                 || d.contract_digest != hex::encode(c.digest())
                 || d.analysis != ran.analysis
+                || d.party != ran.party
+                || d.spent > d.total
+                || !rule_ok
             {
                 bail!(
                     "query {}: the budget debit is for another query ({} of contract {})",

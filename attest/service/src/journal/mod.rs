@@ -79,6 +79,8 @@ pub enum Outcome {
     Exhausted {
         spent: u64,
     },
+    /// Another run already debited this query (its stored debit names that run).
+    DebitedElsewhere,
 }
 
 pub struct Job {
@@ -399,11 +401,21 @@ impl Committer {
                     Op::Debit { budget, debit } => {
                         let key = format!("{budget}#{}", debit.query_id);
                         let stored = debits.get(key.as_str())?.map(|v| v.value().to_vec());
+                        let same_run = |r: &[u8]| {
+                            serde_json::from_slice::<dcr_protocol::dp::Debit>(r)
+                                .is_ok_and(|d| d.run == debit.run)
+                        };
                         if let Some(record) = stored {
-                            j.audit.insert("decision".into(), "replay".into());
-                            Outcome::Debited {
-                                record,
-                                replay: true,
+                            if same_run(&record) {
+                                j.audit.insert("decision".into(), "replay".into());
+                                Outcome::Debited {
+                                    record,
+                                    replay: true,
+                                }
+                            } else {
+                                j.audit.insert("decision".into(), "refuse".into());
+                                j.audit.insert("code".into(), "already_debited".into());
+                                Outcome::DebitedElsewhere
                             }
                         } else {
                             let spent = budgets.get(budget.as_str())?.map_or(0, |v| v.value());
