@@ -133,6 +133,16 @@ fn table(o: &Output) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// 100 users in segment `s` with amount 5 and score `score`, each with a purchase.
+fn hundred_users(score: &str) -> (String, String) {
+    let (mut v, mut b) = (String::new(), String::new());
+    for u in 0..100 {
+        writeln!(v, "u{u},s,5,{score}").unwrap();
+        writeln!(b, "u{u},p").unwrap();
+    }
+    (v, b)
+}
+
 /// Variance of the discrete Laplace with scale b.
 fn dlap_var(b: f64) -> f64 {
     let q = (-1.0 / b).exp();
@@ -317,12 +327,7 @@ fn noise_comes_from_the_kernel_when_unseeded() {
     let _g = SEQ.lock().unwrap_or_else(|p| p.into_inner());
     openssl::rand::seed_for_tests(None);
     let c = contract(DP, 2);
-    let mut v = String::new();
-    let mut b = String::new();
-    for u in 0..100 {
-        writeln!(v, "u{u},s,5,0.5").unwrap();
-        writeln!(b, "u{u},p").unwrap();
-    }
+    let (v, b) = hundred_users("0.5");
     let e = load(&c, &v, &b);
     let sql = "SELECT COUNT(v.amount) AS n, SUM(v.amount) AS s FROM visits v JOIN buys b ON v.user = b.uid";
     let before = openssl::bytes_served();
@@ -350,12 +355,7 @@ fn an_empty_input_answers_like_any_other() {
     // querier, for free and without noise, that no row matched).
     let _g = SEQ.lock().unwrap_or_else(|p| p.into_inner());
     let c = contract(DP, 2);
-    let mut v = String::new();
-    let mut b = String::new();
-    for u in 0..100 {
-        writeln!(v, "u{u},s,5,NaN").unwrap();
-        writeln!(b, "u{u},p").unwrap();
-    }
+    let (v, b) = hundred_users("NaN");
     let e = load(&c, &v, &b);
     for sql in [
         "SELECT SUM(v.amount) AS s, AVG(v.score) AS a, COUNT(v.amount) AS n FROM visits v JOIN buys b ON v.user = b.uid WHERE v.segment = 'nobody'",
