@@ -29,6 +29,7 @@ use std::path::Path;
 
 use dcr_protocol::console::Line;
 use dcr_protocol::contract::{Contract, Network};
+use dcr_protocol::receipt::{canonical_sha256, Receipt, ReceiptUpload, RECEIPT_VERSION};
 use sha2::{Digest, Sha256};
 
 use crate::client::Client;
@@ -130,23 +131,90 @@ fn clean_room(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let _ = crate::sys::mount("configfs", "/sys/kernel/config", "configfs", 0);
     let tee = evidence::choose(c, &evidence::detect())?;
     let client = Client::new(&c.service.url, c.service.deadline_secs);
+    let started_at = unix_now();
     let tk = TeeKeys::generate();
     let keys = evidence::attest(c, digest, &client, tee, &tk)?;
     workload::mount_run_dir()?;
-    let inputs = workload::fetch_inputs(c, digest, &keys, &client)?;
+    let (inputs, input_receipts) = workload::fetch_inputs(c, digest, &keys, &client)?;
     let out = match c.native_workload() {
         Some(w) => Some(workload::run_workload(c, w, &inputs)?),
         None => None,
     };
     // Answers first: the output's upload uses the upload token up.
-    queries::answer_queries(c, digest, &tk, &keys, &client, &inputs)?;
+    let queries = queries::answer_queries(c, digest, &tk, &keys, &client, &inputs)?;
+    // The output is sealed and signed, then the receipt (naming its digest) is uploaded, then
+    // the output: no output leaves without a receipt.
+    let out = match out {
+        Some(out) => Some(workload::seal_output(c, digest, &tk, &keys, out)?),
+        None => None,
+    };
+    let r = Receipt {
+        version: RECEIPT_VERSION,
+        contract_digest: hex::encode(digest),
+        platform: tee,
+        session_id: keys.attest.session_id.clone(),
+        nonce: hex::encode(&keys.nonce),
+        evidence_sha256: canonical_sha256(&keys.attest.evidence),
+        release_sha256: hex::encode(keys.release_sha256),
+        release: keys.release.clone(),
+        run: keys.run(),
+        inputs: input_receipts,
+        queries,
+        output: out.as_ref().map(|o| o.receipt.clone()),
+        started_at,
+        finished_at: unix_now().max(started_at),
+    };
+    upload_receipt(digest, &tk, &keys, &client, r)?;
     match out {
-        Some(out) => workload::deliver_output(c, digest, &tk, &keys, &client, out),
+        Some(out) => workload::deliver_output(c, digest, &keys, &client, out),
         None => {
             say("output none (the contract has no native workload)");
             Ok(())
         }
     }
+}
+
+/// The guest's clock, Unix seconds (0 if it reads before 1970).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Sign the run's receipt with the result key and upload it with the evidence posted
+/// (`POST /v1/contracts/{digest}/receipts`, the upload token).
+fn upload_receipt(
+    digest: &[u8; 32],
+    tk: &TeeKeys,
+    keys: &release::Keys,
+    client: &Client,
+    r: Receipt,
+) -> Result<(), StepError> {
+    let signed = dcr_protocol::receipt::sign(&tk.result, &r);
+    let body = serde_json::to_vec(&ReceiptUpload {
+        receipt: signed,
+        evidence: keys.attest.clone(),
+    })
+    .expect("json");
+    let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
+    client.call(
+        "receipt",
+        "POST",
+        &format!("/v1/contracts/{}/receipts", hex::encode(digest)),
+        Some(&body),
+        Some(&auth),
+        1 << 16,
+    )?;
+    say(&format!(
+        "receipt run={} queries={} debits={} inputs={} output={} uploaded",
+        r.run,
+        r.queries.len(),
+        r.queries.iter().filter(|q| q.debit.is_some()).count(),
+        r.inputs.len(),
+        r.output.as_ref().map(|o| o.blob.as_str()).unwrap_or("none")
+    ));
+    Ok(())
 }
 
 fn main() {

@@ -15,6 +15,7 @@ use std::path::Path;
 use dcr_protocol::analysis::{check_answer_csv, Answer, Outcome, Query, MAX_QUERY_JSON};
 use dcr_protocol::contract::Contract;
 use dcr_protocol::dp::{budget_name, Debit, DebitRequest, DpAccount, ACCOUNT_LINE};
+use dcr_protocol::receipt::{QueryOutcome, ReceiptQuery};
 use dcr_protocol::release::{Signed, DEBIT_DOMAIN, DEBIT_REQUEST_DOMAIN, QUERIES_DOMAIN};
 use dcr_protocol::wire::{query_id_ok, query_result_blob, QueryList, MAX_PENDING_QUERIES};
 use sha2::{Digest as _, Sha256};
@@ -49,9 +50,10 @@ pub fn answer_queries(
     keys: &Keys,
     client: &Client,
     all_inputs: &[String],
-) -> Result<(), StepError> {
+) -> Result<Vec<ReceiptQuery>, StepError> {
+    let mut receipt = Vec::new();
     let Some(w) = c.sql_workload() else {
-        return Ok(());
+        return Ok(receipt);
     };
     let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
     let body = client.call(
@@ -65,7 +67,7 @@ pub fn answer_queries(
     let list = step("queries", verify_list(c, digest, &body))?;
     say(&format!("queries pending={}", list.queries.len()));
     if list.queries.is_empty() {
-        return Ok(());
+        return Ok(receipt);
     }
     let exe = checked_exe("queries", w)?;
     let dir = Path::new(RUN_DIR).join("queries");
@@ -157,6 +159,27 @@ pub fn answer_queries(
                 }
             }
         };
+        let (kind, refusal, epsilon, debit_doc) = match &outcome {
+            Outcome::Rows(_) => (QueryOutcome::Ok, None, None, None),
+            Outcome::Dp { debit, .. } => (
+                QueryOutcome::Dp,
+                None,
+                analysis.rule_dp().map(|d| d.epsilon_per_query),
+                Some(debit.clone()),
+            ),
+            Outcome::Refused(_) => (
+                QueryOutcome::Refused,
+                Some(
+                    detail
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("refused")
+                        .to_string(),
+                ),
+                None,
+                None,
+            ),
+        };
         let answer = Zeroizing::new(
             Answer {
                 query_id: pq.id.clone(),
@@ -170,6 +193,17 @@ pub fn answer_queries(
         let (_, signed) = seal_sign_upload(
             "answer", digest, tk, keys, client, &keys_only, &blob, answer,
         )?;
+        receipt.push(ReceiptQuery {
+            id: pq.id.clone(),
+            analysis: q.analysis.clone(),
+            sql_sha256: hex::encode(q.digest()),
+            submitter: q.party.clone(),
+            outcome: kind,
+            refusal,
+            result_sha256: hex::encode(Sha256::digest(&signed)),
+            epsilon,
+            debit: debit_doc,
+        });
         let names: Vec<&str> = recipients.iter().map(|(n, _)| n.as_str()).collect();
         say(&format!(
             "query {} analysis={} party={} outcome={detail} time={secs:.1}s sealed={} bytes recipients={}",
@@ -180,7 +214,7 @@ pub fn answer_queries(
             names.join(",")
         ));
     }
-    Ok(())
+    Ok(receipt)
 }
 
 /// The list's signature (the contract's service key, queries domain), its contract and its

@@ -15,11 +15,23 @@ use crate::console::say;
 use crate::{fail, step, StepError, B64};
 
 /// Released keys: key id → DEK, plus the upload token, and the signed release itself (the
-/// result's proof carries it: it names this TEE's result key).
+/// result's proof carries it: it names this TEE's result key), with what the run's receipt
+/// names: the evidence request posted, the challenge's nonce, the release payload's digest.
 pub struct Keys {
     pub deks: Vec<(String, Dek)>,
     pub upload_token: Zeroizing<Vec<u8>>,
     pub release: Signed,
+    pub attest: AttestRequest,
+    pub nonce: Vec<u8>,
+    pub release_sha256: [u8; 32],
+}
+
+impl Keys {
+    /// The run's name: SHA-256 of the upload token, hex (the service's debits name it).
+    pub fn run(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&self.upload_token[..]))
+    }
 }
 
 /// This boot's ephemeral keys, both bound into the evidence (`report_data`): the HPKE key the
@@ -48,6 +60,7 @@ pub fn release(
     digest: &[u8; 32],
     client: &Client,
     session_id: &str,
+    nonce: &[u8],
     tk: &TeeKeys,
     evidence: Evidence,
 ) -> Result<Keys, StepError> {
@@ -138,5 +151,11 @@ pub fn release(
             detail: "no upload token in the release".into(),
         })?,
         release: signed,
+        attest: req,
+        nonce: nonce.to_vec(),
+        release_sha256: {
+            use sha2::Digest;
+            sha2::Sha256::digest(&payload).into()
+        },
     })
 }

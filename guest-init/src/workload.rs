@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dcr_protocol::contract::{Contract, Workload};
+use dcr_protocol::receipt::{ReceiptInput, ReceiptOutput};
 use dcr_protocol::seal::{Header, Opener};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -53,13 +54,14 @@ pub fn fetch_inputs(
     digest: &[u8; 32],
     keys: &Keys,
     client: &Client,
-) -> Result<Vec<String>, StepError> {
+) -> Result<(Vec<String>, Vec<ReceiptInput>), StepError> {
     let dir = Path::new(RUN_DIR).join("in");
     step(
         "inputs",
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())),
     )?;
     let mut paths = Vec::new();
+    let mut receipt = Vec::new();
     for d in &c.datasets {
         let Some((_, dek)) = keys.deks.iter().find(|(k, _)| *k == d.key_id) else {
             return fail(
@@ -98,8 +100,14 @@ pub fn fetch_inputs(
             start.elapsed().as_secs_f64()
         ));
         paths.push(path.display().to_string());
+        receipt.push(ReceiptInput {
+            dataset: d.id.clone(),
+            key_id: d.key_id.clone(),
+            sealed_sha256: digest,
+            sealed_bytes: sealed,
+        });
     }
-    Ok(paths)
+    Ok((paths, receipt))
 }
 
 /// Counts and hashes what passes through (the sealed bytes, for the console line).
@@ -299,43 +307,69 @@ pub fn check_output(c: &Contract, out: &[u8]) -> Result<usize, String> {
     dcr_protocol::output::check(&c.output, out).map_err(|e| e.to_string())
 }
 
-/// Hold the output to the contract's rules, seal it to the recipients, sign it with this
-/// TEE's result key and upload it with the released upload token.
-pub fn deliver_output(
+/// The output, sealed and signed, not yet uploaded (the receipt names its digest first).
+pub struct Output {
+    signed: Vec<u8>,
+    sealed: usize,
+    pub receipt: ReceiptOutput,
+}
+
+/// Hold the output to the contract's rules, seal it to the recipients and sign it with this
+/// TEE's result key.
+pub fn seal_output(
     c: &Contract,
     digest: &[u8; 32],
     tk: &TeeKeys,
     keys: &Keys,
-    client: &Client,
     out: Zeroizing<Vec<u8>>,
-) -> Result<(), StepError> {
+) -> Result<Output, StepError> {
     let rows = step(
         "output",
         check_output(c, &out).map_err(|e| format!("output rules: {e}")),
     )?;
-    let (sealed, signed) = seal_sign_upload(
+    let (sealed, signed) = seal_sign(
         "upload",
         digest,
         tk,
         keys,
-        client,
         &c.recipient_keys(),
         &c.output.blob,
         out,
     )?;
+    Ok(Output {
+        receipt: ReceiptOutput {
+            blob: c.output.blob.clone(),
+            sha256: hex::encode(Sha256::digest(&signed)),
+            rows: rows as u64,
+        },
+        signed,
+        sealed,
+    })
+}
+
+/// Upload the signed output with the released upload token (which this uses up).
+pub fn deliver_output(
+    c: &Contract,
+    digest: &[u8; 32],
+    keys: &Keys,
+    client: &Client,
+    out: Output,
+) -> Result<(), StepError> {
+    upload("upload", digest, keys, client, &c.output.blob, &out.signed)?;
     say(&format!(
-        "output rows={rows} sealed={sealed} bytes signed={} bytes sha256={} recipients={} blob={}",
-        signed.len(),
-        hex::encode(Sha256::digest(&signed)),
+        "output rows={} sealed={} bytes signed={} bytes sha256={} recipients={} blob={}",
+        out.receipt.rows,
+        out.sealed,
+        out.signed.len(),
+        out.receipt.sha256,
         c.recipients.len(),
         c.output.blob
     ));
     Ok(())
 }
 
-/// Seal `plain` to `recipients`, sign the sealed bytes with this TEE's result key for `blob`
-/// (the proof: the service's signed release naming that key, and its signature) and upload
-/// the signed result with the upload token. Returns the sealed length and the signed bytes.
+/// [`seal_sign`], then upload the signed result with the upload token. Returns the sealed
+/// length and the signed bytes.
 #[allow(clippy::too_many_arguments)]
 pub fn seal_sign_upload(
     what: &'static str,
@@ -343,6 +377,23 @@ pub fn seal_sign_upload(
     tk: &TeeKeys,
     keys: &Keys,
     client: &Client,
+    recipients: &[dcr_protocol::keys::HpkePublic],
+    blob: &str,
+    plain: Zeroizing<Vec<u8>>,
+) -> Result<(usize, Vec<u8>), StepError> {
+    let (n, signed) = seal_sign(what, digest, tk, keys, recipients, blob, plain)?;
+    upload(what, digest, keys, client, blob, &signed)?;
+    Ok((n, signed))
+}
+
+/// Seal `plain` to `recipients` and sign the sealed bytes with this TEE's result key for
+/// `blob` (the proof: the service's signed release naming that key, and its signature).
+/// Returns the sealed length and the signed bytes.
+pub fn seal_sign(
+    what: &'static str,
+    digest: &[u8; 32],
+    tk: &TeeKeys,
+    keys: &Keys,
     recipients: &[dcr_protocol::keys::HpkePublic],
     blob: &str,
     plain: Zeroizing<Vec<u8>>,
@@ -365,14 +416,26 @@ pub fn seal_sign_upload(
     let sealed = step(what, sealer.finish().map_err(|e| e.to_string()))?;
     drop(plain);
     let signed = dcr_protocol::result::sign(&tk.result, &keys.release, digest, blob, &sealed);
+    Ok((sealed.len(), signed))
+}
+
+/// PUT a signed result as `blob` with the upload token.
+fn upload(
+    what: &'static str,
+    digest: &[u8; 32],
+    keys: &Keys,
+    client: &Client,
+    blob: &str,
+    signed: &[u8],
+) -> Result<(), StepError> {
     let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
     client.call(
         what,
         "PUT",
         &blob_path(digest, blob),
-        Some(&signed),
+        Some(signed),
         Some(&auth),
         1 << 20,
     )?;
-    Ok((sealed.len(), signed))
+    Ok(())
 }

@@ -16,7 +16,10 @@
 #  8. the advertiser fetches the SQL answer, checks its proof (an attested TEE of this
 #     contract signed it) while opening it; the publisher opens the native output; they must
 #     be the same table, which is printed; then the DP answer (noisy, with its ε, noise
-#     scales and the service's signed budget debit).
+#     scales and the service's signed budget debit);
+#  9. the publisher downloads the run's receipt (signed by the TEE's attested result key)
+#     and the evidence it posted, and verifies both offline against image/measurements.json
+#     and the service's pinned key (dcr-attest verify receipt).
 # Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -150,4 +153,16 @@ step "the advertiser opens the differentially private answer (its ε, noise scal
   --contract contract.toml --id "$qid_dp" --key keys/advertiser.key --query query-dp.json --out result-dp.csv
 echo "== differentially private answer (noisy; segments released by a noisy threshold of at least 50 people)"
 column -s, -t < result-dp.csv 2>/dev/null || cat result-dp.csv
+step "the publisher fetches the run's signed receipt and verifies it offline (service key, TEE signature, debits, evidence vs measurements)"
+"$bin/dcr-attest" receipts --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
+  --token-file keys/publisher.token --out receipts
+n=0
+for r in receipts/*.receipt.json; do
+  [ -e "$r" ] || die "the service holds no receipt of this run"
+  "$bin/dcr-attest" verify receipt --receipt "$r" --evidence "${r%.receipt.json}.evidence.json" \
+    --measurements image/measurements.json --service-pub service/service.pub.json ||
+    die "receipt $r does not verify"
+  n=$((n + 1))
+done
+echo "== receipt: $n run(s) verified offline"
 step "done: $work/result.csv"

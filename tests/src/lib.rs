@@ -5,6 +5,7 @@
 
 pub mod cleanroom;
 pub mod load;
+pub mod receipts;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

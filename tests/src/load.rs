@@ -112,6 +112,9 @@ pub struct Released {
     pub release: Release,
     pub keys: Vec<(String, Vec<u8>)>,
     pub result_key: SigningSecret,
+    /// The attest request posted (its evidence) and the challenge's nonce.
+    pub request: serde_json::Value,
+    pub nonce: Vec<u8>,
 }
 
 /// [`release_once`], keeping what was released.
@@ -154,7 +157,7 @@ pub fn release_keys(
         "evidence": {"message": B64.encode(m), "signature": B64.encode(s), "pcrs": B64.encode(p),
                      "ak_public": B64.encode(tpm.ak_pem())},
     });
-    let (st, body) = post("/v1/attest", req)?;
+    let (st, body) = post("/v1/attest", req.clone())?;
     if st != 200 {
         return Err(body["code"].as_str().unwrap_or("?").to_string());
     }
@@ -183,6 +186,8 @@ pub fn release_keys(
         release: rel,
         keys: ids,
         result_key,
+        request: req,
+        nonce,
     })
 }
 
@@ -482,6 +487,10 @@ pub struct Tee {
     /// Hex SHA-256 of the upload token (what a debit names as its run).
     pub run: String,
     pub key: SigningSecret,
+    /// What the run's receipt names: the signed release, the attest request, the nonce.
+    pub release: Signed,
+    pub request: serde_json::Value,
+    pub nonce: Vec<u8>,
 }
 
 impl Tee {
@@ -583,6 +592,9 @@ impl DpRoom {
             auth: format!("Upload {}", hex::encode(tok)),
             run: hex::encode(Sha256::digest(tok)),
             key: r.result_key,
+            release: r.signed,
+            request: r.request,
+            nonce: r.nonce,
         }
     }
 

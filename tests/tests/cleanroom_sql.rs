@@ -11,12 +11,16 @@
 //!   pending;
 //! - differential privacy: the first query of the DP analysis is answered with noise of the
 //!   stated scale around the plaintext's values and the service's signed debit; the second
-//!   would pass the budget (ε 1 in all) and is refused with no rows.
+//!   would pass the budget (ε 1 in all) and is refused with no rows;
+//! - the run's receipt verifies offline (`dcr-attest verify receipt`) and names each answer
+//!   the service holds by digest; any field changed, other evidence or another contract's
+//!   image measurements are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dcr_tests::cleanroom::*;
+use dcr_tests::receipts;
 use dcr_tests::*;
 
 /// What these tests need on the machine.
@@ -368,6 +372,99 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).starts_with("0 queries pending"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The run's receipt: a party fetches it and verifies it offline against the image's
+    // measurements and the service key; it names every answer the service holds (by digest)
+    // and the DP answer's debit.
+    let mut a: Vec<String> = vec!["receipts".into()];
+    a.extend(service_args(&room, &contract));
+    a.extend(["--token-file", "publisher.token", "--out", "receipts"].map(String::from));
+    let o = attest(&room, &a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 receipt(s)"), "{}", stdout(&o));
+    let rdir = room.dir.join("receipts");
+    let find = |suffix: &str| {
+        std::fs::read_dir(&rdir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no *{suffix} in {}", rdir.display()))
+    };
+    let (rp, ep) = (find(".receipt.json"), find(".evidence.json"));
+    let mp = image.join("measurements.json");
+    let pubp = room.svc.data_dir.join("service.pub.json");
+    let o = receipts::verify_receipt(&rp, &ep, &mp, &pubp);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(
+        out.contains("verdict: accepted") && out.contains("ok   reference.pcr.23"),
+        "{out}"
+    );
+    assert!(console.contains("dcr-init: receipt run="), "{console}");
+    for (id, outcome) in [
+        (&ok, "ok"),
+        (&mine, "ok"),
+        (&raw, "refused (refused)"),
+        (&dp1, "dp epsilon=1"),
+        (&dp2, "refused (budget_refused)"),
+    ] {
+        let blob = std::fs::read(room.blob_path(&format!("query-{id}.result"))).unwrap();
+        let line = format!(
+            "outcome={outcome} result_sha256={}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob))
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("query {id} ")) && l.ends_with(&line)),
+            "{line} for {id} not in:\n{err}"
+        );
+    }
+    assert!(out.contains("ok   debits: 1 signed"), "{out}");
+    // Tampering: any field of the real receipt changed (its signature kept).
+    let signed: dcr_protocol::release::Signed =
+        serde_json::from_slice(&std::fs::read(&rp).unwrap()).unwrap();
+    let flips = receipts::every_field_changed(&signed);
+    assert!(flips.len() >= 40, "{} fields", flips.len());
+    let tampered = room.dir.join("tampered.json");
+    for (path, s) in flips {
+        std::fs::write(&tampered, serde_json::to_vec(&s).unwrap()).unwrap();
+        let o = receipts::verify_receipt(&tampered, &ep, &mp, &pubp);
+        assert_eq!(o.status.code(), Some(1), "{path}: {}", stdout(&o));
+    }
+    // Evidence changed (one quoted PCR value): not the evidence the release was made on.
+    let mut e: serde_json::Value = serde_json::from_slice(&std::fs::read(&ep).unwrap()).unwrap();
+    let pcrs = e["evidence"]["pcrs"].as_str().unwrap().to_string();
+    let pcrs = if pcrs.starts_with('A') {
+        format!("B{}", &pcrs[1..])
+    } else {
+        format!("A{}", &pcrs[1..])
+    };
+    e["evidence"]["pcrs"] = pcrs.into();
+    std::fs::write(&tampered, serde_json::to_vec(&e).unwrap()).unwrap();
+    let o = receipts::verify_receipt(&rp, &tampered, &mp, &pubp);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("FAIL evidence"), "{}", stdout(&o));
+    // Another contract's image (the same recipe, the reference contract): refused.
+    let other = room.contract("other", |t| t);
+    let other_image = room.dir.join("image-other");
+    let o = Command::new(dcr_build())
+        .arg("image")
+        .arg(&recipe)
+        .arg("--contract")
+        .arg(&other)
+        .arg("--out")
+        .arg(&other_image)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dcr-build image: {}", stderr(&o));
+    let o = receipts::verify_receipt(&rp, &ep, &other_image.join("measurements.json"), &pubp);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("FAIL contract") && stdout(&o).contains("FAIL reference.pcr."),
         "{}",
         stdout(&o)
     );

@@ -9,6 +9,7 @@ pub mod open;
 pub mod put;
 pub mod query;
 pub mod query_service;
+pub mod receipts;
 pub mod register;
 pub mod seal;
 pub mod serve;

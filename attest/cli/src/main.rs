@@ -38,7 +38,10 @@ enum Cmd {
     Contract(cmd::contract::Args),
     /// SQL analyses: check a query against its rule, or run it on local files.
     Query(cmd::query::Args),
-    /// Verify evidence.
+    /// Download a contract's run receipts (a party's token): <run>.receipt.json and
+    /// <run>.evidence.json each, for `verify receipt`.
+    Receipts(cmd::receipts::Args),
+    /// Verify evidence, or a run's receipt.
     Verify(cmd::verify::Args),
     /// TPM2_MakeCredential without a TPM (like tpm2_makecredential): encrypt a secret to an EK
     /// for an AK name; only the TPM holding both recovers it with tpm2_activatecredential.
@@ -78,6 +81,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Get(a) => cmd::get::run(a),
         Cmd::Contract(a) => cmd::contract::run(a),
         Cmd::Query(a) => cmd::query::run(a),
+        Cmd::Receipts(a) => cmd::receipts::run(a),
         Cmd::Verify(a) => cmd::verify::run(a),
         Cmd::MakeCredential(a) => cmd::make_credential::run(a),
     }

@@ -18,6 +18,7 @@ pub mod evidence;
 pub mod keys;
 pub mod measurements;
 pub mod output;
+pub mod receipt;
 pub mod recipients;
 pub mod release;
 pub mod result;

@@ -31,6 +31,8 @@ pub const QUERIES_DOMAIN: &[u8] = b"dcr/v1/queries\0";
 pub const DEBIT_REQUEST_DOMAIN: &[u8] = b"dcr/v1/budget-debit-request\0";
 /// Domain of the service's signed budget debit (crate::dp::Debit).
 pub const DEBIT_DOMAIN: &[u8] = b"dcr/v1/budget-debit\0";
+/// Domain of the TEE's signature (its result key) over a run's receipt (crate::receipt).
+pub const RUN_RECEIPT_DOMAIN: &[u8] = b"dcr/v1/run-receipt\0";
 /// Domain of the TEE's signature over a sealed result (crate::result).
 pub const RESULT_DOMAIN: &[u8] = b"dcr/v1/result\0";
 

@@ -54,6 +54,8 @@ pub(crate) async fn debit(
                 "the unused upload token of a TEE attested for this contract is required",
             ));
         };
+        audit.insert("upload".into(), grant.session_id.clone().into());
+        audit.insert("run".into(), hex::encode(run).into());
         let contract = registered(&st, &digest)?;
         let signed: Signed = parse_json(&body)?;
         let tee_key = grant

@@ -70,6 +70,53 @@ pub fn verify_evidence(
     r.map_err(|e| (e.code.to_string(), e.message))
 }
 
+/// Verify a run's evidence offline, as `dcr-attest verify receipt` does: [`verify_evidence`]
+/// for SEV-SNP, TDX and Azure; a TPM quote by the AK the evidence carries. Offline, nothing
+/// anchors that AK (the EK credential activation happened online, in the session): the
+/// service's signed release over this evidence's digest is what vouches for it, and the
+/// caller checks that release.
+pub fn verify_run_evidence(
+    tee: Tee,
+    evidence: &serde_json::Value,
+    rd: &[u8; 64],
+    now: u64,
+    tdx_collateral: Option<&[u8]>,
+) -> Result<Claims, (String, String)> {
+    if tee != Tee::Tpm {
+        return verify_evidence(tee, evidence, rd, now, tdx_collateral);
+    }
+    let r = (|| {
+        let Evidence::Tpm(e) = typed(tee, evidence)? else {
+            return Err(bad("evidence: not TPM evidence"));
+        };
+        let message = b64("evidence.message", &e.message)?;
+        let signature = b64("evidence.signature", &e.signature)?;
+        let pcrs = b64("evidence.pcrs", &e.pcrs)?;
+        let ak = b64("evidence.ak_public", &e.ak_public)?;
+        let (v, values) = tpm::verify_quote(
+            &ak,
+            &message,
+            &signature,
+            &pcrs,
+            rd,
+            tpm::TPM_ALG_SHA256,
+            &Vec::new(),
+        );
+        if !v.ok() {
+            return Err(evidence_refusal(&v, "qualifying_data"));
+        }
+        let values = values.ok_or_else(|| bad("evidence.pcrs: not decoded"))?;
+        Ok(Claims::Tpm {
+            pcrs: values
+                .into_iter()
+                .filter(|(a, _, _)| *a == tpm::TPM_ALG_SHA256)
+                .map(|(_, i, d)| (i, d))
+                .collect(),
+        })
+    })();
+    r.map_err(|e| (e.code.to_string(), e.message))
+}
+
 /// Classify a failed evidence verdict: a binding failure alone is `binding_mismatch`.
 fn evidence_refusal(v: &Verdict, binding_check: &str) -> Refusal {
     let fails: Vec<&str> = v

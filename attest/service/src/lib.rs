@@ -20,6 +20,7 @@ pub mod journal;
 pub mod net;
 mod policy;
 mod queries;
+mod receipts;
 mod register;
 mod release;
 mod routes;
@@ -37,7 +38,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-pub use evidence::verify_evidence;
+pub use evidence::{verify_evidence, verify_run_evidence};
 pub use release::UPLOAD_TOKEN_ID;
 pub use routes::router;
 

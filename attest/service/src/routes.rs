@@ -29,6 +29,14 @@ pub fn router(state: St) -> Router {
             post(crate::budget::debit),
         )
         .route(
+            "/v1/contracts/{digest}/receipts",
+            get(crate::receipts::list).post(crate::receipts::upload),
+        )
+        .route(
+            "/v1/contracts/{digest}/receipts/{run}",
+            get(crate::receipts::get),
+        )
+        .route(
             "/v1/contracts/{digest}/blobs/{name}",
             get(get_blob)
                 .put(put_blob)

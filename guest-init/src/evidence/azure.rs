@@ -97,7 +97,7 @@ pub fn attest_azure(
         },
         hw.len()
     ));
-    release(c, digest, client, &ch.session_id, tk, evidence)
+    release(c, digest, client, &ch.session_id, &nonce, tk, evidence)
 }
 
 /// Azure's instance metadata service (IMDS, 169.254.169.254): one request with the

@@ -68,5 +68,5 @@ pub fn attest_tpm(
         QUOTED_PCRS.len(),
         ek_cert.len()
     ));
-    release(c, digest, client, &ch.session_id, tk, evidence)
+    release(c, digest, client, &ch.session_id, &nonce, tk, evidence)
 }

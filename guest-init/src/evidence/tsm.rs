@@ -38,7 +38,7 @@ pub fn attest_tsm(
         outblob.len(),
         auxblob.len()
     ));
-    release(c, digest, client, &ch.session_id, tk, evidence)
+    release(c, digest, client, &ch.session_id, &nonce, tk, evidence)
 }
 
 /// configfs-tsm: one report for `rd` (Documentation/ABI/testing/configfs-tsm-report).

@@ -25,16 +25,16 @@ pub const REFUSED: u8 = 3;
 pub struct Service {
     /// The key-release service (https:// with --service-pub, or plain HTTP on loopback).
     #[arg(long, value_name = "URL")]
-    service: String,
+    pub service: String,
     /// The service's public keys (service.pub.json): needed for an https:// service.
     #[arg(long, value_name = "PATH")]
-    service_pub: Option<PathBuf>,
+    pub service_pub: Option<PathBuf>,
     /// The contract (TOML).
     #[arg(long, value_name = "PATH")]
-    contract: PathBuf,
+    pub contract: PathBuf,
     /// Send the party token over plain HTTP to a host that is not this machine.
     #[arg(long)]
-    insecure_http: bool,
+    pub insecure_http: bool,
 }
 
 #[derive(clap::Args)]
@@ -99,13 +99,13 @@ pub struct Result {
     out: Option<PathBuf>,
 }
 
-fn client(s: &Service) -> anyhow::Result<dcr_attest::parties::Client> {
+pub fn client(s: &Service) -> anyhow::Result<dcr_attest::parties::Client> {
     let mut c = client_for(&s.service, s.service_pub.as_deref())?;
     c.insecure_http = s.insecure_http;
     Ok(c)
 }
 
-fn token(p: &Path) -> anyhow::Result<String> {
+pub fn token(p: &Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(p)
         .with_context(|| format!("--token-file {}", p.display()))?
         .trim()

@@ -14,6 +14,7 @@ use super::common::read;
 
 mod azure;
 mod ek;
+mod receipt;
 mod snp;
 mod tdx;
 mod tpm;
@@ -37,6 +38,9 @@ enum Verify {
     Azure(azure::Args),
     /// An EK certificate chain (tpm2_nvread 0x1c00002) to a trusted root, certifying the EK.
     Ek(ek::Args),
+    /// A run's signed receipt with the evidence the TEE posted, against the build's
+    /// measurements.json and the service's pinned key.
+    Receipt(receipt::Args),
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -46,6 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Verify::Tpm(a) => tpm::run(a),
         Verify::Azure(a) => azure::run(a),
         Verify::Ek(a) => ek::run(a),
+        Verify::Receipt(a) => receipt::run(a),
     }
 }
 

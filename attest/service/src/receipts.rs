@@ -1,0 +1,239 @@
+//! Run receipts (docs/protocol.md, "Run receipts"):
+//!
+//! - `POST /v1/contracts/{digest}/receipts` — the TEE of a run (its unused, unexpired upload
+//!   token for this contract) uploads its signed receipt with the evidence it posted
+//!   ([`ReceiptUpload`]). The service takes it only if the receipt is signed by the result key
+//!   the run's release named, is for this contract, this session and this run (the token's
+//!   SHA-256), and the evidence is the one the release was made on. Stored write-once per run;
+//!   the audit record links the receipt (its SHA-256) to the run, the session and the debits
+//!   the receipt lists.
+//! - `GET /v1/contracts/{digest}/receipts` — a party of the contract: the runs with a receipt.
+//! - `GET /v1/contracts/{digest}/receipts/{run}` — a party of the contract: that upload, which
+//!   it verifies offline (`dcr-attest verify receipt`).
+//!
+//! Receipts are not blobs: blobs are readable by anyone who knows the contract digest (they
+//! are sealed), a receipt is plaintext metadata for the contract's parties.
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dcr_protocol::keys::SigningPublic;
+use dcr_protocol::receipt::{
+    canonical_sha256, parse_unverified, ReceiptList, ReceiptUpload, MAX_RECEIPT_UPLOAD,
+};
+use dcr_protocol::release::RUN_RECEIPT_DOMAIN;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::{audit_base, audited, bad, internal, parse_json, party, refuse, unauthorized};
+use crate::api::{Refusal, St};
+use crate::blobs::{blob_path_ok, rand32};
+use crate::journal::{Op, Outcome};
+use crate::queries::{registered, tee_grant};
+
+fn dir(data_dir: &Path, digest: &str) -> PathBuf {
+    data_dir.join("receipts").join(digest)
+}
+
+fn run_ok(run: &str) -> bool {
+    run.len() == 64
+        && run
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub(crate) async fn upload(
+    AxState(st): AxState<St>,
+    UrlPath(digest): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut audit = audit_base("receipt");
+    let r = (|| {
+        blob_path_ok(&digest, "x")?;
+        audit.insert("contract_digest".into(), digest.clone().into());
+        let Some((grant, run)) = tee_grant(&st, &headers, &digest)? else {
+            return Err(unauthorized(
+                "the unused upload token of a TEE attested for this contract is required",
+            ));
+        };
+        audit.insert("upload".into(), grant.session_id.clone().into());
+        audit.insert("run".into(), hex::encode(run).into());
+        if body.len() > MAX_RECEIPT_UPLOAD {
+            return Err(bad(format!(
+                "a receipt upload is limited to {MAX_RECEIPT_UPLOAD} bytes"
+            )));
+        }
+        let up: ReceiptUpload = parse_json(&body)?;
+        let tee_key = grant
+            .result_key
+            .as_deref()
+            .and_then(|k| SigningPublic::from_text(k).ok())
+            .ok_or_else(|| unauthorized("this upload token's release names no result key"))?;
+        let payload = up
+            .receipt
+            .verify_in(RUN_RECEIPT_DOMAIN, &tee_key)
+            .map_err(|_| {
+                unauthorized("the receipt is not signed by the TEE's attested result key")
+            })?;
+        let rec = parse_unverified(&up.receipt).map_err(|e| bad(e.to_string()))?;
+        let evidence_sha256 = canonical_sha256(&up.evidence.evidence);
+        for (field, got, want) in [
+            (
+                "receipt.contract_digest",
+                rec.contract_digest.as_str(),
+                digest.as_str(),
+            ),
+            ("receipt.session_id", &rec.session_id, &grant.session_id),
+            ("receipt.run", &rec.run, &hex::encode(run)),
+            (
+                "evidence.result_key",
+                &up.evidence.result_key,
+                tee_key.to_text().as_str(),
+            ),
+            (
+                "evidence.session_id",
+                &up.evidence.session_id,
+                &grant.session_id,
+            ),
+            ("evidence", &evidence_sha256, &rec.evidence_sha256),
+        ] {
+            if got != want {
+                return Err(bad(format!("{field}: {got} is not this run's {want}")));
+            }
+        }
+        audit.insert(
+            "receipt_sha256".into(),
+            hex::encode(Sha256::digest(&payload)).into(),
+        );
+        audit.insert("evidence_digest".into(), evidence_sha256.into());
+        audit.insert(
+            "queries".into(),
+            rec.queries
+                .iter()
+                .map(|q| q.id.clone())
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        audit.insert(
+            "debits".into(),
+            rec.queries
+                .iter()
+                .filter(|q| q.debit.is_some())
+                .map(|q| q.id.clone())
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        Ok(hex::encode(run))
+    })();
+    let run = match r {
+        Ok(run) => run,
+        Err(e) => return audited(&st, audit, e).await.into_response(),
+    };
+    let d = dir(&st.cfg.data_dir, &digest);
+    let stored = (|| -> Result<(), Refusal> {
+        std::fs::create_dir_all(&d).map_err(|e| internal(format!("receipts: {e}")))?;
+        // The temporary file goes where unfinished blob uploads go (removed at start).
+        let root = st.cfg.data_dir.join("blobs");
+        std::fs::create_dir_all(&root).map_err(|e| internal(format!("blobs: {e}")))?;
+        let tmp = root.join(format!(".tmp-{}", hex::encode(rand32())));
+        let fin = d.join(format!("{run}.json"));
+        std::fs::write(&tmp, &body)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                internal(format!("receipt: {e}"))
+            })?;
+        // Write-once: link(2) fails if the run has a receipt already.
+        let linked = std::fs::hard_link(&tmp, &fin);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                if let Ok(f) = std::fs::File::open(&d) {
+                    let _ = f.sync_all();
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(refuse(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("run {run} has a receipt already (receipts are write-once)"),
+            )),
+            Err(e) => Err(internal(format!("receipt: {e}"))),
+        }
+    })();
+    if let Err(e) = stored {
+        return audited(&st, audit, e).await.into_response();
+    }
+    audit.insert("decision".into(), "store".into());
+    match st.journal.commit(Op::None, audit).await {
+        Ok(Outcome::Done) => (StatusCode::CREATED, Json(json!({"run": run}))).into_response(),
+        Ok(_) => internal("journal: unexpected outcome").into_response(),
+        Err(e) => {
+            let _ =
+                std::fs::remove_file(dir(&st.cfg.data_dir, &digest).join(format!("{run}.json")));
+            internal(format!("journal: {e}")).into_response()
+        }
+    }
+}
+
+/// A party of the registered contract `digest`, or a refusal.
+fn member(st: &St, headers: &HeaderMap, digest: &str) -> Result<(), Refusal> {
+    blob_path_ok(digest, "x")?;
+    let contract = registered(st, digest)?;
+    let ok = party(st, headers).is_some_and(|p| contract.parties.iter().any(|x| x.id == p));
+    if !ok {
+        return Err(unauthorized(
+            "a token of one of the contract's parties is required",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn list(
+    AxState(st): AxState<St>,
+    UrlPath(digest): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    member(&st, &headers, &digest)?;
+    let mut runs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir(&st.cfg.data_dir, &digest)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(run) = name.strip_suffix(".json").filter(|r| run_ok(r)) {
+                runs.push(run.to_string());
+            }
+        }
+    }
+    runs.sort();
+    Ok(Json(ReceiptList {
+        contract_digest: digest,
+        runs,
+    })
+    .into_response())
+}
+
+pub(crate) async fn get(
+    AxState(st): AxState<St>,
+    UrlPath((digest, run)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    member(&st, &headers, &digest)?;
+    if !run_ok(&run) {
+        return Err(bad("run: expected 64 lowercase hex digits"));
+    }
+    let bytes = std::fs::read(dir(&st.cfg.data_dir, &digest).join(format!("{run}.json"))).map_err(
+        |_| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no receipt of run {run} for contract {digest}"),
+            )
+        },
+    )?;
+    Ok(([("content-type", "application/json")], bytes).into_response())
+}
