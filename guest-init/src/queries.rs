@@ -117,7 +117,10 @@ pub fn answer_queries(
             ));
             continue;
         };
-        let (outcome, detail, secs) = if !analysis.submitters.contains(&q.party) {
+        // Under a DP rule the budget is debited before the engine runs, so every outcome (an
+        // answer, a refusal, a failure, a timeout) costs the query's ε: an outcome that depends
+        // on the data is never a free look at it.
+        let (outcome, detail, secs, debited) = if !analysis.submitters.contains(&q.party) {
             (
                 Outcome::Refused(format!(
                     "analysis {}: party {} is not one of its submitters",
@@ -125,48 +128,68 @@ pub fn answer_queries(
                 )),
                 "not_submitter".to_string(),
                 0.0,
+                None,
             )
         } else {
-            let run = Run {
-                exe: &exe,
-                dir: &dir,
-                tables: &tables,
-                uid,
-                timeout_secs: left.as_secs().max(1),
-            };
-            match run_one(c, w, &run, &pq.id, q, analysis)? {
-                (Ran::Done(o), detail, secs) => (o, detail, secs),
-                (Ran::Dp { account, csv }, detail, secs) => {
-                    match debit(c, digest, tk, keys, client, &pq.id, q, analysis) {
-                        Ok((debit, spent)) => (
+            let pre = analysis
+                .rule_dp()
+                .map(|_| debit(c, digest, tk, keys, client, &pq.id, q, analysis));
+            match pre {
+                Some(Err(why)) => (
+                    Outcome::Refused(format!(
+                        "analysis {}: no privacy budget debit, so the query did not run: {why}",
+                        analysis.name
+                    )),
+                    "budget_refused".to_string(),
+                    0.0,
+                    None,
+                ),
+                pre => {
+                    let debited = pre.map(|r| r.expect("matched above"));
+                    let run = Run {
+                        exe: &exe,
+                        dir: &dir,
+                        tables: &tables,
+                        uid,
+                        timeout_secs: left.as_secs().max(1),
+                    };
+                    let spent = debited
+                        .as_ref()
+                        .map(|(_, spent)| {
+                            format!(" epsilon={} budget_spent={spent}", q_eps(analysis))
+                        })
+                        .unwrap_or_default();
+                    let debit_doc = debited.map(|(d, _)| d);
+                    match (run_one(c, w, &run, &pq.id, q, analysis)?, &debit_doc) {
+                        ((Ran::Done(o), detail, secs), _) => {
+                            (o, format!("{detail}{spent}"), secs, debit_doc)
+                        }
+                        ((Ran::Dp { account, csv }, detail, secs), Some(d)) => (
                             Outcome::Dp {
                                 account,
-                                debit,
+                                debit: d.clone(),
                                 csv,
                             },
-                            format!("{detail} epsilon={} budget_spent={spent}", q_eps(analysis)),
+                            format!("{detail}{spent}"),
                             secs,
+                            debit_doc,
                         ),
-                        Err(why) => (
+                        ((Ran::Dp { .. }, _, secs), None) => (
                             Outcome::Refused(format!(
-                                "analysis {}: no privacy budget debit, so no answer: {why}",
+                                "analysis {}: a DP answer without a debit",
                                 analysis.name
                             )),
-                            "budget_refused".into(),
+                            "answer_refused".to_string(),
                             secs,
+                            None,
                         ),
                     }
                 }
             }
         };
-        let (kind, refusal, epsilon, debit_doc) = match &outcome {
-            Outcome::Rows(_) => (QueryOutcome::Ok, None, None, None),
-            Outcome::Dp { debit, .. } => (
-                QueryOutcome::Dp,
-                None,
-                analysis.rule_dp().map(|d| d.epsilon_per_query),
-                Some(debit.clone()),
-            ),
+        let (kind, refusal) = match &outcome {
+            Outcome::Rows(_) => (QueryOutcome::Ok, None),
+            Outcome::Dp { .. } => (QueryOutcome::Dp, None),
             Outcome::Refused(_) => (
                 QueryOutcome::Refused,
                 Some(
@@ -176,10 +199,12 @@ pub fn answer_queries(
                         .unwrap_or("refused")
                         .to_string(),
                 ),
-                None,
-                None,
             ),
         };
+        let epsilon = debited
+            .as_ref()
+            .and_then(|_| analysis.rule_dp().map(|d| d.epsilon_per_query));
+        let debit_doc = debited;
         let answer = Zeroizing::new(
             Answer {
                 query_id: pq.id.clone(),

@@ -9,9 +9,10 @@
 //!   submitter alone);
 //! - `query result` refuses an answer for another query document; after the run nothing is
 //!   pending;
-//! - differential privacy: the first query of the DP analysis is answered with noise of the
-//!   stated scale around the plaintext's values and the service's signed debit; the second
-//!   would pass the budget (ε 1 in all) and is refused with no rows;
+//! - differential privacy: a DP query the engine refuses still costs its ε (the debit comes
+//!   before the engine runs); the next is answered with noise of the stated scale around the
+//!   plaintext's values and the service's signed debit; the third would pass the budget (ε 2
+//!   in all) and is refused with no rows;
 //! - the run's receipt verifies offline (`dcr-attest verify receipt`) and names each answer
 //!   the service holds by digest; any field changed, other evidence or another contract's
 //!   image measurements are refused.
@@ -75,10 +76,10 @@ fn sql_contract(room: &Room) -> PathBuf {
         assert!(mine.contains("name = \"mine\"") && !mine.contains("recipients"));
         let t = format!("{}{mine}{}", &t[..w], &t[w..]);
         assert_eq!(t.matches("format = \"csv\"").count(), 2);
-        // A budget of one query for the DP analysis.
+        // A budget of two queries for the DP analysis.
         assert_eq!(t.matches("epsilon_total = \"4\"\n").count(), 1);
         t.replace("format = \"csv\"", "format = \"parquet\"")
-            .replace("epsilon_total = \"4\"\n", "epsilon_total = \"1\"\n")
+            .replace("epsilon_total = \"4\"\n", "epsilon_total = \"2\"\n")
     })
 }
 
@@ -200,6 +201,21 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     .unwrap();
     let dp_sql =
         std::fs::read_to_string(reference_recipe().join("../clean-room/overlap-dp.sql")).unwrap();
+    // A DP query the engine refuses (HAVING acts on exact values): the budget is debited
+    // before the engine runs, so the refusal costs its ε like an answer.
+    let dp0 = submit(
+        &room,
+        &contract,
+        "advertiser",
+        "advertiser",
+        "overlap_dp",
+        &dp_sql.replace(
+            "GROUP BY s.segment",
+            "GROUP BY s.segment HAVING COUNT(DISTINCT s.user) > 5",
+        ),
+        "q-dp0.json",
+    )
+    .unwrap();
     let dp1 = submit(
         &room,
         &contract,
@@ -240,18 +256,24 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     let o = attest(&room, &pending);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stdout(&o).starts_with("5 queries pending"),
+        stdout(&o).starts_with("6 queries pending"),
         "{}",
         stdout(&o)
     );
 
     let (code, console) = room.boot(&image);
     assert_eq!(code, Some(0), "{console}");
-    assert!(console.contains("dcr-init: queries pending=5"), "{console}");
+    assert!(console.contains("dcr-init: queries pending=6"), "{console}");
+    assert!(
+        console.contains(&format!(
+            "dcr-init: query {dp0} analysis=overlap_dp party=advertiser outcome=refused epsilon=1 budget_spent=1 "
+        )),
+        "{console}"
+    );
     assert!(
         console.contains(&format!(
             "dcr-init: query {dp1} analysis=overlap_dp party=advertiser outcome=ok rows="
-        )) && console.contains("epsilon=1 budget_spent=1 "),
+        )) && console.contains("epsilon=1 budget_spent=2 "),
         "{console}"
     );
     assert!(
@@ -325,7 +347,7 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     assert!(err.contains("differential privacy: spent ε="), "{err}");
     assert!(
         err.contains("budget: debited by the key-release service at ")
-            && err.contains(": 1 of 1 spent (analysis)"),
+            && err.contains(": 2 of 2 spent (analysis)"),
         "{err}"
     );
     let scale = |col: &str| -> f64 {
@@ -362,7 +384,12 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
         );
         assert!(tf[0] >= 20.0, "a segment of {} people was released", tf[0]);
     }
-    // The second DP query would pass the budget: refused, no rows, the budget named.
+    // The engine's refusal: no rows, the reason named (its ε was spent).
+    let o = result(&room, &contract, &dp0, "advertiser", "q-dp0.json");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).contains("HAVING"), "{}", stderr(&o));
+    // The third DP query would pass the budget: refused, no rows, the budget named.
     let o = result(&room, &contract, &dp2, "advertiser", "q-dp2.json");
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
@@ -404,14 +431,20 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
         "{out}"
     );
     assert!(console.contains("dcr-init: receipt run="), "{console}");
+    let digest =
+        dcr_protocol::contract::Contract::from_toml(&std::fs::read_to_string(&contract).unwrap())
+            .unwrap()
+            .digest();
+    let blobs = room.svc.data_dir.join("blobs").join(hex::encode(digest));
     for (id, outcome) in [
         (&ok, "ok"),
         (&mine, "ok"),
         (&raw, "refused (refused)"),
+        (&dp0, "refused (refused) epsilon=1"),
         (&dp1, "dp epsilon=1"),
         (&dp2, "refused (budget_refused)"),
     ] {
-        let blob = std::fs::read(room.blob_path(&format!("query-{id}.result"))).unwrap();
+        let blob = std::fs::read(blobs.join(format!("query-{id}.result"))).unwrap();
         let line = format!(
             "outcome={outcome} result_sha256={}",
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob))
@@ -422,7 +455,7 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
             "{line} for {id} not in:\n{err}"
         );
     }
-    assert!(out.contains("ok   debits: 1 signed"), "{out}");
+    assert!(out.contains("ok   debits: 2 signed"), "{out}");
     // Tampering: any field of the real receipt changed (its signature kept).
     let signed: dcr_protocol::release::Signed =
         serde_json::from_slice(&std::fs::read(&rp).unwrap()).unwrap();

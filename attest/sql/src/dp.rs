@@ -44,7 +44,7 @@ use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
 use opendp::measurements::{make_laplace, make_laplace_threshold};
 use opendp::measures::{Approximate, MaxDivergence};
 use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance};
-use opendp::traits::samplers::Shuffle;
+use opendp::traits::samplers::fill_bytes;
 
 use crate::check::{Scan, Why};
 
@@ -455,44 +455,86 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
     let schema = q.rows.schema();
     let n_args = schema.fields().len() - 1 - q.groups;
     let data = |e: datafusion::arrow::error::ArrowError| DpError::Data(e.to_string());
-    // Group keys and units as comparable byte rows; arguments as Float64/Int64.
-    let mut unit_rows: HashMap<Vec<u8>, Vec<(usize, usize)>> = HashMap::new();
-    let mut group_keys = Vec::with_capacity(batches.len());
+    // Units and group keys as comparable byte rows (one converter each, so that equal values
+    // have equal bytes across batches); arguments as Float64/Int64.
+    let row_conv = |types: Vec<DataType>| {
+        RowConverter::new(types.into_iter().map(SortField::new).collect()).map_err(data)
+    };
+    let uconv = row_conv(vec![schema.field(0).data_type().clone()])?;
+    let gconv = row_conv(
+        (0..q.groups)
+            .map(|i| schema.field(1 + i).data_type().clone())
+            .collect(),
+    )?;
+    let mut unit_rows = Vec::with_capacity(batches.len());
+    let mut group_rows = Vec::with_capacity(batches.len());
     let mut arg_cols: Vec<Vec<ArrayRef>> = Vec::with_capacity(batches.len());
-    for (bi, b) in batches.iter().enumerate() {
-        let uconv = RowConverter::new(vec![SortField::new(b.column(0).data_type().clone())])
-            .map_err(data)?;
-        let urows = uconv
-            .convert_columns(&[b.column(0).clone()])
-            .map_err(data)?;
-        for r in 0..b.num_rows() {
-            unit_rows
-                .entry(urows.row(r).as_ref().to_vec())
-                .or_default()
-                .push((bi, r));
-        }
-        let gcols: Vec<ArrayRef> = (0..q.groups).map(|i| b.column(1 + i).clone()).collect();
-        let keys: Vec<Vec<u8>> = if q.groups == 0 {
-            vec![Vec::new(); b.num_rows()]
+    for b in batches {
+        unit_rows.push(
+            uconv
+                .convert_columns(&[b.column(0).clone()])
+                .map_err(data)?,
+        );
+        if q.groups > 0 {
+            let gcols: Vec<ArrayRef> = (0..q.groups).map(|i| b.column(1 + i).clone()).collect();
+            group_rows.push(Some(gconv.convert_columns(&gcols).map_err(data)?));
         } else {
-            let conv = RowConverter::new(
-                gcols
-                    .iter()
-                    .map(|c| SortField::new(c.data_type().clone()))
-                    .collect(),
-            )
-            .map_err(data)?;
-            let rows = conv.convert_columns(&gcols).map_err(data)?;
-            (0..b.num_rows())
-                .map(|r| rows.row(r).as_ref().to_vec())
-                .collect()
-        };
-        group_keys.push(keys);
+            group_rows.push(None);
+        }
         arg_cols.push(
             (0..n_args)
                 .map(|j| b.column(1 + q.groups + j).clone())
                 .collect(),
         );
+    }
+    // Every row's person and group as dense indices (hash tables over the converters' bytes:
+    // nothing is allocated per row). Groups in order of first occurrence for now.
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut row_unit: Vec<u32> = Vec::with_capacity(total);
+    let mut row_group: Vec<u32> = Vec::with_capacity(total);
+    let mut row_at: Vec<(u32, u32)> = Vec::with_capacity(total);
+    // DataFusion's hash map (hashbrown, randomly seeded foldhash): SipHash was most of the
+    // time here.
+    type FastMap<'a> = datafusion::common::HashMap<&'a [u8], u32>;
+    let mut unit_ix = FastMap::with_capacity_and_hasher(total, Default::default());
+    let mut group_ix = FastMap::default();
+    let mut group_first: Vec<(&[u8], (usize, usize))> = Vec::new();
+    if total > u32::MAX as usize {
+        return Err(DpError::Data(format!(
+            "{total} rows: at most {} under DP",
+            u32::MAX
+        )));
+    }
+    for (bi, b) in batches.iter().enumerate() {
+        let urows = &unit_rows[bi];
+        for r in 0..b.num_rows() {
+            let n = unit_ix.len() as u32;
+            row_unit.push(*unit_ix.entry(urows.row(r).data()).or_insert(n));
+            let g = match &group_rows[bi] {
+                None => 0,
+                Some(rows) => {
+                    let key = rows.row(r).data();
+                    let n = group_ix.len() as u32;
+                    *group_ix.entry(key).or_insert_with(|| {
+                        group_first.push((key, (bi, r)));
+                        n
+                    })
+                }
+            };
+            row_group.push(g);
+            row_at.push((bi as u32, r as u32));
+        }
+    }
+    let n_units = unit_ix.len();
+    drop(unit_ix);
+    drop(group_ix);
+    if q.groups == 0 && total > 0 {
+        group_first.push((&[], (0, 0)));
+    }
+    // Rows per person.
+    let mut count = vec![0u32; n_units];
+    for &u in &row_unit {
+        count[u as usize] += 1;
     }
     // Per argument: its grid (value units per step) and bounds in steps.
     let mut grid = vec![(1.0f64, 0i64, 0i64); n_args];
@@ -524,49 +566,116 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
                 .collect()
         })
         .collect();
-    // 1. Bound contributions; 2. accumulate per group.
-    let mut groups: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
-    let mut units: Vec<Vec<(usize, usize)>> = unit_rows.into_values().collect();
-    for rows in &mut units {
-        if rows.len() as i64 > m {
-            rows.shuffle().map_err(odp)?;
-            rows.truncate(m as usize);
-        }
-        let mut seen: Vec<&[u8]> = Vec::new();
-        for &(bi, r) in rows.iter() {
-            let key = &group_keys[bi][r];
-            let g = groups.entry(key.clone()).or_insert_with(|| Group {
-                at: (bi, r),
-                nonnull: vec![0; n_args],
-                sums: vec![0; n_args],
-                ..Group::default()
-            });
-            g.rows += 1;
-            for j in 0..n_args {
-                let col = &arg_cols[bi][j];
-                // NaN counts as NULL (no value to clamp).
-                let nan = f64_args[bi][j]
-                    .as_ref()
-                    .is_some_and(|f| f.value(r).is_nan());
-                if col.is_null(r) || nan {
-                    continue;
-                }
-                g.nonnull[j] += 1;
-                if let Some(f) = &f64_args[bi][j] {
-                    let (step, lo, hi) = grid[j];
-                    if step > 0.0 && hi > lo {
-                        let q = ((f.value(r) / step).round() as i64).clamp(lo, hi);
-                        // Saturating, not an error: a failure must not depend on the data.
-                        g.sums[j] = g.sums[j].saturating_add(q);
-                    }
+    let mut accs: Vec<Group> = group_first
+        .iter()
+        .map(|(_, at)| Group {
+            at: *at,
+            nonnull: vec![0; n_args],
+            sums: vec![0; n_args],
+            ..Group::default()
+        })
+        .collect();
+    // One kept row into its group's accumulators.
+    let add = |g: &mut Group, bi: usize, r: usize| {
+        g.rows += 1;
+        for j in 0..n_args {
+            let col = &arg_cols[bi][j];
+            // NaN counts as NULL (no value to clamp).
+            let nan = f64_args[bi][j]
+                .as_ref()
+                .is_some_and(|f| f.value(r).is_nan());
+            if col.is_null(r) || nan {
+                continue;
+            }
+            g.nonnull[j] += 1;
+            if let Some(f) = &f64_args[bi][j] {
+                let (step, lo, hi) = grid[j];
+                if step > 0.0 && hi > lo {
+                    let q = ((f.value(r) / step).round() as i64).clamp(lo, hi);
+                    // Saturating, not an error: a failure must not depend on the data.
+                    g.sums[j] = g.sums[j].saturating_add(q);
                 }
             }
-            if !seen.contains(&key.as_slice()) {
-                seen.push(key.as_slice());
+        }
+    };
+    // 1. A person with at most m rows keeps them all: those rows are added in row order (one
+    // sequential pass), and a person with one row counts once in its group right there.
+    for (i, &u) in row_unit.iter().enumerate() {
+        let c = count[u as usize];
+        if i64::from(c) <= m {
+            let (bi, r) = row_at[i];
+            let g = &mut accs[row_group[i] as usize];
+            add(g, bi as usize, r as usize);
+            if c == 1 {
                 g.units += 1;
             }
         }
     }
+    // 2. The people with more than one row, their rows gathered by a counting sort: each
+    // counts once per group it has a kept row in; one with more than m rows keeps m of them, a
+    // uniformly random subset (partial Fisher-Yates, the random words drawn from OpenDP's
+    // sampler — the kernel — in one call), added here.
+    let multi: Vec<u32> = (0..n_units as u32)
+        .filter(|&u| count[u as usize] > 1)
+        .collect();
+    let mut slot = vec![u32::MAX; n_units];
+    let mut start = vec![0u32; multi.len() + 1];
+    for (k, &u) in multi.iter().enumerate() {
+        slot[u as usize] = k as u32;
+        start[k + 1] = start[k] + count[u as usize];
+    }
+    let mut next = start.clone();
+    let mut by_unit = vec![0u32; start[multi.len()] as usize];
+    for (i, &u) in row_unit.iter().enumerate() {
+        let k = slot[u as usize];
+        if k != u32::MAX {
+            by_unit[next[k as usize] as usize] = i as u32;
+            next[k as usize] += 1;
+        }
+    }
+    drop((next, slot, row_unit));
+    let draws: usize = multi
+        .iter()
+        .filter(|&&u| i64::from(count[u as usize]) > m)
+        .count()
+        .saturating_mul(m as usize);
+    let mut words = RandomWords::new(draws)?;
+    // The last person counted in each group (O(1) per row, however many groups a person has).
+    let mut last = vec![u32::MAX; accs.len()];
+    for k in 0..multi.len() {
+        let rows = &mut by_unit[start[k] as usize..start[k + 1] as usize];
+        let keep = if rows.len() as i64 > m {
+            for i in 0..m as usize {
+                let j = i + words.below((rows.len() - i) as u64)? as usize;
+                rows.swap(i, j);
+            }
+            let keep = m as usize;
+            for &row in &rows[..keep] {
+                let (bi, r) = row_at[row as usize];
+                add(
+                    &mut accs[row_group[row as usize] as usize],
+                    bi as usize,
+                    r as usize,
+                );
+            }
+            keep
+        } else {
+            rows.len()
+        };
+        for &row in &rows[..keep] {
+            let gi = row_group[row as usize] as usize;
+            if last[gi] != k as u32 {
+                last[gi] = k as u32;
+                accs[gi].units += 1;
+            }
+        }
+    }
+    // Groups by their key bytes (the order the answer lists them in).
+    let mut groups: BTreeMap<Vec<u8>, Group> = group_first
+        .iter()
+        .map(|(k, _)| k.to_vec())
+        .zip(accs)
+        .collect();
     // ε split: the selection (with GROUP BY) and each noisy measure.
     let measures: usize = q
         .aggs
@@ -728,6 +837,45 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
             max_rows_per_unit: q.rule.max_rows_per_unit,
         },
     })
+}
+
+/// Uniform random words for the contribution bound, fetched from OpenDP's sampler (the
+/// kernel's getrandom in this build) in one call rather than one call per draw.
+struct RandomWords {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl RandomWords {
+    fn new(draws: usize) -> Result<Self, DpError> {
+        let mut buf = vec![0u8; draws.saturating_mul(8)];
+        fill_bytes(&mut buf).map_err(odp)?;
+        Ok(RandomWords { buf, at: 0 })
+    }
+
+    fn word(&mut self) -> Result<u64, DpError> {
+        if self.at + 8 > self.buf.len() {
+            // Past the batch (after a rejection): one more word.
+            let mut b = [0u8; 8];
+            fill_bytes(&mut b).map_err(odp)?;
+            return Ok(u64::from_ne_bytes(b));
+        }
+        let w = u64::from_ne_bytes(self.buf[self.at..self.at + 8].try_into().expect("8 bytes"));
+        self.at += 8;
+        Ok(w)
+    }
+
+    /// Uniform in `[0, upper)` (`upper` ≥ 1): rejection above the largest multiple of
+    /// `upper`, as OpenDP's `sample_uniform_uint_below`.
+    fn below(&mut self, upper: u64) -> Result<u64, DpError> {
+        let threshold = u64::MAX - u64::MAX % upper;
+        loop {
+            let w = self.word()?;
+            if w < threshold {
+                return Ok(w % upper);
+            }
+        }
+    }
 }
 
 /// A Float64 argument's grid: value units per step and the bounds in steps.

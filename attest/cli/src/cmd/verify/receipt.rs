@@ -195,9 +195,13 @@ fn describe(r: &Receipt) {
                 "dp epsilon={}",
                 q.epsilon.map(|e| e.to_string()).unwrap_or_default()
             ),
-            QueryOutcome::Refused => {
-                format!("refused ({})", q.refusal.as_deref().unwrap_or(""))
-            }
+            QueryOutcome::Refused => format!(
+                "refused ({}){}",
+                q.refusal.as_deref().unwrap_or(""),
+                q.epsilon
+                    .map(|e| format!(" epsilon={e}"))
+                    .unwrap_or_default()
+            ),
         };
         eprintln!(
             "query {} analysis={} submitter={} sql_sha256={} outcome={outcome} result_sha256={}",
