@@ -480,8 +480,19 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     let o = receipts::verify_receipt(&rp, &tampered, &mp, &pubp);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(stdout(&o).contains("FAIL evidence"), "{}", stdout(&o));
-    // Another contract's image (the same recipe, the reference contract): refused.
-    let other = room.contract("other", |t| t);
+    // Another contract's image (the same recipe and contract but for its name): refused.
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(text.contains("\nname = \"publisher-advertiser-overlap\"\n"));
+    let other = room.dir.join("contract-other.toml");
+    std::fs::write(
+        &other,
+        text.replacen(
+            "\nname = \"publisher-advertiser-overlap\"\n",
+            "\nname = \"another-overlap\"\n",
+            1,
+        ),
+    )
+    .unwrap();
     let other_image = room.dir.join("image-other");
     let o = Command::new(dcr_build())
         .arg("image")

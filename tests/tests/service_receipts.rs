@@ -125,8 +125,17 @@ fn receipts_are_the_runs_own_read_by_parties_and_verify_offline() {
     let (s, b) = call_json(&url, Some(&tee.auth), Some(&body));
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["run"], tee.run.as_str());
-    // Write-once.
+    // The same bytes again (a retry after a lost answer) are stored already; another receipt
+    // for the run is refused (write-once).
     let (s, b) = call_json(&url, Some(&tee.auth), Some(&body));
+    assert_eq!(s, 201, "{b}");
+    let mut later = receipt.clone();
+    later.finished_at += 1;
+    let (s, b) = call_json(
+        &url,
+        Some(&tee.auth),
+        Some(&serde_json::to_value(upload_of(&tee, &later)).unwrap()),
+    );
     assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
 
     // Parties read it; nobody else.

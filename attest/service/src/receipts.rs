@@ -135,7 +135,8 @@ pub(crate) async fn upload(
         Err(e) => return audited(&st, audit, e).await.into_response(),
     };
     let d = dir(&st.cfg.data_dir, &digest);
-    let stored = (|| -> Result<(), Refusal> {
+    // Ok(true): stored now; Ok(false): these bytes were stored before (a retry).
+    let stored = (|| -> Result<bool, Refusal> {
         std::fs::create_dir_all(&d).map_err(|e| internal(format!("receipts: {e}")))?;
         // The temporary file goes where unfinished blob uploads go (removed at start).
         let root = st.cfg.data_dir.join("blobs");
@@ -156,26 +157,41 @@ pub(crate) async fn upload(
                 if let Ok(f) = std::fs::File::open(&d) {
                     let _ = f.sync_all();
                 }
-                Ok(())
+                Ok(true)
+            }
+            // The same bytes again (a retry after a lost answer): stored already.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && std::fs::read(&fin).is_ok_and(|b| b == body[..]) =>
+            {
+                Ok(false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(refuse(
                 StatusCode::CONFLICT,
                 "conflict",
-                format!("run {run} has a receipt already (receipts are write-once)"),
+                format!("run {run} has another receipt already (receipts are write-once)"),
             )),
             Err(e) => Err(internal(format!("receipt: {e}"))),
         }
     })();
-    if let Err(e) = stored {
-        return audited(&st, audit, e).await.into_response();
-    }
-    audit.insert("decision".into(), "store".into());
+    let fresh = match stored {
+        Ok(fresh) => fresh,
+        Err(e) => return audited(&st, audit, e).await.into_response(),
+    };
+    audit.insert(
+        "decision".into(),
+        if fresh { "store" } else { "replay" }.into(),
+    );
     match st.journal.commit(Op::None, audit).await {
         Ok(Outcome::Done) => (StatusCode::CREATED, Json(json!({"run": run}))).into_response(),
         Ok(_) => internal("journal: unexpected outcome").into_response(),
         Err(e) => {
-            let _ =
-                std::fs::remove_file(dir(&st.cfg.data_dir, &digest).join(format!("{run}.json")));
+            // Not acknowledged, so not kept (a retry stores it again).
+            if fresh {
+                let _ = std::fs::remove_file(
+                    dir(&st.cfg.data_dir, &digest).join(format!("{run}.json")),
+                );
+            }
             internal(format!("journal: {e}")).into_response()
         }
     }
