@@ -80,6 +80,12 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
         "no DP answer in:\n{out}"
     );
     assert!(err.contains("differential privacy: spent ε="), "{err}");
+    // The run's receipt, fetched by the publisher and verified offline.
+    assert!(
+        out.contains("verdict: accepted") && out.contains("== receipt: 1 run(s) verified offline"),
+        "no verified receipt in:\n{out}"
+    );
+    assert!(out.contains("dcr-init: receipt run="), "{out}");
     // The console shows each step.
     for step in [
         "network static",
