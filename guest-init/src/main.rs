@@ -101,7 +101,7 @@ fn run() -> Result<(), StepError> {
         names(&mods.absent)
     ));
     measure::measure_and_report(digest.into())?;
-    clean_room(&parsed, &digest.into())
+    clean_room(&parsed, &contract, &digest.into())
 }
 
 /// The attested clean-room run (../shared/design.md "The run"; docs/protocol.md): network,
@@ -109,7 +109,7 @@ fn run() -> Result<(), StepError> {
 /// decrypted into a private tmpfs, the workload run confined, output rules enforced, the
 /// result sealed to the contract's recipients and uploaded. Every failure is a `StepError`
 /// (one line on the console, then power off).
-fn clean_room(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
+fn clean_room(c: &Contract, contract_json: &[u8], digest: &[u8; 32]) -> Result<(), StepError> {
     match &c.network {
         Network::Static { address, gateway } => {
             step(
@@ -140,10 +140,11 @@ fn clean_room(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
         Some(w) => Some(workload::run_workload(c, w, &inputs)?),
         None => None,
     };
-    // Answers first: the output's upload uses the upload token up.
-    let queries = queries::answer_queries(c, digest, &tk, &keys, &client, &inputs)?;
-    // The output is sealed and signed, then the receipt (naming its digest) is uploaded, then
-    // the output: no output leaves without a receipt.
+    // Every answer and the output are sealed and signed first; then the receipt (naming their
+    // digests) is uploaded; then the answers, then the output (whose upload uses the upload
+    // token up). The service takes a TEE's blob only if the run's stored receipt names its
+    // digest: nothing leaves without a receipt.
+    let answers = queries::answer_queries(c, digest, &tk, &keys, &client, &inputs)?;
     let out = match out {
         Some(out) => Some(workload::seal_output(c, digest, &tk, &keys, out)?),
         None => None,
@@ -151,6 +152,7 @@ fn clean_room(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
     let r = Receipt {
         version: RECEIPT_VERSION,
         contract_digest: hex::encode(digest),
+        contract: base64::Engine::encode(&B64, contract_json),
         platform: tee,
         session_id: keys.attest.session_id.clone(),
         nonce: hex::encode(&keys.nonce),
@@ -159,12 +161,18 @@ fn clean_room(c: &Contract, digest: &[u8; 32]) -> Result<(), StepError> {
         release: keys.release.clone(),
         run: keys.run(),
         inputs: input_receipts,
-        queries,
+        queries: answers.receipt,
         output: out.as_ref().map(|o| o.receipt.clone()),
         started_at,
         finished_at: unix_now().max(started_at),
     };
     upload_receipt(digest, &tk, &keys, &client, r)?;
+    for (blob, signed) in &answers.files {
+        workload::upload("answer", digest, &keys, &client, blob, signed)?;
+    }
+    if !answers.files.is_empty() {
+        say(&format!("answers uploaded={}", answers.files.len()));
+    }
     match out {
         Some(out) => workload::deliver_output(c, digest, &keys, &client, out),
         None => {

@@ -24,9 +24,7 @@ use zeroize::Zeroizing;
 use crate::client::Client;
 use crate::console::say;
 use crate::release::{Keys, TeeKeys};
-use crate::workload::{
-    checked_exe, inputs_of, run_confined, seal_sign_upload, workload_uid, RUN_DIR,
-};
+use crate::workload::{checked_exe, inputs_of, run_confined, seal_sign, workload_uid, RUN_DIR};
 use crate::{step, StepError, CONTRACT_PATH};
 
 /// The largest signed list accepted: 64 query documents of at most MAX_QUERY_JSON bytes (with
@@ -37,6 +35,14 @@ const _: () =
 
 /// Exit status of dcr-sql-engine for a refused query.
 const ENGINE_REFUSED: i32 = 3;
+
+/// The answers of a run, sealed and signed, for the receipt and then the upload.
+#[derive(Default)]
+pub struct Answers {
+    pub receipt: Vec<ReceiptQuery>,
+    /// (blob name, signed answer file), uploaded after the receipt.
+    pub files: Vec<(String, Vec<u8>)>,
+}
 
 /// Answer the pending queries, when the contract has a sql workload. The sql workload's
 /// `timeout_secs` is the budget for all of a run's queries together (each query gets what is
@@ -50,10 +56,10 @@ pub fn answer_queries(
     keys: &Keys,
     client: &Client,
     all_inputs: &[String],
-) -> Result<Vec<ReceiptQuery>, StepError> {
-    let mut receipt = Vec::new();
+) -> Result<Answers, StepError> {
+    let mut out = Answers::default();
     let Some(w) = c.sql_workload() else {
-        return Ok(receipt);
+        return Ok(out);
     };
     let auth = format!("Upload {}", hex::encode(&keys.upload_token[..]));
     let body = client.call(
@@ -67,7 +73,7 @@ pub fn answer_queries(
     let list = step("queries", verify_list(c, digest, &body))?;
     say(&format!("queries pending={}", list.queries.len()));
     if list.queries.is_empty() {
-        return Ok(receipt);
+        return Ok(out);
     }
     let exe = checked_exe("queries", w)?;
     let dir = Path::new(RUN_DIR).join("queries");
@@ -215,10 +221,8 @@ pub fn answer_queries(
         );
         let blob = query_result_blob(&pq.id);
         let keys_only: Vec<_> = recipients.iter().map(|(_, k)| *k).collect();
-        let (_, signed) = seal_sign_upload(
-            "answer", digest, tk, keys, client, &keys_only, &blob, answer,
-        )?;
-        receipt.push(ReceiptQuery {
+        let (_, signed) = seal_sign("answer", digest, tk, keys, &keys_only, &blob, answer)?;
+        out.receipt.push(ReceiptQuery {
             id: pq.id.clone(),
             analysis: q.analysis.clone(),
             sql_sha256: hex::encode(q.digest()),
@@ -238,8 +242,9 @@ pub fn answer_queries(
             signed.len(),
             names.join(",")
         ));
+        out.files.push((blob, signed));
     }
-    Ok(receipt)
+    Ok(out)
 }
 
 /// The list's signature (the contract's service key, queries domain), its contract and its

@@ -311,6 +311,7 @@ pub fn check_output(c: &Contract, out: &[u8]) -> Result<usize, String> {
 pub struct Output {
     signed: Vec<u8>,
     sealed: usize,
+    rows: usize,
     pub receipt: ReceiptOutput,
 }
 
@@ -340,10 +341,10 @@ pub fn seal_output(
         receipt: ReceiptOutput {
             blob: c.output.blob.clone(),
             sha256: hex::encode(Sha256::digest(&signed)),
-            rows: rows as u64,
         },
         signed,
         sealed,
+        rows,
     })
 }
 
@@ -358,7 +359,7 @@ pub fn deliver_output(
     upload("upload", digest, keys, client, &c.output.blob, &out.signed)?;
     say(&format!(
         "output rows={} sealed={} bytes signed={} bytes sha256={} recipients={} blob={}",
-        out.receipt.rows,
+        out.rows,
         out.sealed,
         out.signed.len(),
         out.receipt.sha256,
@@ -366,24 +367,6 @@ pub fn deliver_output(
         c.output.blob
     ));
     Ok(())
-}
-
-/// [`seal_sign`], then upload the signed result with the upload token. Returns the sealed
-/// length and the signed bytes.
-#[allow(clippy::too_many_arguments)]
-pub fn seal_sign_upload(
-    what: &'static str,
-    digest: &[u8; 32],
-    tk: &TeeKeys,
-    keys: &Keys,
-    client: &Client,
-    recipients: &[dcr_protocol::keys::HpkePublic],
-    blob: &str,
-    plain: Zeroizing<Vec<u8>>,
-) -> Result<(usize, Vec<u8>), StepError> {
-    let (n, signed) = seal_sign(what, digest, tk, keys, recipients, blob, plain)?;
-    upload(what, digest, keys, client, blob, &signed)?;
-    Ok((n, signed))
 }
 
 /// Seal `plain` to `recipients` and sign the sealed bytes with this TEE's result key for
@@ -420,7 +403,7 @@ pub fn seal_sign(
 }
 
 /// PUT a signed result as `blob` with the upload token.
-fn upload(
+pub fn upload(
     what: &'static str,
     digest: &[u8; 32],
     keys: &Keys,

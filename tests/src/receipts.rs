@@ -98,3 +98,42 @@ pub fn every_field_changed(signed: &Signed) -> Vec<(String, Signed)> {
     }
     out
 }
+
+/// A receipt of the run `rel` released (signed with its result key) for the contract whose
+/// canonical JSON is `contract_json`, naming `output` (blob, signed file) and `queries`, with
+/// the evidence that run posted.
+pub fn upload_for(
+    rel: &crate::load::Released,
+    contract_json: &[u8],
+    run: &str,
+    output: Option<(&str, &[u8])>,
+    queries: Vec<dcr_protocol::receipt::ReceiptQuery>,
+) -> dcr_protocol::receipt::ReceiptUpload {
+    use dcr_protocol::receipt::*;
+    use sha2::{Digest, Sha256};
+    let payload = B64.decode(&rel.signed.payload).unwrap();
+    let r = Receipt {
+        version: RECEIPT_VERSION,
+        contract_digest: hex::encode(Sha256::digest(contract_json)),
+        contract: B64.encode(contract_json),
+        platform: dcr_protocol::wire::Tee::Tpm,
+        session_id: rel.release.session_id.clone(),
+        nonce: hex::encode(&rel.nonce),
+        evidence_sha256: canonical_sha256(&rel.request["evidence"]),
+        release_sha256: hex::encode(Sha256::digest(&payload)),
+        release: rel.signed.clone(),
+        run: run.to_string(),
+        inputs: vec![],
+        queries,
+        output: output.map(|(blob, file)| ReceiptOutput {
+            blob: blob.to_string(),
+            sha256: hex::encode(Sha256::digest(file)),
+        }),
+        started_at: 1_800_000_000,
+        finished_at: 1_800_000_010,
+    };
+    ReceiptUpload {
+        receipt: sign(&rel.result_key, &r),
+        evidence: serde_json::from_value(rel.request.clone()).unwrap(),
+    }
+}

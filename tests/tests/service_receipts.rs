@@ -18,15 +18,25 @@ use dcr_tests::receipts::{every_field_changed, verify_receipt};
 use dcr_tests::*;
 use sha2::{Digest, Sha256};
 
+/// The signed answer file the receipts below name (the service compares digests only).
+const ANSWER: &[u8] = b"DCRSIGN\0 the signed answer";
+
 /// A receipt of `tee`'s run with one DP query and its debit.
 fn receipt_of(r: &DpRoom, tee: &Tee, id: &str, sha: &str, debit: Signed) -> Receipt {
     use base64::Engine;
     let payload = base64::engine::general_purpose::STANDARD
         .decode(&tee.release.payload)
         .unwrap();
+    let contract = dcr_protocol::contract::Contract::from_toml(
+        &std::fs::read_to_string(r.data.parent().unwrap().join("budget.toml")).unwrap(),
+    )
+    .unwrap()
+    .canonical_json();
+    assert_eq!(hex::encode(Sha256::digest(&contract)), r.digest);
     Receipt {
         version: RECEIPT_VERSION,
         contract_digest: r.digest.clone(),
+        contract: base64::engine::general_purpose::STANDARD.encode(&contract),
         platform: Platform::Tpm,
         session_id: tee.request["session_id"].as_str().unwrap().into(),
         nonce: hex::encode(&tee.nonce),
@@ -42,7 +52,7 @@ fn receipt_of(r: &DpRoom, tee: &Tee, id: &str, sha: &str, debit: Signed) -> Rece
             submitter: "publisher".into(),
             outcome: QueryOutcome::Dp,
             refusal: None,
-            result_sha256: "ab".repeat(32),
+            result_sha256: hex::encode(Sha256::digest(ANSWER)),
             epsilon: Some(Epsilon::parse("1").unwrap()),
             debit: Some(debit),
         }],
@@ -122,9 +132,43 @@ fn receipts_are_the_runs_own_read_by_parties_and_verify_offline() {
         let (s, b) = call_json(&url, auth.as_deref(), Some(&body));
         assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{b}");
     }
+    // Before its receipt, the run uploads no answer.
+    let answer_url = format!(
+        "{}/v1/contracts/{}/blobs/query-{id}.result",
+        r.svc.url, r.digest
+    );
+    let put = |auth: &str, bytes: &[u8]| -> (u16, serde_json::Value) {
+        let mut resp = plain_agent()
+            .put(&answer_url)
+            .header("authorization", auth)
+            .send(bytes)
+            .unwrap();
+        let st = resp.status().as_u16();
+        (
+            st,
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap(),
+        )
+    };
+    let (s, b) = put(&tee.auth, ANSWER);
+    assert_eq!((s, b["code"].as_str()), (403, Some("no_receipt")), "{b}");
     let (s, b) = call_json(&url, Some(&tee.auth), Some(&body));
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["run"], tee.run.as_str());
+    // After it: only the bytes it names.
+    let (s, b) = put(&tee.auth, b"DCRSIGN\0 other bytes");
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("not_in_receipt")),
+        "{b}"
+    );
+    let (s, b) = put(&other.auth, ANSWER);
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("no_receipt")),
+        "another run's token: {b}"
+    );
+    let (s, b) = put(&tee.auth, ANSWER);
+    assert_eq!(s, 201, "{b}");
     // The same bytes again (a retry after a lost answer) are stored already; another receipt
     // for the run is refused (write-once).
     let (s, b) = call_json(&url, Some(&tee.auth), Some(&body));

@@ -649,6 +649,24 @@ fn blobs_are_written_only_by_their_owner_or_the_attested_tee_and_results_need_a_
         "out.sealed",
         &sealed,
     );
+    // No result without the run's receipt naming it.
+    let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("no_receipt"), "{body}");
+    let run = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token));
+    let up = dcr_tests::receipts::upload_for(
+        &rel,
+        &c.canonical_json(),
+        &run,
+        Some(("out.sealed", &signed)),
+        vec![],
+    );
+    let (st, body) = dcr_tests::load::call_json(
+        &format!("{}/v1/contracts/{digest}/receipts", r.svc.url),
+        Some(&auth),
+        Some(&serde_json::to_value(&up).unwrap()),
+    );
+    assert_eq!(st, 201, "{body}");
     let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);
     assert_eq!(st, 201, "{body}");
     let (st, body) = r.put_raw(&digest, "out.sealed", &auth, &signed);

@@ -35,6 +35,10 @@ pub struct Receipt {
     pub version: u32,
     /// SHA-256 of the canonical contract, hex.
     pub contract_digest: String,
+    /// The contract the run had (its canonical JSON, base64): it pins the service key, so a
+    /// verifier holding only `measurements.json` (which names the digest) knows which service
+    /// key must have signed the release and the debits.
+    pub contract: String,
     pub platform: Tee,
     /// The challenge the evidence answered.
     pub session_id: String,
@@ -109,7 +113,6 @@ pub struct ReceiptOutput {
     pub blob: String,
     /// SHA-256 of the signed result file uploaded as `blob`, hex.
     pub sha256: String,
-    pub rows: u64,
 }
 
 /// What the TEE uploads at the end of a run (`POST /v1/contracts/{digest}/receipts`) and what
@@ -149,6 +152,8 @@ pub enum ReceiptError {
     },
     #[error("query {query}: {why}")]
     Query { query: String, why: String },
+    #[error("receipt: the contract's service key is {pinned}, not the given {given}")]
+    ServiceKey { pinned: String, given: String },
 }
 
 fn mismatch(field: &'static str, got: &str, want: &str, source_of: &'static str) -> ReceiptError {
@@ -199,6 +204,30 @@ pub fn check(
     service_key: &SigningPublic,
 ) -> Result<(Receipt, Release), ReceiptError> {
     let r = parse_unverified(signed)?;
+    // The contract: the one the digest names, and it pins this service key.
+    let contract_bytes = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&r.contract)
+            .map_err(|e| ReceiptError::Format(format!("contract: {e}")))?
+    };
+    let contract_sha256 = hex::encode(Sha256::digest(&contract_bytes));
+    if contract_sha256 != r.contract_digest {
+        return Err(mismatch(
+            "contract",
+            &contract_sha256,
+            &r.contract_digest,
+            "receipt's contract_digest",
+        ));
+    }
+    let contract = crate::contract::Contract::from_canonical_json(&contract_bytes)
+        .map_err(|e| ReceiptError::Format(format!("contract: {e}")))?;
+    if contract.signing_key() != *service_key {
+        return Err(ReceiptError::ServiceKey {
+            pinned: contract.service.signing_key.clone(),
+            given: service_key.to_text(),
+        });
+    }
     let rel_payload = r
         .release
         .verify(service_key)
@@ -400,10 +429,47 @@ mod tests {
         Signed::sign_in(DEBIT_DOMAIN, w_service, &serde_json::to_vec(&d).unwrap())
     }
 
+    /// A contract (canonical JSON) that pins `service`.
+    fn contract_for(service: &SigningSecret) -> Vec<u8> {
+        let toml = format!(
+            r#"version = 1
+name = "t"
+expires = "2099-01-01T00:00:00Z"
+platforms = ["tpm"]
+parties = [{{ id = "a", name = "A" }}]
+datasets = [{{ id = "users", owner = "a", key_id = "users-key", blob = "users.sealed" }}]
+network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
+[[workloads]]
+name = "w"
+sha256 = "{w}"
+inputs = ["users"]
+limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
+[output]
+min_group_size = 50
+columns = [{{ name = "segment", kind = "label", max_len = 32 }}, {{ name = "count", kind = "count" }}]
+blob = "result.sealed"
+[[recipients]]
+party = "a"
+hpke_public_key = "x25519:{k}"
+[service]
+url = "http://10.0.2.2:8443"
+signing_key = "{sk}"
+deadline_secs = 60
+"#,
+            w = "ab".repeat(32),
+            k = "11".repeat(32),
+            sk = service.public().to_text()
+        );
+        crate::contract::Contract::from_toml(&toml)
+            .unwrap()
+            .canonical_json()
+    }
+
     fn world() -> World {
         let service = SigningSecret::generate(&mut OsRng);
         let tee = SigningSecret::generate(&mut OsRng);
-        let contract = "ab".repeat(32);
+        let contract_json = contract_for(&service);
+        let contract = hex::encode(Sha256::digest(&contract_json));
         let evidence = AttestRequest {
             session_id: "00".repeat(16),
             tee: Tee::Tpm,
@@ -438,6 +504,10 @@ mod tests {
         let receipt = Receipt {
             version: RECEIPT_VERSION,
             contract_digest: contract,
+            contract: {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(&contract_json)
+            },
             platform: Tee::Tpm,
             session_id: rel.session_id.clone(),
             nonce: "33".repeat(32),
@@ -468,7 +538,6 @@ mod tests {
             output: Some(ReceiptOutput {
                 blob: "result.sealed".into(),
                 sha256: "07".repeat(32),
-                rows: 3,
             }),
             started_at: 10,
             finished_at: 20,
@@ -497,7 +566,32 @@ mod tests {
         let s = sign(&w.tee, &w.receipt);
         assert!(matches!(
             check(&s, &other.public()),
-            Err(ReceiptError::ReleaseSignature(_))
+            Err(ReceiptError::ServiceKey { .. })
+        ));
+        // A whole world forged under another service key (its own release, debits and
+        // receipt) fails on the contract, which pins the real key; with a contract of its own,
+        // the digest no longer matches.
+        let mut forged = w.receipt.clone();
+        forged.release = Signed::sign(&other, &{
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(&w.receipt.release.payload)
+                .unwrap()
+        });
+        assert!(matches!(
+            check(&sign(&w.tee, &forged), &other.public()),
+            Err(ReceiptError::ServiceKey { .. })
+        ));
+        forged.contract = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(contract_for(&other))
+        };
+        assert!(matches!(
+            check(&sign(&w.tee, &forged), &other.public()),
+            Err(ReceiptError::Mismatch {
+                field: "contract",
+                ..
+            })
         ));
         // Signed by a key the release does not name (a forger holding a real release).
         let s = sign(&other, &w.receipt);

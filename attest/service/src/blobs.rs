@@ -226,7 +226,14 @@ pub(crate) async fn put_blob(
     }
     let tmp = root.join(format!(".tmp-{}", hex::encode(rand32())));
     let fin = dir.join(&name);
-    let written = write_body(body, &tmp, limit).await;
+    let mut written = write_body(body, &tmp, limit).await;
+    // A TEE's blob must be one its run's stored receipt names (by SHA-256): nothing leaves a
+    // run without a receipt, and a stolen upload token cannot squat a name with other bytes.
+    if let (Ok(_), Some(t)) = (&written, &who) {
+        if let Err(e) = crate::receipts::check_named(&st, &digest, &t.token_hash, &name, &tmp) {
+            written = Err(e);
+        }
+    }
     let r = match written {
         Ok(n) => {
             // Write-once: link(2) fails if the name exists, so nothing is overwritten.

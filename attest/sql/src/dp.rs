@@ -490,26 +490,71 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
     // Every row's person and group as dense indices (hash tables over the converters' bytes:
     // nothing is allocated per row). Groups in order of first occurrence for now.
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut row_unit: Vec<u32> = Vec::with_capacity(total);
-    let mut row_group: Vec<u32> = Vec::with_capacity(total);
-    let mut row_at: Vec<(u32, u32)> = Vec::with_capacity(total);
-    // DataFusion's hash map (hashbrown, randomly seeded foldhash): SipHash was most of the
-    // time here.
-    type FastMap<'a> = datafusion::common::HashMap<&'a [u8], u32>;
-    let mut unit_ix = FastMap::with_capacity_and_hasher(total, Default::default());
-    let mut group_ix = FastMap::default();
-    let mut group_first: Vec<(&[u8], (usize, usize))> = Vec::new();
     if total > u32::MAX as usize {
         return Err(DpError::Data(format!(
             "{total} rows: at most {} under DP",
             u32::MAX
         )));
     }
+    // DataFusion's hash map (hashbrown, randomly seeded foldhash): SipHash was most of the
+    // time here.
+    type FastMap<'a> = datafusion::common::HashMap<&'a [u8], u32>;
+    let unit_key = |bi: usize, r: usize| unit_rows[bi].row(r).data();
+    // People: the rows split in two by a hash of the person's bytes, each half indexed on its
+    // own thread (the table of millions of people is bound by memory latency, not by
+    // arithmetic); a person's id is its half's offset plus its id in that half.
+    let split = FastMap::default().hasher().clone();
+    let mut half = Vec::with_capacity(total);
     for (bi, b) in batches.iter().enumerate() {
-        let urows = &unit_rows[bi];
         for r in 0..b.num_rows() {
-            let n = unit_ix.len() as u32;
-            row_unit.push(*unit_ix.entry(urows.row(r).data()).or_insert(n));
+            half.push((std::hash::BuildHasher::hash_one(&split, unit_key(bi, r)) & 1) as u8);
+        }
+    }
+    let index_half = |p: u8| -> (Vec<u32>, usize) {
+        let mut ix = FastMap::with_capacity_and_hasher(total / 2 + 16, Default::default());
+        let mut local = vec![0u32; total];
+        let mut i = 0;
+        for (bi, b) in batches.iter().enumerate() {
+            for r in 0..b.num_rows() {
+                if half[i] == p {
+                    let n = ix.len() as u32;
+                    local[i] = *ix.entry(unit_key(bi, r)).or_insert(n);
+                }
+                i += 1;
+            }
+        }
+        (local, ix.len())
+    };
+    let ((l0, n0), (l1, n1)) = std::thread::scope(|s| {
+        // No second thread (a limit on threads): both halves here, one after the other.
+        match std::thread::Builder::new().spawn_scoped(s, || index_half(1)) {
+            Ok(other) => {
+                let mine = index_half(0);
+                (
+                    mine,
+                    other.join().expect("the indexing thread does not panic"),
+                )
+            }
+            Err(_) => (index_half(0), index_half(1)),
+        }
+    });
+    let n_units = n0 + n1;
+    let row_unit: Vec<u32> = (0..total)
+        .map(|i| {
+            if half[i] == 0 {
+                l0[i]
+            } else {
+                n0 as u32 + l1[i]
+            }
+        })
+        .collect();
+    drop((l0, l1, half));
+    let mut row_group: Vec<u32> = Vec::with_capacity(total);
+    let mut row_at: Vec<(u32, u32)> = Vec::with_capacity(total);
+    let mut group_ix = FastMap::default();
+    let mut group_first: Vec<(&[u8], (usize, usize))> = Vec::new();
+    for (bi, b) in batches.iter().enumerate() {
+        for r in 0..b.num_rows() {
             let g = match &group_rows[bi] {
                 None => 0,
                 Some(rows) => {
@@ -525,8 +570,6 @@ pub fn release(q: &DpQuery, batches: &[RecordBatch]) -> Result<Released, DpError
             row_at.push((bi as u32, r as u32));
         }
     }
-    let n_units = unit_ix.len();
-    drop(unit_ix);
     drop(group_ix);
     if q.groups == 0 && total > 0 {
         group_first.push((&[], (0, 0)));

@@ -40,6 +40,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let body = cl.get_with_token(&format!("/v1/contracts/{digest}/receipts/{run}"), &tok)?;
         let up: ReceiptUpload =
             serde_json::from_slice(&body).with_context(|| format!("receipt of run {run}"))?;
+        let named = dcr_protocol::receipt::parse_unverified(&up.receipt)
+            .with_context(|| format!("receipt of run {run}"))?;
+        if named.run != *run || named.contract_digest != digest {
+            anyhow::bail!(
+                "the service's receipt of run {run} names run {} of contract {}",
+                named.run,
+                named.contract_digest
+            );
+        }
         for (suffix, bytes) in [
             ("receipt", serde_json::to_vec_pretty(&up.receipt)?),
             ("evidence", serde_json::to_vec_pretty(&up.evidence)?),

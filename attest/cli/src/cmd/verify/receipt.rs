@@ -88,7 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "receipt",
         true,
         format!(
-            "signed by the TEE's result key {} named in the release the service ({}) signed; contract, session, evidence and release digests agree",
+            "signed by the TEE's result key {} named in the release the service ({}, the key the contract pins) signed; contract, session, evidence and release digests agree",
             rel.result_key, info.signing_key
         ),
     );
@@ -145,6 +145,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 ),
             );
             let reference = dcr_verify::reference::evaluate(&m, &claims);
+            if reference.checks.is_empty() {
+                push(
+                    &mut v,
+                    "reference",
+                    false,
+                    "measurements.json has no reference values for this platform",
+                );
+            }
             v.checks.extend(reference.checks);
         }
         Err((code, msg)) => {
@@ -185,7 +193,10 @@ fn describe(r: &Receipt) {
     for i in &r.inputs {
         eprintln!(
             "input {} key={} sealed={} bytes sha256={}",
-            i.dataset, i.key_id, i.sealed_bytes, i.sealed_sha256
+            clean(&i.dataset),
+            clean(&i.key_id),
+            i.sealed_bytes,
+            i.sealed_sha256
         );
     }
     for q in &r.queries {
@@ -204,12 +215,24 @@ fn describe(r: &Receipt) {
             ),
         };
         eprintln!(
-            "query {} analysis={} submitter={} sql_sha256={} outcome={outcome} result_sha256={}",
-            q.id, q.analysis, q.submitter, q.sql_sha256, q.result_sha256
+            "query {} analysis={} submitter={} sql_sha256={} outcome={} result_sha256={}",
+            clean(&q.id),
+            clean(&q.analysis),
+            clean(&q.submitter),
+            q.sql_sha256,
+            clean(&outcome),
+            q.result_sha256
         );
     }
     match &r.output {
-        Some(o) => eprintln!("output {} rows={} sha256={}", o.blob, o.rows, o.sha256),
+        Some(o) => eprintln!("output {} sha256={}", clean(&o.blob), o.sha256),
         None => eprintln!("output none"),
     }
+}
+
+/// A string from the receipt, as printable text (no terminal control sequences).
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
