@@ -612,18 +612,13 @@ fn check_service_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A valid contract (TOML) for unit tests, pinning the service key `sk` (`ed25519:<hex>`).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn good() -> String {
-        let k1 = format!("x25519:{}", "11".repeat(32));
-        let k2 = format!("x25519:{}", "22".repeat(32));
-        let sk = crate::keys::SigningSecret::generate(&mut rand_core::OsRng)
-            .public()
-            .to_text();
-        format!(
-            r#"version = 1
+pub(crate) fn sample_toml(sk: &str) -> String {
+    let k1 = format!("x25519:{}", "11".repeat(32));
+    let k2 = format!("x25519:{}", "22".repeat(32));
+    format!(
+        r#"version = 1
 name = "t"
 expires = "2099-01-01T00:00:00Z"
 platforms = ["tpm"]
@@ -650,8 +645,19 @@ url = "http://10.0.2.2:8443"
 signing_key = "{sk}"
 deadline_secs = 60
 "#,
-            w = "ab".repeat(32)
-        )
+        w = "ab".repeat(32)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> String {
+        let sk = crate::keys::SigningSecret::generate(&mut rand_core::OsRng)
+            .public()
+            .to_text();
+        sample_toml(&sk)
     }
 
     /// The contract with `from` replaced by `to` must be refused naming `field_name`.

@@ -431,38 +431,11 @@ mod tests {
 
     /// A contract (canonical JSON) that pins `service`.
     fn contract_for(service: &SigningSecret) -> Vec<u8> {
-        let toml = format!(
-            r#"version = 1
-name = "t"
-expires = "2099-01-01T00:00:00Z"
-platforms = ["tpm"]
-parties = [{{ id = "a", name = "A" }}]
-datasets = [{{ id = "users", owner = "a", key_id = "users-key", blob = "users.sealed" }}]
-network = {{ mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }}
-[[workloads]]
-name = "w"
-sha256 = "{w}"
-inputs = ["users"]
-limits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }}
-[output]
-min_group_size = 50
-columns = [{{ name = "segment", kind = "label", max_len = 32 }}, {{ name = "count", kind = "count" }}]
-blob = "result.sealed"
-[[recipients]]
-party = "a"
-hpke_public_key = "x25519:{k}"
-[service]
-url = "http://10.0.2.2:8443"
-signing_key = "{sk}"
-deadline_secs = 60
-"#,
-            w = "ab".repeat(32),
-            k = "11".repeat(32),
-            sk = service.public().to_text()
-        );
-        crate::contract::Contract::from_toml(&toml)
-            .unwrap()
-            .canonical_json()
+        crate::contract::Contract::from_toml(&crate::contract::sample_toml(
+            &service.public().to_text(),
+        ))
+        .unwrap()
+        .canonical_json()
     }
 
     fn world() -> World {

@@ -23,7 +23,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dcr_protocol::dp::{budget_name, Debit, DebitRequest, Epsilon};
-use dcr_protocol::keys::SigningPublic;
 use dcr_protocol::release::{Signed, DEBIT_DOMAIN, DEBIT_REQUEST_DOMAIN};
 
 use crate::api::{
@@ -32,7 +31,7 @@ use crate::api::{
 use crate::api::{Refusal, St};
 use crate::blobs::blob_path_ok;
 use crate::journal::{Op, Outcome};
-use crate::queries::{registered, stored, tee_grant};
+use crate::queries::{attested_tee, registered, stored};
 
 /// The ledger key of a budget.
 fn key(digest: &str, analysis: &str, budget: &str) -> String {
@@ -47,22 +46,9 @@ pub(crate) async fn debit(
 ) -> Response {
     let mut audit = audit_base("debit");
     let r = (|| {
-        blob_path_ok(&digest, "x")?;
-        audit.insert("contract_digest".into(), digest.clone().into());
-        let Some((grant, run)) = tee_grant(&st, &headers, &digest)? else {
-            return Err(unauthorized(
-                "the unused upload token of a TEE attested for this contract is required",
-            ));
-        };
-        audit.insert("upload".into(), grant.session_id.clone().into());
-        audit.insert("run".into(), hex::encode(run).into());
+        let (_, run, tee_key) = attested_tee(&st, &headers, &digest, &mut audit)?;
         let contract = registered(&st, &digest)?;
         let signed: Signed = parse_json(&body)?;
-        let tee_key = grant
-            .result_key
-            .as_deref()
-            .and_then(|k| SigningPublic::from_text(k).ok())
-            .ok_or_else(|| unauthorized("this upload token's release names no result key"))?;
         let payload = signed
             .verify_in(DEBIT_REQUEST_DOMAIN, &tee_key)
             .map_err(|_| {

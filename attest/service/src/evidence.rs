@@ -89,30 +89,7 @@ pub fn verify_run_evidence(
         let Evidence::Tpm(e) = typed(tee, evidence)? else {
             return Err(bad("evidence: not TPM evidence"));
         };
-        let message = b64("evidence.message", &e.message)?;
-        let signature = b64("evidence.signature", &e.signature)?;
-        let pcrs = b64("evidence.pcrs", &e.pcrs)?;
-        let ak = b64("evidence.ak_public", &e.ak_public)?;
-        let (v, values) = tpm::verify_quote(
-            &ak,
-            &message,
-            &signature,
-            &pcrs,
-            rd,
-            tpm::TPM_ALG_SHA256,
-            &Vec::new(),
-        );
-        if !v.ok() {
-            return Err(evidence_refusal(&v, "qualifying_data"));
-        }
-        let values = values.ok_or_else(|| bad("evidence.pcrs: not decoded"))?;
-        Ok(Claims::Tpm {
-            pcrs: values
-                .into_iter()
-                .filter(|(a, _, _)| *a == tpm::TPM_ALG_SHA256)
-                .map(|(_, i, d)| (i, d))
-                .collect(),
-        })
+        quote_claims(&e, rd)
     })();
     r.map_err(|e| (e.code.to_string(), e.message))
 }
@@ -141,9 +118,6 @@ fn evidence_refusal(v: &Verdict, binding_check: &str) -> Refusal {
 /// A TPM quote by an AK this service trusts: activated against a trusted EK in this session,
 /// or pinned. Claims: the quoted SHA-256 PCRs.
 fn verify_tpm(st: &State, s: &Session, e: &TpmEvidence, rd: &[u8; 64]) -> Result<Claims, Refusal> {
-    let message = b64("evidence.message", &e.message)?;
-    let signature = b64("evidence.signature", &e.signature)?;
-    let pcrs = b64("evidence.pcrs", &e.pcrs)?;
     let ak = b64("evidence.ak_public", &e.ak_public)?;
     match &s.activation {
         Some((secret, name)) => {
@@ -178,6 +152,16 @@ fn verify_tpm(st: &State, s: &Session, e: &TpmEvidence, rd: &[u8; 64]) -> Result
             }
         }
     }
+    quote_claims(e, rd)
+}
+
+/// The quote of TPM evidence over `rd`, by the AK the evidence carries (whose trust the
+/// caller establishes): the quoted SHA-256 PCRs.
+fn quote_claims(e: &TpmEvidence, rd: &[u8; 64]) -> Result<Claims, Refusal> {
+    let message = b64("evidence.message", &e.message)?;
+    let signature = b64("evidence.signature", &e.signature)?;
+    let pcrs = b64("evidence.pcrs", &e.pcrs)?;
+    let ak = b64("evidence.ak_public", &e.ak_public)?;
     let (v, values) = tpm::verify_quote(
         &ak,
         &message,

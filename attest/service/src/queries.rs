@@ -273,6 +273,32 @@ pub(crate) fn tee_grant(
     Ok((grant.contract_digest == digest && unix_now() <= grant.expires_at).then_some((grant, h)))
 }
 
+/// A request by the TEE of a run: the run's unused, unexpired upload token for this contract
+/// (its grant and the token's SHA-256, both recorded in `audit`) and the result key its
+/// release named (requests and receipts must be signed with it).
+pub(crate) fn attested_tee(
+    st: &State,
+    headers: &HeaderMap,
+    digest: &str,
+    audit: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(UploadGrant, [u8; 32], dcr_protocol::keys::SigningPublic), Refusal> {
+    blob_path_ok(digest, "x")?;
+    audit.insert("contract_digest".into(), digest.into());
+    let Some((grant, run)) = tee_grant(st, headers, digest)? else {
+        return Err(unauthorized(
+            "the unused upload token of a TEE attested for this contract is required",
+        ));
+    };
+    audit.insert("upload".into(), grant.session_id.clone().into());
+    audit.insert("run".into(), hex::encode(run).into());
+    let key = grant
+        .result_key
+        .as_deref()
+        .and_then(|k| dcr_protocol::keys::SigningPublic::from_text(k).ok())
+        .ok_or_else(|| unauthorized("this upload token's release names no result key"))?;
+    Ok((grant, run, key))
+}
+
 pub(crate) async fn list(
     AxState(st): AxState<St>,
     UrlPath(digest): UrlPath<String>,

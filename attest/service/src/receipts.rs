@@ -24,7 +24,6 @@ use axum::extract::{Path as UrlPath, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dcr_protocol::keys::SigningPublic;
 use dcr_protocol::receipt::{
     check, check_evidence, parse_unverified, ReceiptList, ReceiptUpload, MAX_RECEIPT_UPLOAD,
 };
@@ -38,7 +37,7 @@ use crate::api::{
 use crate::api::{Refusal, St};
 use crate::blobs::{blob_path_ok, rand32};
 use crate::journal::{Op, Outcome};
-use crate::queries::{registered, tee_grant};
+use crate::queries::{attested_tee, registered};
 
 fn dir(data_dir: &Path, digest: &str) -> PathBuf {
     data_dir.join("receipts").join(digest)
@@ -59,26 +58,13 @@ pub(crate) async fn upload(
 ) -> Response {
     let mut audit = audit_base("receipt");
     let r = (|| {
-        blob_path_ok(&digest, "x")?;
-        audit.insert("contract_digest".into(), digest.clone().into());
-        let Some((grant, run)) = tee_grant(&st, &headers, &digest)? else {
-            return Err(unauthorized(
-                "the unused upload token of a TEE attested for this contract is required",
-            ));
-        };
-        audit.insert("upload".into(), grant.session_id.clone().into());
-        audit.insert("run".into(), hex::encode(run).into());
+        let (grant, run, tee_key) = attested_tee(&st, &headers, &digest, &mut audit)?;
         if body.len() > MAX_RECEIPT_UPLOAD {
             return Err(bad(format!(
                 "a receipt upload is limited to {MAX_RECEIPT_UPLOAD} bytes"
             )));
         }
         let up: ReceiptUpload = parse_json(&body)?;
-        let tee_key = grant
-            .result_key
-            .as_deref()
-            .and_then(|k| SigningPublic::from_text(k).ok())
-            .ok_or_else(|| unauthorized("this upload token's release names no result key"))?;
         let payload = up
             .receipt
             .verify_in(RUN_RECEIPT_DOMAIN, &tee_key)
