@@ -470,10 +470,9 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     // Evidence changed (one quoted PCR value): not the evidence the release was made on.
     let mut e: serde_json::Value = serde_json::from_slice(&std::fs::read(&ep).unwrap()).unwrap();
     let pcrs = e["evidence"]["pcrs"].as_str().unwrap().to_string();
-    let pcrs = if pcrs.starts_with('A') {
-        format!("B{}", &pcrs[1..])
-    } else {
-        format!("A{}", &pcrs[1..])
+    let pcrs = match pcrs.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &pcrs[1..]),
     };
     e["evidence"]["pcrs"] = pcrs.into();
     std::fs::write(&tampered, serde_json::to_vec(&e).unwrap()).unwrap();

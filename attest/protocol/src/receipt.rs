@@ -641,7 +641,8 @@ mod tests {
     #[test]
     fn inconsistent_receipts_are_refused() {
         let w = world();
-        let tamper: Vec<(&str, Box<dyn Fn(&mut Receipt)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut Receipt)>;
+        let tamper: Vec<(&str, Tamper)> = vec![
             (
                 "contract_digest",
                 Box::new(|r| r.contract_digest = "ac".repeat(32)),
