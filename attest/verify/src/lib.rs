@@ -4,6 +4,7 @@
 //! claims it proves with a [`verdict::Verdict`] listing every check:
 //! - [`snp`]: SEV-SNP attestation reports (VCEK/VLEK chain to AMD's pinned roots, TCB, policy);
 //! - [`tdx`]: TDX quotes v4/v5 (Intel DCAP collateral, dcap-qvl);
+//! - [`sgx`]: SGX enclave quotes (Intel DCAP collateral, dcap-qvl; MRENCLAVE / MRSIGNER);
 //! - [`tpm`]: TPM2 quotes (AK signature, PCR digest, qualifying data);
 //! - [`azure`]: Azure confidential VMs (HCL report binding the vTPM key, then the quote);
 //! - [`credential`]: EK certificates and TPM2_MakeCredential for AK activation;
@@ -13,6 +14,7 @@
 pub mod azure;
 pub mod credential;
 pub mod reference;
+pub mod sgx;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;

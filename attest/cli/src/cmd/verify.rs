@@ -15,6 +15,7 @@ use super::common::read;
 mod azure;
 mod ek;
 mod receipt;
+mod sgx;
 mod snp;
 mod tdx;
 mod tpm;
@@ -31,6 +32,8 @@ enum Verify {
     Snp(snp::Args),
     /// An Intel TDX quote (v4/v5) with its collateral bundle (dcap-qvl JSON).
     Tdx(tdx::Args),
+    /// An Intel SGX enclave quote (DCAP) with its collateral bundle (dcap-qvl JSON).
+    Sgx(sgx::Args),
     /// A TPM 2.0 quote from tpm2_quote's files (tpm2_checkquote's flags).
     Tpm(tpm::Args),
     /// Azure CVM evidence (Trustee az-snp-vtpm or az-tdx-vtpm JSON): HCL report, VCEK or TD
@@ -47,6 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.what {
         Verify::Snp(a) => snp::run(a),
         Verify::Tdx(a) => tdx::run(a),
+        Verify::Sgx(a) => sgx::run(a),
         Verify::Tpm(a) => tpm::run(a),
         Verify::Azure(a) => azure::run(a),
         Verify::Ek(a) => ek::run(a),
