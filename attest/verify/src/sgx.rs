@@ -8,7 +8,6 @@
 //! 128..160, ISVPRODID 256..258, ISVSVN 258..260, REPORTDATA 320..384 — dcap-qvl decodes them.
 
 use dcap_qvl::quote::{EnclaveReport, Quote, Report};
-use dcap_qvl::QuoteCollateralV3;
 
 use crate::verdict::Verdict;
 
@@ -106,51 +105,11 @@ pub fn verify(
             }
         ),
     );
-    let collateral: QuoteCollateralV3 = match serde_json::from_slice(collateral_json) {
-        Ok(c) => c,
-        Err(e) => {
-            v.push(
-                "collateral.decode",
-                false,
-                format!("not a collateral bundle: {e}"),
-            );
-            return (v, None);
-        }
+    let Some(report) =
+        crate::tdx::verify_dcap(&mut v, quote, collateral_json, now, &policy.allowed_status)
+    else {
+        return (v, None);
     };
-    v.push(
-        "collateral.decode",
-        true,
-        "PCK CRL, root CRL, TCB info, QE identity",
-    );
-    let report = match dcap_qvl::verify::verify(quote, &collateral, now) {
-        Ok(r) => {
-            v.push(
-                "quote.signature_and_collateral",
-                true,
-                format!("PCK chain to the Intel SGX Root CA, QE report, TCB info at {now}"),
-            );
-            r
-        }
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            v.push("quote.signature_and_collateral", false, chain.join(": "));
-            return (v, None);
-        }
-    };
-    v.push(
-        "tcb.status",
-        policy.allowed_status.contains(&report.status),
-        format!(
-            "{} (advisories: {}); allowed: {}",
-            report.status,
-            if report.advisory_ids.is_empty() {
-                "none".to_string()
-            } else {
-                report.advisory_ids.join(", ")
-            },
-            policy.allowed_status.join(", ")
-        ),
-    );
     let Report::SgxEnclave(body) = &report.report else {
         v.push(
             "quote.decode",

@@ -3,6 +3,7 @@
 //! with Phala's dcap-qvl; then our policy: TCB status, debug TDs, MRTD / RTMRs, REPORT_DATA.
 
 use dcap_qvl::quote::{Quote, Report};
+use dcap_qvl::verify::VerifiedReport;
 use dcap_qvl::QuoteCollateralV3;
 
 use crate::verdict::Verdict;
@@ -102,51 +103,10 @@ pub fn verify_quote(
         ),
     );
 
-    let collateral: QuoteCollateralV3 = match serde_json::from_slice(collateral_json) {
-        Ok(c) => c,
-        Err(e) => {
-            v.push(
-                "collateral.decode",
-                false,
-                format!("not a collateral bundle: {e}"),
-            );
-            return (v, None);
-        }
+    let Some(report) = verify_dcap(&mut v, quote, collateral_json, now, &policy.allowed_status)
+    else {
+        return (v, None);
     };
-    v.push(
-        "collateral.decode",
-        true,
-        "PCK CRL, root CRL, TCB info, QE identity",
-    );
-    let report = match dcap_qvl::verify::verify(quote, &collateral, now) {
-        Ok(r) => {
-            v.push(
-                "quote.signature_and_collateral",
-                true,
-                format!("PCK chain to the Intel SGX Root CA, QE report, TCB info at {now}"),
-            );
-            r
-        }
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            v.push("quote.signature_and_collateral", false, chain.join(": "));
-            return (v, None);
-        }
-    };
-    v.push(
-        "tcb.status",
-        policy.allowed_status.contains(&report.status),
-        format!(
-            "{} (advisories: {}); allowed: {}",
-            report.status,
-            if report.advisory_ids.is_empty() {
-                "none".to_string()
-            } else {
-                report.advisory_ids.join(", ")
-            },
-            policy.allowed_status.join(", ")
-        ),
-    );
     let mut verified_mrtd = None;
     if let Some((_, mrtd, report_data)) = td_fields(&report.report) {
         verified_mrtd = Some(*mrtd);
@@ -175,4 +135,62 @@ pub fn verify_quote(
 pub fn mrtd_of(quote: &[u8]) -> Option<[u8; 48]> {
     let q = Quote::parse(quote).ok()?;
     td_fields(&q.report).map(|(_, m, _)| *m)
+}
+
+/// A DCAP quote (TDX or SGX) against its collateral bundle at `now`, with dcap-qvl: the checks
+/// `collateral.decode`, `quote.signature_and_collateral` and `tcb.status` (against `allowed`),
+/// and the verified report when the signature and collateral verified.
+pub(crate) fn verify_dcap(
+    v: &mut Verdict,
+    quote: &[u8],
+    collateral_json: &[u8],
+    now: u64,
+    allowed: &[String],
+) -> Option<VerifiedReport> {
+    let collateral: QuoteCollateralV3 = match serde_json::from_slice(collateral_json) {
+        Ok(c) => c,
+        Err(e) => {
+            v.push(
+                "collateral.decode",
+                false,
+                format!("not a collateral bundle: {e}"),
+            );
+            return None;
+        }
+    };
+    v.push(
+        "collateral.decode",
+        true,
+        "PCK CRL, root CRL, TCB info, QE identity",
+    );
+    let report = match dcap_qvl::verify::verify(quote, &collateral, now) {
+        Ok(r) => {
+            v.push(
+                "quote.signature_and_collateral",
+                true,
+                format!("PCK chain to the Intel SGX Root CA, QE report, TCB info at {now}"),
+            );
+            r
+        }
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            v.push("quote.signature_and_collateral", false, chain.join(": "));
+            return None;
+        }
+    };
+    v.push(
+        "tcb.status",
+        allowed.contains(&report.status),
+        format!(
+            "{} (advisories: {}); allowed: {}",
+            report.status,
+            if report.advisory_ids.is_empty() {
+                "none".to_string()
+            } else {
+                report.advisory_ids.join(", ")
+            },
+            allowed.join(", ")
+        ),
+    );
+    Some(report)
 }

@@ -58,6 +58,35 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What `verify tdx` and `verify sgx` share: a DCAP quote, its collateral, the time and what
+/// is allowed besides a clean, up-to-date quote.
+#[derive(clap::Args)]
+struct Dcap {
+    #[arg(long, value_name = "PATH")]
+    quote: std::path::PathBuf,
+    #[arg(long, value_name = "PATH")]
+    collateral: std::path::PathBuf,
+    /// Verification time (RFC 3339, UTC) [default: now].
+    #[arg(long, value_name = "RFC3339")]
+    at: Option<String>,
+    /// Accept this TCB status too (repeatable); UpToDate is always accepted.
+    #[arg(long, value_name = "STATUS")]
+    allow_status: Vec<String>,
+    #[arg(long)]
+    allow_debug: bool,
+}
+
+impl Dcap {
+    /// The quote's and the collateral's bytes, and the verification time.
+    fn read(&self) -> anyhow::Result<(Vec<u8>, Vec<u8>, u64)> {
+        Ok((
+            read("--quote", &self.quote)?,
+            read("--collateral", &self.collateral)?,
+            verification_time(&self.at)?,
+        ))
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` (or with a `+00:00` offset) → Unix seconds.
 fn parse_rfc3339(s: &str) -> anyhow::Result<u64> {
     dcr_protocol::time::parse_rfc3339(s).ok_or_else(|| {

@@ -1,26 +1,15 @@
 //! `dcr-attest verify sgx`: an SGX enclave quote with its collateral; the enclave's identity
 //! (MRENCLAVE, or MRSIGNER with ISVPRODID and a minimum ISVSVN) when asked for.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{report, verification_time};
-use crate::cmd::common::{hex_bytes, read};
+use super::{report, Dcap};
+use crate::cmd::common::hex_bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, value_name = "PATH")]
-    quote: PathBuf,
-    #[arg(long, value_name = "PATH")]
-    collateral: PathBuf,
-    /// Verification time (RFC 3339, UTC) [default: now].
-    #[arg(long, value_name = "RFC3339")]
-    at: Option<String>,
-    /// Accept this TCB status too (repeatable); UpToDate is always accepted.
-    #[arg(long, value_name = "STATUS")]
-    allow_status: Vec<String>,
-    #[arg(long)]
-    allow_debug: bool,
+    #[command(flatten)]
+    dcap: Dcap,
     /// Require this MRENCLAVE (64 hex digits).
     #[arg(long, value_name = "HEX")]
     expected_mrenclave: Option<String>,
@@ -49,11 +38,9 @@ fn hex32(flag: &str, v: &Option<String>) -> anyhow::Result<Option<[u8; 32]>> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let q = read("--quote", &a.quote)?;
-    let c = read("--collateral", &a.collateral)?;
-    let now = verification_time(&a.at)?;
+    let (q, c, now) = a.dcap.read()?;
     let mut policy = dcr_verify::sgx::SgxPolicy {
-        allow_debug: a.allow_debug,
+        allow_debug: a.dcap.allow_debug,
         mrenclave: hex32("--expected-mrenclave", &a.expected_mrenclave)?,
         mrsigner: hex32("--expected-mrsigner", &a.expected_mrsigner)?,
         isv_prod_id: a.isv_prod_id,
@@ -65,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "--expected-mrsigner and --isv-prod-id go together (a signer's key signs many products)"
         );
     }
-    policy.allowed_status.extend(a.allow_status);
+    policy.allowed_status.extend(a.dcap.allow_status);
     let (verdict, enclave) = dcr_verify::sgx::verify(&q, &c, now, &policy);
     if let (Some(e), false) = (&enclave, a.json) {
         eprintln!(
