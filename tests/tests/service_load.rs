@@ -157,8 +157,13 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(1500));
-        // kill -9 mid-burst.
+        // Until a few registrations are acknowledged (however slow the machine is), and a bit
+        // longer; then kill -9 mid-burst.
+        let start = std::time::Instant::now();
+        while acked_regs.lock().unwrap().len() <= 5 && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
         let _ = svc.child.kill();
         let _ = svc.child.wait();
         stop.store(true, Ordering::Relaxed);
