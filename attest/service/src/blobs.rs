@@ -29,12 +29,15 @@ pub(crate) fn blob_name_ok(n: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-pub(crate) fn blob_path_ok(digest: &str, name: &str) -> Result<(), Refusal> {
-    if digest.len() != 64
-        || !digest
-            .bytes()
+/// 64 lowercase hex digits (a SHA-256 as the API writes it: contract digests, runs).
+pub(crate) fn hex64_ok(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+}
+
+pub(crate) fn blob_path_ok(digest: &str, name: &str) -> Result<(), Refusal> {
+    if !hex64_ok(digest) {
         return Err(bad("contract digest: expected 64 lowercase hex digits"));
     }
     if !blob_name_ok(name) {

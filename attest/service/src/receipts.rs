@@ -35,19 +35,12 @@ use crate::api::{
     audit_base, audited, bad, forbidden, internal, parse_json, party, refuse, unauthorized,
 };
 use crate::api::{Refusal, St};
-use crate::blobs::{blob_path_ok, rand32};
+use crate::blobs::{blob_path_ok, hex64_ok, rand32};
 use crate::journal::{Op, Outcome};
 use crate::queries::{attested_tee, registered};
 
 fn dir(data_dir: &Path, digest: &str) -> PathBuf {
     data_dir.join("receipts").join(digest)
-}
-
-fn run_ok(run: &str) -> bool {
-    run.len() == 64
-        && run
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub(crate) async fn upload(
@@ -212,7 +205,7 @@ pub(crate) async fn list(
     if let Ok(rd) = std::fs::read_dir(dir(&st.cfg.data_dir, &digest)) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(run) = name.strip_suffix(".json").filter(|r| run_ok(r)) {
+            if let Some(run) = name.strip_suffix(".json").filter(|r| hex64_ok(r)) {
                 runs.push(run.to_string());
             }
         }
@@ -231,7 +224,7 @@ pub(crate) async fn get(
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     member(&st, &headers, &digest)?;
-    if !run_ok(&run) {
+    if !hex64_ok(&run) {
         return Err(bad("run: expected 64 lowercase hex digits"));
     }
     let bytes = std::fs::read(dir(&st.cfg.data_dir, &digest).join(format!("{run}.json"))).map_err(
