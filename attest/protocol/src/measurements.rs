@@ -135,6 +135,8 @@ pub struct Predictions {
     pub tdx: Option<TdxPrediction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzurePrediction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nitro: Option<NitroPrediction>,
 }
 
 impl Predictions {
@@ -144,6 +146,16 @@ impl Predictions {
         }
         if self.azure.as_ref().is_some_and(|t| t.pcrs.is_empty()) {
             return Err(invalid("measurements.azure.pcrs", "empty"));
+        }
+        if let Some(n) = &self.nitro {
+            for i in [0, 1, 2] {
+                if !n.pcrs.contains_key(&PcrIndex(i)) {
+                    return Err(invalid(
+                        "measurements.nitro.pcrs",
+                        "PCRs 0, 1 and 2 are required",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -304,6 +316,26 @@ pub struct TdxShape {
     pub page_order: String,
     pub firmware_sha256: Sha256,
     pub rtmrs: String,
+}
+
+/// `nitro`: an AWS Nitro Enclave booted from the build's `image.eif`. PCR 0 (kernel, command
+/// line, every ramdisk), 1 (kernel, command line, first ramdisk), 2 (the other ramdisks) and,
+/// for a signed EIF, 8 (the signing certificate): SHA-384 as the NSM reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NitroPrediction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<NitroShape>,
+    pub pcrs: BTreeMap<PcrIndex, Sha384>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NitroShape {
+    /// `eif-v4`: the Enclave Image File version the PCRs are computed from.
+    pub image: String,
+    /// SHA-256 of the EIF.
+    pub eif_sha256: Sha256,
 }
 
 #[cfg(test)]

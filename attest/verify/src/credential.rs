@@ -261,7 +261,7 @@ pub fn verify_ek_cert(
     v
 }
 
-fn check_cert_signature(
+pub(crate) fn check_cert_signature(
     cert: &x509_cert::Certificate,
     issuer: &x509_cert::Certificate,
 ) -> Result<String, String> {

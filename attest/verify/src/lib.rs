@@ -6,6 +6,7 @@
 //! - [`tdx`]: TDX quotes v4/v5 (Intel DCAP collateral, dcap-qvl);
 //! - [`sgx`]: SGX enclave quotes (Intel DCAP collateral, dcap-qvl; MRENCLAVE / MRSIGNER);
 //! - [`tpm`]: TPM2 quotes (AK signature, PCR digest, qualifying data);
+//! - [`nitro`]: AWS Nitro Enclaves attestation documents (COSE_Sign1, chain to AWS's root);
 //! - [`azure`]: Azure confidential VMs (HCL report binding the vTPM key, then the quote);
 //! - [`credential`]: EK certificates and TPM2_MakeCredential for AK activation;
 //! - [`reference`]: the verified claims compared with a build's `measurements.json`.
@@ -13,6 +14,7 @@
 
 pub mod azure;
 pub mod credential;
+pub mod nitro;
 pub mod reference;
 pub mod sgx;
 pub mod snp;

@@ -18,6 +18,8 @@ pub enum Claims {
     /// (az-snp-vtpm, az-tdx-vtpm). Compared with `azure.pcrs`, not `tpm.pcrs`: on Azure the
     /// firmware is Microsoft's, so only the firmware-independent PCRs are reference values.
     Azure { pcrs: Vec<(u32, Vec<u8>)> },
+    /// SHA-384 PCRs of a verified AWS Nitro Enclaves attestation document.
+    Nitro { pcrs: Vec<(u32, Vec<u8>)> },
 }
 
 /// A prediction the evaluation needs is not in the document.
@@ -77,6 +79,15 @@ pub fn tdx_mrtd(m: &Measurements) -> Result<[u8; 48], Missing> {
         })
 }
 
+/// `nitro.pcrs`, sorted by index.
+pub fn nitro_pcrs(m: &Measurements) -> Result<Vec<(u32, [u8; 48])>, Missing> {
+    let n = m.measurements.nitro.as_ref().ok_or(Missing {
+        field: "nitro.pcrs",
+        platform: "nitro",
+    })?;
+    Ok(n.pcrs.iter().map(|(i, v)| (i.get(), v.0)).collect())
+}
+
 /// Compare verified claims with these reference values. Every reference field of the
 /// claims' platform must match; a platform without reference values is refused.
 pub fn evaluate(m: &Measurements, claims: &Claims) -> Verdict {
@@ -109,6 +120,25 @@ pub fn evaluate(m: &Measurements, claims: &Claims) -> Verdict {
                 }
             }
         }
+        Claims::Nitro { pcrs: got } => match nitro_pcrs(m) {
+            Err(e) => {
+                v.push("reference.nitro", false, e.to_string());
+            }
+            Ok(want) => {
+                for (idx, w) in want {
+                    let g = got.iter().find(|(i, _)| *i == idx).map(|(_, d)| d);
+                    v.push(
+                        &format!("reference.nitro.pcr.{idx}"),
+                        g.is_some_and(|g| g.as_slice() == w),
+                        format!(
+                            "document {} vs reference {}",
+                            g.map(|g| h(g)).unwrap_or_else(|| "absent".into()),
+                            h(&w)
+                        ),
+                    );
+                }
+            }
+        },
         Claims::Snp { launch_digest } => match snp_launch_digest(m) {
             Err(e) => {
                 v.push("reference.snp", false, e.to_string());

@@ -14,6 +14,7 @@ use super::common::read;
 
 mod azure;
 mod ek;
+mod nitro;
 mod receipt;
 mod sgx;
 mod snp;
@@ -34,6 +35,9 @@ enum Verify {
     Tdx(tdx::Args),
     /// An Intel SGX enclave quote (DCAP) with its collateral bundle (dcap-qvl JSON).
     Sgx(sgx::Args),
+    /// An AWS Nitro Enclaves attestation document (NSM COSE_Sign1) and its chain to AWS's
+    /// root, at the document's own time unless --at.
+    Nitro(nitro::Args),
     /// A TPM 2.0 quote from tpm2_quote's files (tpm2_checkquote's flags).
     Tpm(tpm::Args),
     /// Azure CVM evidence (Trustee az-snp-vtpm or az-tdx-vtpm JSON): HCL report, VCEK or TD
@@ -51,6 +55,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Verify::Snp(a) => snp::run(a),
         Verify::Tdx(a) => tdx::run(a),
         Verify::Sgx(a) => sgx::run(a),
+        Verify::Nitro(a) => nitro::run(a),
         Verify::Tpm(a) => tpm::run(a),
         Verify::Azure(a) => azure::run(a),
         Verify::Ek(a) => ek::run(a),
