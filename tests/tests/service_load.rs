@@ -118,6 +118,7 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
                         single_use: false,
                         expires: "2099-01-01T00:00:00Z".into(),
                         snp_min_tcb: None,
+                        sgx: None,
                     };
                     let reg = dcr_attest::parties::Registration {
                         key_id: &id,
@@ -195,6 +196,7 @@ fn kill_9_loses_no_acknowledged_registration_and_never_releases_a_single_use_key
             single_use: false,
             expires: "2099-01-01T00:00:00Z".into(),
             snp_min_tcb: None,
+            sgx: None,
         };
         let e = client
             .register(

@@ -317,6 +317,7 @@ fn key_ids_are_registered_only_by_their_dataset_owner_and_cannot_be_squatted() {
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
         snp_min_tcb: None,
+        sgx: None,
     };
     let err = dcr_attest::parties::Client::new(&r.svc.url)
         .register(
@@ -361,6 +362,7 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         single_use: true,
         expires: "2099-01-01T00:00:00Z".into(),
         snp_min_tcb: None,
+        sgx: None,
     };
     // What the publisher's CLI sends: the DEK wrapped for exactly this policy.
     let reg_key = HpkePublic::from_text(&r.info.registration_key).unwrap();
@@ -452,6 +454,7 @@ fn a_policy_rewritten_in_transit_does_not_open_and_receipts_are_signed() {
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
         snp_min_tcb: None,
+        sgx: None,
     };
     let err = dcr_attest::parties::Client::new(&fake.url)
         .register(
@@ -793,6 +796,7 @@ fn snp_keys_carry_a_minimum_tcb() {
         single_use: false,
         expires: "2099-01-01T00:00:00Z".into(),
         snp_min_tcb: None,
+        sgx: None,
     };
     let err = dcr_attest::parties::Client::new(&r.svc.url)
         .register(

@@ -17,6 +17,12 @@ pub enum Tee {
     AzSnpVtpm,
     /// Azure TDX CVM: HCL report + TD quote (from IMDS) + vTPM quote (Trustee az-tdx-vtpm).
     AzTdxVtpm,
+    /// AWS Nitro Enclave: an NSM attestation document (COSE_Sign1) with the binding in
+    /// `user_data`.
+    Nitro,
+    /// Intel SGX enclave: a DCAP quote (collateral on the service side) with the binding in
+    /// REPORTDATA; judged by the policy's `sgx` identity (dcr builds no SGX enclaves).
+    Sgx,
 }
 
 impl Tee {
@@ -27,6 +33,8 @@ impl Tee {
             Tee::Tdx => "tdx",
             Tee::AzSnpVtpm => "az-snp-vtpm",
             Tee::AzTdxVtpm => "az-tdx-vtpm",
+            Tee::Nitro => "nitro",
+            Tee::Sgx => "sgx",
         }
     }
 }
@@ -117,6 +125,20 @@ pub struct TdxEvidence {
     pub quote: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NitroEvidence {
+    /// The NSM's attestation document (COSE_Sign1, CBOR) as returned, base64.
+    pub document: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SgxEvidence {
+    /// DCAP quote (v3, or v4/v5 with an SGX body), base64.
+    pub quote: String,
+}
+
 /// Trustee's vTPM quote section of Azure evidence (hex fields).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VtpmQuote {
@@ -180,6 +202,8 @@ pub enum Evidence {
     Tdx(TdxEvidence),
     AzSnpVtpm(AzSnpVtpmEvidence),
     AzTdxVtpm(AzTdxVtpmEvidence),
+    Nitro(NitroEvidence),
+    Sgx(SgxEvidence),
 }
 
 impl Evidence {
@@ -195,6 +219,8 @@ impl Evidence {
             Tee::Tdx => Evidence::Tdx(TdxEvidence::deserialize(v)?),
             Tee::AzSnpVtpm => Evidence::AzSnpVtpm(AzSnpVtpmEvidence::deserialize(v)?),
             Tee::AzTdxVtpm => Evidence::AzTdxVtpm(AzTdxVtpmEvidence::deserialize(v)?),
+            Tee::Nitro => Evidence::Nitro(NitroEvidence::deserialize(v)?),
+            Tee::Sgx => Evidence::Sgx(SgxEvidence::deserialize(v)?),
         })
     }
 
@@ -206,6 +232,8 @@ impl Evidence {
             Evidence::Tdx(e) => serde_json::to_value(e),
             Evidence::AzSnpVtpm(e) => serde_json::to_value(e),
             Evidence::AzTdxVtpm(e) => serde_json::to_value(e),
+            Evidence::Nitro(e) => serde_json::to_value(e),
+            Evidence::Sgx(e) => serde_json::to_value(e),
         }
     }
 
@@ -216,6 +244,8 @@ impl Evidence {
             Evidence::Tdx(_) => Tee::Tdx,
             Evidence::AzSnpVtpm(_) => Tee::AzSnpVtpm,
             Evidence::AzTdxVtpm(_) => Tee::AzTdxVtpm,
+            Evidence::Nitro(_) => Tee::Nitro,
+            Evidence::Sgx(_) => Tee::Sgx,
         }
     }
 }
@@ -279,6 +309,39 @@ pub struct ReleasePolicy {
     /// a product the policy names no minimum for is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snp_min_tcb: Option<SnpMinTcb>,
+    /// The SGX enclave identity to release to; required when `sgx` is among the platforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgx: Option<SgxIdentity>,
+}
+
+/// An SGX enclave identity: MRENCLAVE (this exact enclave), or MRSIGNER with ISVPRODID and a
+/// minimum ISVSVN (any enclave of this product its signer released at or after that SVN).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SgxIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mrenclave: Option<crate::digest::Sha256>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mrsigner: Option<crate::digest::Sha256>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isv_prod_id: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_isv_svn: Option<u16>,
+}
+
+impl SgxIdentity {
+    /// Either MRENCLAVE alone, or MRSIGNER with ISVPRODID and a minimum ISVSVN.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match (
+            self.mrenclave.is_some(),
+            self.mrsigner.is_some(),
+            self.isv_prod_id.is_some(),
+            self.min_isv_svn.is_some(),
+        ) {
+            (true, false, false, false) | (false, true, true, true) => Ok(()),
+            _ => Err("name mrenclave, or mrsigner with isv_prod_id and min_isv_svn"),
+        }
+    }
 }
 
 /// Minimum REPORTED_TCB per AMD product (the TCB_VERSION layout differs between products).

@@ -3,12 +3,13 @@
 //! verifiers return what they decoded with their verdict).
 
 use dcr_protocol::wire::{
-    AzSnpVtpmEvidence, AzTdxVtpmEvidence, Evidence, SnpEvidence, TdxEvidence, Tee, TpmEvidence,
+    AzSnpVtpmEvidence, AzTdxVtpmEvidence, Evidence, NitroEvidence, SgxEvidence, SnpEvidence,
+    TdxEvidence, Tee, TpmEvidence,
 };
 use dcr_verify::reference::Claims;
 use dcr_verify::snp::{Product, Tcb};
 use dcr_verify::verdict::Verdict;
-use dcr_verify::{azure, snp, tdx, tpm};
+use dcr_verify::{azure, nitro, sgx, snp, tdx, tpm};
 
 use crate::api::{b64, bad, ct_eq, forbidden, Refusal};
 use crate::policy::failed;
@@ -39,19 +40,27 @@ pub(crate) fn verify(
         Evidence::Tdx(e) => Ok((verify_tdx(collateral, e, rd, now)?, None)),
         Evidence::AzSnpVtpm(e) => verify_az_snp(e, rd, now),
         Evidence::AzTdxVtpm(e) => Ok((verify_az_tdx(collateral, e, rd, now)?, None)),
+        Evidence::Nitro(e) => Ok((verify_nitro(e, rd, now)?, None)),
+        Evidence::Sgx(e) => Ok((
+            verify_sgx(st.cfg.sgx_collateral.as_deref(), e, rd, now)?,
+            None,
+        )),
     }
 }
 
-/// Verify SEV-SNP or TDX evidence in the wire format (as `dcr_protocol::evidence` builds it
-/// from configfs-tsm) against the binding `rd` at `now`: the claims, or (code, message).
-/// TPM evidence needs a session (challenge credential) and goes through `/v1/attest` only.
+/// Verify evidence in the wire format (SEV-SNP or TDX as `dcr_protocol::evidence` builds it
+/// from configfs-tsm, Azure, Nitro, SGX) against the binding `rd` at `now`: the claims, or
+/// (code, message). `dcap_collateral` is the dcap-qvl bundle of the quote's platform (TDX,
+/// or SGX). TPM evidence needs a session (challenge credential) and goes through
+/// `/v1/attest` only.
 pub fn verify_evidence(
     tee: Tee,
     evidence: &serde_json::Value,
     rd: &[u8],
     now: u64,
-    tdx_collateral: Option<&[u8]>,
+    dcap_collateral: Option<&[u8]>,
 ) -> Result<Claims, (String, String)> {
+    let tdx_collateral = dcap_collateral;
     let rd64 = || -> Result<[u8; 64], Refusal> {
         rd.try_into().map_err(|_| {
             forbidden(
@@ -65,6 +74,8 @@ pub fn verify_evidence(
         Evidence::Tdx(e) => rd64().and_then(|rd| verify_tdx(tdx_collateral, e, &rd, now)),
         Evidence::AzSnpVtpm(e) => verify_az_snp(e, rd, now).map(|(c, _)| c),
         Evidence::AzTdxVtpm(e) => verify_az_tdx(tdx_collateral, e, rd, now),
+        Evidence::Nitro(e) => rd64().and_then(|rd| verify_nitro(e, &rd, now)),
+        Evidence::Sgx(e) => rd64().and_then(|rd| verify_sgx(tdx_collateral, e, &rd, now)),
         Evidence::Tpm(_) => Err(bad("tpm evidence needs a session (challenge credential)")),
     });
     r.map_err(|e| (e.code.to_string(), e.message))
@@ -273,6 +284,75 @@ fn verify_az_tdx(
     Ok(azure_claims(&e.pcrs))
 }
 
+/// AWS Nitro Enclaves attestation document, its chain at `now`, the binding in `user_data`.
+/// Claims: the document's PCRs. A debug-mode enclave (PCR 0-2 zero) is refused.
+fn verify_nitro(e: &NitroEvidence, rd: &[u8], now: u64) -> Result<Claims, Refusal> {
+    let doc = b64("evidence.document", &e.document)?;
+    let policy = nitro::NitroPolicy {
+        user_data: Some(rd.to_vec()),
+        ..Default::default()
+    };
+    let (v, doc) = nitro::verify(&doc, now, &policy);
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "user_data"));
+    }
+    let doc = doc.ok_or_else(|| bad("evidence: document not verified"))?;
+    Ok(Claims::Nitro {
+        pcrs: doc
+            .pcrs
+            .into_iter()
+            .map(|(i, p)| (u32::from(i), p))
+            .collect(),
+    })
+}
+
+/// SGX enclave quote, verified with the service's SGX collateral (UpToDate only, no debug
+/// enclaves), the binding in REPORTDATA. Claims: the enclave's identity.
+fn verify_sgx(
+    collateral: Option<&[u8]>,
+    e: &SgxEvidence,
+    rd: &[u8; 64],
+    now: u64,
+) -> Result<Claims, Refusal> {
+    verify_sgx_allowing(collateral, e, rd, now, &[])
+}
+
+/// [`verify_sgx`], also accepting the TCB statuses `allow` (tests of real quotes whose
+/// platform was not up to date).
+fn verify_sgx_allowing(
+    collateral: Option<&[u8]>,
+    e: &SgxEvidence,
+    rd: &[u8; 64],
+    now: u64,
+    allow: &[&str],
+) -> Result<Claims, Refusal> {
+    let quote = b64("evidence.quote", &e.quote)?;
+    let coll = collateral.ok_or_else(|| {
+        forbidden(
+            "evidence_invalid",
+            "this service has no SGX collateral (--sgx-collateral)",
+        )
+    })?;
+    let mut policy = sgx::SgxPolicy {
+        report_data: Some(*rd),
+        ..Default::default()
+    };
+    policy
+        .allowed_status
+        .extend(allow.iter().map(|s| s.to_string()));
+    let (v, enclave) = sgx::verify(&quote, coll, now, &policy);
+    if !v.ok() {
+        return Err(evidence_refusal(&v, "report_data"));
+    }
+    let e = enclave.ok_or_else(|| bad("quote has no SGX report"))?;
+    Ok(Claims::Sgx {
+        mrenclave: e.mrenclave,
+        mrsigner: e.mrsigner,
+        isv_prod_id: e.isv_prod_id,
+        isv_svn: e.isv_svn,
+    })
+}
+
 fn azure_claims(pcrs: &[Vec<u8>]) -> Claims {
     Claims::Azure {
         pcrs: pcrs
@@ -280,5 +360,264 @@ fn azure_claims(pcrs: &[Vec<u8>]) -> Claims {
             .enumerate()
             .map(|(i, p)| (i as u32, p.clone()))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The service's Nitro and SGX paths on real evidence (../shared/fixtures, overridable
+    //! with DCR_FIXTURES): evidence → claims → the release decision against registered
+    //! policies. The session binding of a live request cannot be put into a recorded
+    //! document, so these tests bind to what each document or quote already carries.
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use dcr_protocol::contract::Contract;
+    use dcr_protocol::measurements::Measurements;
+    use dcr_protocol::wire::{ReleasePolicy, SgxIdentity};
+
+    use super::*;
+    use crate::policy::{decide, Asked, KeyRecord};
+
+    fn fixture(rel: &str) -> Option<Vec<u8>> {
+        let dir = std::env::var_os("DCR_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+            });
+        if !dir.is_dir() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "fixtures {} missing under CI",
+                dir.display()
+            );
+            eprintln!("SKIP: fixtures {} missing", dir.display());
+            return None;
+        }
+        Some(std::fs::read(dir.join(rel)).unwrap())
+    }
+
+    fn contract() -> Contract {
+        crate::policy::decide_tests::contract("2099-01-01T00:00:00Z")
+    }
+
+    fn record(
+        tee: Tee,
+        measurements: serde_json::Value,
+        sgx: Option<SgxIdentity>,
+    ) -> Vec<KeyRecord> {
+        let reference: Measurements = serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "recipe": "r", "recipe_version": "1",
+            "source_date_epoch": 0, "kernel_release": "k", "cmdline": "",
+            "contract_digest": "00".repeat(32), "guest_target": "t",
+            "inputs": {}, "artifacts": {}, "measurements": measurements,
+        }))
+        .unwrap();
+        contract()
+            .datasets
+            .iter()
+            .map(|d| KeyRecord {
+                key_id: d.key_id.clone(),
+                owner: d.owner.clone(),
+                registered_at: 0,
+                policy: ReleasePolicy {
+                    contract_digest: "cd".repeat(32),
+                    platforms: vec![tee],
+                    reference: reference.clone(),
+                    single_use: false,
+                    expires: "2099-01-01T00:00:00Z".into(),
+                    snp_min_tcb: None,
+                    sgx: sgx.clone(),
+                },
+                dek_at_rest: String::new(),
+            })
+            .collect()
+    }
+
+    fn decision(
+        tee: Tee,
+        claims: &Claims,
+        recs: Vec<KeyRecord>,
+        now: u64,
+    ) -> Result<usize, &'static str> {
+        let asked = Asked {
+            contract_digest: "cd",
+            tee,
+            claims,
+            snp_tcb: None,
+            now,
+        };
+        decide(recs, &contract(), &asked, &BTreeSet::new())
+            .map(|r| r.len())
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn a_nitro_document_releases_to_its_own_pcrs_and_not_to_another_pcr0() {
+        let Some(bytes) = fixture("attest/nitro/choracle-1.cbor") else {
+            return;
+        };
+        let parsed = nitro::parse(&bytes).unwrap().doc;
+        let at = nitro::document_time(&parsed);
+        let ev = NitroEvidence {
+            document: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes),
+        };
+        let user_data = parsed.user_data.clone().unwrap();
+        let claims = verify_nitro(&ev, &user_data, at).unwrap();
+        let pcr = |i: u8| hex::encode(&parsed.pcrs[&i]);
+        let own = serde_json::json!({"nitro": {"pcrs": {"0": pcr(0), "1": pcr(1), "2": pcr(2)}}});
+        let n = contract().datasets.len();
+        assert_eq!(
+            decision(Tee::Nitro, &claims, record(Tee::Nitro, own, None), at),
+            Ok(n)
+        );
+        let mut p0 = parsed.pcrs[&0].clone();
+        p0[0] ^= 1;
+        let other = serde_json::json!({"nitro": {"pcrs": {"0": hex::encode(p0), "1": pcr(1), "2": pcr(2)}}});
+        assert_eq!(
+            decision(Tee::Nitro, &claims, record(Tee::Nitro, other, None), at),
+            Err("measurement_mismatch")
+        );
+        // A policy for another platform, or without a nitro section, releases nothing.
+        let tpm = serde_json::json!({"tpm": {"pcrs": {"4": "00".repeat(32)}}});
+        assert_eq!(
+            decision(
+                Tee::Nitro,
+                &claims,
+                record(Tee::Nitro, tpm.clone(), None),
+                at
+            ),
+            Err("measurement_mismatch")
+        );
+        assert_eq!(
+            decision(Tee::Nitro, &claims, record(Tee::Tpm, tpm, None), at),
+            Err("policy_refused")
+        );
+        // Another binding: binding_mismatch; today (the chain long expired): evidence_invalid.
+        let e = verify_nitro(&ev, &[0; 64], at).unwrap_err();
+        assert_eq!(e.code, "binding_mismatch", "{}", e.message);
+        let e = verify_nitro(&ev, &user_data, 1_800_000_000).unwrap_err();
+        assert_eq!(e.code, "evidence_invalid");
+        assert!(e.message.contains("chain.leaf.validity"), "{}", e.message);
+        // The wire shape: unknown fields refused; base64 checked.
+        let (code, _) = verify_evidence(
+            Tee::Nitro,
+            &serde_json::json!({"document": "AA==", "x": 1}),
+            &[0; 64],
+            at,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(code, "bad_request");
+    }
+
+    #[test]
+    fn a_debug_nitro_enclave_is_refused() {
+        let Some(bytes) = fixture("attest/nitro/go-nitro-attestation-1.cbor") else {
+            return;
+        };
+        let parsed = nitro::parse(&bytes).unwrap().doc;
+        let ev = NitroEvidence {
+            document: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes),
+        };
+        let e = verify_nitro(
+            &ev,
+            parsed.user_data.as_deref().unwrap(),
+            nitro::document_time(&parsed),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "evidence_invalid");
+        assert!(e.message.contains("enclave.debug"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_sgx_quote_releases_to_its_enclave_identity_only() {
+        let (Some(quote), Some(coll)) = (
+            fixture("attest/tdx/dcap-qvl/sgx_quote"),
+            fixture("attest/tdx/dcap-qvl/sgx_quote_collateral.json"),
+        ) else {
+            return;
+        };
+        // 2025-06-25, inside the collateral's validity.
+        let at = 1_750_809_600;
+        // The identity read from the quote's bytes (header 48 bytes, then sgx_report_body_t).
+        let body = &quote[48..];
+        let mrenclave: [u8; 32] = body[64..96].try_into().unwrap();
+        let mrsigner: [u8; 32] = body[128..160].try_into().unwrap();
+        let prod = u16::from_le_bytes([body[256], body[257]]);
+        let svn = u16::from_le_bytes([body[258], body[259]]);
+        let rd: [u8; 64] = body[320..384].try_into().unwrap();
+        let ev = SgxEvidence {
+            quote: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &quote),
+        };
+        // The sample platform is not UpToDate: refused by default, naming the status.
+        let e = verify_sgx(Some(&coll), &ev, &rd, at).unwrap_err();
+        assert_eq!(e.code, "evidence_invalid");
+        assert!(
+            e.message.contains("ConfigurationAndSWHardeningNeeded"),
+            "{}",
+            e.message
+        );
+        let e = verify_sgx(None, &ev, &rd, at).unwrap_err();
+        assert!(e.message.contains("--sgx-collateral"), "{}", e.message);
+        let claims = verify_sgx_allowing(
+            Some(&coll),
+            &ev,
+            &rd,
+            at,
+            &["ConfigurationAndSWHardeningNeeded"],
+        )
+        .unwrap();
+        let e = verify_sgx_allowing(
+            Some(&coll),
+            &ev,
+            &[0; 64],
+            at,
+            &["ConfigurationAndSWHardeningNeeded"],
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "binding_mismatch");
+        let n = contract().datasets.len();
+        let sha = dcr_protocol::digest::Sha256;
+        let none = serde_json::json!({});
+        let by_enclave = |m: [u8; 32]| SgxIdentity {
+            mrenclave: Some(sha(m)),
+            ..Default::default()
+        };
+        let by_signer = |m: [u8; 32], p: u16, s: u16| SgxIdentity {
+            mrsigner: Some(sha(m)),
+            isv_prod_id: Some(p),
+            min_isv_svn: Some(s),
+            ..Default::default()
+        };
+        let d = |id: Option<SgxIdentity>| {
+            decision(Tee::Sgx, &claims, record(Tee::Sgx, none.clone(), id), at)
+        };
+        assert_eq!(d(Some(by_enclave(mrenclave))), Ok(n));
+        let mut other = mrenclave;
+        other[31] ^= 1;
+        assert_eq!(d(Some(by_enclave(other))), Err("measurement_mismatch"));
+        assert_eq!(d(Some(by_signer(mrsigner, prod, svn))), Ok(n));
+        let mut other = mrsigner;
+        other[0] ^= 1;
+        assert_eq!(
+            d(Some(by_signer(other, prod, svn))),
+            Err("measurement_mismatch")
+        );
+        assert_eq!(
+            d(Some(by_signer(mrsigner, prod.wrapping_add(1), svn))),
+            Err("measurement_mismatch")
+        );
+        assert_eq!(
+            d(Some(by_signer(mrsigner, prod, svn + 1))),
+            Err("measurement_mismatch")
+        );
+        // No identity, or MRSIGNER without a product: nothing.
+        assert_eq!(d(None), Err("measurement_mismatch"));
+        let half = SgxIdentity {
+            mrsigner: Some(sha(mrsigner)),
+            ..Default::default()
+        };
+        assert_eq!(d(Some(half)), Err("measurement_mismatch"));
     }
 }

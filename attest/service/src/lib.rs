@@ -76,6 +76,8 @@ pub struct Config {
     pub pinned_aks: Vec<Vec<u8>>,
     /// dcap-qvl collateral bundle for TDX quotes.
     pub tdx_collateral: Option<Vec<u8>>,
+    /// dcap-qvl collateral bundle for SGX quotes (the SGX TCB info and QE identity).
+    pub sgx_collateral: Option<Vec<u8>>,
     pub nonce_ttl_secs: u64,
     /// Outstanding challenges in all, and per client (IPv4 address or IPv6 /64).
     pub max_sessions: usize,

@@ -109,7 +109,10 @@ pub(crate) fn decide(
                 continue;
             }
         }
-        let v = reference::evaluate(&r.policy.reference, asked.claims);
+        let v = match asked.claims {
+            Claims::Sgx { .. } => reference::sgx_identity(r.policy.sgx.as_ref(), asked.claims),
+            _ => reference::evaluate(&r.policy.reference, asked.claims),
+        };
         if !v.ok() {
             reasons.push((
                 "measurement_mismatch",
@@ -248,14 +251,14 @@ mod tests {
 }
 
 #[cfg(test)]
-mod decide_tests {
+pub(crate) mod decide_tests {
     use super::*;
     use dcr_protocol::measurements::Measurements;
     use dcr_protocol::wire::MILAN_MIN_TCB;
 
     const NOW: u64 = 1_900_000_000;
 
-    fn contract(expires: &str) -> Contract {
+    pub(crate) fn contract(expires: &str) -> Contract {
         let signing = dcr_protocol::keys::SigningSecret::generate(&mut rand_core::OsRng)
             .public()
             .to_text();
@@ -323,6 +326,7 @@ deadline_secs = 60
                     milan: Some(MILAN_MIN_TCB),
                     ..Default::default()
                 }),
+                sgx: None,
             },
             dek_at_rest: String::new(),
         }

@@ -121,6 +121,12 @@ pub(crate) async fn register(
                 format!("policy.platforms: tdx: {}", dcr_verify::tdx::RTMRS_NOT_PREDICTED),
             ));
         }
+        if req.policy.platforms.contains(&Tee::Sgx) {
+            let sgx = req.policy.sgx.as_ref().ok_or_else(|| {
+                bad("policy.sgx: required for sgx (the enclave identity to release to)")
+            })?;
+            sgx.check().map_err(|e| bad(format!("policy.sgx: {e}")))?;
+        }
         for t in &req.policy.platforms {
             let ok = match t {
                 Tee::Tpm => reference::pcrs(m, PcrSection::Tpm).map(|_| ()),
@@ -129,6 +135,8 @@ pub(crate) async fn register(
                 Tee::AzSnpVtpm | Tee::AzTdxVtpm => {
                     reference::pcrs(m, PcrSection::Azure).map(|_| ())
                 }
+                Tee::Nitro => reference::nitro_pcrs(m).map(|_| ()),
+                Tee::Sgx => Ok(()),
             };
             ok.map_err(|e| bad(format!("policy.reference: {e}")))?;
         }

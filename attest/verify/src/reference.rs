@@ -1,6 +1,7 @@
 //! The reference evaluation: verified claims compared with a build's `measurements.json`.
 
 use dcr_protocol::measurements::Measurements;
+use dcr_protocol::wire::SgxIdentity;
 
 use crate::verdict::Verdict;
 
@@ -20,6 +21,14 @@ pub enum Claims {
     Azure { pcrs: Vec<(u32, Vec<u8>)> },
     /// SHA-384 PCRs of a verified AWS Nitro Enclaves attestation document.
     Nitro { pcrs: Vec<(u32, Vec<u8>)> },
+    /// The identity of a verified SGX enclave quote (judged against a policy's SGX identity:
+    /// dcr builds no SGX enclaves, so measurements.json predicts none).
+    Sgx {
+        mrenclave: [u8; 32],
+        mrsigner: [u8; 32],
+        isv_prod_id: u16,
+        isv_svn: u16,
+    },
 }
 
 /// A prediction the evaluation needs is not in the document.
@@ -88,6 +97,51 @@ pub fn nitro_pcrs(m: &Measurements) -> Result<Vec<(u32, [u8; 48])>, Missing> {
     Ok(n.pcrs.iter().map(|(i, v)| (i.get(), v.0)).collect())
 }
 
+/// SGX claims against the policy's enclave identity: MRENCLAVE, or MRSIGNER with ISVPRODID
+/// and a minimum ISVSVN. A policy without one (or with a malformed one) releases nothing.
+pub fn sgx_identity(want: Option<&SgxIdentity>, claims: &Claims) -> Verdict {
+    let mut v = Verdict::default();
+    let Claims::Sgx {
+        mrenclave,
+        mrsigner,
+        isv_prod_id,
+        isv_svn,
+    } = claims
+    else {
+        v.push("sgx", false, "not SGX claims");
+        return v;
+    };
+    let Some(w) = want.filter(|w| w.check().is_ok()) else {
+        v.push("sgx", false, "the policy names no SGX enclave identity");
+        return v;
+    };
+    if let Some(m) = &w.mrenclave {
+        v.push(
+            "sgx.mrenclave",
+            m.0 == *mrenclave,
+            format!("MRENCLAVE {} vs {}", hex::encode(mrenclave), m),
+        );
+    }
+    if let (Some(m), Some(p), Some(s)) = (&w.mrsigner, w.isv_prod_id, w.min_isv_svn) {
+        v.push(
+            "sgx.mrsigner",
+            m.0 == *mrsigner,
+            format!("MRSIGNER {} vs {}", hex::encode(mrsigner), m),
+        );
+        v.push(
+            "sgx.isv_prod_id",
+            p == *isv_prod_id,
+            format!("ISVPRODID {isv_prod_id} vs {p}"),
+        );
+        v.push(
+            "sgx.isv_svn",
+            *isv_svn >= s,
+            format!("ISVSVN {isv_svn} vs minimum {s}"),
+        );
+    }
+    v
+}
+
 /// Compare verified claims with these reference values. Every reference field of the
 /// claims' platform must match; a platform without reference values is refused.
 pub fn evaluate(m: &Measurements, claims: &Claims) -> Verdict {
@@ -139,6 +193,13 @@ pub fn evaluate(m: &Measurements, claims: &Claims) -> Verdict {
                 }
             }
         },
+        Claims::Sgx { .. } => {
+            v.push(
+                "reference.sgx",
+                false,
+                "measurements.json predicts no SGX enclave: a policy's sgx identity decides",
+            );
+        }
         Claims::Snp { launch_digest } => match snp_launch_digest(m) {
             Err(e) => {
                 v.push("reference.snp", false, e.to_string());

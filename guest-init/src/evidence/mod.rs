@@ -78,6 +78,9 @@ pub fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
         Tee::Tpm => d.tpm && !d.azure_hcl,
         Tee::AzSnpVtpm => d.azure_report_type == Some(HCL_REPORT_SNP),
         Tee::AzTdxVtpm => d.azure_report_type == Some(HCL_REPORT_TDX),
+        // An SGX enclave is a process, never a VM; the Nitro Secure Module path is not in
+        // this guest yet (issue M): neither is ever chosen here.
+        Tee::Nitro | Tee::Sgx => false,
     });
     say(&format!(
         "platform detected snp={} tdx={} tpm={} azure-hcl={} contract=[{}] using={}",
@@ -136,5 +139,11 @@ pub fn attest(
         Tee::Tpm => tpm::attest_tpm(c, digest, client, tk)?,
         Tee::Snp | Tee::Tdx => tsm::attest_tsm(c, digest, client, tee, tk)?,
         Tee::AzSnpVtpm | Tee::AzTdxVtpm => azure::attest_azure(c, digest, client, tee, tk)?,
+        Tee::Nitro | Tee::Sgx => {
+            return fail(
+                "platform",
+                format!("{} evidence is not produced by this guest", tee.as_str()),
+            )
+        }
     })
 }

@@ -40,6 +40,17 @@ pub struct Args {
     /// bl=4,tee=0,snp=24,ucode=219 (docs/protocol.md); products not named are refused.
     #[arg(long, value_name = "PRODUCT:LEVEL")]
     snp_min_tcb: Vec<String>,
+    /// For sgx: release to the enclave with this MRENCLAVE (64 hex digits).
+    #[arg(long, value_name = "HEX")]
+    sgx_mrenclave: Option<String>,
+    /// For sgx: release to enclaves by this MRSIGNER (with --sgx-isv-prod-id and
+    /// --sgx-min-isv-svn).
+    #[arg(long, value_name = "HEX")]
+    sgx_mrsigner: Option<String>,
+    #[arg(long, value_name = "N")]
+    sgx_isv_prod_id: Option<u16>,
+    #[arg(long, value_name = "N")]
+    sgx_min_isv_svn: Option<u16>,
     /// Send the party token over plain HTTP to a host that is not this machine.
     #[arg(long)]
     insecure_http: bool,
@@ -57,6 +68,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         single_use,
         expires,
         snp_min_tcb,
+        sgx_mrenclave,
+        sgx_mrsigner,
+        sgx_isv_prod_id,
+        sgx_min_isv_svn,
         insecure_http,
     } = a;
     use dcr_protocol::wire::{ReleasePolicy, ServiceInfo, SnpMinTcb, TcbLevel, Tee};
@@ -78,7 +93,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| {
             serde_json::from_value::<Tee>(serde_json::Value::String(p.clone())).map_err(|_| {
-                anyhow::anyhow!("--platform {p:?}: one of tpm, snp, tdx, az-snp-vtpm, az-tdx-vtpm")
+                anyhow::anyhow!(
+                    "--platform {p:?}: one of tpm, snp, tdx, az-snp-vtpm, az-tdx-vtpm, nitro, sgx"
+                )
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -110,6 +127,31 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         None
     };
+    let hex32 =
+        |flag: &str, v: &Option<String>| -> anyhow::Result<Option<dcr_protocol::digest::Sha256>> {
+            v.as_deref()
+                .map(|s| {
+                    dcr_protocol::digest::Sha256::from_hex(s)
+                        .ok_or_else(|| anyhow::anyhow!("{flag} {s:?}: expected 64 hex digits"))
+                })
+                .transpose()
+        };
+    let sgx = dcr_protocol::wire::SgxIdentity {
+        mrenclave: hex32("--sgx-mrenclave", &sgx_mrenclave)?,
+        mrsigner: hex32("--sgx-mrsigner", &sgx_mrsigner)?,
+        isv_prod_id: sgx_isv_prod_id,
+        min_isv_svn: sgx_min_isv_svn,
+    };
+    let any_sgx_flag = sgx != dcr_protocol::wire::SgxIdentity::default();
+    let sgx = if platforms.contains(&Tee::Sgx) {
+        sgx.check()
+            .map_err(|e| anyhow::anyhow!("--platform sgx: {e} (--sgx-mrenclave, or --sgx-mrsigner with --sgx-isv-prod-id and --sgx-min-isv-svn)"))?;
+        Some(sgx)
+    } else if any_sgx_flag {
+        anyhow::bail!("--sgx-*: no sgx platform to apply them to");
+    } else {
+        None
+    };
     let policy = ReleasePolicy {
         contract_digest: hex::encode(c.digest()),
         platforms,
@@ -117,6 +159,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         single_use,
         expires: expires.unwrap_or_else(|| c.expires.clone()),
         snp_min_tcb: min_tcb,
+        sgx,
     };
     let mut client = dcr_attest::parties::Client::pinned(&service, &pinned)?;
     client.insecure_http = insecure_http;

@@ -40,6 +40,9 @@ pub struct Args {
     /// dcap-qvl collateral bundle (JSON) for TDX quotes.
     #[arg(long, value_name = "PATH")]
     tdx_collateral: Option<PathBuf>,
+    /// dcap-qvl collateral bundle (JSON) for SGX quotes.
+    #[arg(long, value_name = "PATH")]
+    sgx_collateral: Option<PathBuf>,
     /// Lifetime of a challenge nonce.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     nonce_ttl: u64,
@@ -78,6 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         tpm_ek_intermediate,
         tpm_ak,
         tdx_collateral,
+        sgx_collateral,
         nonce_ttl,
         max_challenges,
         max_challenges_per_ip,
@@ -115,6 +119,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         pinned_aks: pinned,
         tdx_collateral: match &tdx_collateral {
             Some(p) => Some(read("--tdx-collateral", p)?),
+            None => None,
+        },
+        sgx_collateral: match &sgx_collateral {
+            Some(p) => Some(read("--sgx-collateral", p)?),
             None => None,
         },
         nonce_ttl_secs: nonce_ttl,

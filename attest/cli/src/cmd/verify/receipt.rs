@@ -35,8 +35,8 @@ pub struct Args {
     /// The service's public keys (service.pub.json; the signing key the contract pins).
     #[arg(long, value_name = "PATH")]
     service_pub: PathBuf,
-    /// TDX collateral (dcap-qvl JSON), for TDX evidence.
-    #[arg(long, value_name = "PATH")]
+    /// DCAP collateral (dcap-qvl JSON), for TDX or SGX evidence.
+    #[arg(long, value_name = "PATH", alias = "sgx-collateral")]
     tdx_collateral: Option<PathBuf>,
     /// Verify certificates at this time (RFC 3339) instead of the release's issue time.
     #[arg(long, value_name = "TIME")]
@@ -134,6 +134,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Tee::Snp => "SEV-SNP report signed by the VCEK/VLEK, chained to AMD's root",
                 Tee::Tdx => "TDX quote with the collateral",
                 Tee::AzSnpVtpm | Tee::AzTdxVtpm => "Azure HCL report and vTPM quote",
+                Tee::Nitro => "Nitro attestation document signed under AWS's root",
+                Tee::Sgx => "SGX quote with the collateral",
             };
             push(
                 &mut v,
