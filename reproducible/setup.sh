@@ -104,10 +104,11 @@ fi
 # 3. Packages. qemu-system-x86 must be the backports 10.x (sev-snp-guest / tdx-guest objects).
 # gcc + libc6-dev: the linker rustc calls and the C parts of ring and liblzma-sys; musl-tools:
 # the same for the musl guest; python3-venv: the sev-snp-measure venv; mmdebstrap:
-# reproducible/fresh-machine.sh.
+# reproducible/fresh-machine.sh; libssl-dev: the EIF oracle (tests/oracles/eif, AWS's
+# aws-nitro-enclaves-image-format links OpenSSL).
 packages=(qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools gnutls-bin tpm2-tools libtss2-dev
   binutils git gcc libc6-dev musl-tools pkgconf python3 python3-venv ca-certificates openssl
-  gdisk dosfstools mtools bsdextrautils mmdebstrap)
+  gdisk dosfstools mtools bsdextrautils mmdebstrap libssl-dev)
 # shellcheck disable=SC2206
 packages+=(${DCR_SETUP_EXTRA_PACKAGES:-})
 missing=()

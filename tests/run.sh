@@ -12,11 +12,15 @@ bash reproducible/setup.sh
 
 echo "== cargo build (locked)"
 cargo build --locked --release --workspace --quiet
+echo "== the EIF oracle (AWS's aws-nitro-enclaves-image-format, its own workspace and lock)"
+CARGO_TARGET_DIR="$top/target/eif-oracle" cargo build --locked --release --quiet \
+  --manifest-path tests/oracles/eif/Cargo.toml
 echo "== cargo test"
 # The e2e tests run the binaries built just above (instead of each test binary asking cargo
 # for them with another feature set, which would recompile shared dependencies).
 export DCR_BUILD_BIN="$top/target/release/dcr-build" DCR_ATTEST_BIN="$top/target/release/dcr-attest" \
-  DCR_GEN_BIN="$top/target/release/dcr-cleanroom-gen" DCR_SQL_ENGINE_BIN="$top/target/release/dcr-sql-engine"
+  DCR_GEN_BIN="$top/target/release/dcr-cleanroom-gen" DCR_SQL_ENGINE_BIN="$top/target/release/dcr-sql-engine" \
+  DCR_EIF_ORACLE_BIN="$top/target/eif-oracle/release/eif-oracle"
 cargo test --locked --release --workspace 2>&1 | tee "${TMPDIR:-/tmp}/dcr-cargo-test.log"
 echo "== reproducibility: two builds under varied conditions"
 bash reproducible/rebuild-and-compare.sh

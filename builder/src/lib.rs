@@ -13,6 +13,7 @@ pub mod compare;
 pub mod deb;
 pub mod diagnose;
 pub mod disk;
+pub mod eif;
 pub mod export;
 pub mod fetch;
 pub mod image;

@@ -166,6 +166,8 @@ pub enum Platform {
     Tdx,
     /// Azure confidential VM (SNP or TDX with paravisor): vTPM PCRs.
     Azure,
+    /// AWS Nitro Enclave: `image.eif` and its PCR 0, 1 and 2.
+    Nitro,
 }
 
 impl Platform {
@@ -175,6 +177,7 @@ impl Platform {
             Platform::Snp => "snp",
             Platform::Tdx => "tdx",
             Platform::Azure => "azure",
+            Platform::Nitro => "nitro",
         }
     }
 }
@@ -238,6 +241,41 @@ pub struct Recipe {
     /// A bootable disk image (GPT + FAT32 ESP, raw and fixed VHD). Always built when
     /// `platforms` names `azure`.
     pub disk: Option<DiskSpec>,
+    /// The Enclave Image File's settings (`platforms` names `nitro`); defaults otherwise.
+    pub nitro: Option<NitroSpec>,
+}
+
+/// `[nitro]`: the EIF's command line and default enclave size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NitroSpec {
+    /// The EIF's command line (default: the recipe's `cmdline`). The Nitro hypervisor
+    /// appends the `virtio_mmio.device=` entries at boot; they must not be in it.
+    pub cmdline: Option<String>,
+    /// Default enclave memory (MiB); it must hold the unpacked ramdisks.
+    #[serde(default = "NitroSpec::default_memory")]
+    pub memory_mib: u64,
+    #[serde(default = "NitroSpec::default_cpus")]
+    pub cpus: u64,
+}
+
+impl NitroSpec {
+    fn default_memory() -> u64 {
+        1024
+    }
+    fn default_cpus() -> u64 {
+        2
+    }
+}
+
+impl Default for NitroSpec {
+    fn default() -> Self {
+        NitroSpec {
+            cmdline: None,
+            memory_mib: Self::default_memory(),
+            cpus: Self::default_cpus(),
+        }
+    }
 }
 
 /// `[disk]`: the disk image's size.
@@ -479,6 +517,32 @@ fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
     }
     if r.platforms.is_empty() {
         return Err(field(path, "platforms", "name at least one platform"));
+    }
+    if let Some(n) = &r.nitro {
+        if !r.platforms.contains(&Platform::Nitro) {
+            return Err(field(
+                path,
+                "nitro",
+                "[nitro] without \"nitro\" in platforms",
+            ));
+        }
+        if n.cmdline
+            .as_deref()
+            .is_some_and(|c| c.contains("virtio_mmio.device="))
+        {
+            return Err(field(
+                path,
+                "nitro.cmdline",
+                "carries virtio_mmio.device= entries: the Nitro hypervisor adds them at boot, and the PCRs cover only the EIF's own command line",
+            ));
+        }
+        if n.memory_mib < 64 || n.cpus == 0 {
+            return Err(field(
+                path,
+                "nitro",
+                "memory_mib at least 64, cpus at least 1",
+            ));
+        }
     }
     if r.platforms.contains(&Platform::Snp) && r.measure.snp.is_none() {
         return Err(field(

@@ -5,6 +5,7 @@
 //!   EC2 and GCE VMSA variants, COCONUT-SVSM), bit-compatible with sev-snp-measure 0.0.13.
 //! - [`tdx`]: Intel TDX MRTD from TDVF metadata (single- and two-pass page order).
 //! - [`tpm`]: PCR 11 of a UKI for the systemd-stub version it embeds.
+//! - [`nitro`]: AWS Nitro Enclaves PCR 0, 1, 2 and 8 of an Enclave Image File.
 //! - [`eventlog`]: TCG2 crypto-agile event logs (TPM and CCEL): parse and replay.
 //! - [`ovmf`]: the OVMF footer GUID table and SEV metadata those need.
 
@@ -14,6 +15,7 @@
 // (`Uuid::to_bytes_le`), as EDK II lays out EFI_GUID.
 
 pub mod eventlog;
+pub mod nitro;
 pub mod ovmf;
 pub mod snp;
 pub mod tdx;

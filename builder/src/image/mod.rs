@@ -24,7 +24,9 @@ mod plan;
 mod predict;
 mod write;
 
-pub use pack::{disk_image, initrd_tree, osrel, pack, PackInputs, Packed};
+pub use pack::{
+    disk_image, initrd_tree, nitro_image, nitro_ramdisks, osrel, pack, PackInputs, Packed,
+};
 pub use plan::{prepare, Prepared};
 pub use predict::{reference_values, AZURE_PCRS};
 
@@ -35,6 +37,8 @@ pub const MEASUREMENTS: &str = "measurements.json";
 /// The GPT disk image (ESP with the UKI), raw and as a fixed VHD.
 pub const DISK_RAW: &str = "disk.raw";
 pub const DISK_VHD: &str = "disk.vhd";
+/// The AWS Nitro Enclaves image.
+pub const EIF: &str = "image.eif";
 
 /// Paths inside the initramfs.
 /// The contract in its canonical JSON form (docs/contract.md); its SHA-256 is the contract
@@ -108,6 +112,7 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
             Platform::Snp => m.measurements.snp.is_some(),
             Platform::Tdx => m.measurements.tdx.is_some(),
             Platform::Azure => m.measurements.azure.is_some(),
+            Platform::Nitro => m.measurements.nitro.is_some(),
         };
         if !predicted {
             eprintln!(
@@ -118,6 +123,9 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
     }
     write::atomic(&opts.out, INITRD, &packed.initrd)?;
     write::atomic(&opts.out, UKI, &packed.uki)?;
+    if let Some((eif, _)) = &packed.eif {
+        write::atomic(&opts.out, EIF, eif)?;
+    }
     if let Some((d, footer)) = &disk {
         write::sparse(&opts.out, DISK_RAW, &d.raw, &[])?;
         write::sparse(&opts.out, DISK_VHD, &d.raw, footer)?;

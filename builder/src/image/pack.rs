@@ -23,13 +23,17 @@ pub struct PackInputs {
     pub contract: Vec<u8>,
     pub guest_init: Vec<u8>,
     pub workloads: Vec<(String, Vec<u8>)>,
+    /// The Enclave Image File's settings, when one is built.
+    pub nitro: Option<crate::recipe::NitroSpec>,
 }
 
-/// The two boot artifacts.
+/// The boot artifacts.
 #[derive(Debug, Clone)]
 pub struct Packed {
     pub initrd: Vec<u8>,
     pub uki: Vec<u8>,
+    /// The Enclave Image File and its predicted PCRs, when the recipe targets Nitro.
+    pub eif: Option<(Vec<u8>, dcr_measure::nitro::NitroPcrs)>,
 }
 
 /// The `.osrel` section (os-release(5)).
@@ -39,8 +43,35 @@ pub fn osrel(name: &str, version: &str) -> String {
     )
 }
 
-/// The initramfs file tree.
+/// The initramfs file tree: the boot part and the application part in one archive.
 pub fn initrd_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
+    let mut t = boot_tree(i)?;
+    add_application(i, &mut t)?;
+    Ok(t)
+}
+
+/// The application part: the contract and the workloads.
+fn add_application(i: &PackInputs, t: &mut Tree) -> Result<(), InitrdError> {
+    t.add_file(CONTRACT_PATH, i.contract.clone(), 0o644)?;
+    for (name, bytes) in &i.workloads {
+        t.add_file(&format!("{WORKLOAD_DIR}/{name}"), bytes.clone(), 0o755)?;
+    }
+    Ok(())
+}
+
+/// The two ramdisks of an EIF: the boot ramdisk (PID 1, mount points, console node, kernel
+/// modules), which PCR 1 covers with the kernel and command line, and the application
+/// ramdisk (contract, workloads), which PCR 2 covers. The kernel unpacks both archives into
+/// one root.
+pub fn nitro_ramdisks(i: &PackInputs) -> Result<(Vec<u8>, Vec<u8>), InitrdError> {
+    let boot = boot_tree(i)?.to_cpio(i.mtime);
+    let mut app = Tree::new();
+    add_application(i, &mut app)?;
+    Ok((boot, app.to_cpio(i.mtime)))
+}
+
+/// The boot part of the initramfs.
+fn boot_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
     let mut t = Tree::new();
     t.add_file(INIT_PATH, i.guest_init.clone(), 0o755)?;
     // Mount points and the console node the kernel opens for PID 1's stdio.
@@ -55,7 +86,6 @@ pub fn initrd_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
             minor: 1,
         },
     )?;
-    t.add_file(CONTRACT_PATH, i.contract.clone(), 0o644)?;
     let moddir = format!("lib/modules/{}", i.kernel_release);
     if !i.modules.is_empty() {
         for m in &i.modules {
@@ -67,10 +97,44 @@ pub fn initrd_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
             0o644,
         )?;
     }
-    for (name, bytes) in &i.workloads {
-        t.add_file(&format!("{WORKLOAD_DIR}/{name}"), bytes.clone(), 0o755)?;
-    }
     Ok(t)
+}
+
+/// The EIF of a build and its PCRs (computed from the same inputs, not read back).
+pub fn nitro_image(
+    i: &PackInputs,
+    spec: &crate::recipe::NitroSpec,
+) -> Result<(Vec<u8>, dcr_measure::nitro::NitroPcrs), ImageError> {
+    let (boot, app) = nitro_ramdisks(i)?;
+    let cmdline = spec.cmdline.as_deref().unwrap_or(&i.cmdline);
+    let metadata = crate::eif::Metadata {
+        image_name: i.name.clone(),
+        image_version: i.version.clone(),
+        build: crate::eif::BuildInfo {
+            build_time: dcr_protocol::time::format_rfc3339(u64::from(i.mtime)),
+            build_tool: "dcr-build".into(),
+            build_tool_version: env!("CARGO_PKG_VERSION").into(),
+            operating_system: "Linux".into(),
+            kernel_version: i.kernel_release.clone(),
+        },
+        docker_info: serde_json::json!({}),
+        custom: serde_json::Value::Null,
+    };
+    let eif = crate::eif::write(&crate::eif::EifInputs {
+        kernel: &i.kernel,
+        cmdline,
+        metadata: &metadata,
+        ramdisks: vec![&boot, &app],
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        arm64: false,
+    })
+    .map_err(|e| ImageError::Input {
+        input: "image.eif".into(),
+        reason: e.to_string(),
+    })?;
+    let pcrs = dcr_measure::nitro::pcrs(&i.kernel, cmdline.as_bytes(), &[&boot, &app], None);
+    Ok((eif, pcrs))
 }
 
 /// Pack the initramfs and the UKI. Pure and deterministic.
@@ -86,7 +150,11 @@ pub fn pack(i: &PackInputs) -> Result<Packed, ImageError> {
         (".linux", &i.kernel),
     ];
     let uki = uki::assemble(&i.stub, &sections)?;
-    Ok(Packed { initrd, uki })
+    let eif = match &i.nitro {
+        Some(spec) => Some(nitro_image(i, spec)?),
+        None => None,
+    };
+    Ok(Packed { initrd, uki, eif })
 }
 
 /// Build the disk image of a packed build (pure): the raw disk and its VHD footer.

@@ -354,6 +354,10 @@ pub fn prepare(
             contract,
             guest_init,
             workloads,
+            nitro: rec
+                .platforms
+                .contains(&Platform::Nitro)
+                .then(|| rec.nitro.clone().unwrap_or_default()),
         },
         inputs,
         guest_target: opts.guest_target.clone(),

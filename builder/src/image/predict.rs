@@ -15,7 +15,7 @@ use crate::recipe::{Platform, SnpSpec, TdxSpec};
 
 use super::pack::Packed;
 use super::plan::Prepared;
-use super::{ImageError, DISK_RAW, DISK_VHD, INITRD, UKI};
+use super::{ImageError, DISK_RAW, DISK_VHD, EIF, INITRD, UKI};
 
 fn measure_err(input: &str) -> impl Fn(String) -> ImageError + '_ {
     move |reason| ImageError::Input {
@@ -143,7 +143,11 @@ fn tpm_pcrs(p: &Prepared, packed: &Packed) -> Result<Vec<dcr_measure::tpm::Pcr>,
 /// measurements predicted for the recipe's platforms. Pure.
 pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, ImageError> {
     let mut artifacts = BTreeMap::new();
-    for (name, bytes) in [(INITRD, &packed.initrd), (UKI, &packed.uki)] {
+    let eif = packed.eif.as_ref().map(|(b, _)| (EIF, b));
+    for (name, bytes) in [(INITRD, &packed.initrd), (UKI, &packed.uki)]
+        .into_iter()
+        .chain(eif)
+    {
         artifacts.insert(
             name.to_string(),
             Artifact {
@@ -183,6 +187,11 @@ pub fn reference_values(p: &Prepared, packed: &Packed) -> Result<Measurements, I
             }
             Platform::Azure => {
                 measurements.azure = Some(azure_prediction(&pcrs));
+            }
+            Platform::Nitro => {
+                if let Some((eif, p)) = &packed.eif {
+                    measurements.nitro = Some(nitro_prediction(eif, p));
+                }
             }
         }
     }
@@ -225,4 +234,28 @@ pub(super) fn add_disk_artifacts(m: &mut Measurements, d: &Disk, footer: &[u8; 5
             size: size + 512,
         },
     );
+}
+
+/// `nitro`: PCR 0, 1, 2 of the EIF (8 only for signed images, which dcr does not write yet).
+fn nitro_prediction(
+    eif: &[u8],
+    p: &dcr_measure::nitro::NitroPcrs,
+) -> dcr_protocol::measurements::NitroPrediction {
+    use dcr_protocol::measurements::{NitroPrediction, NitroShape, PcrIndex, Sha384};
+    let mut pcrs = BTreeMap::new();
+    for (i, v) in [(0, p.pcr0), (1, p.pcr1), (2, p.pcr2)]
+        .into_iter()
+        .chain(p.pcr8.map(|v| (8, v)))
+    {
+        if let Some(idx) = PcrIndex::new(i) {
+            pcrs.insert(idx, Sha384(v));
+        }
+    }
+    NitroPrediction {
+        shape: Some(NitroShape {
+            image: "eif-v4".into(),
+            eif_sha256: sha256(eif),
+        }),
+        pcrs,
+    }
 }

@@ -1,0 +1,69 @@
+//! `eif-oracle describe EIF`: what aws-nitro-enclaves-image-format reads from an image (CRC
+//! check, header, metadata, PCRs), as JSON.
+//! `eif-oracle build OUT KERNEL CMDLINE METADATA_JSON RAMDISK...`: the image its `EifBuilder`
+//! writes from the same inputs (unsigned, SHA-384), and its PCRs, as JSON.
+
+use std::path::Path;
+
+use aws_nitro_enclaves_image_format::defs::EifIdentityInfo;
+use aws_nitro_enclaves_image_format::utils::eif_reader::EifReader;
+use aws_nitro_enclaves_image_format::utils::EifBuilder;
+use sha2::{Digest, Sha384};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("describe") if args.len() == 3 => describe(&args[2]),
+        Some("build") if args.len() >= 7 => build(&args[2..]),
+        _ => {
+            eprintln!("usage: eif-oracle describe EIF | build OUT KERNEL CMDLINE METADATA_JSON RAMDISK...");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn describe(path: &str) {
+    let mut r = match EifReader::from_eif(path.to_string()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("eif-oracle: {path}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let h = r.get_header();
+    let pcrs = r.get_measurements().unwrap_or_else(|e| {
+        eprintln!("eif-oracle: {path}: measurements: {e}");
+        std::process::exit(1);
+    });
+    let out = serde_json::json!({
+        "crc_ok": r.check_crc(),
+        "version": h.version,
+        "flags": h.flags,
+        "default_mem": h.default_mem,
+        "default_cpus": h.default_cpus,
+        "num_sections": h.num_sections,
+        "measurements": pcrs,
+        "metadata": r.get_metadata().map(|m| serde_json::to_value(m).unwrap()),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+fn build(a: &[String]) {
+    let (out, kernel, cmdline, metadata, ramdisks) = (&a[0], &a[1], &a[2], &a[3], &a[4..]);
+    let info: EifIdentityInfo =
+        serde_json::from_slice(&std::fs::read(metadata).expect("metadata")).expect("metadata JSON");
+    let mut b = EifBuilder::new(
+        Path::new(kernel),
+        cmdline.clone(),
+        None,
+        Sha384::new(),
+        0,
+        info,
+    );
+    for r in ramdisks {
+        b.add_ramdisk(Path::new(r));
+    }
+    let mut f = std::fs::File::create(out).expect("output");
+    let pcrs = b.write_to(&mut f);
+    println!("{}", serde_json::to_string_pretty(&pcrs).unwrap());
+}
