@@ -44,13 +44,33 @@ pub fn pcrs(
     ramdisks: &[&[u8]],
     signing_cert_der: Option<&[u8]>,
 ) -> NitroPcrs {
-    let boot = [kernel, cmdline];
+    // PCR 1's data is a prefix of PCR 0's: hash it once and fork the state.
+    let mut boot = Sha384::new();
+    boot.update(kernel);
+    boot.update(cmdline);
+    if let Some(r0) = ramdisks.first() {
+        boot.update(r0);
+    }
+    let mut image = boot.clone();
+    let mut app = Sha384::new();
+    for r in ramdisks.iter().skip(1) {
+        image.update(r);
+        app.update(r);
+    }
     NitroPcrs {
-        pcr0: extend_once(boot.iter().copied().chain(ramdisks.iter().copied())),
-        pcr1: extend_once(boot.iter().copied().chain(ramdisks.iter().take(1).copied())),
-        pcr2: extend_once(ramdisks.iter().skip(1).copied()),
+        pcr0: extend(image),
+        pcr1: extend(boot),
+        pcr2: extend(app),
         pcr8: signing_cert_der.map(|c| extend_once([c])),
     }
+}
+
+/// `SHA-384(0^48 ‖ h.finalize())`.
+fn extend(h: Sha384) -> [u8; 48] {
+    let mut pcr = Sha384::new();
+    pcr.update([0u8; 48]);
+    pcr.update(h.finalize());
+    pcr.finalize().into()
 }
 
 #[cfg(test)]
