@@ -86,6 +86,25 @@ fn short(h: &dcr_protocol::measurements::Sha256) -> String {
     h.to_hex()[..16].to_string()
 }
 
+/// Both versions parsed, or the one line saying why not.
+fn both<T, E: std::fmt::Display>(
+    name: &str,
+    what: &str,
+    a: Result<T, E>,
+    b: Result<T, E>,
+) -> Result<(T, T), Vec<String>> {
+    match (a, b) {
+        (Ok(x), Ok(y)) => Ok((x, y)),
+        (ra, rb) => Err(vec![format!(
+            "{name}: {what} ({})",
+            ra.err()
+                .or(rb.err())
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        )]),
+    }
+}
+
 /// Compare one file's two versions; explain by format where known.
 pub fn compare_file(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
     if a == b {
@@ -116,17 +135,9 @@ pub fn compare_file(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
 /// entries, the metadata's JSON fields), then the PCRs each difference moves.
 fn compare_eif(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
     use crate::eif::{Eif, SectionType};
-    let (ea, eb) = match (Eif::parse(a), Eif::parse(b)) {
-        (Ok(x), Ok(y)) => (x, y),
-        (ra, rb) => {
-            return vec![format!(
-                "{name}: cannot read ({})",
-                ra.err()
-                    .or(rb.err())
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            )]
-        }
+    let (ea, eb) = match both(name, "cannot read", Eif::parse(a), Eif::parse(b)) {
+        Ok(pair) => pair,
+        Err(line) => return line,
     };
     let mut out = Vec::new();
     let (ha, hb) = (&ea.header, &eb.header);
@@ -215,17 +226,14 @@ fn compare_eif(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
 /// A disk image: its identifiers, the VHD footer, then each ESP file (a changed UKI is
 /// explained by the image.efi lines).
 fn compare_disk(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
-    let (da, db) = match (crate::disk::inspect(a), crate::disk::inspect(b)) {
-        (Ok(x), Ok(y)) => (x, y),
-        (ra, rb) => {
-            return vec![format!(
-                "{name}: cannot read ({})",
-                ra.err()
-                    .or(rb.err())
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            )]
-        }
+    let (da, db) = match both(
+        name,
+        "cannot read",
+        crate::disk::inspect(a),
+        crate::disk::inspect(b),
+    ) {
+        Ok(pair) => pair,
+        Err(line) => return line,
     };
     let mut out = Vec::new();
     let mut diff = |what: &str, x: String, y: String| {
@@ -289,17 +297,14 @@ fn compare_disk(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
 }
 
 fn compare_cpio(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
-    let (la, lb) = match (initrd::list(a), initrd::list(b)) {
-        (Ok(x), Ok(y)) => (x, y),
-        (ra, rb) => {
-            return vec![format!(
-                "{name}: cannot list entries ({})",
-                ra.err()
-                    .or(rb.err())
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            )]
-        }
+    let (la, lb) = match both(
+        name,
+        "cannot list entries",
+        initrd::list(a),
+        initrd::list(b),
+    ) {
+        Ok(pair) => pair,
+        Err(line) => return line,
     };
     let ma: BTreeMap<&str, &initrd::EntryInfo> = la.iter().map(|e| (e.path.as_str(), e)).collect();
     let mb: BTreeMap<&str, &initrd::EntryInfo> = lb.iter().map(|e| (e.path.as_str(), e)).collect();
@@ -361,17 +366,14 @@ fn compare_cpio(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
 }
 
 fn compare_pe(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
-    let (sa, sb) = match (uki::sections(a), uki::sections(b)) {
-        (Ok(x), Ok(y)) => (x, y),
-        (ra, rb) => {
-            return vec![format!(
-                "{name}: cannot read PE sections ({})",
-                ra.err()
-                    .or(rb.err())
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            )]
-        }
+    let (sa, sb) = match both(
+        name,
+        "cannot read PE sections",
+        uki::sections(a),
+        uki::sections(b),
+    ) {
+        Ok(pair) => pair,
+        Err(line) => return line,
     };
     let mut out = Vec::new();
     let names: BTreeSet<&str> = sa
