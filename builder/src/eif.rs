@@ -113,6 +113,127 @@ pub struct Metadata {
     pub custom: serde_json::Value,
 }
 
+/// A signer of the image's PCR 0: the certificate (PEM, as nitro-cli keeps it in the
+/// signature section; its DER is what PCR 8 measures) and its P-384 key.
+#[derive(Clone)]
+pub struct Signer {
+    pub certificate_pem: Vec<u8>,
+    pub certificate_der: Vec<u8>,
+    pub key: p384::ecdsa::SigningKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// A certificate (PEM) and a PKCS#8 P-384 private key (PEM) that belongs to it.
+    pub fn from_pem(certificate_pem: &[u8], key_pem: &str) -> Result<Signer, EifError> {
+        use p384::pkcs8::{DecodePrivateKey, DecodePublicKey};
+        let (label, der) = p384::pkcs8::der::pem::decode_vec(certificate_pem)
+            .map_err(|e| EifError::Signer(format!("certificate: not PEM ({e})")))?;
+        if label != "CERTIFICATE" {
+            return Err(EifError::Signer(format!(
+                "certificate: PEM label {label:?}, expected CERTIFICATE"
+            )));
+        }
+        let key = p384::ecdsa::SigningKey::from_pkcs8_pem(key_pem)
+            .map_err(|e| EifError::Signer(format!("key: not a PKCS#8 P-384 private key ({e})")))?;
+        // The certificate's key must be this key's public half.
+        let spki = spki_der(&der)?;
+        let public = p384::ecdsa::VerifyingKey::from_public_key_der(&spki)
+            .map_err(|_| EifError::Signer("certificate: its key is not P-384".into()))?;
+        if &public != key.verifying_key() {
+            return Err(EifError::Signer(
+                "the key is not the certificate's (their public keys differ)".into(),
+            ));
+        }
+        Ok(Signer {
+            certificate_pem: certificate_pem.to_vec(),
+            certificate_der: der,
+            key,
+        })
+    }
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate: tbsCertificate's seventh field (after an
+/// optional [0] version: serialNumber, signature, issuer, validity, subject, SPKI).
+fn spki_der(cert: &[u8]) -> Result<Vec<u8>, EifError> {
+    use p384::pkcs8::der::{Any, Decode, Encode, Reader, SliceReader, Tag, TagNumber, Tagged};
+    let bad = |w: &str| EifError::Signer(format!("certificate: not X.509 DER ({w})"));
+    let outer = Any::from_der(cert).map_err(|_| bad("outer"))?;
+    let mut r = SliceReader::new(outer.value()).map_err(|_| bad("outer"))?;
+    let tbs: Any = r.decode().map_err(|_| bad("tbsCertificate"))?;
+    let mut t = SliceReader::new(tbs.value()).map_err(|_| bad("tbsCertificate"))?;
+    let mut first: Any = t.decode().map_err(|_| bad("version"))?;
+    if first.tag()
+        == (Tag::ContextSpecific {
+            constructed: true,
+            number: TagNumber::N0,
+        })
+    {
+        first = t.decode().map_err(|_| bad("serialNumber"))?;
+    }
+    let _ = first;
+    for what in ["signature", "issuer", "validity", "subject"] {
+        let _: Any = t.decode().map_err(|_| bad(what))?;
+    }
+    let spki: Any = t.decode().map_err(|_| bad("subjectPublicKeyInfo"))?;
+    spki.to_der().map_err(|_| bad("subjectPublicKeyInfo"))
+}
+
+/// `PcrInfo` and `PcrSignature` of the signature section (defs/mod.rs), with serde's
+/// default `Vec<u8>` form: CBOR arrays of integers.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PcrInfo {
+    register_index: i32,
+    register_value: Vec<u8>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PcrSignature {
+    signing_certificate: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// The signature section: a CBOR list with one `PcrSignature` whose `signature` is a tagged
+/// COSE_Sign1 (protected `{1: -35}`, ES384) over the CBOR `PcrInfo {0, PCR 0}`.
+fn signature_section(s: &Signer, pcr0: &[u8; 48]) -> Result<Vec<u8>, EifError> {
+    use coset::{iana, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+    use p384::ecdsa::signature::Signer as _;
+    let payload = to_cbor(&PcrInfo {
+        register_index: 0,
+        register_value: pcr0.to_vec(),
+    })?;
+    let sign1 = CoseSign1Builder::new()
+        .protected(
+            HeaderBuilder::new()
+                .algorithm(iana::Algorithm::ES384)
+                .build(),
+        )
+        .payload(payload)
+        .create_signature(b"", |tbs| {
+            let sig: p384::ecdsa::Signature = s.key.sign(tbs);
+            sig.to_bytes().to_vec()
+        })
+        .build()
+        .to_tagged_vec()
+        .map_err(|e| EifError::Signer(format!("COSE_Sign1: {e}")))?;
+    to_cbor(&vec![PcrSignature {
+        signing_certificate: s.certificate_pem.clone(),
+        signature: sign1,
+    }])
+}
+
+/// CBOR of a serializable value (ciborium).
+fn to_cbor<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, EifError> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).map_err(|e| EifError::Signer(format!("CBOR: {e}")))?;
+    Ok(out)
+}
+
 /// What goes into an image.
 #[derive(Debug, Clone)]
 pub struct EifInputs<'a> {
@@ -124,6 +245,8 @@ pub struct EifInputs<'a> {
     pub memory_mib: u64,
     pub cpus: u64,
     pub arm64: bool,
+    /// Sign PCR 0 (a signature section, PCR 8 = the certificate).
+    pub signer: Option<&'a Signer>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,6 +271,8 @@ pub enum EifError {
     Crc { stored: u32, computed: u32 },
     #[error("metadata: {0}")]
     Metadata(String),
+    #[error("signing: {0}")]
+    Signer(String),
 }
 
 fn section(kind: SectionType, data: &[u8]) -> (SectionHeader, &[u8]) {
@@ -176,6 +301,17 @@ pub fn write(i: &EifInputs<'_>) -> Result<Vec<u8>, EifError> {
         section(SectionType::Metadata, &metadata),
     ];
     sections.extend(i.ramdisks.iter().map(|r| section(SectionType::Ramdisk, r)));
+    let signature = match i.signer {
+        Some(s) => {
+            let pcr0 =
+                dcr_measure::nitro::pcrs(i.kernel, i.cmdline.as_bytes(), &i.ramdisks, None).pcr0;
+            Some(signature_section(s, &pcr0)?)
+        }
+        None => None,
+    };
+    if let Some(sig) = &signature {
+        sections.push(section(SectionType::Signature, sig));
+    }
     if sections.len() > MAX_SECTIONS {
         return Err(EifError::TooManySections(sections.len()));
     }
@@ -308,12 +444,23 @@ impl Eif {
             .collect()
     }
 
-    /// The PCRs of this image (signature sections are not read: unsigned images only).
+    /// The PCRs of this image; PCR 8 from the first signature's certificate, if signed
+    /// (an unreadable signature section gives no PCR 8).
     pub fn pcrs(&self, b: &[u8]) -> dcr_measure::nitro::NitroPcrs {
         let kernel = self.data(b, SectionType::Kernel).concat();
         let cmdline = self.data(b, SectionType::Cmdline).concat();
         let ramdisks = self.data(b, SectionType::Ramdisk);
-        dcr_measure::nitro::pcrs(&kernel, &cmdline, &ramdisks, None)
+        let cert = self
+            .data(b, SectionType::Signature)
+            .first()
+            .and_then(|s| ciborium::from_reader::<Vec<PcrSignature>, _>(*s).ok())
+            .and_then(|v| v.into_iter().next())
+            .and_then(|p| {
+                p384::pkcs8::der::pem::decode_vec(&p.signing_certificate)
+                    .ok()
+                    .map(|(_, der)| der)
+            });
+        dcr_measure::nitro::pcrs(&kernel, &cmdline, &ramdisks, cert.as_deref())
     }
 }
 
@@ -348,6 +495,7 @@ mod tests {
             memory_mib: 512,
             cpus: 2,
             arm64: false,
+            signer: None,
         };
         let b = write(&i).unwrap();
         assert_eq!(b, write(&i).unwrap());

@@ -257,6 +257,10 @@ pub struct NitroSpec {
     pub memory_mib: u64,
     #[serde(default = "NitroSpec::default_cpus")]
     pub cpus: u64,
+    /// Sign the EIF with this certificate (PEM, relative to the recipe directory): a
+    /// signature section over PCR 0 and PCR 8 = the certificate. The P-384 key comes with
+    /// `dcr-build image --nitro-signing-key`, never from the recipe.
+    pub signing_certificate: Option<PathBuf>,
 }
 
 impl NitroSpec {
@@ -274,6 +278,7 @@ impl Default for NitroSpec {
             cmdline: None,
             memory_mib: Self::default_memory(),
             cpus: Self::default_cpus(),
+            signing_certificate: None,
         }
     }
 }
@@ -688,6 +693,36 @@ crate = "workloads/w"
         );
         let e = p(&text).unwrap_err();
         assert!(e.to_string().contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn nitro_section_rules() {
+        let nitro = GOOD.replace("[\"tpm\"]", "[\"tpm\", \"nitro\"]");
+        let with = |t: &str, extra: &str| p(&format!("{t}\n{extra}"));
+        let r = with(&nitro, "[nitro]\nmemory_mib = 2048").unwrap();
+        let n = r.nitro.unwrap();
+        assert_eq!((n.memory_mib, n.cpus, n.cmdline), (2048, 2, None));
+        let e = with(GOOD, "[nitro]\ncpus = 4").unwrap_err().to_string();
+        assert!(e.contains("without \"nitro\" in platforms"), "{e}");
+        let e = with(
+            &nitro,
+            "[nitro]\ncmdline = \"console=ttyS0 virtio_mmio.device=4K@0xd0000000:5\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("nitro.cmdline") && e.contains("hypervisor adds them"),
+            "{e}"
+        );
+        let e = with(&nitro, "[nitro]\ncpus = 0").unwrap_err().to_string();
+        assert!(e.contains("cpus at least 1"), "{e}");
+        let e = with(&nitro, "[nitro]\nsigning_key = \"k.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("signing_key"),
+            "the key never comes from the recipe: {e}"
+        );
     }
 
     #[test]

@@ -265,6 +265,7 @@ fn one_changed_byte_moves_the_pcrs_as_aws_computes_them() {
             memory_mib: 1024,
             cpus: 2,
             arm64: false,
+            signer: None,
         })
         .unwrap();
         let p = tmp.path().join(format!("{}.eif", what.replace(' ', "-")));
@@ -299,4 +300,126 @@ fn one_changed_byte_moves_the_pcrs_as_aws_computes_them() {
             );
         }
     }
+}
+
+#[test]
+fn a_signed_eif_has_pcr8_and_a_signature_aws_verifies() {
+    let Some(oracle) = oracle("a_signed_eif_has_pcr8") else {
+        return;
+    };
+    let tmp = TempDir::new("eif-signed");
+    // A P-384 key and self-signed certificate made by OpenSSL (PKCS#8 PEM), and a second key.
+    let keygen = |name: &str| {
+        let key = tmp.path().join(format!("{name}.key"));
+        let cert = tmp.path().join(format!("{name}.pem"));
+        let o = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:secp384r1",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=dcr-eif-test",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        (
+            std::fs::read(&cert).unwrap(),
+            std::fs::read_to_string(&key).unwrap(),
+        )
+    };
+    let (cert, key) = keygen("a");
+    let (_, other_key) = keygen("b");
+    let err = dcr_build::eif::Signer::from_pem(&cert, &other_key).unwrap_err();
+    assert!(err.to_string().contains("not the certificate's"), "{err}");
+    let signer = dcr_build::eif::Signer::from_pem(&cert, &key).unwrap();
+    let meta: dcr_build::eif::Metadata = serde_json::from_value(serde_json::json!({
+        "ImageName": "signed", "ImageVersion": "1",
+        "BuildMetadata": {"BuildTime": "2023-11-14T22:13:20Z", "BuildTool": "dcr-build",
+            "BuildToolVersion": "0", "OperatingSystem": "Linux", "KernelVersion": "6"},
+        "DockerInfo": {}, "CustomMetadata": null,
+    }))
+    .unwrap();
+    let kernel = vec![0x4b; 4096];
+    let (r0, r1) = (vec![0x30; 1000], vec![0x31; 3000]);
+    let inputs = |signer| dcr_build::eif::EifInputs {
+        kernel: &kernel,
+        cmdline: "console=ttyS0",
+        metadata: &meta,
+        ramdisks: vec![&r0, &r1],
+        memory_mib: 1024,
+        cpus: 2,
+        arm64: false,
+        signer,
+    };
+    let signed = dcr_build::eif::write(&inputs(Some(&signer))).unwrap();
+    assert_eq!(
+        signed,
+        dcr_build::eif::write(&inputs(Some(&signer))).unwrap()
+    );
+    let unsigned = dcr_build::eif::write(&inputs(None)).unwrap();
+    let (ps, pu) = (
+        tmp.path().join("signed.eif"),
+        tmp.path().join("unsigned.eif"),
+    );
+    std::fs::write(&ps, &signed).unwrap();
+    std::fs::write(&pu, &unsigned).unwrap();
+    let (ds, du) = (describe(&oracle, &ps), describe(&oracle, &pu));
+    assert_eq!(ds["crc_ok"], true);
+    assert_eq!(ds["num_sections"], 6);
+    // PCR 8 = the certificate (its DER read by OpenSSL); PCR 0-2 as without a signature.
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(tmp.path().join("a.pem"))
+        .output()
+        .unwrap()
+        .stdout;
+    let ours = dcr_measure::nitro::pcrs(&kernel, b"console=ttyS0", &[&r0, &r1], Some(&der));
+    assert_eq!(
+        ds["measurements"]["PCR8"].as_str().unwrap(),
+        hex::encode(ours.pcr8.unwrap())
+    );
+    for i in 0..3 {
+        assert_eq!(
+            ds["measurements"][format!("PCR{i}")],
+            du["measurements"][format!("PCR{i}")]
+        );
+    }
+    let parsed = dcr_build::eif::Eif::parse(&signed).unwrap();
+    assert_eq!(parsed.pcrs(&signed), ours);
+    // AWS's checker verifies the PCR 0 signature with the certificate.
+    let check = |p: &Path| {
+        Command::new(&oracle)
+            .arg("verify-signature")
+            .arg(p)
+            .output()
+            .unwrap()
+    };
+    let o = check(&ps);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !check(&pu).status.success(),
+        "an unsigned EIF has no signature"
+    );
+    // The last byte of the COSE signature changed (the section ends with it, as a CBOR
+    // integer whose low bit flips to another valid integer): refused.
+    let mut t = signed.clone();
+    let last = t.len() - 1;
+    t[last] ^= 1;
+    let pt = tmp.path().join("tampered.eif");
+    std::fs::write(&pt, &t).unwrap();
+    let o = check(&pt);
+    assert!(!o.status.success(), "a changed signature verified");
 }

@@ -21,6 +21,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         guest_target: a.guest_target,
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         contract: None,
+        nitro_signing_key: None,
     };
     let prepared = image::prepare(&a.recipe, &opts, None)?;
     let r = dcr_build::bench::run(&prepared, a.iterations, &std::env::temp_dir())?;

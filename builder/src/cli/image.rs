@@ -19,6 +19,9 @@ pub struct Args {
     /// built ones by name and SHA-256.
     #[arg(long, value_name = "PATH")]
     contract: Option<PathBuf>,
+    /// The P-384 private key (PKCS#8 PEM) of the recipe's `[nitro] signing_certificate`.
+    #[arg(long, value_name = "PATH", env = "DCR_NITRO_SIGNING_KEY")]
+    nitro_signing_key: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -34,6 +37,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         guest_target: a.guest_target,
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
         contract: a.contract,
+        nitro_signing_key: a.nitro_signing_key,
     };
     let m = image::build(&a.recipe, &opts)?;
     println!(

@@ -95,6 +95,8 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<String>,
     /// A contract to pack instead of the recipe's (`dcr-build image --contract`).
     pub contract: Option<PathBuf>,
+    /// The P-384 key (PKCS#8 PEM) of the recipe's `[nitro] signing_certificate`.
+    pub nitro_signing_key: Option<PathBuf>,
 }
 
 /// Build the image of a recipe into `opts.out`; returns the reference values written.

@@ -25,6 +25,8 @@ pub struct PackInputs {
     pub workloads: Vec<(String, Vec<u8>)>,
     /// The Enclave Image File's settings, when one is built.
     pub nitro: Option<crate::recipe::NitroSpec>,
+    /// Its signer, when the recipe names a signing certificate.
+    pub nitro_signer: Option<crate::eif::Signer>,
 }
 
 /// The boot artifacts.
@@ -128,12 +130,20 @@ pub fn nitro_image(
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
         arm64: false,
+        signer: i.nitro_signer.as_ref(),
     })
     .map_err(|e| ImageError::Input {
         input: "image.eif".into(),
         reason: e.to_string(),
     })?;
-    let pcrs = dcr_measure::nitro::pcrs(&i.kernel, cmdline.as_bytes(), &[&boot, &app], None);
+    let pcrs = dcr_measure::nitro::pcrs(
+        &i.kernel,
+        cmdline.as_bytes(),
+        &[&boot, &app],
+        i.nitro_signer
+            .as_ref()
+            .map(|s| s.certificate_der.as_slice()),
+    );
     Ok((eif, pcrs))
 }
 

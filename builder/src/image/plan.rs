@@ -238,6 +238,7 @@ pub fn prepare(
         None => format!("file:{} (canonical JSON)", rec.contract.display()),
     };
     inputs.insert("contract".into(), input(contract_source, &contract));
+    let nitro_signer = nitro_signer(&r, opts, &mut inputs)?;
 
     let (kernel, tree) = kernel_inputs(&r, &mut inputs)?;
     let mut wanted = rec.kernel.modules.clone();
@@ -358,6 +359,7 @@ pub fn prepare(
                 .platforms
                 .contains(&Platform::Nitro)
                 .then(|| rec.nitro.clone().unwrap_or_default()),
+            nitro_signer,
         },
         inputs,
         guest_target: opts.guest_target.clone(),
@@ -398,4 +400,48 @@ fn check_contract_workloads(
         }
     }
     Ok(())
+}
+
+/// The EIF signer: the recipe's `[nitro] signing_certificate` with the key given on the
+/// command line. A certificate without a key, or a key without a certificate, is an error.
+fn nitro_signer(
+    r: &recipe::LoadedRecipe,
+    opts: &BuildOptions,
+    inputs: &mut BTreeMap<String, Input>,
+) -> Result<Option<crate::eif::Signer>, ImageError> {
+    let cert = r
+        .recipe
+        .nitro
+        .as_ref()
+        .and_then(|n| n.signing_certificate.as_ref());
+    let err = |reason: String| ImageError::Input {
+        input: "nitro.signing_certificate".into(),
+        reason,
+    };
+    match (cert, &opts.nitro_signing_key) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(err(
+            "--nitro-signing-key given, but the recipe names no [nitro] signing_certificate".into(),
+        )),
+        (Some(c), None) => Err(err(format!(
+            "{}: give its P-384 key with --nitro-signing-key (PKCS#8 PEM)",
+            c.display()
+        ))),
+        (Some(c), Some(k)) => {
+            let cert_bytes = fetch::read_local_max(
+                "nitro.signing_certificate",
+                &r.resolve(c),
+                fetch::MAX_CONTRACT,
+            )?;
+            let key = std::fs::read_to_string(k)
+                .map_err(|e| err(format!("--nitro-signing-key {}: {e}", k.display())))?;
+            let s = crate::eif::Signer::from_pem(&cert_bytes, &key)
+                .map_err(|e| err(format!("{}: {e}", c.display())))?;
+            inputs.insert(
+                "nitro-signing-certificate".into(),
+                input(format!("file:{}", c.display()), &cert_bytes),
+            );
+            Ok(Some(s))
+        }
+    }
 }

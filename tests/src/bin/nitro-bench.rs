@@ -51,6 +51,7 @@ fn eif(path: &Path, iterations: usize) {
             memory_mib: e.header.default_mem.get() / (1024 * 1024),
             cpus: e.header.default_cpus.get(),
             arm64: false,
+            signer: None,
         })
         .unwrap();
         let p = dcr_measure::nitro::pcrs(&k, c.as_bytes(), &[&a, &z], None);

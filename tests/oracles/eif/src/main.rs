@@ -1,5 +1,6 @@
 //! `eif-oracle describe EIF`: what aws-nitro-enclaves-image-format reads from an image (CRC
 //! check, header, metadata, PCRs), as JSON.
+//! `eif-oracle verify-signature EIF`: its PCR 0 signature checked with its certificate.
 //! `eif-oracle build OUT KERNEL CMDLINE METADATA_JSON RAMDISK...`: the image its `EifBuilder`
 //! writes from the same inputs (unsigned, SHA-384), and its PCRs, as JSON.
 
@@ -15,6 +16,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("describe") if args.len() == 3 => describe(&args[2]),
         Some("build") if args.len() >= 7 => build(&args[2..]),
+        Some("verify-signature") if args.len() == 3 => verify_signature(&args[2]),
         _ => {
             eprintln!("usage: eif-oracle describe EIF | build OUT KERNEL CMDLINE METADATA_JSON RAMDISK...");
             std::process::exit(2);
@@ -46,6 +48,27 @@ fn describe(path: &str) {
         "metadata": r.get_metadata().map(|m| serde_json::to_value(m).unwrap()),
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+/// The signature section's COSE_Sign1 verified with its certificate's key (and the
+/// certificate valid now), as `nitro-cli describe-eif` does.
+fn verify_signature(path: &str) {
+    let mut c = aws_nitro_enclaves_image_format::utils::PcrSignatureChecker::from_eif(path)
+        .unwrap_or_else(|e| {
+            eprintln!("eif-oracle: {path}: {e}");
+            std::process::exit(1);
+        });
+    if c.is_empty() {
+        eprintln!("eif-oracle: {path}: not signed");
+        std::process::exit(1);
+    }
+    match c.verify() {
+        Ok(()) => println!("signature ok"),
+        Err(e) => {
+            eprintln!("eif-oracle: {path}: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn build(a: &[String]) {
