@@ -203,3 +203,51 @@ pub fn bind_to_device(sock: &std::net::UdpSocket, ifname: &str) -> io::Result<()
         Err(io::Error::last_os_error())
     }
 }
+
+/// `NSM_IOCTL_RAW` = `_IOWR(0x0A, 0, struct nsm_raw)` (include/uapi/linux/nsm.h).
+pub const NSM_IOCTL_RAW: u32 =
+    (3 << 30) | ((std::mem::size_of::<NsmRaw>() as u32) << 16) | (0x0a << 8);
+
+/// `struct nsm_iovec` (include/uapi/linux/nsm.h).
+#[repr(C)]
+struct NsmIovec {
+    addr: u64,
+    len: u64,
+}
+
+/// `struct nsm_raw`: the request in, the response out (the driver sets `response.len`).
+#[repr(C)]
+struct NsmRaw {
+    request: NsmIovec,
+    response: NsmIovec,
+}
+const _: () = assert!(std::mem::size_of::<NsmRaw>() == 32);
+
+/// One NSM request/response through `/dev/nsm`; returns the response length.
+pub fn nsm_raw(dev: &File, request: &[u8], response: &mut [u8]) -> io::Result<usize> {
+    let mut raw = NsmRaw {
+        request: NsmIovec {
+            addr: request.as_ptr() as u64,
+            len: request.len() as u64,
+        },
+        response: NsmIovec {
+            addr: response.as_mut_ptr() as u64,
+            len: response.len() as u64,
+        },
+    };
+    // SAFETY: `raw` is a valid nsm_raw on the stack for the whole call; its request iovec
+    // points at `request` (readable, len bytes) and its response iovec at `response`
+    // (writable, len bytes), both borrowed for the duration of the call; the driver writes
+    // at most response.len bytes and updates only `raw.response.len`.
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            NSM_IOCTL_RAW as libc::Ioctl,
+            &mut raw as *mut NsmRaw,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((raw.response.len as usize).min(response.len()))
+}

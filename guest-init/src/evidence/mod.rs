@@ -1,9 +1,10 @@
 //! Evidence bound to a challenge: explicit platform detection, the contract's choice among
 //! what is present, and the three ways to attest (`tpm`: a TPM quote with an EK-anchored AK;
 //! `tsm`: SEV-SNP or TDX through configfs-tsm; `azure`: an Azure CVM's HCL report and vTPM
-//! quote). Each ends in the key release (`crate::release`).
+//! quote; `nitro`: an NSM attestation document). Each ends in the key release (`crate::release`).
 
 mod azure;
+mod nitro;
 mod tpm;
 mod tsm;
 
@@ -26,6 +27,8 @@ pub struct Detected {
     azure_hcl: bool,
     /// The HCL report's IGVM report type (2 = SNP, 4 = TDX), when there is one.
     azure_report_type: Option<u32>,
+    /// An AWS Nitro Secure Module (`/dev/nsm`).
+    nsm: bool,
 }
 
 /// Detect what the machine offers: a configfs-tsm provider (SEV-SNP or TDX), a TPM, and on
@@ -64,6 +67,7 @@ pub fn detect() -> Detected {
         tpm,
         azure_hcl,
         azure_report_type,
+        nsm: Path::new(nitro::NSM_DEV).exists(),
     }
 }
 
@@ -78,12 +82,12 @@ pub fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
         Tee::Tpm => d.tpm && !d.azure_hcl,
         Tee::AzSnpVtpm => d.azure_report_type == Some(HCL_REPORT_SNP),
         Tee::AzTdxVtpm => d.azure_report_type == Some(HCL_REPORT_TDX),
-        // An SGX enclave is a process, never a VM; the Nitro Secure Module path is not in
-        // this guest yet (issue M): neither is ever chosen here.
-        Tee::Nitro | Tee::Sgx => false,
+        Tee::Nitro => d.nsm,
+        // An SGX enclave is a process, never a VM.
+        Tee::Sgx => false,
     });
     say(&format!(
-        "platform detected snp={} tdx={} tpm={} azure-hcl={} contract=[{}] using={}",
+        "platform detected snp={} tdx={} tpm={} azure-hcl={} nsm={} contract=[{}] using={}",
         yn(d.snp),
         yn(d.tdx),
         yn(d.tpm),
@@ -94,6 +98,7 @@ pub fn choose(c: &Contract, d: &Detected) -> Result<Tee, StepError> {
             (true, Some(t)) => format!("unknown-report-type-{t}"),
             (true, None) => "unreadable".to_string(),
         },
+        yn(d.nsm),
         allowed.join(","),
         chosen.map_or("none", |t| t.as_str())
     ));
@@ -139,10 +144,11 @@ pub fn attest(
         Tee::Tpm => tpm::attest_tpm(c, digest, client, tk)?,
         Tee::Snp | Tee::Tdx => tsm::attest_tsm(c, digest, client, tee, tk)?,
         Tee::AzSnpVtpm | Tee::AzTdxVtpm => azure::attest_azure(c, digest, client, tee, tk)?,
-        Tee::Nitro | Tee::Sgx => {
+        Tee::Nitro => nitro::attest_nitro(c, digest, client, tk)?,
+        Tee::Sgx => {
             return fail(
                 "platform",
-                format!("{} evidence is not produced by this guest", tee.as_str()),
+                "sgx evidence comes from an enclave process, never from this guest",
             )
         }
     })
