@@ -14,3 +14,4 @@ pub mod register;
 pub mod seal;
 pub mod serve;
 pub mod verify;
+pub mod vsock_proxy;

@@ -46,6 +46,9 @@ enum Cmd {
     /// TPM2_MakeCredential without a TPM (like tpm2_makecredential): encrypt a secret to an EK
     /// for an AK name; only the TPM holding both recovers it with tpm2_activatecredential.
     MakeCredential(cmd::make_credential::Args),
+    /// On a Nitro parent (or beside vhost-device-vsock): forward an enclave's vsock
+    /// connections to the key-release service, and nowhere else.
+    VsockProxy(cmd::vsock_proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,5 +87,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Receipts(a) => cmd::receipts::run(a),
         Cmd::Verify(a) => cmd::verify::run(a),
         Cmd::MakeCredential(a) => cmd::make_credential::run(a),
+        Cmd::VsockProxy(a) => cmd::vsock_proxy::run(a),
     }
 }
