@@ -12,13 +12,16 @@
 #   `mmdebstrap --variant=apt` root: reproducible/fresh-machine.sh);
 # - the Rust toolchain of rust-toolchain.toml with the x86_64-unknown-linux-musl target
 #   (guest binaries are static musl executables);
-# - sev-snp-measure 0.0.13 (PyPI) in a venv: the anchor the SNP measurement tests compare with.
+# - sev-snp-measure 0.0.13 (PyPI) in a venv: the anchor the SNP measurement tests compare with;
+# - with --tests, vhost-device-vsock 0.3.0 (crates.io): the userspace vsock device of the vsock
+#   QEMU test.
 #
-# usage: reproducible/setup.sh [--sources-only]
+# usage: reproducible/setup.sh [--sources-only | --tests]
 #   --sources-only   only find the mirror and enable backports (no apt-get update/install)
+#   --tests          also what only the tests use (vhost-device-vsock; tests/run.sh)
 # Environment: DCR_APT_ETC (default /etc/apt: the apt configuration directory to read and
 # write; tests point it at throwaway directories), DCR_SETUP_EXTRA_PACKAGES (more packages to
-# require), DCR_CACHE (where the venv lives; default ~/.cache/dcr).
+# require), DCR_CACHE (where the venv and vhost-device-vsock live; default ~/.cache/dcr).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 DCR_TOP=$top
@@ -26,10 +29,12 @@ DCR_HINT="setup did not finish; fix the cause above and run bash reproducible/se
 . "$top/reproducible/lib.sh"
 
 sources_only=""
+test_tools=""
 case "${1:-}" in
   "") ;;
   --sources-only) sources_only=1 ;;
-  *) die "unknown argument '$1' (usage: reproducible/setup.sh [--sources-only])" ;;
+  --tests) test_tools=1 ;;
+  *) die "unknown argument '$1' (usage: reproducible/setup.sh [--sources-only | --tests])" ;;
 esac
 
 apt_etc=${DCR_APT_ETC:-/etc/apt}
@@ -146,6 +151,18 @@ if [ ! -x "$venv/bin/sev-snp-measure" ]; then
   python3 -m venv "$venv" >"$apt_log" 2>&1 || { cat "$apt_log" >&2; die "python3 -m venv $venv failed"; }
   "$venv/bin/pip" install -q 'sev-snp-measure==0.0.13' ||
     die "pip could not install sev-snp-measure==0.0.13 into $venv (PyPI reachable? pip's message above)"
+fi
+
+# 6. vhost-device-vsock (crates.io, rust-vmm): the userspace virtio-vsock device QEMU uses for
+# the vsock clean-room test where the host has no /dev/vhost-vsock (this kind of machine).
+# Built from its published sources with their own Cargo.lock (--locked).
+vhu="${DCR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dcr}/vhost-device-vsock-0.3.0"
+if [ -n "$test_tools" ] && [ ! -x "$vhu/bin/vhost-device-vsock" ]; then
+  say "installing vhost-device-vsock 0.3.0 into $vhu (cargo install, a few minutes)"
+  cargo install --quiet --locked --version 0.3.0 --root "$vhu" vhost-device-vsock >"$apt_log" 2>&1 || {
+    tail -20 "$apt_log" >&2
+    die "cargo install vhost-device-vsock 0.3.0 failed (crates.io reachable? cargo's messages above)"
+  }
 fi
 
 say "ready: $(qemu-system-x86_64 --version | head -1), $(swtpm --version 2>&1 | head -1), $(cargo --version)"

@@ -8,7 +8,7 @@ DCR_HINT="the tests stopped; fix the cause above and run bash tests/run.sh again
 . "$top/reproducible/lib.sh"
 cd "$top"
 
-bash reproducible/setup.sh
+bash reproducible/setup.sh --tests
 
 echo "== cargo build (locked)"
 cargo build --locked --release --workspace --quiet

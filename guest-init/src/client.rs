@@ -17,16 +17,25 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: &str, deadline_secs: u64) -> Self {
-        let agent = ureq::Agent::config_builder()
+    /// `vsock`: connect every request to this (CID, port) instead of the URL's host (the
+    /// contract's `network = {mode = "vsock"}`); the URL still gives the Host header and paths.
+    pub fn new(url: &str, deadline_secs: u64, vsock: Option<(u32, u32)>) -> Self {
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
             // Waiting for an answer is bounded by the deadline; a large blob's body may take
             // longer to stream than that, so the body itself is not.
             .timeout_recv_response(Some(Duration::from_secs(deadline_secs)))
             .timeout_send_body(Some(Duration::from_secs(deadline_secs.max(600))))
-            .build()
-            .new_agent();
+            .build();
+        let agent = match vsock {
+            None => config.new_agent(),
+            Some((cid, port)) => ureq::Agent::with_parts(
+                config,
+                crate::net::vsock::VsockConnector { cid, port },
+                crate::net::vsock::NoResolver,
+            ),
+        };
         Client {
             base: url.trim_end_matches('/').to_string(),
             agent,

@@ -427,6 +427,70 @@ impl Room {
         (o.status.code(), console)
     }
 
+    /// Boot `image` (UEFI, swtpm) with **no NIC**: a virtio-vsock device backed by
+    /// vhost-device-vsock (`vhost`), whose host side for port `port` is
+    /// `dcr-attest vsock-proxy --unix <dir>/vsock_<port> --to <this room's proxy>`. The image's
+    /// contract must say `network = {mode = "vsock", cid = 2, port}`. Returns (exit code,
+    /// console, the vsock-proxy's log).
+    pub fn boot_vsock(
+        &self,
+        image: &Path,
+        port: u32,
+        vhost: &Path,
+    ) -> (Option<i32>, String, String) {
+        let uds = self.dir.join("vsock");
+        let listen = self.dir.join(format!("vsock_{port}"));
+        let log = self.dir.join(format!("vsock-proxy-{port}.log"));
+        let mut proxy = Command::new(dcr_attest())
+            .arg("vsock-proxy")
+            .arg("--unix")
+            .arg(&listen)
+            .arg("--to")
+            .arg(format!("http://127.0.0.1:{}", self.proxy.port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while !listen.exists() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(20),
+                "vsock-proxy never listened at {}",
+                listen.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let o = Command::new(dcr_build())
+            .arg("run")
+            .arg(image)
+            .args(["--mode", "uefi", "--timeout", "600", "--memory", "1024"])
+            .arg("--tpm-state")
+            .arg(&self.tpm_state)
+            .args(["--vsock", "--vsock-uds"])
+            .arg(&uds)
+            .arg("--vhost-device-vsock")
+            .arg(vhost)
+            .output()
+            .unwrap();
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        let console = stdout(&o);
+        eprintln!(
+            "{}",
+            console
+                .lines()
+                .filter(|l| l.contains("dcr-init:") && !l.contains("eventlog"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        eprintln!("dcr-build run stderr: {}", stderr(&o));
+        (
+            o.status.code(),
+            console,
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    }
+
     /// The contract files of this room (`contract-<tag>.toml`) that declare blob `name`.
     pub fn contracts_of_blob(&self, name: &str) -> Vec<PathBuf> {
         let mut found = Vec::new();

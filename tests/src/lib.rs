@@ -234,23 +234,20 @@ pub fn fixtures(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// The sev-snp-measure 0.0.13 that reproducible/setup.sh installs (`DCR_SEV_SNP_MEASURE`
-/// overrides). Missing: panic under CI, otherwise print why and return None.
-pub fn sev_snp_measure(test: &str) -> Option<PathBuf> {
-    let p = std::env::var_os("DCR_SEV_SNP_MEASURE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("DCR_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("dcr"))
-                })
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                        .join(".cache/dcr")
-                });
-            cache.join("sev-snp-measure-0.0.13/bin/sev-snp-measure")
-        });
+/// A tool reproducible/setup.sh installs into the dcr cache (`$DCR_CACHE`, else
+/// `$XDG_CACHE_HOME/dcr`, else `~/.cache/dcr`) at `rel`; the environment variable `env`
+/// overrides. Missing: panic under CI, otherwise print why and return None.
+fn cached_tool(test: &str, env: &str, rel: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("DCR_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("dcr")))
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".cache/dcr")
+            });
+        cache.join(rel)
+    });
     if p.is_file() {
         return Some(p);
     }
@@ -265,6 +262,27 @@ pub fn sev_snp_measure(test: &str) -> Option<PathBuf> {
         p.display()
     );
     None
+}
+
+/// The sev-snp-measure 0.0.13 that reproducible/setup.sh installs (`DCR_SEV_SNP_MEASURE`
+/// overrides).
+pub fn sev_snp_measure(test: &str) -> Option<PathBuf> {
+    cached_tool(
+        test,
+        "DCR_SEV_SNP_MEASURE",
+        "sev-snp-measure-0.0.13/bin/sev-snp-measure",
+    )
+}
+
+/// rust-vmm's vhost-device-vsock 0.3.0 that reproducible/setup.sh installs
+/// (`DCR_VHOST_DEVICE_VSOCK` overrides): the userspace virtio-vsock device for QEMU where the
+/// host has no /dev/vhost-vsock.
+pub fn vhost_device_vsock(test: &str) -> Option<PathBuf> {
+    cached_tool(
+        test,
+        "DCR_VHOST_DEVICE_VSOCK",
+        "vhost-device-vsock-0.3.0/bin/vhost-device-vsock",
+    )
 }
 
 /// Debian's OVMF.fd (ovmf 2022.11-6+deb12u2, the package vectors.json names, pinned by the

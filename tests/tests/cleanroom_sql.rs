@@ -1,5 +1,8 @@
 //! SQL clean room end to end in QEMU + OVMF + swtpm (TCG), Parquet inputs, an image whose only
-//! workload is the SQL engine (the main job covers CSV beside the native workload):
+//! workload is the SQL engine (the main job covers CSV beside the native workload), and **no
+//! IP network**: the contract's network is vsock, the VM has a vhost-user-vsock-pci device
+//! backed by rust-vmm's vhost-device-vsock and no NIC, and `dcr-attest vsock-proxy` forwards
+//! the guest's connections to the service (the Nitro Enclaves channel, issue M):
 //! - queries go through the service (`dcr-attest query submit`); a token cannot submit as
 //!   another party;
 //! - the guest answers each pending query: allowed ones with the rows (equal to a plain join of
@@ -57,7 +60,11 @@ fn sql_only_recipe(dir: &Path) -> PathBuf {
     r
 }
 
-/// The room's contract: Parquet tables, no native workload, and a second analysis `mine`
+/// The vsock port the guest calls the service on (vhost-device-vsock hands it to
+/// `<room>/vsock_<port>`).
+const VSOCK_PORT: u32 = 8000;
+
+/// The room's contract: vsock instead of an IP network, Parquet tables, no native workload, and a second analysis `mine`
 /// under the same rule whose answers go to the submitter only.
 fn sql_contract(room: &Room) -> PathBuf {
     room.contract("pq", |t| {
@@ -78,8 +85,17 @@ fn sql_contract(room: &Room) -> PathBuf {
         assert_eq!(t.matches("format = \"csv\"").count(), 2);
         // A budget of two queries for the DP analysis.
         assert_eq!(t.matches("epsilon_total = \"4\"\n").count(), 1);
+        // No IP network: the guest reaches the service over vsock only (host CID 2 under
+        // QEMU; a Nitro enclave's parent is CID 3).
+        let net =
+            "[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n";
+        assert_eq!(t.matches(net).count(), 1);
         t.replace("format = \"csv\"", "format = \"parquet\"")
             .replace("epsilon_total = \"4\"\n", "epsilon_total = \"2\"\n")
+            .replace(
+                net,
+                &format!("[network]\nmode = \"vsock\"\ncid = 2\nport = {VSOCK_PORT}\n"),
+            )
     })
 }
 
@@ -149,6 +165,9 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
     if !require_tools("sql_clean_room_answers_parquet_queries", &TOOLS) {
         return;
     }
+    let Some(vhost) = vhost_device_vsock("sql_clean_room_answers_parquet_queries") else {
+        return;
+    };
     let room = Room::new("sql-room");
     let contract = sql_contract(&room);
     let recipe = sql_only_recipe(&room.dir);
@@ -261,8 +280,36 @@ fn sql_clean_room_answers_parquet_queries_to_their_recipients_only() {
         stdout(&o)
     );
 
-    let (code, console) = room.boot(&image);
+    // A vsock image does not boot without its channel: `run` says what to add.
+    let o = Command::new(dcr_build())
+        .arg("run")
+        .arg(&image)
+        .args(["--mode", "uefi", "--net"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("over vsock (CID 2, port 8000)") && stderr(&o).contains("--vsock"),
+        "{}",
+        stderr(&o)
+    );
+
+    let (code, console, proxy_log) = room.boot_vsock(&image, VSOCK_PORT, &vhost);
     assert_eq!(code, Some(0), "{console}");
+    // The run went over vsock and nothing else: no NIC was attached, the guest configured
+    // no network, and the proxy forwarded its connections to the service.
+    assert!(
+        console.contains("dcr-init: network vsock service=2:8000"),
+        "{console}"
+    );
+    assert!(!console.contains("dcr-init: network static"), "{console}");
+    assert!(
+        proxy_log.contains(&format!(
+            "vsock-proxy: unix {}",
+            room.dir.join("vsock_8000").display()
+        )),
+        "{proxy_log}"
+    );
     assert!(console.contains("dcr-init: queries pending=6"), "{console}");
     assert!(
         console.contains(&format!(

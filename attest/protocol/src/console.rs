@@ -9,6 +9,8 @@
 //! dcr-init: pcr23 extended=<n> (contract + <n-1> workloads)   (or: pcr23 skipped (no TPM))
 //! dcr-init: pcrs sha256 4=<hex> 9=<hex> 11=<hex> 12=<hex> 23=<hex>   (or: pcrs none (no TPM))
 //! dcr-init: network static address=<a/p> gateway=<g> interface=eth0
+//!            (or: network dhcp …, or: network vsock service=<cid>:<port> …)
+//! dcr-init: heartbeat sent to 3:9000 and echoed   (Nitro only: /dev/nsm present)
 //! dcr-init: platform detected snp=<y/n> tdx=<y/n> tpm=<y/n> azure-hcl=<y/n> contract=[…] using=<tee>
 //! dcr-init: evidence tee=tpm quote=<n> signature=<n> pcrs=<n> ek-cert=<n> bytes
 //! dcr-init: release ok keys=[…] signed-by=ed25519:<hex>

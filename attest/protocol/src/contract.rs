@@ -190,6 +190,27 @@ pub enum Network {
         gateway: String,
     },
     Dhcp {},
+    /// No IP network: every call to the service goes over a vsock stream to `cid`:`port`,
+    /// where the host's `dcr-attest vsock-proxy` forwards it (AWS Nitro Enclaves: the parent
+    /// instance, CID 3; QEMU with a virtio-vsock device: the host, CID 2). `service.url` then
+    /// gives only the HTTP Host header and path prefix; where the bytes go is the proxy's
+    /// choice, which is no more trusted than any other man in the middle.
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
+}
+
+/// The vsock CIDs a guest cannot reach a service at: 0 (the hypervisor), 1 (the local
+/// loopback) and `VMADDR_CID_ANY` (u32::MAX); port `VMADDR_PORT_ANY` (u32::MAX) is no port.
+pub fn vsock_target_ok(cid: u32, port: u32) -> Result<(), &'static str> {
+    if cid <= 1 || cid == u32::MAX {
+        return Err("network.cid: must be 2 (the host) or above, not 0, 1 or 4294967295");
+    }
+    if port == u32::MAX {
+        return Err("network.port: 4294967295 is VMADDR_PORT_ANY, not a port");
+    }
+    Ok(())
 }
 
 pub fn id_ok(s: &str) -> bool {
@@ -548,6 +569,12 @@ impl Contract {
                 "at least one of tpm, snp, tdx, az-snp-vtpm, az-tdx-vtpm",
             ));
         }
+        if let Network::Vsock { cid, port } = &self.network {
+            vsock_target_ok(*cid, *port).map_err(|e| {
+                let (name, reason) = e.split_once(": ").expect("field: reason");
+                field(name, reason)
+            })?;
+        }
         if let Network::Static { address, gateway } = &self.network {
             let (ip, prefix) = address
                 .split_once('/')
@@ -783,6 +810,46 @@ mod tests {
         ] {
             let t = good().replace("http://10.0.2.2:8443", url);
             Contract::from_toml(&t).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    #[test]
+    fn vsock_network_names_a_reachable_cid_and_port() {
+        let net =
+            r#"network = { mode = "static", address = "10.0.2.15/24", gateway = "10.0.2.2" }"#;
+        let vsock = r#"network = { mode = "vsock", cid = 3, port = 8000 }"#;
+        let c = Contract::from_toml(&good().replacen(net, vsock, 1)).expect("vsock contract");
+        assert_eq!(c.network, Network::Vsock { cid: 3, port: 8000 });
+        let json = String::from_utf8(c.canonical_json()).unwrap();
+        assert!(
+            json.contains(r#""network":{"cid":3,"mode":"vsock","port":8000}"#),
+            "{json}"
+        );
+        for (cid, port, name) in [
+            (0u64, 8000u64, "network.cid"),
+            (1, 8000, "network.cid"),
+            (4294967295, 8000, "network.cid"),
+            (2, 4294967295, "network.port"),
+        ] {
+            refused(
+                net,
+                &format!(r#"network = {{ mode = "vsock", cid = {cid}, port = {port} }}"#),
+                name,
+            );
+        }
+        // Out of u32, a missing port or an unknown key: a parse error, never a default.
+        for bad in [
+            r#"network = { mode = "vsock", cid = 4294967296, port = 1 }"#,
+            r#"network = { mode = "vsock", cid = 3 }"#,
+            r#"network = { mode = "vsock", cid = 3, port = 1, address = "10.0.2.15/24" }"#,
+        ] {
+            assert!(
+                matches!(
+                    Contract::from_toml(&good().replacen(net, bad, 1)),
+                    Err(ContractError::Parse(_))
+                ),
+                "{bad}"
+            );
         }
     }
 

@@ -41,6 +41,22 @@ pub struct Args {
     /// Attach a NIC on QEMU user networking (guest 10.0.2.15, host loopback at 10.0.2.2).
     #[arg(long)]
     net: bool,
+    /// Attach a virtio-vsock device: the channel of an image whose contract's network is vsock
+    /// (its service at host CID 2, port P). Uses the host kernel's /dev/vhost-vsock (host side:
+    /// `dcr-attest vsock-proxy --port P --to URL`), or with --vsock-uds rust-vmm's
+    /// vhost-device-vsock (host side: `dcr-attest vsock-proxy --unix PATH_P --to URL`).
+    #[arg(long)]
+    vsock: bool,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = 4, requires = "vsock", value_name = "CID")]
+    vsock_cid: u32,
+    /// vhost-device-vsock's Unix socket prefix: a guest connection to host port P arrives at
+    /// PATH_P.
+    #[arg(long, requires = "vsock", value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The vhost-device-vsock program (crates.io vhost-device-vsock 0.3).
+    #[arg(long, default_value = "vhost-device-vsock", value_name = "PROGRAM")]
+    vhost_device_vsock: String,
     /// Start the vTPM from a copy of this swtpm state (e.g. with an EK certificate from
     /// swtpm_setup --create-ek-cert).
     #[arg(long, value_name = "DIR")]
@@ -87,6 +103,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         echo: !a.quiet,
         net: a.net,
         tpm_state: a.tpm_state,
+        vsock: a.vsock.then(|| run::VsockOptions {
+            guest_cid: a.vsock_cid,
+            uds: a.vsock_uds,
+            vhost_device_vsock: a.vhost_device_vsock,
+        }),
         fake_imds: a.fake_imds,
         offline: a.offline,
     };

@@ -342,6 +342,19 @@ pub fn prepare(
         );
     }
 
+    if rec.platforms.contains(&Platform::Nitro) {
+        let vsock_parent = matches!(
+            parsed.network,
+            dcr_protocol::contract::Network::Vsock { cid: 3, .. }
+        );
+        if !vsock_parent || !parsed.platforms.contains(&dcr_protocol::wire::Tee::Nitro) {
+            eprintln!(
+                "note: {}: image.eif is built, but an enclave runs this contract only with network = {{ mode = \"vsock\", cid = 3, port = P }} and \"nitro\" in platforms (docs/nitro.md)",
+                contract_path.display()
+            );
+        }
+    }
+
     Ok(Prepared {
         pack: PackInputs {
             name: rec.name.clone(),

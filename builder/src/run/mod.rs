@@ -69,6 +69,8 @@ pub struct RunOptions {
     /// guest connections to 169.254.169.254:80 are forwarded to this host address (`ip:port`).
     /// It serves what IMDS serves; the evidence is still verified by the service.
     pub fake_imds: Option<String>,
+    /// Attach a virtio-vsock device (the channel of a contract whose network is vsock).
+    pub vsock: Option<VsockOptions>,
     /// Boot without the network the image's contract needs: the guest reports, measures and
     /// stops at its network step (for checking a boot and its measurements, not a run).
     pub offline: bool,
@@ -76,6 +78,24 @@ pub struct RunOptions {
 
 /// The firmware event log guest-init printed (`dcr-init: eventlog … base64=…`), decoded and
 /// checked against the SHA-256 on the same line.
+/// The guest's virtio-vsock device. With `/dev/vhost-vsock` on the host and no `uds`, QEMU's
+/// `vhost-vsock-pci` (host programs listen with AF_VSOCK, e.g. `dcr-attest vsock-proxy
+/// --port P`); with `uds`, `vhost-user-vsock-pci` backed by rust-vmm's userspace
+/// `vhost-device-vsock`, which turns a guest connection to the host (CID 2) on port P into a
+/// Unix-socket connection to `<uds>_<P>` (`dcr-attest vsock-proxy --unix <uds>_<P>`).
+#[derive(Debug, Clone)]
+pub struct VsockOptions {
+    /// The guest's CID (3 or above).
+    pub guest_cid: u32,
+    /// vhost-device-vsock's host-side socket prefix.
+    pub uds: Option<PathBuf>,
+    /// The vhost-device-vsock program.
+    pub vhost_device_vsock: String,
+}
+
+/// Where the host kernel's vhost-vsock device lives.
+pub const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
+
 pub fn event_log_from_console(console: &[String]) -> Option<Result<Vec<u8>, LineError>> {
     console.iter().find_map(|l| match Line::try_parse(l)? {
         Ok(Line::EventLog { log }) => Some(Ok(log)),
@@ -113,6 +133,22 @@ pub enum RunError {
     Contract(PathBuf, String),
     #[error("the image's contract needs a network: its guest calls the key-release service at {url}; add --net (QEMU user networking: guest 10.0.2.15, host loopback at 10.0.2.2), or --offline to boot only as far as the guest's network step")]
     NeedsNet { url: String },
+    #[error("the image's contract reaches its key-release service over vsock (CID {cid}, port {port}), not an IP network; add --vsock (with --vsock-uds PATH where {VHOST_VSOCK_DEV} is absent), or --offline")]
+    NeedsVsock { cid: u32, port: u32 },
+    #[error("the image's contract reaches its service at vsock CID {cid}; under QEMU the host is CID 2 (CID 3 is a Nitro enclave's parent instance: run this image on Nitro, or build it with network.cid = 2)")]
+    VsockCid { cid: u32 },
+    #[error("--vsock-cid {0}: a guest's CID must be 3 or above (0-2 are the hypervisor, loopback and host) and under 4294967295")]
+    GuestCid(u32),
+    #[error("--vsock without --vsock-uds needs the host kernel's {VHOST_VSOCK_DEV}, which this host lacks; give --vsock-uds PATH to use vhost-device-vsock instead")]
+    NoVhostVsock,
+    #[error("nothing answers at {path}, where vhost-device-vsock hands the guest's vsock connections to port {port} ({reason}); start dcr-attest vsock-proxy --unix {path} --to <service URL> first, or boot with --offline")]
+    VsockProxyDown {
+        path: PathBuf,
+        port: u32,
+        reason: String,
+    },
+    #[error("{program} did not create its socket {path} within 10 s")]
+    VhostUser { program: String, path: PathBuf },
     #[error("the image's contract names the key-release service {url}, which has no host:port")]
     ServiceUrl { url: String },
     #[error("nothing answers at {addr}, where the guest's key-release service {url} leads ({reason}); start it first (dcr-attest serve --listen {addr} …), or boot with --offline")]
@@ -168,6 +204,34 @@ pub fn preflight(out_dir: &Path, o: &RunOptions) -> Result<Preflight, RunError> 
     let url = contract.service.url.clone();
     if o.offline {
         return Ok(Preflight::NoService);
+    }
+    if let dcr_protocol::contract::Network::Vsock { cid, port } = contract.network {
+        let v = o.vsock.as_ref().ok_or(RunError::NeedsVsock { cid, port })?;
+        if cid != 2 {
+            return Err(RunError::VsockCid { cid });
+        }
+        return match &v.uds {
+            Some(uds) => {
+                let path = PathBuf::from(format!("{}_{port}", uds.display()));
+                match std::os::unix::net::UnixStream::connect(&path) {
+                    Ok(_) => Ok(Preflight::Service {
+                        url,
+                        addr: path.display().to_string(),
+                    }),
+                    Err(e) => Err(RunError::VsockProxyDown {
+                        path,
+                        port,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+            // The host's AF_VSOCK listeners cannot be probed without connecting from a
+            // guest CID: nothing to check before the boot.
+            None => Ok(Preflight::Service {
+                url,
+                addr: format!("vsock host port {port}"),
+            }),
+        };
     }
     if !o.net {
         return Err(RunError::NeedsNet { url });
@@ -285,10 +349,16 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
     // attack surface, this makes PCR 4 predictable: with q35's default empty DVD-ROM, OVMF
     // tries that boot option first and logs an extra "Calling"/"Returning from EFI
     // Application from Boot Option" pair into PCR 4.
+    // vhost-user devices reach guest memory through a shared memory file.
+    let vhost_user = o.vsock.as_ref().is_some_and(|v| v.uds.is_some());
     let mut args: Vec<String> = vec![
         "-nodefaults".into(),
         "-machine".into(),
-        "q35".into(),
+        if vhost_user {
+            "q35,memory-backend=mem0".into()
+        } else {
+            "q35".into()
+        },
         "-accel".into(),
         match o.accel {
             Accel::Tcg => "tcg".into(),
@@ -397,6 +467,29 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
             "tpm-crb,tpmdev=tpm0".into(),
         ]);
     }
+    if let Some(v) = &o.vsock {
+        if v.uds.is_some() {
+            args.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-memfd,id=mem0,size={}M,share=on",
+                    o.memory_mib
+                ),
+                "-chardev".into(),
+                format!(
+                    "socket,id=vsock0,path={}",
+                    tmp.join("vhu-vsock.sock").display()
+                ),
+                "-device".into(),
+                "vhost-user-vsock-pci,chardev=vsock0".into(),
+            ]);
+        } else {
+            args.extend([
+                "-device".into(),
+                format!("vhost-vsock-pci,guest-cid={}", v.guest_cid),
+            ]);
+        }
+    }
     if o.net {
         let netdev = match &o.fake_imds {
             Some(hostfwd) => format!(
@@ -462,6 +555,55 @@ fn start_swtpm(tmp: &Path, o: &RunOptions) -> Result<Reaper, RunError> {
     Ok(reaper)
 }
 
+/// Start vhost-device-vsock for the guest (its vhost-user socket in `tmp`) and wait for the
+/// socket. `None` when the run uses the kernel's vhost-vsock or no vsock at all.
+fn start_vhost_device_vsock(tmp: &Path, o: &RunOptions) -> Result<Option<Reaper>, RunError> {
+    let Some(v) = &o.vsock else { return Ok(None) };
+    if v.guest_cid < 3 || v.guest_cid == u32::MAX {
+        return Err(RunError::GuestCid(v.guest_cid));
+    }
+    let Some(uds) = &v.uds else {
+        if !Path::new(VHOST_VSOCK_DEV).exists() {
+            return Err(RunError::NoVhostVsock);
+        }
+        return Ok(None);
+    };
+    let sock = tmp.join("vhu-vsock.sock");
+    let child = Command::new(&v.vhost_device_vsock)
+        .arg("--vm")
+        .arg(format!(
+            "guest-cid={},socket={},uds-path={}",
+            v.guest_cid,
+            sock.display(),
+            uds.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| RunError::Spawn {
+            program: v.vhost_device_vsock.clone(),
+            source,
+        })?;
+    let mut reaper = Reaper(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        let exited = reaper
+            .0
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some();
+        if exited || Instant::now() > deadline {
+            return Err(RunError::VhostUser {
+                program: v.vhost_device_vsock.clone(),
+                path: sock,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some(reaper))
+}
+
 /// Boot the build in `out_dir`.
 pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
     match preflight(out_dir, o)? {
@@ -480,6 +622,7 @@ pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
     } else {
         None
     };
+    let _vhost_vsock = start_vhost_device_vsock(&tmp.0, o)?;
     eprintln!("+ {} {}", o.qemu, args.join(" "));
     let start = Instant::now();
     let child = Command::new(&o.qemu)

@@ -28,7 +28,7 @@ pub struct Detected {
     /// The HCL report's IGVM report type (2 = SNP, 4 = TDX), when there is one.
     azure_report_type: Option<u32>,
     /// An AWS Nitro Secure Module (`/dev/nsm`).
-    nsm: bool,
+    pub nsm: bool,
 }
 
 /// Detect what the machine offers: a configfs-tsm provider (SEV-SNP or TDX), a TPM, and on
