@@ -103,7 +103,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         echo: !a.quiet,
         net: a.net,
         tpm_state: a.tpm_state,
-        vsock: a.vsock.then(|| run::VsockOptions {
+        vsock: a.vsock.then_some(run::VsockOptions {
             guest_cid: a.vsock_cid,
             uds: a.vsock_uds,
             vhost_device_vsock: a.vhost_device_vsock,

@@ -744,6 +744,83 @@ mod tests {
         );
     }
 
+    /// `run`'s options for a direct boot of `out`, with `vsock`.
+    fn opts(vsock: Option<super::VsockOptions>, net: bool) -> super::RunOptions {
+        super::RunOptions {
+            mode: super::Mode::Direct,
+            accel: super::Accel::Tcg,
+            timeout: std::time::Duration::from_secs(1),
+            memory_mib: 512,
+            qemu: "qemu-system-x86_64".into(),
+            ovmf_code: "/nonexistent".into(),
+            ovmf_vars: "/nonexistent".into(),
+            swtpm: "swtpm".into(),
+            append: None,
+            echo: false,
+            net,
+            tpm_state: None,
+            fake_imds: None,
+            vsock,
+            offline: false,
+        }
+    }
+
+    #[test]
+    fn preflight_of_a_vsock_contract() {
+        use super::{preflight, Preflight, RunError};
+        let text = include_str!("../../../images/clean-room/contract.toml");
+        let net =
+            "[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n";
+        assert!(text.contains(net));
+        let out = super::TempDir::new().unwrap();
+        let image = |cid: u32| {
+            let c = dcr_protocol::contract::Contract::from_toml(&text.replace(
+                net,
+                &format!("[network]\nmode = \"vsock\"\ncid = {cid}\nport = 8000\n"),
+            ))
+            .unwrap();
+            let mut t = crate::initrd::Tree::new();
+            t.add_file(crate::image::CONTRACT_PATH, c.canonical_json(), 0o644)
+                .unwrap();
+            std::fs::write(out.0.join(super::INITRD), t.to_cpio(0)).unwrap();
+        };
+        let uds = out.0.join("vsock");
+        let v = || {
+            Some(super::VsockOptions {
+                guest_cid: 4,
+                uds: Some(uds.clone()),
+                vhost_device_vsock: "vhost-device-vsock".into(),
+            })
+        };
+        image(2);
+        // No vsock device: refused, naming the flag, even with a NIC.
+        let e = preflight(&out.0, &opts(None, true)).unwrap_err();
+        assert!(
+            matches!(e, RunError::NeedsVsock { cid: 2, port: 8000 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--vsock"), "{e}");
+        // Nothing listens at <uds>_8000 yet.
+        let e = preflight(&out.0, &opts(v(), false)).unwrap_err();
+        assert!(
+            matches!(e, RunError::VsockProxyDown { port: 8000, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("vsock_8000"), "{e}");
+        let _l = std::os::unix::net::UnixListener::bind(out.0.join("vsock_8000")).unwrap();
+        assert_eq!(
+            preflight(&out.0, &opts(v(), false)).unwrap(),
+            Preflight::Service {
+                url: "http://10.0.2.2:8443".into(),
+                addr: out.0.join("vsock_8000").display().to_string()
+            }
+        );
+        // A Nitro parent's CID cannot be reached under QEMU.
+        image(3);
+        let e = preflight(&out.0, &opts(v(), false)).unwrap_err();
+        assert!(matches!(e, RunError::VsockCid { cid: 3 }), "{e}");
+    }
+
     #[test]
     fn service_url_host_and_port() {
         use super::url_host_port as f;
