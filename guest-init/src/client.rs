@@ -9,6 +9,9 @@ use dcr_protocol::wire::{Challenge, ChallengeRequest};
 use crate::console::say;
 use crate::{fail, step, StepError};
 
+/// The longest one read or write may wait, whatever the phase.
+const PER_IO_SECS: u64 = 60;
+
 /// HTTP to the key-release service with retries, backoff and a total deadline.
 pub struct Client {
     base: String,
@@ -27,6 +30,14 @@ impl Client {
             // longer to stream than that, so the body itself is not.
             .timeout_recv_response(Some(Duration::from_secs(deadline_secs)))
             .timeout_send_body(Some(Duration::from_secs(deadline_secs.max(600))))
+            // No single read or write waits longer than this, in any phase (a body being
+            // streamed included): a peer that stops sending, or stops taking bytes, fails the
+            // attempt instead of holding PID 1 for ever.
+            .timeout_per_read(Some(Duration::from_secs(PER_IO_SECS)))
+            .timeout_per_write(Some(Duration::from_secs(PER_IO_SECS)))
+            // An answer's body (at most `limit` bytes, 1 MiB or less) is read within this;
+            // `get_stream`'s blobs, which may be large, lift it.
+            .timeout_recv_body(Some(Duration::from_secs(deadline_secs.max(600))))
             .build();
         let agent = match vsock {
             None => config.new_agent(),
@@ -147,7 +158,14 @@ impl Client {
         let url = format!("{}{path}", self.base);
         let mut f = Some(f);
         self.retrying(what, || {
-            let mut resp = self.agent.get(&url).call().map_err(|e| e.to_string())?;
+            let mut resp = self
+                .agent
+                .get(&url)
+                .config()
+                .timeout_recv_body(None)
+                .build()
+                .call()
+                .map_err(|e| e.to_string())?;
             if resp.status().is_client_error() {
                 return Ok(fail(
                     what,

@@ -316,6 +316,12 @@ pub const WORKLOAD_FILTER: [libc::sock_filter; 13] = [
 /// Install [`WORKLOAD_FILTER`] on the calling thread (after PR_SET_NO_NEW_PRIVS, which an
 /// unprivileged caller needs). Async-signal-safe: no allocation (for `pre_exec`).
 pub fn install_workload_filter() -> io::Result<()> {
+    if cfg!(not(target_arch = "x86_64")) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the workload seccomp filter is written for x86_64 only",
+        ));
+    }
     let mut filter = WORKLOAD_FILTER;
     let prog = libc::sock_fprog {
         len: filter.len() as u16,

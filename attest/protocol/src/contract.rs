@@ -574,6 +574,12 @@ impl Contract {
                 let (name, reason) = e.split_once(": ").expect("field: reason");
                 field(name, reason)
             })?;
+            if self.service.url.starts_with("https://") {
+                return Err(field(
+                    "service.url",
+                    "https with network mode vsock: the guest speaks plain HTTP over vsock (the release is sealed and signed end to end)",
+                ));
+            }
         }
         if let Network::Static { address, gateway } = &self.network {
             let (ip, prefix) = address
@@ -836,6 +842,15 @@ mod tests {
                 &format!(r#"network = {{ mode = "vsock", cid = {cid}, port = {port} }}"#),
                 name,
             );
+        }
+        // https cannot be spoken over the guest's vsock channel (no TLS in the guest).
+        let https =
+            good()
+                .replacen(net, vsock, 1)
+                .replacen("url = \"http://", "url = \"https://", 1);
+        match Contract::from_toml(&https) {
+            Err(ContractError::Field { field: f, .. }) => assert_eq!(f, "service.url"),
+            other => panic!("{other:?}"),
         }
         // Out of u32, a missing port or an unknown key: a parse error, never a default.
         for bad in [

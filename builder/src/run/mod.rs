@@ -147,6 +147,8 @@ pub enum RunError {
         port: u32,
         reason: String,
     },
+    #[error("--vsock-uds {0}: vhost-device-vsock cannot take a path with ',' or '=' in it")]
+    VsockPath(PathBuf),
     #[error("{program} did not create its socket {path} within 10 s")]
     VhostUser { program: String, path: PathBuf },
     #[error("the image's contract names the key-release service {url}, which has no host:port")]
@@ -166,6 +168,9 @@ pub enum Preflight {
     NoService,
     /// The guest will call `url`, which from this host is `addr`, and something answers there.
     Service { url: String, addr: String },
+    /// The guest will call `url` over the host kernel's vsock, on `port`: a host AF_VSOCK
+    /// listener cannot be probed from the host, so nothing was checked.
+    VsockUnchecked { url: String, port: u32 },
 }
 
 /// `http://host:port[/…]` → (host, port); `None` when there is no explicit host and port.
@@ -227,10 +232,7 @@ pub fn preflight(out_dir: &Path, o: &RunOptions) -> Result<Preflight, RunError> 
             }
             // The host's AF_VSOCK listeners cannot be probed without connecting from a
             // guest CID: nothing to check before the boot.
-            None => Ok(Preflight::Service {
-                url,
-                addr: format!("vsock host port {port}"),
-            }),
+            None => Ok(Preflight::VsockUnchecked { url, port }),
         };
     }
     if !o.net {
@@ -569,6 +571,11 @@ fn start_vhost_device_vsock(tmp: &Path, o: &RunOptions) -> Result<Option<Reaper>
         return Ok(None);
     };
     let sock = tmp.join("vhu-vsock.sock");
+    for p in [uds, &sock] {
+        if p.to_string_lossy().contains([',', '=']) {
+            return Err(RunError::VsockPath(p.clone()));
+        }
+    }
     let child = Command::new(&v.vhost_device_vsock)
         .arg("--vm")
         .arg(format!(
@@ -609,6 +616,9 @@ pub fn run(out_dir: &Path, o: &RunOptions) -> Result<RunResult, RunError> {
     match preflight(out_dir, o)? {
         Preflight::Service { url, addr } => eprintln!(
             "run: the guest will call the key-release service at {url} (from this host {addr}: answering)"
+        ),
+        Preflight::VsockUnchecked { url, port } => eprintln!(
+            "run: the guest will call the key-release service at {url} over vsock port {port} (through the host's vhost-vsock: a listener there cannot be checked before the boot)"
         ),
         Preflight::NoService if o.offline => eprintln!(
             "run: --offline: no network; the guest stops at its network step"
@@ -813,6 +823,19 @@ mod tests {
             Preflight::Service {
                 url: "http://10.0.2.2:8443".into(),
                 addr: out.0.join("vsock_8000").display().to_string()
+            }
+        );
+        // The host kernel's vhost-vsock: nothing can be probed, and run says so.
+        let kernel = Some(super::VsockOptions {
+            guest_cid: 4,
+            uds: None,
+            vhost_device_vsock: "vhost-device-vsock".into(),
+        });
+        assert_eq!(
+            preflight(&out.0, &opts(kernel, false)).unwrap(),
+            Preflight::VsockUnchecked {
+                url: "http://10.0.2.2:8443".into(),
+                port: 8000
             }
         );
         // A Nitro parent's CID cannot be reached under QEMU.

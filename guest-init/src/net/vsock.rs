@@ -94,6 +94,17 @@ impl std::fmt::Debug for VsockTransport {
     }
 }
 
+/// `timeout` with its budget spent is ureq's timeout error, as ureq's own TCP transport
+/// checks before each read and write: without this an expired deadline would become
+/// `not_zero()`'s one more second per read, and a proxy trickling a byte a second could hold
+/// a request far past the contract's deadline.
+fn unexpired(timeout: NextTimeout) -> Result<NextTimeout, Error> {
+    if !timeout.after.is_not_happening() && timeout.after.is_zero() {
+        return Err(Error::Timeout(timeout.reason));
+    }
+    Ok(timeout)
+}
+
 /// A timed-out or would-block I/O error as ureq's timeout (with the reason it gave).
 fn io_error(e: io::Error, timeout: NextTimeout) -> Error {
     match e.kind() {
@@ -108,7 +119,7 @@ impl Transport for VsockTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
-        let timeout = timeout.for_write();
+        let timeout = unexpired(timeout.for_write())?;
         let t = timeout.not_zero().map(|d| *d);
         if t != self.write_timeout {
             self.stream.set_write_timeout(t)?;
@@ -121,7 +132,7 @@ impl Transport for VsockTransport {
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
-        let timeout = timeout.for_read();
+        let timeout = unexpired(timeout.for_read())?;
         let t = timeout.not_zero().map(|d| *d);
         if t != self.read_timeout {
             self.stream.set_read_timeout(t)?;
