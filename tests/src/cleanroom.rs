@@ -142,6 +142,18 @@ pub const ROOM_TOOLS: [&str; 5] = [
     "certtool",
 ];
 
+/// Echo the guest's report lines (not the event log) to the test's stderr.
+fn echo_guest_lines(console: &str) {
+    eprintln!(
+        "{}",
+        console
+            .lines()
+            .filter(|l| l.contains("dcr-init:") && !l.contains("eventlog"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 pub struct Room {
     pub dir: PathBuf,
     _tmp: TempDir,
@@ -416,14 +428,7 @@ impl Room {
             .output()
             .unwrap();
         let console = stdout(&o);
-        eprintln!(
-            "{}",
-            console
-                .lines()
-                .filter(|l| l.contains("dcr-init:") && !l.contains("eventlog"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        echo_guest_lines(&console);
         (o.status.code(), console)
     }
 
@@ -475,14 +480,7 @@ impl Room {
         let _ = proxy.kill();
         let _ = proxy.wait();
         let console = stdout(&o);
-        eprintln!(
-            "{}",
-            console
-                .lines()
-                .filter(|l| l.contains("dcr-init:") && !l.contains("eventlog"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        echo_guest_lines(&console);
         eprintln!("dcr-build run stderr: {}", stderr(&o));
         (
             o.status.code(),
