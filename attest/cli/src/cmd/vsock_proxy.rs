@@ -88,29 +88,24 @@ trait Client: Read + Write + Send + 'static {
     fn set_idle(&self, d: Duration);
 }
 
-impl Client for std::os::unix::net::UnixStream {
-    fn try_clone_box(&self) -> std::io::Result<Box<dyn Client>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-    fn set_idle(&self, d: Duration) {
-        let _ = self.set_read_timeout(Some(d));
-    }
+/// Both stream types have the same inherent methods; one implementation serves both.
+macro_rules! impl_client {
+    ($($t:ty),+) => {$(
+        impl Client for $t {
+            fn try_clone_box(&self) -> std::io::Result<Box<dyn Client>> {
+                Ok(Box::new(self.try_clone()?))
+            }
+            fn shutdown_write(&self) {
+                let _ = self.shutdown(Shutdown::Write);
+            }
+            fn set_idle(&self, d: Duration) {
+                let _ = self.set_read_timeout(Some(d));
+            }
+        }
+    )+};
 }
 
-impl Client for vsock::VsockStream {
-    fn try_clone_box(&self) -> std::io::Result<Box<dyn Client>> {
-        Ok(Box::new(self.try_clone()?))
-    }
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-    fn set_idle(&self, d: Duration) {
-        let _ = self.set_read_timeout(Some(d));
-    }
-}
+impl_client!(std::os::unix::net::UnixStream, vsock::VsockStream);
 
 fn serve_one(client: Box<dyn Client>, to: &str, idle: Duration) {
     let tcp = match to
