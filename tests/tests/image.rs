@@ -228,7 +228,18 @@ fn one_byte_workload_change_is_explained_by_compare() {
         text.contains("initrd.cpio: cpio entry etc/dcr/contract.json: sha256"),
         "{text}"
     );
-    assert_eq!(text.matches("cpio entry").count(), 2, "{text}");
+    // Both carry the initramfs: the UKI's initrd.cpio and the EIF's second ramdisk.
+    assert!(
+        text.contains("image.eif: section 4 (ramdisk 1): cpio entry workloads/overlap: sha256"),
+        "{text}"
+    );
+    assert!(
+        text.contains("image.eif: section 4 (ramdisk 1): cpio entry etc/dcr/contract.json"),
+        "{text}"
+    );
+    assert_eq!(text.matches("cpio entry").count(), 4, "{text}");
+    // The EIF's kernel and first ramdisk (guest-init) did not move: PCR1 stays.
+    assert!(!text.contains("image.eif: PCR1 "), "{text}");
     assert_eq!(text.matches("PE section").count(), 1, "{text}");
 
     // The same inputs twice: identical.
@@ -248,7 +259,7 @@ fn one_byte_workload_change_is_explained_by_compare() {
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(
         stdout(&o).starts_with(
-            "identical: 5 files (disk.raw, disk.vhd, image.efi, initrd.cpio, measurements.json)"
+            "identical: 6 files (disk.raw, disk.vhd, image.efi, image.eif, initrd.cpio, measurements.json)"
         ),
         "{}",
         stdout(&o)
