@@ -19,10 +19,16 @@
 # (Python's sqlite3 on the parties' plaintext: join on user, group by segment, groups under
 # k = 50 removed). Prints the wall time of each phase.
 #
-# usage: reproducible/fresh-machine.sh [--keep] [--tests]
-#   --keep   leave the root (default: removed at the end, pass or fail)
-#   --tests  run the README's other command, `bash tests/run.sh`, instead of the main job
-#            (proves the test command installs what it needs; no table check)
+# usage: reproducible/fresh-machine.sh [--keep] [--tests | --rebuild]
+#   --keep     leave the root (default: removed at the end, pass or fail)
+#   --tests    run the README's other command, `bash tests/run.sh`, instead of the main job
+#              (proves the test command installs what it needs; no table check)
+#   --rebuild  also the reproducibility check (CI): the main job runs under
+#              TZ=<+1245>-12:45 and CARGO_BUILD_JOBS=3 (umask stays 022: apt and the
+#              packages' scripts run under it too); then the root's dcr-build builds
+#              every recipe in images/ (its guest binaries are those the main job compiled,
+#              cold, on the pristine root) and reproducible/rebuild-and-compare.sh --against
+#              compares them, file by file, with this checkout's build.
 # Environment: FRESH_DIR (parent of the root; default /var/tmp), ROWS, SEED (for run.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,18 +38,30 @@ DCR_HINT="the fresh-machine check did not finish; fix the cause above and run ba
 . "$top/reproducible/apt-sources.sh"
 
 keep=""
+rebuild=""
 command_name=main
 for arg in "$@"; do
   case "$arg" in
     --keep) keep=1 ;;
     --tests) command_name=tests ;;
-    *) die "unknown argument '$arg' (usage: reproducible/fresh-machine.sh [--keep] [--tests])" ;;
+    --rebuild) rebuild=1 ;;
+    *) die "unknown argument '$arg' (usage: reproducible/fresh-machine.sh [--keep] [--tests | --rebuild])" ;;
   esac
 done
 if [ "$command_name" = tests ]; then
   readme_command="bash tests/run.sh"
 else
   readme_command="bash images/clean-room/run.sh"
+fi
+[ -z "$rebuild" ] || [ "$command_name" = main ] || die "--rebuild goes with the main job, not --tests"
+run_command=$readme_command
+if [ -n "$rebuild" ]; then
+  # Varied against this checkout's build: TZ (a POSIX rule: the root has no tzdata), jobs;
+  # the path (/work/main), mtimes and the whole root differ anyway.
+  run_command="export TZ=\"<+1245>-12:45\" CARGO_BUILD_JOBS=3 && $readme_command"
+  run_command+=" && for r in images/*/image.toml; do r=\${r%/image.toml};"
+  run_command+=" echo \"== fresh-machine: rebuilding \$r\";"
+  run_command+=" target/release/dcr-build image \"\$r\" --out \"out/rebuild/\${r#images/}\" >/dev/null || exit 1; done"
 fi
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap, mounts and chroot)"
 for tool in mmdebstrap unshare chroot python3 git findmnt; do
@@ -171,8 +189,8 @@ unshare --mount --propagation private -- bash -euc '
   mount -t tmpfs tmpfs "$root/tmp"
   mount --bind "$rustup_home" "$root/root/.rustup"
   mount --bind "$cargo_home" "$root/root/.cargo"
-  exec chroot "$root" /usr/bin/env -i "$@" bash -c "cd /work/main && exec $readme_command"
-' fresh "$root" "$rustup_home" "$cargo_home" "$readme_command" "${envs[@]}" </dev/null 2>&1 || rc=$?
+  exec chroot "$root" /usr/bin/env -i "$@" bash -c "cd /work/main && $readme_command"
+' fresh "$root" "$rustup_home" "$cargo_home" "$run_command" "${envs[@]}" </dev/null 2>&1 || rc=$?
 echo "$rc" >"$base/status"
 ) |
   while IFS= read -r line; do
@@ -233,4 +251,8 @@ if printed != expected:
 print(f"fresh-machine: the printed table ({len(expected) - 1} segments) equals sqlite3's recomputation from the plaintext")
 PY
 then :; else exit 1; fi
+if [ -n "$rebuild" ]; then
+  echo "== fresh-machine: the root's builds against this checkout's (reproducible/rebuild-and-compare.sh --against)"
+  bash "$top/reproducible/rebuild-and-compare.sh" --against "$root/work/main/out/rebuild"
+fi
 echo "fresh-machine: passed"

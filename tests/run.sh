@@ -22,5 +22,10 @@ export DCR_BUILD_BIN="$top/target/release/dcr-build" DCR_ATTEST_BIN="$top/target
   DCR_GEN_BIN="$top/target/release/dcr-cleanroom-gen" DCR_SQL_ENGINE_BIN="$top/target/release/dcr-sql-engine" \
   DCR_EIF_ORACLE_BIN="$top/target/eif-oracle/release/eif-oracle"
 cargo test --locked --release --workspace 2>&1 | tee "${TMPDIR:-/tmp}/dcr-cargo-test.log"
-echo "== reproducibility: two builds under varied conditions"
-bash reproducible/rebuild-and-compare.sh
+if [ "${DCR_REBUILD_IN_FRESH_ROOT:-}" = 1 ]; then
+  # .ci/run: reproducible/fresh-machine.sh --rebuild builds b on a pristine root instead.
+  echo "== reproducibility: build b comes from the fresh root (DCR_REBUILD_IN_FRESH_ROOT=1)"
+else
+  echo "== reproducibility: two builds under varied conditions"
+  bash reproducible/rebuild-and-compare.sh
+fi
