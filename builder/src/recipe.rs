@@ -261,6 +261,22 @@ pub struct NitroSpec {
     /// signature section over PCR 0 and PCR 8 = the certificate. The P-384 key comes with
     /// `dcr-build image --nitro-signing-key`, never from the recipe.
     pub signing_certificate: Option<PathBuf>,
+    /// The EIF's own kernel (default: the recipe's `[kernel]`).
+    pub kernel: Option<NitroKernel>,
+}
+
+/// `[nitro.kernel]`: a kernel for the EIF alone. The Nitro hypervisor describes the enclave's
+/// vsock device only as `virtio_mmio.device=` on the command line, which a kernel reads only
+/// with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES; no Debian kernel sets it
+/// (reproducible/nitro-kernel.sh builds one, docs/nitro.md). Everything the enclave needs is
+/// built into it: the EIF's boot ramdisk carries no modules when it is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NitroKernel {
+    /// Path of the bzImage, relative to the recipe directory.
+    pub vmlinuz: PathBuf,
+    /// Its SHA-256.
+    pub sha256: HexSha256,
 }
 
 impl NitroSpec {
@@ -279,6 +295,7 @@ impl Default for NitroSpec {
             memory_mib: Self::default_memory(),
             cpus: Self::default_cpus(),
             signing_certificate: None,
+            kernel: None,
         }
     }
 }
@@ -723,6 +740,27 @@ crate = "workloads/w"
             e.contains("signing_key"),
             "the key never comes from the recipe: {e}"
         );
+        let pin = "ab".repeat(32);
+        let r = with(
+            &nitro,
+            &format!("[nitro.kernel]\nvmlinuz = \"nitro/bzImage\"\nsha256 = \"{pin}\""),
+        )
+        .unwrap();
+        let k = r.nitro.unwrap().kernel.unwrap();
+        assert_eq!(k.vmlinuz, std::path::Path::new("nitro/bzImage"));
+        assert_eq!(k.sha256.0 .0, [0xab; 32]);
+        // Modules are never packed for it, so it cannot name any; the pin is required.
+        let e = with(
+            &nitro,
+            &format!("[nitro.kernel]\nvmlinuz = \"k\"\nsha256 = \"{pin}\"\nmodules = [\"nsm\"]"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("modules"), "{e}");
+        let e = with(&nitro, "[nitro.kernel]\nvmlinuz = \"k\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sha256"), "{e}");
     }
 
     #[test]

@@ -423,3 +423,91 @@ fn a_signed_eif_has_pcr8_and_a_signature_aws_verifies() {
     let o = check(&pt);
     assert!(!o.status.success(), "a changed signature verified");
 }
+
+#[test]
+fn an_eif_kernel_of_its_own_is_packed_and_measured() {
+    // `[nitro.kernel]`: the EIF boots another kernel than the UKI (no Debian kernel reads
+    // Nitro's command-line virtio-mmio devices). Stand-in kernel here: the reference kernel
+    // with one byte of its payload changed (the bzImage header, whose release string the
+    // builder reads, is untouched).
+    let Some(oracle) = oracle("an_eif_kernel_of_its_own") else {
+        return;
+    };
+    let reference = sections(&std::fs::read(reference_build().join("image.eif")).unwrap());
+    let own = {
+        let mut k = reference[0].1.clone();
+        let at = k.len() * 2 / 3;
+        k[at] ^= 0x20;
+        k
+    };
+    let t = TempDir::new("nitro-kernel");
+    let kpath = t.path().join("vmlinuz-nitro");
+    std::fs::write(&kpath, &own).unwrap();
+    let workload = t.path().join("overlap.bin");
+    std::fs::write(&workload, b"a stand-in workload").unwrap();
+    let base = portable_recipe(&workload, &sha256_hex(b"a stand-in workload"));
+    let build = |pin: &str, out: &Path| {
+        std::fs::write(
+            t.path().join("image.toml"),
+            format!(
+                "{base}\n[nitro.kernel]\nvmlinuz = \"{}\"\nsha256 = \"{pin}\"\n",
+                kpath.display()
+            ),
+        )
+        .unwrap();
+        run_dcr_build(&[
+            "image",
+            t.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    // A wrong pin stops the build, naming the input.
+    let o = build(&"00".repeat(32), &t.path().join("bad"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nitro.kernel") && stderr(&o).contains("sha256"),
+        "{}",
+        stderr(&o)
+    );
+    let out = t.path().join("out");
+    let o = build(&sha256_hex(&own), &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let eif = std::fs::read(out.join("image.eif")).unwrap();
+    let s = sections(&eif);
+    assert!(
+        s[0].1 == own,
+        "the EIF's kernel section is not [nitro.kernel]"
+    );
+    // The UKI keeps the recipe's [kernel].
+    let efi = std::fs::read(out.join("image.efi")).unwrap();
+    assert!(dcr_build::uki::section(&efi, ".linux").unwrap().unwrap() == &reference[0].1[..]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("measurements.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["inputs"]["nitro.kernel"]["sha256"].as_str().unwrap(),
+        sha256_hex(&own)
+    );
+    // AWS's library computes the PCRs measurements.json predicts.
+    let d = describe(&oracle, &out.join("image.eif"));
+    assert_eq!(d["crc_ok"], true, "{d}");
+    for i in 0..3 {
+        assert_eq!(
+            d["measurements"][format!("PCR{i}")].as_str().unwrap(),
+            pcr(&m, i),
+            "PCR{i}"
+        );
+    }
+    // The boot ramdisk carries no modules (built for the UKI kernel); the UKI's initramfs does.
+    let boot = newc_names(&s[3].1);
+    assert!(boot.iter().any(|n| n == "init"), "{boot:?}");
+    assert!(
+        !boot.iter().any(|n| n.starts_with("lib/modules")),
+        "{boot:?}"
+    );
+    let initrd = newc_names(&std::fs::read(out.join("initrd.cpio")).unwrap());
+    assert!(
+        initrd.iter().any(|n| n.ends_with("modules.dep")),
+        "{initrd:?}"
+    );
+}

@@ -27,6 +27,8 @@ pub struct PackInputs {
     pub nitro: Option<crate::recipe::NitroSpec>,
     /// Its signer, when the recipe names a signing certificate.
     pub nitro_signer: Option<crate::eif::Signer>,
+    /// The EIF's own kernel and its release (`[nitro.kernel]`), when not `kernel`.
+    pub nitro_kernel: Option<(Vec<u8>, String)>,
 }
 
 /// The boot artifacts.
@@ -47,7 +49,7 @@ pub fn osrel(name: &str, version: &str) -> String {
 
 /// The initramfs file tree: the boot part and the application part in one archive.
 pub fn initrd_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
-    let mut t = boot_tree(i)?;
+    let mut t = boot_tree(i, true)?;
     add_application(i, &mut t)?;
     Ok(t)
 }
@@ -65,15 +67,18 @@ fn add_application(i: &PackInputs, t: &mut Tree) -> Result<(), InitrdError> {
 /// modules), which PCR 1 covers with the kernel and command line, and the application
 /// ramdisk (contract, workloads), which PCR 2 covers. The kernel unpacks both archives into
 /// one root.
+///
+/// With `[nitro.kernel]` the boot ramdisk has no modules: they were built for the other
+/// kernel's release, and the EIF's kernel has what it needs built in.
 pub fn nitro_ramdisks(i: &PackInputs) -> Result<(Vec<u8>, Vec<u8>), InitrdError> {
-    let boot = boot_tree(i)?.to_cpio(i.mtime);
+    let boot = boot_tree(i, i.nitro_kernel.is_none())?.to_cpio(i.mtime);
     let mut app = Tree::new();
     add_application(i, &mut app)?;
     Ok((boot, app.to_cpio(i.mtime)))
 }
 
-/// The boot part of the initramfs.
-fn boot_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
+/// The boot part of the initramfs (with the kernel modules or without).
+fn boot_tree(i: &PackInputs, modules: bool) -> Result<Tree, InitrdError> {
     let mut t = Tree::new();
     t.add_file(INIT_PATH, i.guest_init.clone(), 0o755)?;
     // Mount points and the console node the kernel opens for PID 1's stdio.
@@ -89,7 +94,7 @@ fn boot_tree(i: &PackInputs) -> Result<Tree, InitrdError> {
         },
     )?;
     let moddir = format!("lib/modules/{}", i.kernel_release);
-    if !i.modules.is_empty() {
+    if modules && !i.modules.is_empty() {
         for m in &i.modules {
             t.add_file(&format!("{moddir}/{}", m.path), m.bytes.clone(), 0o644)?;
         }
@@ -109,6 +114,10 @@ pub fn nitro_image(
 ) -> Result<(Vec<u8>, dcr_measure::nitro::NitroPcrs), ImageError> {
     let (boot, app) = nitro_ramdisks(i)?;
     let cmdline = spec.cmdline.as_deref().unwrap_or(&i.cmdline);
+    let (kernel, kernel_release) = match &i.nitro_kernel {
+        Some((k, release)) => (k, release),
+        None => (&i.kernel, &i.kernel_release),
+    };
     let metadata = crate::eif::Metadata {
         image_name: i.name.clone(),
         image_version: i.version.clone(),
@@ -117,13 +126,13 @@ pub fn nitro_image(
             build_tool: "dcr-build".into(),
             build_tool_version: env!("CARGO_PKG_VERSION").into(),
             operating_system: "Linux".into(),
-            kernel_version: i.kernel_release.clone(),
+            kernel_version: kernel_release.clone(),
         },
         docker_info: serde_json::json!({}),
         custom: serde_json::Value::Null,
     };
     let eif = crate::eif::write(&crate::eif::EifInputs {
-        kernel: &i.kernel,
+        kernel,
         cmdline,
         metadata: &metadata,
         ramdisks: vec![&boot, &app],
@@ -137,7 +146,7 @@ pub fn nitro_image(
         reason: e.to_string(),
     })?;
     let pcrs = dcr_measure::nitro::pcrs(
-        &i.kernel,
+        kernel,
         cmdline.as_bytes(),
         &[&boot, &app],
         i.nitro_signer

@@ -239,6 +239,7 @@ pub fn prepare(
     };
     inputs.insert("contract".into(), input(contract_source, &contract));
     let nitro_signer = nitro_signer(&r, opts, &mut inputs)?;
+    let nitro_kernel = nitro_kernel(&r, &mut inputs)?;
 
     let (kernel, tree) = kernel_inputs(&r, &mut inputs)?;
     let mut wanted = rec.kernel.modules.clone();
@@ -373,6 +374,7 @@ pub fn prepare(
                 .contains(&Platform::Nitro)
                 .then(|| rec.nitro.clone().unwrap_or_default()),
             nitro_signer,
+            nitro_kernel,
         },
         inputs,
         guest_target: opts.guest_target.clone(),
@@ -413,6 +415,24 @@ fn check_contract_workloads(
         }
     }
     Ok(())
+}
+
+/// The EIF's own kernel (`[nitro.kernel]`), checked against its pin, and its release.
+fn nitro_kernel(
+    r: &LoadedRecipe,
+    inputs: &mut BTreeMap<String, Input>,
+) -> Result<Option<(Vec<u8>, String)>, ImageError> {
+    let Some(k) = r.recipe.nitro.as_ref().and_then(|n| n.kernel.as_ref()) else {
+        return Ok(None);
+    };
+    let kernel = fetch::read_local("nitro.kernel", &r.resolve(&k.vmlinuz))?;
+    fetch::check("nitro.kernel", &kernel, k.sha256.0)?;
+    let release = bzimage::kernel_release(&kernel)?;
+    inputs.insert(
+        "nitro.kernel".into(),
+        input(format!("file:{}", k.vmlinuz.display()), &kernel),
+    );
+    Ok(Some((kernel, release)))
 }
 
 /// The EIF signer: the recipe's `[nitro] signing_certificate` with the key given on the
