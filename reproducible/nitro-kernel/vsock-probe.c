@@ -2,8 +2,10 @@
  * QEMU microvm (acpi=off, so virtio-mmio devices reach the kernel only as
  * virtio_mmio.device= on its command line, as on Nitro). It connects over vsock to the host
  * (CID 2) at the port given as vsock_probe.port=N on the command line, sends one line, reads
- * the host's answer, prints both to the console and powers off. Any failure prints one line
- * naming the call and powers off. Static (musl-gcc -static); never part of an image. */
+ * the host's answer, prints both to the console and reboots (without ACPI there is no power
+ * off: the kernel would only halt; QEMU -no-reboot ends on the reboot, as a Nitro enclave
+ * does). Any failure prints one line naming the call and reboots. Static (musl-gcc
+ * -static); never part of an image. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
@@ -20,7 +22,7 @@
 static void off(void) {
     fflush(stdout);
     sync();
-    reboot(RB_POWER_OFF);
+    reboot(RB_AUTOBOOT);
     for (;;) pause();
 }
 
