@@ -89,13 +89,15 @@ else
   (cd "$a" && cargo build --locked --release -q -p dcr-build)
   builder="$a/target/release/dcr-build"
 fi
+if [ -n "$against" ]; then
+  for r in "${recipes[@]}"; do
+    [ -d "$against/$(basename "$r")" ] || die "--against $against has no $(basename "$r") (built elsewhere for every recipe compared)"
+  done
+fi
 build "$a" "$work/out-a" 022 UTC C.UTF-8 ""
 if [ -n "$against" ]; then
   echo "== build b: the outputs in $against (built elsewhere)" >&2
   ln -s "$against" "$work/out-b"
-  for r in "${recipes[@]}"; do
-    [ -d "$against/$(basename "$r")" ] || die "--against $against has no $(basename "$r") (built elsewhere for every recipe compared)"
-  done
 else
   build "$b" "$work/out-b" 077 Pacific/Chatham POSIX 3
 fi
