@@ -90,14 +90,7 @@ fn kernel_inputs(
         }
         Ok((kernel, tree))
     } else if let Some(l) = &k.local {
-        let path = r.resolve(&l.vmlinuz);
-        let kernel = fetch::read_local("kernel", &path)?;
-        fetch::check("kernel", &kernel, k.sha256.0)?;
-        let release = bzimage::kernel_release(&kernel)?;
-        inputs.insert(
-            "kernel".into(),
-            input(format!("file:{}", l.vmlinuz.display()), &kernel),
-        );
+        let (kernel, release) = local_kernel(r, "kernel", &l.vmlinuz, k.sha256, inputs)?;
         let mut tree = ModuleTree {
             release,
             ..Default::default()
@@ -425,14 +418,26 @@ fn nitro_kernel(
     let Some(k) = r.recipe.nitro.as_ref().and_then(|n| n.kernel.as_ref()) else {
         return Ok(None);
     };
-    let kernel = fetch::read_local("nitro.kernel", &r.resolve(&k.vmlinuz))?;
-    fetch::check("nitro.kernel", &kernel, k.sha256.0)?;
+    local_kernel(r, "nitro.kernel", &k.vmlinuz, k.sha256, inputs).map(Some)
+}
+
+/// A bzImage from a local file (relative to the recipe), checked against its pin and
+/// recorded as input `name`; with its release read from the header.
+fn local_kernel(
+    r: &LoadedRecipe,
+    name: &str,
+    vmlinuz: &Path,
+    sha256: recipe::HexSha256,
+    inputs: &mut BTreeMap<String, Input>,
+) -> Result<(Vec<u8>, String), ImageError> {
+    let kernel = fetch::read_local(name, &r.resolve(vmlinuz))?;
+    fetch::check(name, &kernel, sha256.0)?;
     let release = bzimage::kernel_release(&kernel)?;
     inputs.insert(
-        "nitro.kernel".into(),
-        input(format!("file:{}", k.vmlinuz.display()), &kernel),
+        name.into(),
+        input(format!("file:{}", vmlinuz.display()), &kernel),
     );
-    Ok(Some((kernel, release)))
+    Ok((kernel, release))
 }
 
 /// The EIF signer: the recipe's `[nitro] signing_certificate` with the key given on the
