@@ -19,7 +19,7 @@
 # (Python's sqlite3 on the parties' plaintext: join on user, group by segment, groups under
 # k = 50 removed). Prints the wall time of each phase.
 #
-# usage: reproducible/fresh-machine.sh [--keep] [--tests | --rebuild]
+# usage: reproducible/fresh-machine.sh [--keep] [--tests | --rebuild | --rebuild-to DIR]
 #   --keep     leave the root (default: removed at the end, pass or fail)
 #   --tests    run the README's other command, `bash tests/run.sh`, instead of the main job
 #              (proves the test command installs what it needs; no table check)
@@ -29,6 +29,10 @@
 #              every recipe in images/ (its guest binaries are those the main job compiled,
 #              cold, on the pristine root) and reproducible/rebuild-and-compare.sh --against
 #              compares them, file by file, with this checkout's build.
+#   --rebuild-to DIR
+#              as --rebuild, but the root's builds are copied to DIR/<name> instead of being
+#              compared here (.ci/run runs this beside the tests and compares once they have
+#              built this checkout's guest: rebuild-and-compare.sh --against DIR).
 # Environment: FRESH_DIR (parent of the root; default /var/tmp), ROWS, SEED (for run.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,16 +41,27 @@ DCR_HINT="the fresh-machine check did not finish; fix the cause above and run ba
 . "$top/reproducible/lib.sh"
 . "$top/reproducible/apt-sources.sh"
 
+usage="usage: reproducible/fresh-machine.sh [--keep] [--tests | --rebuild | --rebuild-to DIR]"
 keep=""
 rebuild=""
+rebuild_to=""
 command_name=main
-for arg in "$@"; do
-  case "$arg" in
+while [ "$#" -gt 0 ]; do
+  case "$1" in
     --keep) keep=1 ;;
     --tests) command_name=tests ;;
     --rebuild) rebuild=1 ;;
-    *) die "unknown argument '$arg' (usage: reproducible/fresh-machine.sh [--keep] [--tests | --rebuild])" ;;
+    --rebuild-to)
+      [ "$#" -ge 2 ] && [ -n "$2" ] || die "--rebuild-to needs a directory ($usage)"
+      rebuild=1
+      rebuild_to=$2
+      shift
+      [ ! -e "$rebuild_to" ] || [ -z "$(ls -A "$rebuild_to")" ] ||
+        die "--rebuild-to $rebuild_to: exists and is not empty (the root's builds go there)"
+      ;;
+    *) die "unknown argument '$1' ($usage)" ;;
   esac
+  shift
 done
 if [ "$command_name" = tests ]; then
   readme_command="bash tests/run.sh"
@@ -251,7 +266,11 @@ if printed != expected:
 print(f"fresh-machine: the printed table ({len(expected) - 1} segments) equals sqlite3's recomputation from the plaintext")
 PY
 then :; else exit 1; fi
-if [ -n "$rebuild" ]; then
+if [ -n "$rebuild_to" ]; then
+  mkdir -p "$rebuild_to"
+  cp -a "$root/work/main/out/rebuild/." "$rebuild_to/"
+  echo "fresh-machine: the root's builds are in $rebuild_to ($(ls "$rebuild_to" | tr '\n' ' '))"
+elif [ -n "$rebuild" ]; then
   echo "== fresh-machine: the root's builds against this checkout's (reproducible/rebuild-and-compare.sh --against)"
   bash "$top/reproducible/rebuild-and-compare.sh" --against "$root/work/main/out/rebuild"
 fi

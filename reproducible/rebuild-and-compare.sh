@@ -59,9 +59,11 @@ copy_tree() {
   done
 }
 a="$top"
-copy_tree "$b"
-# Different source mtimes in the second copy.
-find "$b" -exec touch -h -d '2031-05-06 07:08:09' {} +
+if [ -z "$against" ]; then
+  copy_tree "$b"
+  # Different source mtimes in the second copy.
+  find "$b" -exec touch -h -d '2031-05-06 07:08:09' {} +
+fi
 
 build() { # dir out umask tz locale jobs
   local dir=$1 out=$2 mask=$3 tz=$4 loc=$5 jobs=$6

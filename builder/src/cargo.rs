@@ -102,6 +102,28 @@ pub fn guest_rustflags(workspace: &Path) -> Vec<String> {
     ]
 }
 
+/// Is `name` one of the variables cargo sets for the crates, tests and build scripts it runs
+/// (The Cargo Book, "Environment variables Cargo sets")? Configuration (`CARGO_HOME`,
+/// `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, `CARGO_NET_*`, …) is not.
+fn crate_env_of_cargo(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "CARGO_PKG_",
+        "CARGO_BIN_EXE_",
+        "CARGO_CFG_",
+        "CARGO_MANIFEST_",
+    ];
+    const NAMES: &[&str] = &[
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_MAKEFLAGS",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
 /// Build `packages` (each with a binary of the same name) and return their bytes.
 pub fn build(
     workspace: &Path,
@@ -129,6 +151,16 @@ pub fn build(
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CARGO_BUILD_RUSTC_WRAPPER")
         .stdin(Stdio::null());
+    // The variables cargo sets for a crate it runs (dcr-build started by `cargo test` or
+    // `cargo run` inherits them): build scripts that read them through rerun-if-env-changed
+    // (ring reads CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …) would otherwise be rerun, and the guest
+    // relinked, whenever dcr-build is started from a shell instead (the bytes stay the same;
+    // the time does not: ~5 minutes on 2 cores).
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(crate_env_of_cargo) {
+            cmd.env_remove(&name);
+        }
+    }
     for p in packages {
         cmd.args(["-p", p]);
     }
@@ -158,4 +190,40 @@ pub fn build(
         out.insert(p.clone(), bytes);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crate_env_of_cargo;
+
+    #[test]
+    fn what_cargo_sets_for_a_crate_is_dropped_and_configuration_kept() {
+        // What `cargo test` gives a test binary (and so a dcr-build it starts), and what ring's
+        // build script tracks with rerun-if-env-changed.
+        for n in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_LINKS",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_EXE_dcr-build",
+            "CARGO_TARGET_TMPDIR",
+            "OUT_DIR",
+        ] {
+            assert!(crate_env_of_cargo(n), "{n} is set by cargo for a crate");
+        }
+        // Configuration the caller chose stays (and CARGO itself, the binary to run).
+        for n in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_NET_OFFLINE",
+            "CARGO_HTTP_CAINFO",
+            "CARGO_REGISTRIES_CRATES_IO_PROTOCOL",
+            "CARGO_ENCODED_RUSTFLAGS",
+        ] {
+            assert!(!crate_env_of_cargo(n), "{n} is configuration");
+        }
+    }
 }

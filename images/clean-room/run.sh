@@ -35,8 +35,10 @@ step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
 step "setup"
 bash reproducible/setup.sh
-step "building dcr-build, dcr-attest, dcr-cleanroom-gen"
-cargo build --locked --release --quiet -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
+step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
+# dcr-attest's default feature `sql` (query check / run-local: DataFusion on the host) is not
+# used here and would double the build; the guest's engine is built by dcr-build image.
+cargo build --locked --release --quiet --no-default-features -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
 bin="$top/target/release"
 
 rm -rf "$work"

@@ -25,33 +25,61 @@ pub fn reference_recipe() -> PathBuf {
     workspace().join("images/clean-room")
 }
 
-/// Path of a release binary of the workspace, built once if needed (`env` overrides).
-fn release_bin(cell: &'static OnceLock<PathBuf>, env: &str, package: &str) -> PathBuf {
+/// The directory of this binary's profile (`target/<profile>`, whatever profile `cargo test`
+/// or `cargo build` was given: `tests/run.sh` uses `ci`); the workspace's binaries built with
+/// the same profile are there.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test>-<hash> (tests) or target/<profile>/<bin> (tests/src/bin)
+    let dir = exe.parent().expect("a binary has a directory");
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("deps") => dir.parent().expect("deps/ has a parent").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Path of a binary of the workspace built with this test binary's profile, built once if
+/// needed (`env` overrides).
+fn workspace_bin(cell: &'static OnceLock<PathBuf>, env: &str, package: &str) -> PathBuf {
     cell.get_or_init(|| {
         if let Some(p) = std::env::var_os(env) {
             return PathBuf::from(p);
         }
+        let dir = profile_dir();
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => panic!("{}: no profile directory", dir.display()),
+        };
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--locked", "--release", "-q", "-p", package])
+            .args([
+                "build",
+                "--locked",
+                "--profile",
+                &profile,
+                "-q",
+                "-p",
+                package,
+            ])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build -p {package} failed");
-        workspace().join("target/release").join(package)
+        dir.join(package)
     })
     .clone()
 }
 
-/// Path of a release dcr-build (`DCR_BUILD_BIN` overrides).
+/// Path of dcr-build (`DCR_BUILD_BIN` overrides).
 pub fn dcr_build() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    release_bin(&BIN, "DCR_BUILD_BIN", "dcr-build")
+    workspace_bin(&BIN, "DCR_BUILD_BIN", "dcr-build")
 }
 
-/// Path of a release dcr-cleanroom-gen (`DCR_GEN_BIN` overrides).
+/// Path of dcr-cleanroom-gen (`DCR_GEN_BIN` overrides).
 pub fn dcr_cleanroom_gen() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    release_bin(&BIN, "DCR_GEN_BIN", "dcr-cleanroom-gen")
+    workspace_bin(&BIN, "DCR_GEN_BIN", "dcr-cleanroom-gen")
 }
 
 /// Run dcr-build with `args` from the workspace root.
@@ -310,16 +338,16 @@ pub fn debian_ovmf(fixtures: &Path) -> Vec<u8> {
     files.remove("usr/share/ovmf/OVMF.fd").unwrap()
 }
 
-/// Path of a release dcr-attest (`DCR_ATTEST_BIN` overrides).
-/// The SQL engine as the guest runs it (host build: `cargo build --release`).
+/// The SQL engine as the guest runs it (a host build; `DCR_SQL_ENGINE_BIN` overrides).
 pub fn dcr_sql_engine() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    release_bin(&BIN, "DCR_SQL_ENGINE_BIN", "dcr-sql-engine")
+    workspace_bin(&BIN, "DCR_SQL_ENGINE_BIN", "dcr-sql-engine")
 }
 
+/// Path of dcr-attest (`DCR_ATTEST_BIN` overrides).
 pub fn dcr_attest() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    release_bin(&BIN, "DCR_ATTEST_BIN", "dcr-attest")
+    workspace_bin(&BIN, "DCR_ATTEST_BIN", "dcr-attest")
 }
 
 /// Assert a dcr-attest verdict of "accepted" (exit 0).

@@ -992,7 +992,7 @@ fn the_reference_rooms_sql_gives_the_native_workloads_table() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let overlap = dcr_tests::workspace().join("target/release/dcr-workload-overlap");
+    let overlap = dcr_tests::profile_dir().join("dcr-workload-overlap");
     let native = Command::new(&overlap)
         .arg(d.path().join("publisher.csv"))
         .arg(d.path().join("advertiser.csv"))
