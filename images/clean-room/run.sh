@@ -20,7 +20,9 @@
 #  9. the publisher downloads the run's receipt (signed by the TEE's attested result key)
 #     and the evidence it posted, and verifies both offline against image/measurements.json
 #     and the service's pinned key (dcr-attest verify receipt).
-# Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run).
+# Environment: ROWS (default 10000), SEED (default 1), WORK (default out/clean-room-run);
+# DCR_BUILD_BIN, DCR_ATTEST_BIN and DCR_GEN_BIN, all three set: use these binaries instead
+# of building them (the tests do: their binaries are built already).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 DCR_TOP=$top
@@ -35,11 +37,21 @@ step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
 step "setup"
 bash reproducible/setup.sh
-step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
-# dcr-attest's default feature `sql` (query check / run-local: DataFusion on the host) is not
-# used here and would double the build; the guest's engine is built by dcr-build image.
-cargo build --locked --release --quiet --no-default-features -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
-bin="$top/target/release"
+if [ -n "${DCR_BUILD_BIN:-}" ] && [ -n "${DCR_ATTEST_BIN:-}" ] && [ -n "${DCR_GEN_BIN:-}" ]; then
+  # The tests (tests/run.sh) have built them already, with their own profile.
+  step "using DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN (not building)"
+  for b in "$DCR_BUILD_BIN" "$DCR_ATTEST_BIN" "$DCR_GEN_BIN"; do
+    [ -x "$b" ] || die "$b is not an executable (DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN)"
+  done
+  builder=$DCR_BUILD_BIN attest=$DCR_ATTEST_BIN gen=$DCR_GEN_BIN
+else
+  step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
+  # dcr-attest's default feature `sql` (query check / run-local: DataFusion on the host) is not
+  # used here and would double the build; the guest's engine is built by dcr-build image.
+  cargo build --locked --release --quiet --no-default-features -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
+  builder="$top/target/release/dcr-build" attest="$top/target/release/dcr-attest"
+  gen="$top/target/release/dcr-cleanroom-gen"
+fi
 
 rm -rf "$work"
 mkdir -p "$work"/{ca,tpm,keys,data,image}
@@ -69,7 +81,7 @@ sed -n 's/^advertiser://p' tokens > keys/advertiser.token
 umask 022
 # Two listeners: plain HTTP for the TEE (everything it exchanges is bound and signed) and TLS
 # for the parties (their tokens and blobs), whose certificate they pin via service.pub.json.
-"$bin/dcr-attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+"$attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
   --tokens tokens --tpm-ek-root ca/swtpm-localca-rootca-cert.pem --tpm-ek-intermediate ca/issuercert.pem \
   > service.out 2> service.log &
 svc_pid=$!
@@ -84,17 +96,17 @@ signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' service/service.pub.json)
 echo "service $url (TEE), $party_url (parties, pinned certificate), signing key $signing"
 
 step "the parties' keys and the contract"
-pub_key=$("$bin/dcr-attest" keygen --out-dir keys --name publisher)
-adv_key=$("$bin/dcr-attest" keygen --out-dir keys --name advertiser)
+pub_key=$("$attest" keygen --out-dir keys --name publisher)
+adv_key=$("$attest" keygen --out-dir keys --name advertiser)
 awk -v pk="$pub_key" -v ak="$adv_key" -v url="http://10.0.2.2:$port" -v sk="$signing" '
   /^hpke_public_key = / { n++; print "hpke_public_key = \"" (n == 1 ? pk : ak) "\""; next }
   /^url = /             { print "url = \"" url "\""; next }
   /^signing_key = /     { print "signing_key = \"" sk "\""; next }
   { print }' "$top/images/clean-room/contract.toml" > contract.toml
-"$bin/dcr-attest" contract --in contract.toml | sed 's/^/contract digest /'
+"$attest" contract --in contract.toml | sed 's/^/contract digest /'
 
 step "dcr-build image images/clean-room --contract contract.toml"
-"$bin/dcr-build" image "$top/images/clean-room" --contract contract.toml --out image
+"$builder" image "$top/images/clean-room" --contract contract.toml --out image
 step "reference values (image/measurements.json: predicted launch measurements)"
 python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["measurements"]
 for p,v in sorted(m.items()):
@@ -103,36 +115,36 @@ for p,v in sorted(m.items()):
     if p=="tdx": print("  tdx mrtd", v["mrtd"])' image/measurements.json
 
 step "generating $rows rows per party (seed $seed), sealing, registering, uploading"
-"$bin/dcr-cleanroom-gen" --seed "$seed" --rows "$rows" --out-dir data
+"$gen" --seed "$seed" --rows "$rows" --out-dir data
 for party in publisher advertiser; do
   case $party in
     publisher) key_id=publisher-segments-1; blob=publisher-segments.sealed ;;
     advertiser) key_id=advertiser-conversions-1; blob=advertiser-conversions.sealed ;;
   esac
-  "$bin/dcr-attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
-  "$bin/dcr-attest" register --service "$party_url" --service-pub service/service.pub.json \
+  "$attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
+  "$attest" register --service "$party_url" --service-pub service/service.pub.json \
     --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
     --reference image/measurements.json --platform tpm
-  "$bin/dcr-attest" put --service "$party_url" --service-pub service/service.pub.json \
+  "$attest" put --service "$party_url" --service-pub service/service.pub.json \
     --token-file "keys/$party.token" --contract contract.toml \
     --name "$blob" --in "data/$party.sealed"
 done
 
 step "the advertiser submits its SQL query (images/clean-room/overlap.sql) under analysis overlap"
-"$bin/dcr-attest" query submit --service "$party_url" --service-pub service/service.pub.json \
+"$attest" query submit --service "$party_url" --service-pub service/service.pub.json \
   --token-file keys/advertiser.token --contract contract.toml --party advertiser --analysis overlap \
   --sql-file "$top/images/clean-room/overlap.sql" --query-out query.json | tee submit.out
 qid=$(sed -n 's/^submitted query \([0-9a-f]\{32\}\) .*/\1/p' submit.out)
 [ -n "$qid" ] || die "query submit printed no query id: $(cat submit.out)"
 step "the advertiser submits the same question under analysis overlap_dp (differential privacy: noise, budget)"
-"$bin/dcr-attest" query submit --service "$party_url" --service-pub service/service.pub.json \
+"$attest" query submit --service "$party_url" --service-pub service/service.pub.json \
   --token-file keys/advertiser.token --contract contract.toml --party advertiser --analysis overlap_dp \
   --sql-file "$top/images/clean-room/overlap-dp.sql" --query-out query-dp.json | tee submit-dp.out
 qid_dp=$(sed -n 's/^submitted query \([0-9a-f]\{32\}\) .*/\1/p' submit-dp.out)
 [ -n "$qid_dp" ] || die "query submit printed no query id: $(cat submit-dp.out)"
 
 step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), network to the service"
-"$bin/dcr-build" run image --mode uefi --net --tpm-state tpm --timeout "${TIMEOUT:-900}" --memory "${MEMORY:-1024}" \
+"$builder" run image --mode uefi --net --tpm-state tpm --timeout "${TIMEOUT:-900}" --memory "${MEMORY:-1024}" \
   | sed -u -e '/^dcr-init: eventlog/s/base64=.*/base64=… (in console.log)/' \
   | grep --line-buffered -E '^(dcr-init|run):' | tee console.log
 
@@ -140,28 +152,28 @@ step "the advertiser fetches and opens the answer to its SQL query"
 # query result checks the answer's proof first (the service's signed release, key pinned in
 # the contract, names the TEE's result key, whose signature covers the sealed bytes), then
 # that it answers exactly query.json.
-"$bin/dcr-attest" query result --service "$party_url" --service-pub service/service.pub.json \
+"$attest" query result --service "$party_url" --service-pub service/service.pub.json \
   --contract contract.toml --id "$qid" --key keys/advertiser.key --query query.json --out result.csv
 step "the publisher fetches and opens the native workload's output (the same table)"
-"$bin/dcr-attest" get --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
+"$attest" get --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
   --name overlap-result.sealed --out result.sealed
-"$bin/dcr-attest" open --in result.sealed --out native.csv --key keys/publisher.key --contract contract.toml
+"$attest" open --in result.sealed --out native.csv --key keys/publisher.key --contract contract.toml
 cmp -s result.csv native.csv ||
   die "the SQL answer (result.csv) and the native workload's output (native.csv) differ: $(diff result.csv native.csv | head -5 | tr '\n' ' ')"
 echo "== result (audience overlap and conversions per segment; groups under k = 50 suppressed; SQL = native)"
 column -s, -t < result.csv 2>/dev/null || cat result.csv
 step "the advertiser opens the differentially private answer (its ε, noise scales and the service's budget debit)"
-"$bin/dcr-attest" query result --service "$party_url" --service-pub service/service.pub.json \
+"$attest" query result --service "$party_url" --service-pub service/service.pub.json \
   --contract contract.toml --id "$qid_dp" --key keys/advertiser.key --query query-dp.json --out result-dp.csv
 echo "== differentially private answer (noisy; segments released by a noisy threshold of at least 50 people)"
 column -s, -t < result-dp.csv 2>/dev/null || cat result-dp.csv
 step "the publisher fetches the run's signed receipt and verifies it offline (service key, TEE signature, debits, evidence vs measurements)"
-"$bin/dcr-attest" receipts --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
+"$attest" receipts --service "$party_url" --service-pub service/service.pub.json --contract contract.toml \
   --token-file keys/publisher.token --out receipts
 n=0
 for r in receipts/*.receipt.json; do
   [ -e "$r" ] || die "the service holds no receipt of this run"
-  "$bin/dcr-attest" verify receipt --receipt "$r" --evidence "${r%.receipt.json}.evidence.json" \
+  "$attest" verify receipt --receipt "$r" --evidence "${r%.receipt.json}.evidence.json" \
     --measurements image/measurements.json --service-pub service/service.pub.json ||
     die "receipt $r does not verify"
   n=$((n + 1))

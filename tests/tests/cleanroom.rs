@@ -26,6 +26,11 @@ fn main_job_prints_the_aggregates_of_a_plain_join() {
     let work = t.path().join("run");
     let o = Command::new("bash")
         .arg(workspace().join("images/clean-room/run.sh"))
+        // The binaries this test run built (run.sh would otherwise build its own, --release:
+        // another cold build of the host tools; the fresh-root check in CI runs that step).
+        .env("DCR_BUILD_BIN", dcr_build())
+        .env("DCR_ATTEST_BIN", dcr_attest())
+        .env("DCR_GEN_BIN", dcr_cleanroom_gen())
         .env("WORK", &work)
         .env("ROWS", "10000")
         .env("SEED", "7")
