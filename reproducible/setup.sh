@@ -114,6 +114,11 @@ fi
 packages=(qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools gnutls-bin tpm2-tools libtss2-dev
   binutils git gcc libc6-dev musl-tools pkgconf python3 python3-venv ca-certificates openssl
   gdisk dosfstools mtools bsdextrautils mmdebstrap libssl-dev)
+# With --tests, the independent tools the OCI root tests compare with (tests/tests/oci_rootfs.rs):
+# umoci (layer application), erofs-utils (fsck.erofs), cryptsetup-bin (veritysetup), zstd.
+if [ "$test_tools" = 1 ]; then
+  packages+=(umoci erofs-utils cryptsetup-bin zstd)
+fi
 # shellcheck disable=SC2206
 packages+=(${DCR_SETUP_EXTRA_PACKAGES:-})
 missing=()

@@ -1,7 +1,8 @@
 //! dcr-build: reproducible, measured confidential-VM images.
 //!
 //! Pure libraries (bytes in, bytes out): [`recipe`] parsing, [`deb`] reading, [`kmod`]
-//! resolution, [`initrd`] (cpio newc), [`uki`] (PE assembly), [`bzimage`], [`compare`].
+//! resolution, [`initrd`] (cpio newc), [`uki`] (PE assembly), [`bzimage`], [`compare`], [`fstree`], [`erofs`], [`verity`], [`oci`] (layers
+//! flattened), [`rootfs`].
 //! The shell around them: [`fetch`] (apt-get, files), [`cargo`] (guest builds), [`image`]
 //! (orchestration), [`run`] (QEMU). [`sys`] is the one module with `unsafe` (a file mapping).
 #![deny(unsafe_code)]
@@ -14,16 +15,21 @@ pub mod deb;
 pub mod diagnose;
 pub mod disk;
 pub mod eif;
+pub mod erofs;
 pub mod export;
 pub mod fetch;
+pub mod fstree;
 pub mod image;
 pub mod initrd;
 pub mod kmod;
 pub mod measure;
+pub mod oci;
 pub mod recipe;
+pub mod rootfs;
 pub mod run;
 pub mod sys;
 pub mod uki;
+pub mod verity;
 
 /// Format an error with its cause chain on one line, skipping causes whose text the message
 /// already contains.

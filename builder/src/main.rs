@@ -34,6 +34,9 @@ enum Cmd {
     /// Export a build's Azure reference values for other key brokers: an Azure Key Vault
     /// Secure Key Release policy, or Trustee RVPS reference values plus a Rego fragment.
     Export(cli::export::Args),
+    /// Flatten a pinned OCI image (layout directory or archive) into a read-only root: EROFS
+    /// with a dm-verity hash tree on one device image; prints the root hash and the table.
+    Rootfs(cli::rootfs::Args),
     /// Boot a build output in QEMU; exit 0 only if the guest reported success and powered off.
     Run(cli::run::Args),
 }
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Cmd::Diagnose(a) => cli::diagnose::run(a),
         Cmd::Compare(a) => cli::compare::run(a),
         Cmd::Export(a) => cli::export::run(a),
+        Cmd::Rootfs(a) => cli::rootfs::run(a),
         Cmd::Run(a) => cli::run::run(a),
     };
     match result {

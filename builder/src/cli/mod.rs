@@ -7,4 +7,5 @@ pub mod diagnose;
 pub mod export;
 pub mod image;
 pub mod measure;
+pub mod rootfs;
 pub mod run;
