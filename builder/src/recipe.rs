@@ -152,6 +152,25 @@ pub struct WorkloadSpec {
     pub file: Option<PathBuf>,
     /// Required with `file`.
     pub sha256: Option<HexSha256>,
+    /// `native` (default: `crate`, or `file` + `sha256`) or `oci` (`oci` + `digest`).
+    #[serde(default)]
+    pub kind: WorkloadKind,
+    /// kind = "oci": an OCI image layout directory, or an archive holding one (`docker
+    /// save` from Docker 25 on), relative to the recipe directory.
+    pub oci: Option<PathBuf>,
+    /// kind = "oci": the image manifest (or index) digest it is pinned by, `sha256:<hex>`.
+    pub digest: Option<String>,
+}
+
+/// What a recipe workload is built from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// A static binary: a crate built for the guest, or a pinned file.
+    #[default]
+    Native,
+    /// A container image, flattened into a dm-verity-protected EROFS root.
+    Oci,
 }
 
 /// Platforms whose launch measurements the build predicts.
@@ -312,6 +331,10 @@ pub struct DiskSpec {
 /// Modules packed (with their dependencies) whenever the recipe targets Azure: the VMBus and
 /// its storage and network drivers. On other machines hv_vmbus refuses to load (ENODEV) and
 /// guest-init counts it and its dependants as absent.
+/// Modules an image with an oci workload loads: the block device, device-mapper's verity
+/// target and EROFS (their dependencies are resolved from modules.dep).
+pub const OCI_MODULES: [&str; 3] = ["virtio_blk", "dm-verity", "erofs"];
+
 pub const AZURE_MODULES: [&str; 3] = ["hv_vmbus", "hv_storvsc", "hv_netvsc"];
 
 /// A recipe plus the directory its relative paths are resolved against.
@@ -522,6 +545,29 @@ fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
                 &format!("{f}.name"),
                 format!("duplicate workload {:?}", w.name),
             ));
+        }
+        if w.kind == WorkloadKind::Oci {
+            if w.krate.is_some() || w.file.is_some() || w.sha256.is_some() {
+                return Err(field(
+                    path,
+                    &f,
+                    "kind = \"oci\" takes oci + digest, not crate, file or sha256",
+                ));
+            }
+            let (Some(_), Some(d)) = (&w.oci, &w.digest) else {
+                return Err(field(path, &f, "kind = \"oci\" needs oci and digest"));
+            };
+            if crate::oci::check_digest(d).is_err() {
+                return Err(field(
+                    path,
+                    &format!("{f}.digest"),
+                    format!("{d:?}: expected sha256:<64 lowercase hex digits>"),
+                ));
+            }
+            continue;
+        }
+        if w.oci.is_some() || w.digest.is_some() {
+            return Err(field(path, &f, "oci and digest need kind = \"oci\""));
         }
         match (&w.krate, &w.file, &w.sha256) {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}

@@ -1,8 +1,9 @@
 //! A workload's read-only root from an OCI image: flattened ([`crate::oci`]), packed as EROFS
 //! ([`crate::erofs`]) and protected by dm-verity ([`crate::verity`]) on one device:
 //! `[EROFS image][verity superblock][hash tree]`. The verity salt and the EROFS UUID follow
-//! from the image's manifest digest, so a rebuild gives the same bytes and root hash. Pure:
-//! the blobs come through [`crate::oci::Blobs`].
+//! from the image's manifest digest, so a rebuild gives the same bytes and root hash. The
+//! directories the guest mounts over (`dcr_protocol::oci::MOUNT_POINTS`) are added when the
+//! image lacks them. Pure: the blobs come through [`crate::oci::Blobs`].
 
 use serde::Serialize;
 
@@ -18,6 +19,10 @@ pub enum RootfsError {
     Erofs(#[from] erofs::ErofsError),
     #[error(transparent)]
     Verity(#[from] verity::VerityError),
+    #[error("the image's /{0} is not a directory (the guest mounts over it)")]
+    MountPoint(String),
+    #[error("the image has no Entrypoint and no Cmd: nothing to run")]
+    NoCommand,
 }
 
 /// What a packed root is, for `measurements.json`, the guest's table and the notes.
@@ -48,9 +53,60 @@ pub struct Packed {
     pub summary: Summary,
 }
 
+impl Packed {
+    /// The run document the guest reads from /workloads/<name>.
+    pub fn run_spec(&self) -> Result<dcr_protocol::oci::RunSpec, RootfsError> {
+        let s = &self.summary;
+        let argv: Vec<String> = s
+            .run
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(s.run.cmd.iter().flatten())
+            .cloned()
+            .collect();
+        if argv.is_empty() {
+            return Err(RootfsError::NoCommand);
+        }
+        Ok(dcr_protocol::oci::RunSpec {
+            version: dcr_protocol::oci::RUN_VERSION,
+            image: s.manifest.clone(),
+            verity: dcr_protocol::oci::Verity {
+                root_hash: s.root_hash.clone(),
+                salt: s.salt.clone(),
+                uuid: s.uuid.clone(),
+                data_blocks: s.data_bytes / verity::BLOCK as u64,
+                hash_blocks: s.hash_bytes / verity::BLOCK as u64,
+            },
+            argv,
+            env: s.run.env.clone().unwrap_or_default(),
+            workdir: match s.run.working_dir.as_deref() {
+                Some(w) if w.starts_with('/') => w.to_string(),
+                _ => "/".to_string(),
+            },
+        })
+    }
+}
+
 /// Flatten the image `pin` names and pack it.
 pub fn build(blobs: &mut dyn Blobs, pin: &str) -> Result<Packed, RootfsError> {
-    let flat = oci::flatten(blobs, pin)?;
+    let mut flat = oci::flatten(blobs, pin)?;
+    // Each mount point and each of its parents must be a real directory (a symlink would
+    // move the guest's mount elsewhere); missing ones are added, root-owned, 0755.
+    for m in dcr_protocol::oci::MOUNT_POINTS {
+        let parts: Vec<&str> = m.split('/').collect();
+        for k in 1..=parts.len() {
+            let p = parts[..k].join("/");
+            match flat.tree.lookup(p.as_bytes()) {
+                Ok(None) => flat
+                    .tree
+                    .put_dir(p.as_bytes(), crate::fstree::Meta::ROOT_DIR)
+                    .map_err(|_| RootfsError::MountPoint(p.clone()))?,
+                Ok(Some(i)) if matches!(flat.tree.inodes[i].kind, crate::fstree::Kind::Dir(_)) => {}
+                _ => return Err(RootfsError::MountPoint(p)),
+            }
+        }
+    }
     let (salt, uuid) = verity::salt_and_uuid(flat.manifest_digest.as_bytes());
     let (mut device, fs) = erofs::write(&flat.tree, uuid, "dcr-rootfs")?;
     let v = verity::format(&device, salt, uuid)?;

@@ -17,6 +17,7 @@ mod console;
 mod evidence;
 mod measure;
 mod net;
+mod oci;
 mod queries;
 mod release;
 mod sys;
@@ -28,7 +29,7 @@ use std::fs;
 use std::path::Path;
 
 use dcr_protocol::console::Line;
-use dcr_protocol::contract::{Contract, Network};
+use dcr_protocol::contract::{Contract, Network, WorkloadKind};
 use dcr_protocol::receipt::{canonical_sha256, Receipt, ReceiptUpload, RECEIPT_VERSION};
 use sha2::{Digest, Sha256};
 
@@ -101,7 +102,9 @@ fn run() -> Result<(), StepError> {
         names(&mods.absent)
     ));
     measure::measure_and_report(digest.into())?;
-    clean_room(&parsed, &contract, &digest.into())
+    // An oci workload's root is checked against its verity root hash before anything else.
+    let root = oci::open_root(&parsed)?;
+    clean_room(&parsed, &contract, &digest.into(), root.as_ref())
 }
 
 /// The attested clean-room run (../shared/design.md "The run"; docs/protocol.md): network,
@@ -109,7 +112,12 @@ fn run() -> Result<(), StepError> {
 /// decrypted into a private tmpfs, the workload run confined, output rules enforced, the
 /// result sealed to the contract's recipients and uploaded. Every failure is a `StepError`
 /// (one line on the console, then power off).
-fn clean_room(c: &Contract, contract_json: &[u8], digest: &[u8; 32]) -> Result<(), StepError> {
+fn clean_room(
+    c: &Contract,
+    contract_json: &[u8],
+    digest: &[u8; 32],
+    root: Option<&oci::Root>,
+) -> Result<(), StepError> {
     match &c.network {
         Network::Static { address, gateway } => {
             step(
@@ -151,9 +159,15 @@ fn clean_room(c: &Contract, contract_json: &[u8], digest: &[u8; 32]) -> Result<(
     let keys = evidence::attest(c, digest, &client, tee, &tk)?;
     workload::mount_run_dir()?;
     let (inputs, input_receipts) = workload::fetch_inputs(c, digest, &keys, &client)?;
-    let out = match c.native_workload() {
-        Some(w) => Some(workload::run_workload(c, w, &inputs)?),
-        None => None,
+    let out = match (c.output_workload(), root) {
+        (Some(w), Some(root)) if w.kind == WorkloadKind::Oci => {
+            Some(oci::run(c, w, root, &inputs)?)
+        }
+        (Some(w), _) if w.kind == WorkloadKind::Oci => {
+            return fail("workload", format!("{}: its root was not opened", w.name))
+        }
+        (Some(w), _) => Some(workload::run_workload(c, w, &inputs)?),
+        (None, _) => None,
     };
     // Every answer and the output are sealed and signed first; then the receipt (naming their
     // digests) is uploaded; then the answers, then the output (whose upload uses the upload
@@ -191,7 +205,7 @@ fn clean_room(c: &Contract, contract_json: &[u8], digest: &[u8; 32]) -> Result<(
     match out {
         Some(out) => workload::deliver_output(c, digest, &keys, &client, out),
         None => {
-            say("output none (the contract has no native workload)");
+            say("output none (the contract has no native or oci workload)");
             Ok(())
         }
     }

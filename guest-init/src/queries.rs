@@ -447,7 +447,7 @@ fn run_engine(
     )?;
     let mut args = vec![CONTRACT_PATH.to_string(), path.display().to_string()];
     args.extend(tables.iter().cloned());
-    let ran = run_confined("queries", w, exe, &args, uid, r.timeout_secs);
+    let ran = run_confined("queries", w, exe, &args, uid, r.timeout_secs, None);
     let _ = std::fs::remove_file(&path);
     let ran = match ran {
         Ok(r) => r,

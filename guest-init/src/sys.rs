@@ -120,6 +120,13 @@ pub struct Confinement {
     pub gid: u32,
     pub memory_bytes: u64,
     pub cpu_secs: u64,
+    /// RLIMIT_FSIZE: 0 (no file writes) for native workloads; an oci workload's private
+    /// /tmp size.
+    pub fsize_bytes: u64,
+    /// An oci workload's root and working directory inside it: the child gets its own mount
+    /// namespace, chroot(2)s into the root and chdir(2)s to the directory (before giving up
+    /// root, so before setuid).
+    pub root: Option<(CString, CString)>,
 }
 
 /// Spawn `cmd` confined: its own process group, a fresh network namespace (no interfaces
@@ -132,7 +139,8 @@ pub fn spawn_confined(
     c: &Confinement,
 ) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    let (uid, gid, mem, cpu) = (c.uid, c.gid, c.memory_bytes, c.cpu_secs);
+    let (uid, gid, mem, cpu, fsize) = (c.uid, c.gid, c.memory_bytes, c.cpu_secs, c.fsize_bytes);
+    let root = c.root.clone();
     cmd.process_group(0);
     let confine = move || -> io::Result<()> {
         let check = |rc: libc::c_int| {
@@ -153,11 +161,23 @@ pub fn spawn_confined(
                 check(unsafe { libc::setrlimit($res, &r) })
             }};
         }
+        let ns = if root.is_some() {
+            libc::CLONE_NEWNET | libc::CLONE_NEWNS
+        } else {
+            libc::CLONE_NEWNET
+        };
         // SAFETY: unshare(2) takes no pointers; async-signal-safe, in the child before exec.
-        check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+        check(unsafe { libc::unshare(ns) })?;
+        if let Some((dir, cwd)) = &root {
+            // SAFETY: chroot(2) and chdir(2) read NUL-terminated paths from CStrings built
+            // before fork and alive for the whole closure; no allocation here.
+            check(unsafe { libc::chroot(dir.as_ptr()) })?;
+            // SAFETY: as above.
+            check(unsafe { libc::chdir(cwd.as_ptr()) })?;
+        }
         limit!(libc::RLIMIT_AS, mem)?;
         limit!(libc::RLIMIT_CPU, cpu)?;
-        limit!(libc::RLIMIT_FSIZE, 0)?;
+        limit!(libc::RLIMIT_FSIZE, fsize)?;
         limit!(libc::RLIMIT_NOFILE, 64)?;
         limit!(libc::RLIMIT_NPROC, 64)?;
         // SAFETY: setgroups(2) with size 0 never reads the (null) list.
@@ -174,6 +194,179 @@ pub fn spawn_confined(
     // between fork and exec, as pre_exec requires.
     unsafe { cmd.pre_exec(confine) };
     cmd.spawn()
+}
+
+/// `mknod(2)` of a character device.
+pub fn mknod_char(path: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
+    mknod(path, libc::S_IFCHR | perm, major, minor)
+}
+
+/// `mknod(2)` of a block device.
+pub fn mknod_block(path: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
+    mknod(path, libc::S_IFBLK | perm, major, minor)
+}
+
+fn mknod(path: &str, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+    let p = CString::new(path)?;
+    // SAFETY: `p` is a live NUL-terminated path for the duration of the call; makedev only
+    // combines integers.
+    let rc = unsafe { libc::mknod(p.as_ptr(), mode, libc::makedev(major, minor)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+// Device-mapper (include/uapi/linux/dm-ioctl.h): every command is
+// `_IOWR(DM_IOCTL, nr, struct dm_ioctl)` on /dev/mapper/control; a table is loaded into an
+// inactive slot and swapped in by a resume (DM_DEV_SUSPEND without DM_SUSPEND_FLAG).
+
+/// `struct dm_ioctl` (312 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DmIoctl {
+    version: [u32; 3],
+    data_size: u32,
+    data_start: u32,
+    target_count: u32,
+    open_count: i32,
+    flags: u32,
+    event_nr: u32,
+    padding: u32,
+    dev: u64,
+    name: [u8; 128],
+    uuid: [u8; 129],
+    data: [u8; 7],
+}
+const _: () = assert!(std::mem::size_of::<DmIoctl>() == 312);
+
+/// `struct dm_target_spec` (40 bytes); the target's parameter string follows it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DmTargetSpec {
+    sector_start: u64,
+    length: u64,
+    status: i32,
+    next: u32,
+    target_type: [u8; 16],
+}
+const _: () = assert!(std::mem::size_of::<DmTargetSpec>() == 40);
+
+/// An ioctl buffer: the header, one target spec and its parameters (8-byte aligned).
+#[repr(C, align(8))]
+struct DmBuffer {
+    hdr: DmIoctl,
+    spec: DmTargetSpec,
+    params: [u8; 1024],
+}
+
+const DM_IOCTL: u32 = 0xfd;
+const DM_DEV_CREATE_CMD: u32 = 3;
+const DM_DEV_SUSPEND_CMD: u32 = 6;
+const DM_TABLE_LOAD_CMD: u32 = 9;
+const DM_DEV_REMOVE_CMD: u32 = 4;
+const DM_READONLY_FLAG: u32 = 1;
+
+const fn dm_cmd(nr: u32) -> u32 {
+    (3 << 30) | ((std::mem::size_of::<DmIoctl>() as u32) << 16) | (DM_IOCTL << 8) | nr
+}
+
+fn dm_call(ctl: &File, nr: u32, buf: &mut DmBuffer) -> io::Result<()> {
+    // SAFETY: `buf` is a live, writable, 8-aligned DmBuffer whose header says (data_size)
+    // how many of its bytes the kernel may read and write; the fd is /dev/mapper/control,
+    // open for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            ctl.as_raw_fd(),
+            dm_cmd(nr) as libc::Ioctl,
+            buf as *mut DmBuffer,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn dm_buffer(name: &str) -> io::Result<Box<DmBuffer>> {
+    if name.is_empty() || name.len() >= 128 || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad device-mapper name",
+        ));
+    }
+    let mut hdr = DmIoctl {
+        // The interface version this code speaks (4.0.0; the kernel accepts any 4.x ≤ its own).
+        version: [4, 0, 0],
+        data_size: std::mem::size_of::<DmIoctl>() as u32,
+        data_start: std::mem::size_of::<DmIoctl>() as u32,
+        target_count: 0,
+        open_count: 0,
+        flags: 0,
+        event_nr: 0,
+        padding: 0,
+        dev: 0,
+        name: [0; 128],
+        uuid: [0; 129],
+        data: [0; 7],
+    };
+    hdr.name[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(Box::new(DmBuffer {
+        hdr,
+        spec: DmTargetSpec {
+            sector_start: 0,
+            length: 0,
+            status: 0,
+            next: 0,
+            target_type: [0; 16],
+        },
+        params: [0; 1024],
+    }))
+}
+
+/// Create the device-mapper device `name` with one read-only target (`target` over
+/// `sectors` 512-byte sectors, `params` its table parameters) and activate it; returns the
+/// device's minor number (`/dev/dm-<minor>`). A device left half-made is removed.
+pub fn dm_create(name: &str, target: &str, sectors: u64, params: &str) -> io::Result<u32> {
+    let ctl = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")?;
+    if target.len() >= 16 || params.len() >= 1024 || params.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "device-mapper target too long",
+        ));
+    }
+    let mut b = dm_buffer(name)?;
+    dm_call(&ctl, DM_DEV_CREATE_CMD, &mut b)?;
+    let dev = b.hdr.dev;
+    let loaded = (|| {
+        let mut b = dm_buffer(name)?;
+        b.hdr.flags = DM_READONLY_FLAG;
+        b.hdr.target_count = 1;
+        let padded = (params.len() + 1).div_ceil(8) * 8;
+        b.hdr.data_size =
+            (std::mem::size_of::<DmIoctl>() + std::mem::size_of::<DmTargetSpec>() + padded) as u32;
+        b.spec.sector_start = 0;
+        b.spec.length = sectors;
+        b.spec.next = (std::mem::size_of::<DmTargetSpec>() + padded) as u32;
+        b.spec.target_type[..target.len()].copy_from_slice(target.as_bytes());
+        b.params[..params.len()].copy_from_slice(params.as_bytes());
+        dm_call(&ctl, DM_TABLE_LOAD_CMD, &mut b)?;
+        let mut b = dm_buffer(name)?;
+        dm_call(&ctl, DM_DEV_SUSPEND_CMD, &mut b)
+    })();
+    if let Err(e) = loaded {
+        if let Ok(mut b) = dm_buffer(name) {
+            let _ = dm_call(&ctl, DM_DEV_REMOVE_CMD, &mut b);
+        }
+        return Err(e);
+    }
+    // new_encode_dev (include/linux/kdev_t.h): minor = low 8 bits | bits 20.. shifted down.
+    Ok(((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32)
 }
 
 /// SIGKILL a whole process group.

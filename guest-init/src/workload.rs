@@ -194,8 +194,19 @@ impl Ran {
     }
 }
 
+/// Where an oci workload runs: its mounted root, the working directory inside it, its
+/// environment and how much it may write (its /tmp).
+pub struct Jail {
+    pub root: PathBuf,
+    pub workdir: String,
+    pub env: Vec<String>,
+    pub fsize_bytes: u64,
+}
+
 /// Run `exe args` confined (its own uid, no capabilities, rlimits, stdin null, stderr
-/// dropped, env cleared), killed with its process group after `timeout_secs`.
+/// dropped, env cleared), killed with its process group after `timeout_secs`. With a
+/// `jail`, `exe` is a path inside the jail's root, and the process runs chrooted there in its
+/// own mount namespace with the jail's environment.
 pub fn run_confined(
     what: &'static str,
     w: &Workload,
@@ -203,20 +214,44 @@ pub fn run_confined(
     args: &[String],
     uid: u32,
     timeout_secs: u64,
+    jail: Option<&Jail>,
 ) -> Result<Ran, StepError> {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
-        .current_dir("/")
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         // Nothing a workload says reaches the operator's console.
         .stderr(std::process::Stdio::null());
+    let mut root = None;
+    match jail {
+        None => {
+            cmd.current_dir("/");
+        }
+        Some(j) => {
+            for kv in &j.env {
+                if let Some((k, v)) = kv.split_once('=') {
+                    if !k.is_empty() {
+                        cmd.env(k, v);
+                    }
+                }
+            }
+            let cstr = |s: &str| {
+                std::ffi::CString::new(s).map_err(|_| StepError {
+                    step: what,
+                    detail: format!("{}: a NUL in the root or working directory", w.name),
+                })
+            };
+            root = Some((cstr(&j.root.display().to_string())?, cstr(&j.workdir)?));
+        }
+    }
     let conf = crate::sys::Confinement {
         uid,
         gid: uid,
         memory_bytes: w.limits.memory_mib << 20,
         cpu_secs: w.limits.cpu_secs,
+        fsize_bytes: jail.map_or(0, |j| j.fsize_bytes),
+        root,
     };
     let start = Instant::now();
     let mut child = step(
@@ -287,6 +322,7 @@ pub fn run_workload(
         &args,
         workload_uid(c, w),
         w.limits.timeout_secs,
+        None,
     )?;
     say(&format!(
         "workload {} exit={} output={} bytes time={:.1}s",

@@ -269,11 +269,16 @@ impl Room {
 
     /// dcr-build image with `contract`; returns the output directory.
     pub fn build(&self, contract: &Path, tag: &str) -> PathBuf {
+        self.build_recipe(&reference_recipe(), contract, tag)
+    }
+
+    /// dcr-build image of `recipe` with `contract`; returns the output directory.
+    pub fn build_recipe(&self, recipe: &Path, contract: &Path, tag: &str) -> PathBuf {
         let out = self.dir.join(format!("image-{tag}"));
         ok(
             Command::new(dcr_build())
                 .arg("image")
-                .arg(reference_recipe())
+                .arg(recipe)
                 .arg("--contract")
                 .arg(contract)
                 .arg("--out")

@@ -82,11 +82,14 @@ pub struct Dataset {
 pub struct Workload {
     pub name: String,
     /// What the executable is (docs/contract.md): `native` (default; its stdout is the
-    /// contract's output) or `sql` (the SQL engine: it answers the submitted queries of the
-    /// contract's analyses, one confined run per query).
+    /// contract's output), `oci` (a container image whose entrypoint's stdout is the output;
+    /// /workloads/<name> is then its run document, `dcr_protocol::oci::RunSpec`) or `sql`
+    /// (the SQL engine: it answers the submitted queries of the contract's analyses, one
+    /// confined run per query).
     #[serde(default, skip_serializing_if = "WorkloadKind::is_native")]
     pub kind: WorkloadKind,
-    /// SHA-256 of the workload executable packed at /workloads/<name>.
+    /// SHA-256 of what is packed at /workloads/<name> (the executable, or an oci workload's
+    /// run document, which names its root's dm-verity root hash).
     pub sha256: String,
     /// Dataset ids, in the order the workload receives them.
     pub inputs: Vec<String>,
@@ -102,11 +105,19 @@ pub enum WorkloadKind {
     Native,
     /// The SQL engine (dcr-sql-engine): answers the pending queries of the analyses.
     Sql,
+    /// A container image (read-only root under dm-verity) whose entrypoint's stdout is the
+    /// contract's output (held to `[output]`), like a native workload's.
+    Oci,
 }
 
 impl WorkloadKind {
     pub fn is_native(&self) -> bool {
         *self == WorkloadKind::Native
+    }
+
+    /// Does its stdout become the contract's output (native and oci workloads)?
+    pub fn gives_output(&self) -> bool {
+        matches!(self, WorkloadKind::Native | WorkloadKind::Oci)
     }
 }
 
@@ -280,12 +291,9 @@ impl Contract {
         }
     }
 
-    /// The analysis named `name`.
-    /// The one native workload (its stdout is the output).
-    pub fn native_workload(&self) -> Option<&Workload> {
-        self.workloads
-            .iter()
-            .find(|w| w.kind == WorkloadKind::Native)
+    /// The one workload whose stdout is the output (native or oci).
+    pub fn output_workload(&self) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.kind.gives_output())
     }
 
     /// The SQL engine workload, when the contract has one.
@@ -317,6 +325,7 @@ impl Contract {
             .collect()
     }
 
+    /// The analysis named `name`.
     pub fn analysis(&self, name: &str) -> Option<&crate::analysis::Analysis> {
         self.analyses.iter().find(|a| a.name == name)
     }
@@ -449,12 +458,12 @@ impl Contract {
             }
         }
         let natives: Vec<usize> = (0..self.workloads.len())
-            .filter(|&i| self.workloads[i].kind.is_native())
+            .filter(|&i| self.workloads[i].kind.gives_output())
             .collect();
         if natives.len() > 1 {
             return Err(field(
                 format!("workloads[{}].kind", natives[1]),
-                "at most one native workload (its stdout is the output)",
+                "at most one native or oci workload (its stdout is the output)",
             ));
         }
         let sql: Vec<usize> = (0..self.workloads.len())
@@ -951,14 +960,14 @@ mod tests {
     #[test]
     fn workload_kinds_are_checked() {
         let c = Contract::from_toml(&with_engine(true)).expect("native + sql");
-        assert_eq!(c.native_workload().unwrap().name, "w");
+        assert_eq!(c.output_workload().unwrap().name, "w");
         assert_eq!(c.sql_workload().unwrap().name, "e");
         // The native kind is the default and is not written out: old digests stay.
         let json = String::from_utf8(c.canonical_json()).unwrap();
         assert_eq!(json.matches("\"kind\":\"sql\"").count(), 1, "{json}");
         assert!(!json.contains("native"), "{json}");
         let c = Contract::from_toml(&with_engine(false)).expect("sql only");
-        assert!(c.native_workload().is_none());
+        assert!(c.output_workload().is_none());
         let bad = |text: String, f: &str| match Contract::from_toml(&text) {
             Err(ContractError::Field { field, .. }) => assert_eq!(field, f, "{text}"),
             other => panic!("{f}: {other:?}"),

@@ -17,6 +17,7 @@ pub mod dp;
 pub mod evidence;
 pub mod keys;
 pub mod measurements;
+pub mod oci;
 pub mod output;
 pub mod receipt;
 pub mod recipients;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use sha2::Digest;
 
 // The subcommand's help text is the doc comment of `Cmd::Rootfs` in main.rs.
 #[derive(clap::Args)]
@@ -32,8 +33,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .and_then(|()| std::fs::rename(&tmp, &a.out))
         .with_context(|| format!("writing {}", a.out.display()))?;
     let s = &packed.summary;
+    // What a contract names for this image as an oci workload: the SHA-256 of its run
+    // document (none when the image has nothing to run).
+    let run_sha256 = packed
+        .run_spec()
+        .ok()
+        .map(|r| hex::encode(sha2::Sha256::digest(r.canonical_json())));
     if a.json {
-        println!("{}", serde_json::to_string_pretty(s)?);
+        let mut v = serde_json::to_value(s)?;
+        v["run_document_sha256"] = serde_json::json!(run_sha256);
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -53,6 +62,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         s.root_hash, s.salt, s.uuid
     );
     println!("table {}", s.table);
+    match &run_sha256 {
+        Some(h) => println!("contract: kind = \"oci\", sha256 = \"{h}\" (the run document's)"),
+        None => {
+            println!("note: the image has no Entrypoint and no Cmd: it cannot be an oci workload")
+        }
+    }
     let n = &s.notes;
     for (what, list) in [
         ("set-uid/set-gid bits stripped", &n.setid_stripped),

@@ -84,6 +84,12 @@ pub enum ImageError {
     },
     #[error("contract {path}: {reason}")]
     ContractWorkloads { path: PathBuf, reason: String },
+    #[error("workload {workload} (oci): {source}")]
+    Rootfs {
+        workload: String,
+        #[source]
+        source: crate::rootfs::RootfsError,
+    },
 }
 
 /// Options of [`build`].
@@ -97,6 +103,12 @@ pub struct BuildOptions {
     pub contract: Option<PathBuf>,
     /// The P-384 key (PKCS#8 PEM) of the recipe's `[nitro] signing_certificate`.
     pub nitro_signing_key: Option<PathBuf>,
+}
+
+/// The file an oci workload's root device is written to: `rootfs-<workload>.img` (`dcr-build
+/// run` attaches each as a read-only virtio-blk drive).
+pub fn rootfs_file(workload: &str) -> String {
+    format!("rootfs-{workload}.img")
 }
 
 /// Build the image of a recipe into `opts.out`; returns the reference values written.
@@ -140,6 +152,19 @@ pub fn build(recipe_path: &Path, opts: &BuildOptions) -> Result<Measurements, Im
             d.esp_last_lba,
             d.cluster_size,
             d.fat_serial
+        );
+    }
+    for (name, device) in &prepared.roots {
+        let file = rootfs_file(name);
+        write::atomic(&opts.out, &file, device)?;
+        m.artifacts.insert(
+            file,
+            dcr_protocol::measurements::Artifact {
+                sha256: dcr_protocol::measurements::Sha256(
+                    <sha2::Sha256 as sha2::Digest>::digest(device).into(),
+                ),
+                size: device.len() as u64,
+            },
         );
     }
     write::atomic(&opts.out, MEASUREMENTS, &m.to_canonical_json()?)?;

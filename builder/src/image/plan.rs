@@ -174,6 +174,8 @@ pub struct Prepared {
     pub tdx: Option<(TdxSpec, Vec<u8>)>,
     /// The disk image's settings, when one is built (`[disk]`, or `azure` in platforms).
     pub disk: Option<recipe::DiskSpec>,
+    /// The root device of each oci workload (EROFS + dm-verity), by workload name.
+    pub roots: Vec<(String, Vec<u8>)>,
 }
 
 /// Load the recipe, get and verify every input, build the guest binaries. `out`, if given,
@@ -219,6 +221,57 @@ pub fn prepare(
     if let Some(out) = out {
         prepare_out(out)?;
     }
+    // Container-image workloads: flattened, packed and hashed; what is packed at
+    // /workloads/<name> is the run document naming the root's verity root hash.
+    let mut roots = Vec::new();
+    let mut oci_inputs = Vec::new();
+    for w in &rec.workloads {
+        if let (recipe::WorkloadKind::Oci, Some(oci), Some(digest)) = (w.kind, &w.oci, &w.digest) {
+            let err = |source| ImageError::Rootfs {
+                workload: w.name.clone(),
+                source,
+            };
+            let mut src =
+                crate::oci::source::Source::open(&r.resolve(oci)).map_err(|e| err(e.into()))?;
+            let packed = crate::rootfs::build(&mut src, digest).map_err(err)?;
+            let doc = packed.run_spec().map_err(err)?.canonical_json();
+            let s = &packed.summary;
+            eprintln!(
+                "workload {}: oci image {} ({} layers, {} bytes) -> {} ({} inodes, {} bytes), verity root {}",
+                w.name,
+                s.manifest,
+                s.layers.len(),
+                s.layer_bytes,
+                super::rootfs_file(&w.name),
+                s.inodes,
+                packed.device.len(),
+                s.root_hash
+            );
+            for (what, list) in [
+                ("set-uid/set-gid bits stripped", &s.notes.setid_stripped),
+                (
+                    "device nodes, FIFOs, sockets left out",
+                    &s.notes.specials_dropped,
+                ),
+                ("extended attributes left out", &s.notes.xattrs_dropped),
+            ] {
+                if !list.is_empty() {
+                    eprintln!("note: workload {}: {what}: {}", w.name, list.len());
+                }
+            }
+            let source = format!("oci:{}@{}", oci.display(), s.manifest);
+            oci_inputs.push((
+                format!("rootfs:{}", w.name),
+                Input {
+                    source: source.clone(),
+                    sha256: sha256(&packed.device),
+                    size: packed.device.len() as u64,
+                },
+            ));
+            local_workloads.push((w.name.clone(), doc, source));
+            roots.push((w.name.clone(), packed.device));
+        }
+    }
 
     let mut inputs: BTreeMap<String, Input> = BTreeMap::new();
     let recipe_bytes = fetch::read_local_max("recipe", &r.path, fetch::MAX_CONTRACT)?;
@@ -231,11 +284,23 @@ pub fn prepare(
         None => format!("file:{} (canonical JSON)", rec.contract.display()),
     };
     inputs.insert("contract".into(), input(contract_source, &contract));
+    inputs.extend(oci_inputs);
     let nitro_signer = nitro_signer(&r, opts, &mut inputs)?;
     let nitro_kernel = nitro_kernel(&r, &mut inputs)?;
 
     let (kernel, tree) = kernel_inputs(&r, &mut inputs)?;
     let mut wanted = rec.kernel.modules.clone();
+    if !roots.is_empty() {
+        // An oci workload's root: a virtio-blk device under dm-verity, EROFS inside.
+        for m in recipe::OCI_MODULES {
+            if !wanted
+                .iter()
+                .any(|w| w.replace('-', "_") == m.replace('-', "_"))
+            {
+                wanted.push(m.to_string());
+            }
+        }
+    }
     if rec.platforms.contains(&Platform::Azure) {
         for m in recipe::AZURE_MODULES {
             if !wanted.iter().any(|w| w.replace('-', "_") == m) {
@@ -379,6 +444,7 @@ pub fn prepare(
             None if rec.platforms.contains(&Platform::Azure) => Some(recipe::DiskSpec::default()),
             None => None,
         },
+        roots,
     })
 }
 

@@ -380,6 +380,21 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
         "none".into(),
         "-no-reboot".into(),
     ];
+    // The root devices of oci workloads (`rootfs-<name>.img`), read-only virtio-blk drives in
+    // name order; the guest finds each by its verity superblock's UUID, not by position.
+    let mut roots: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .map_err(|source| RunError::Read {
+            path: out_dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("rootfs-") && n.ends_with(".img"))
+        })
+        .collect();
+    roots.sort();
     match o.mode {
         Mode::Direct => {
             let kernel = uki::section(&image, ".linux")?
@@ -436,9 +451,10 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
                     )
                 }
             };
-            if o.net {
-                // With a NIC, OVMF also offers network boot: pin the ESP as the first boot
-                // option so the boot path (and PCR 4) stays the UKI's.
+            if o.net || !roots.is_empty() {
+                // With a NIC, OVMF also offers network boot (and other disks are boot options
+                // too): pin the ESP as the first boot option so the boot path (and PCR 4)
+                // stays the UKI's.
                 args.extend([
                     "-drive".into(),
                     format!("if=none,id=esp,{esp}"),
@@ -458,6 +474,22 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
         }
+    }
+    for r in &roots {
+        let shown = r.display().to_string();
+        if shown.contains(',') {
+            return Err(RunError::Read {
+                path: r.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "QEMU's -drive cannot take a path with ','",
+                ),
+            });
+        }
+        args.extend([
+            "-drive".into(),
+            format!("if=virtio,format=raw,readonly=on,file={shown}"),
+        ]);
     }
     if has_tpm(o) {
         args.extend([

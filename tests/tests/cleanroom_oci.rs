@@ -1,0 +1,162 @@
+//! A clean room whose workload is a container image (`kind = "oci"`), end to end in QEMU:
+//!
+//! - the image (one layer holding the reference room's `overlap` program, its Cmd naming the
+//!   inputs at their fixed paths /dcr/input/<dataset id>) is written by a Python script, not
+//!   by dcr-build; `dcr-build image` flattens it into `rootfs-overlap.img` (EROFS +
+//!   dm-verity) and packs the run document whose SHA-256 the contract names;
+//! - a root with one byte changed makes guest-init power off before any key is asked for,
+//!   naming dm-verity and the workload; nothing is uploaded;
+//! - the untouched root runs through: the result both recipients open equals the aggregates
+//!   computed here from the plaintext, independently of the workload.
+
+use std::path::Path;
+use std::process::Command;
+
+use dcr_tests::cleanroom::*;
+use dcr_tests::*;
+
+const TOOLS: [&str; 6] = [
+    "qemu-system-x86_64",
+    "swtpm",
+    "swtpm_setup",
+    "swtpm_localca",
+    "certtool",
+    "python3",
+];
+
+/// The contract text with the overlap workload made an oci workload with digest `sha`.
+fn as_oci(contract: &str, sha: &str) -> String {
+    let at = contract
+        .find("name = \"overlap\"\n")
+        .expect("the overlap workload");
+    let line = at + contract[at..].find("sha256 = \"").expect("its sha256");
+    let end = line + contract[line..].find('\n').unwrap();
+    format!(
+        "{}kind = \"oci\"\nsha256 = \"{sha}\"{}",
+        &contract[..line],
+        &contract[end..]
+    )
+}
+
+#[test]
+fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
+    if !require_tools("cleanroom_oci", &TOOLS) {
+        return;
+    }
+    // The overlap program as the reference image packs it (static, for the guest).
+    let reference = reference_build();
+    let cpio = std::fs::read(reference.join("initrd.cpio")).unwrap();
+    let program = dcr_build::initrd::read_file(&cpio, "workloads/overlap")
+        .unwrap()
+        .expect("workloads/overlap in the reference initramfs");
+    let room = Room::new("oci");
+    let prog = room.dir.join("overlap");
+    std::fs::write(&prog, &program).unwrap();
+    let app = room.dir.join("app");
+    let o = Command::new("python3")
+        .arg(workspace().join("tests/data/make-app-oci.py"))
+        .arg(&app)
+        .arg(&prog)
+        .args([
+            "overlap",
+            "/dcr/input/publisher-segments",
+            "/dcr/input/advertiser-conversions",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "make-app-oci.py: {}", stderr(&o));
+    let pin = stdout(&o).trim().to_string();
+    let o = run_dcr_build(&[
+        "rootfs",
+        "--oci",
+        app.to_str().unwrap(),
+        "--digest",
+        &pin,
+        "--out",
+        room.dir.join("probe.img").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let run_sha = summary["run_document_sha256"].as_str().unwrap().to_string();
+    let root_hash = summary["root_hash"].as_str().unwrap().to_string();
+    let data_bytes = summary["data_bytes"].as_u64().unwrap();
+
+    // The recipe: the reference one with the overlap workload taken from the image.
+    let recipe_dir = room.dir.join("recipe-oci");
+    std::fs::create_dir_all(&recipe_dir).unwrap();
+    let text = without_sql_workload(
+        &std::fs::read_to_string(reference_recipe().join("image.toml")).unwrap(),
+    );
+    let text = text.replace(
+        "crate = \"workloads/overlap\"",
+        &format!(
+            "kind = \"oci\"\noci = \"{}\"\ndigest = \"{pin}\"",
+            app.display()
+        ),
+    );
+    assert!(
+        text.contains("kind = \"oci\""),
+        "reference recipe changed shape"
+    );
+    std::fs::write(recipe_dir.join("image.toml"), text).unwrap();
+    let contract = room.contract("o", |c| as_oci(&without_sql_workload(&c), &run_sha));
+    let image = room.build_recipe(&recipe_dir.join("image.toml"), &contract, "o");
+    let device = image.join("rootfs-overlap.img");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("measurements.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["artifacts"]["rootfs-overlap.img"]["sha256"],
+        sha256_hex(&std::fs::read(&device).unwrap()).as_str()
+    );
+    assert!(m["inputs"]["rootfs:overlap"]["source"]
+        .as_str()
+        .unwrap()
+        .ends_with(&pin));
+    assert_eq!(m["inputs"]["workload:overlap"]["sha256"], run_sha.as_str());
+
+    let data = room.data("o", 2000, 5);
+    room.provide("o", &data, &image);
+
+    // One byte of the root changed: power off before the network, with the reason.
+    let good = std::fs::read(&device).unwrap();
+    let mut bad = good.clone();
+    bad[(data_bytes / 2) as usize] ^= 0x40;
+    std::fs::write(&device, &bad).unwrap();
+    let (code, console) = room.boot(&image);
+    assert_ne!(code, Some(0), "{console}");
+    let reason = power_off_reason(&console).unwrap_or_default();
+    assert!(
+        reason.contains("rootfs: workload overlap: dm-verity refused the root")
+            && reason.contains(&root_hash),
+        "{reason}\n{console}"
+    );
+    assert!(!console.contains("dcr-init: network"), "{console}");
+    assert!(room
+        .result("overlap-result-o.sealed", "publisher")
+        .is_none());
+
+    // The untouched root: the clean room runs through.
+    std::fs::write(&device, &good).unwrap();
+    let (code, console) = room.boot(&image);
+    assert_eq!(code, Some(0), "{console}");
+    assert!(
+        console.contains(&format!(
+            "dcr-init: rootfs overlap image={pin} verity={root_hash}"
+        )),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!("dcr-init: workload overlap (oci {pin}) exit=0")),
+        "{console}"
+    );
+    let want = expected_result(&data, 50);
+    for party in ["publisher", "advertiser"] {
+        assert_eq!(
+            String::from_utf8(room.result("overlap-result-o.sealed", party).unwrap()).unwrap(),
+            want,
+            "{party}"
+        );
+    }
+    assert!(Path::new(&device).exists());
+}
