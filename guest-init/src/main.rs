@@ -20,6 +20,7 @@ mod net;
 mod oci;
 mod queries;
 mod release;
+mod seccomp;
 mod sys;
 mod tpm;
 mod workload;

@@ -133,7 +133,7 @@ pub struct Confinement {
 /// but a down loopback: no network), RLIMIT_AS / RLIMIT_CPU, RLIMIT_FSIZE 0 (no file writes;
 /// output goes to the stdout pipe), RLIMIT_NOFILE 64, RLIMIT_NPROC 64, no supplementary
 /// groups, the given gid/uid, PR_SET_NO_NEW_PRIVS, and the seccomp filter
-/// [`WORKLOAD_FILTER`] (no vsock sockets, no io_uring).
+/// of [`crate::seccomp`].
 pub fn spawn_confined(
     cmd: &mut std::process::Command,
     c: &Confinement,
@@ -141,6 +141,7 @@ pub fn spawn_confined(
     use std::os::unix::process::CommandExt;
     let (uid, gid, mem, cpu, fsize) = (c.uid, c.gid, c.memory_bytes, c.cpu_secs, c.fsize_bytes);
     let root = c.root.clone();
+    let mut filter = crate::seccomp::filter();
     cmd.process_group(0);
     let confine = move || -> io::Result<()> {
         let check = |rc: libc::c_int| {
@@ -188,7 +189,7 @@ pub fn spawn_confined(
         check(unsafe { libc::setuid(uid) })?;
         // SAFETY: prctl(2) PR_SET_NO_NEW_PRIVS takes integer arguments only.
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
-        install_workload_filter()
+        install_workload_filter(&mut filter)
     };
     // SAFETY: the closure only makes async-signal-safe system calls (no allocation, no locks)
     // between fork and exec, as pre_exec requires.
@@ -446,82 +447,22 @@ pub fn nsm_raw(dev: &File, request: &[u8], response: &mut [u8]) -> io::Result<us
     Ok((raw.response.len as usize).min(response.len()))
 }
 
-// The workload's seccomp filter (classic BPF over `struct seccomp_data`, linux/seccomp.h:
-// `int nr` at offset 0, `__u32 arch` at 4, `__u64 args[6]` from 16; little-endian, so the
-// low 32 bits of args[0] are at 16).
-//
-// A network namespace keeps a workload off the guest's IP network, but AF_VSOCK is not
-// namespaced: without this filter a workload could open a vsock stream to the host (CID 2)
-// or a Nitro parent (CID 3) and hand it the plaintext. io_uring could create sockets
-// (IORING_OP_SOCKET) without the socket(2) call the filter sees, so it is refused as a whole.
-// x32-ABI system calls (nr with bit 30 set) and any other architecture kill the process.
-// Issue L widens this to a default-deny list of what a batch job never needs.
-
-const SECCOMP_DATA_NR: u32 = 0;
-const SECCOMP_DATA_ARCH: u32 = 4;
-const SECCOMP_DATA_ARG0: u32 = 16;
-/// AUDIT_ARCH_X86_64 (linux/audit.h): EM_X86_64 (62) | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
-const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
-/// __X32_SYSCALL_BIT (asm/unistd.h).
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
-const fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
-const LD_W_ABS: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-const JEQ_K: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
-const JGE_K: u32 = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
-const RET_K: u32 = libc::BPF_RET | libc::BPF_K;
-
-/// The filter; jump offsets count from the next instruction (ALLOW at 10, ERRNO at 11,
-/// KILL at 12).
-pub const WORKLOAD_FILTER: [libc::sock_filter; 13] = [
-    /* 0 */ stmt(LD_W_ABS, SECCOMP_DATA_ARCH),
-    /* 1 */ jump(JEQ_K, AUDIT_ARCH_X86_64, 0, 10), // other arch: KILL
-    /* 2 */ stmt(LD_W_ABS, SECCOMP_DATA_NR),
-    /* 3 */ jump(JGE_K, X32_SYSCALL_BIT, 8, 0), // x32: KILL
-    /* 4 */ jump(JEQ_K, libc::SYS_io_uring_setup as u32, 6, 0), // ERRNO
-    /* 5 */ jump(JEQ_K, libc::SYS_io_uring_enter as u32, 5, 0), // ERRNO
-    /* 6 */ jump(JEQ_K, libc::SYS_io_uring_register as u32, 4, 0), // ERRNO
-    /* 7 */ jump(JEQ_K, libc::SYS_socket as u32, 0, 2), // not socket: ALLOW
-    /* 8 */ stmt(LD_W_ABS, SECCOMP_DATA_ARG0),
-    /* 9 */ jump(JEQ_K, libc::AF_VSOCK as u32, 1, 0), // AF_VSOCK: ERRNO
-    /* 10 */ stmt(RET_K, libc::SECCOMP_RET_ALLOW),
-    /* 11 */ stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::EACCES as u32),
-    /* 12 */ stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
-];
-
-/// Install [`WORKLOAD_FILTER`] on the calling thread (after PR_SET_NO_NEW_PRIVS, which an
-/// unprivileged caller needs). Async-signal-safe: no allocation (for `pre_exec`).
-pub fn install_workload_filter() -> io::Result<()> {
+/// Install a seccomp filter ([`crate::seccomp::filter`]) on the calling thread (after
+/// PR_SET_NO_NEW_PRIVS, which an unprivileged caller needs). Async-signal-safe: no
+/// allocation (for `pre_exec`).
+pub fn install_workload_filter(filter: &mut [libc::sock_filter]) -> io::Result<()> {
     if cfg!(not(target_arch = "x86_64")) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "the workload seccomp filter is written for x86_64 only",
         ));
     }
-    let mut filter = WORKLOAD_FILTER;
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_mut_ptr(),
     };
     // SAFETY: prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog): `prog` points at `filter`,
-    // both on this stack frame for the whole call; the kernel copies the program.
+    // borrowed for the whole call; the kernel copies the program.
     let rc = unsafe {
         libc::prctl(
             libc::PR_SET_SECCOMP,
@@ -539,39 +480,46 @@ pub fn install_workload_filter() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::Command;
 
     /// Run python3 with the filter installed (and no_new_privs, as in a workload).
     fn filtered_python(code: &str) -> std::process::Output {
         let mut cmd = Command::new("python3");
         cmd.args(["-c", code]);
+        let mut filter = crate::seccomp::filter();
         // SAFETY: prctl with integer arguments and install_workload_filter are
         // async-signal-safe (no allocation, no locks) between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                install_workload_filter()
+                install_workload_filter(&mut filter)
             })
         };
         cmd.output().expect("python3 (Debian's python3 package)")
     }
 
     #[test]
-    fn the_workload_filter_refuses_vsock_and_io_uring_only() {
+    fn the_workload_filter_refuses_vsock_and_io_uring_and_allows_the_rest() {
         // The real kernel runs the filter: a vsock socket is EACCES (13); io_uring_setup
-        // (425) is EACCES; an IPv4 socket, a Unix socket pair and files still work.
+        // (425) is EACCES; clone3 (435) is ENOSYS (38); an IPv4 socket, a Unix socket pair,
+        // files, threads and fork still work.
         let o = filtered_python(
-            "import socket, ctypes, os\n\
+            "import socket, ctypes, os, threading\n\
              try:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); print('vsock open')\n\
              except OSError as e: print('vsock', e.errno)\n\
              libc = ctypes.CDLL(None, use_errno=True)\n\
              r = libc.syscall(425, 1, ctypes.create_string_buffer(120)); print('io_uring', r, ctypes.get_errno())\n\
+             r = libc.syscall(435, ctypes.create_string_buffer(88), 88); print('clone3', r, ctypes.get_errno())\n\
              s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); print('inet ok'); s.close()\n\
              a, b = socket.socketpair(); print('pair ok')\n\
-             print('file', len(open('/proc/self/status').read()) > 0)\n",
+             print('file', len(open('/proc/self/status').read()) > 0)\n\
+             t = threading.Thread(target=lambda: None); t.start(); t.join(); print('thread ok')\n\
+             pid = os.fork()\n\
+             if pid == 0: os._exit(7)\n\
+             print('fork', os.waitpid(pid, 0)[1] >> 8)\n",
         );
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(
@@ -581,32 +529,41 @@ mod tests {
         );
         assert!(out.contains("vsock 13\n"), "{out}");
         assert!(out.contains("io_uring -1 13\n"), "{out}");
-        assert!(out.contains("inet ok\npair ok\nfile True\n"), "{out}");
+        assert!(out.contains("clone3 -1 38\n"), "{out}");
+        assert!(
+            out.contains("inet ok\npair ok\nfile True\nthread ok\nfork 7\n"),
+            "{out}"
+        );
         // (Without the filter these fail differently, if at all: EAFNOSUPPORT 97 where the
         // host has no vsock, EPERM 1 where io_uring is disabled; 13 is the filter's.)
     }
 
     #[test]
-    fn the_filter_jumps_land_where_the_comments_say() {
-        // Every jump target is inside the program and a return instruction or the next
-        // check; the three returns are the last three instructions.
-        let f = WORKLOAD_FILTER;
-        for (i, ins) in f.iter().enumerate() {
-            if u32::from(ins.code) & 0x07 == libc::BPF_JMP {
-                for off in [ins.jt, ins.jf] {
-                    assert!(i + 1 + (off as usize) < f.len(), "instruction {i}");
-                }
-            }
+    fn each_denied_call_kills_the_process() {
+        // One filtered process per denied call (all zero arguments: the filter acts on the
+        // number, before the kernel looks at arguments): each must die of SIGSYS (31) before
+        // printing. clone with CLONE_NEWUSER too; a plain fork above survives.
+        let mut calls: Vec<(i64, String, &str)> = crate::seccomp::DENIED
+            .iter()
+            .map(|&(nr, name)| (nr, format!("libc.syscall({nr}, 0, 0, 0, 0, 0, 0)"), name))
+            .collect();
+        calls.push((
+            libc::SYS_clone,
+            format!(
+                "libc.syscall({}, {}, 0, 0, 0, 0)",
+                libc::SYS_clone,
+                libc::CLONE_NEWUSER | libc::SIGCHLD
+            ),
+            "clone(CLONE_NEWUSER)",
+        ));
+        for (_, call, name) in calls {
+            let o = filtered_python(&format!(
+                "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint('start', flush=True)\n{call}\nprint('survived', flush=True)\n"
+            ));
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.contains("start"), "{name}: python did not start: {out}");
+            assert_eq!(o.status.signal(), Some(libc::SIGSYS), "{name}: {out}");
+            assert!(!out.contains("survived"), "{name}");
         }
-        assert_eq!(f[10].k, libc::SECCOMP_RET_ALLOW);
-        assert_eq!(f[11].k, libc::SECCOMP_RET_ERRNO | libc::EACCES as u32);
-        assert_eq!(f[12].k, libc::SECCOMP_RET_KILL_PROCESS);
-        assert_eq!((1 + 1 + f[1].jf as usize), 12);
-        assert_eq!((3 + 1 + f[3].jt as usize), 12);
-        for (i, ins) in f.iter().enumerate().take(7).skip(4) {
-            assert_eq!(i + 1 + ins.jt as usize, 11);
-        }
-        assert_eq!(7 + 1 + f[7].jf as usize, 10);
-        assert_eq!(9 + 1 + f[9].jt as usize, 11);
     }
 }

@@ -283,6 +283,16 @@ pub fn run_confined(
         }
     };
     crate::sys::kill_group(pgid);
+    if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGSYS) {
+        return fail(
+            what,
+            format!(
+                "{} was killed by the seccomp filter: {}",
+                w.name,
+                crate::seccomp::reason(&kernel_log(), uid)
+            ),
+        );
+    }
     let (r, out) = reader.join().map_err(|_| StepError {
         step: what,
         detail: "output reader panicked".into(),
@@ -302,6 +312,36 @@ pub fn run_confined(
         out,
         secs: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The kernel log records still in /dev/kmsg's buffer, one message a line ("" if it cannot
+/// be read).
+fn kernel_log() -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut rec = vec![0u8; 8192];
+    // One record a read; EAGAIN at the end (EPIPE when a record was overwritten: go on).
+    for _ in 0..100_000 {
+        match f.read(&mut rec) {
+            Ok(0) => break,
+            Ok(n) => {
+                let r = String::from_utf8_lossy(&rec[..n]);
+                let msg = r.split_once(';').map_or(&*r, |(_, m)| m);
+                out.push_str(msg.lines().next().unwrap_or(""));
+                out.push('\n');
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 /// Run the contract's native workload `w` confined; returns its stdout.

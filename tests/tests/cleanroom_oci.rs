@@ -6,6 +6,8 @@
 //!   dm-verity) and packs the run document whose SHA-256 the contract names;
 //! - a root with one byte changed makes guest-init power off before any key is asked for,
 //!   naming dm-verity and the workload; nothing is uploaded;
+//! - an image whose program calls ptrace(2) (a hand-assembled ELF) is killed by the seccomp
+//!   filter and the run powers off naming the call; nothing is uploaded;
 //! - the untouched root runs through: the result both recipients open equals the aggregates
 //!   computed here from the plaintext, independently of the workload.
 
@@ -38,30 +40,21 @@ fn as_oci(contract: &str, sha: &str) -> String {
     )
 }
 
-#[test]
-fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
-    if !require_tools("cleanroom_oci", &TOOLS) {
-        return;
-    }
-    // The overlap program as the reference image packs it (static, for the guest).
-    let reference = reference_build();
-    let cpio = std::fs::read(reference.join("initrd.cpio")).unwrap();
-    let program = dcr_build::initrd::read_file(&cpio, "workloads/overlap")
-        .unwrap()
-        .expect("workloads/overlap in the reference initramfs");
-    let room = Room::new("oci");
-    let prog = room.dir.join("overlap");
-    std::fs::write(&prog, &program).unwrap();
-    let app = room.dir.join("app");
+/// An image holding `program` as /usr/bin/<name> with `args` as its Cmd (written by a Python
+/// script); returns (layout directory, pin, `dcr-build rootfs --json` summary).
+fn app_image(
+    room: &Room,
+    tag: &str,
+    program: &Path,
+    args: &[&str],
+) -> (std::path::PathBuf, String, serde_json::Value) {
+    let app = room.dir.join(format!("app-{tag}"));
     let o = Command::new("python3")
         .arg(workspace().join("tests/data/make-app-oci.py"))
         .arg(&app)
-        .arg(&prog)
-        .args([
-            "overlap",
-            "/dcr/input/publisher-segments",
-            "/dcr/input/advertiser-conversions",
-        ])
+        .arg(program)
+        .arg("overlap")
+        .args(args)
         .output()
         .unwrap();
     assert!(o.status.success(), "make-app-oci.py: {}", stderr(&o));
@@ -73,17 +66,24 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
         "--digest",
         &pin,
         "--out",
-        room.dir.join("probe.img").to_str().unwrap(),
+        room.dir.join(format!("probe-{tag}.img")).to_str().unwrap(),
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let run_sha = summary["run_document_sha256"].as_str().unwrap().to_string();
-    let root_hash = summary["root_hash"].as_str().unwrap().to_string();
-    let data_bytes = summary["data_bytes"].as_u64().unwrap();
+    (app, pin, serde_json::from_str(&stdout(&o)).unwrap())
+}
 
-    // The recipe: the reference one with the overlap workload taken from the image.
-    let recipe_dir = room.dir.join("recipe-oci");
+/// Build the reference recipe with its overlap workload taken from the image `app` (`pin`)
+/// and the room's contract `tag` naming the run document; data provided.
+fn build_oci(
+    room: &Room,
+    tag: &str,
+    app: &Path,
+    pin: &str,
+    run_sha: &str,
+    data: &Path,
+) -> std::path::PathBuf {
+    let recipe_dir = room.dir.join(format!("recipe-{tag}"));
     std::fs::create_dir_all(&recipe_dir).unwrap();
     let text = without_sql_workload(
         &std::fs::read_to_string(reference_recipe().join("image.toml")).unwrap(),
@@ -100,8 +100,40 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
         "reference recipe changed shape"
     );
     std::fs::write(recipe_dir.join("image.toml"), text).unwrap();
-    let contract = room.contract("o", |c| as_oci(&without_sql_workload(&c), &run_sha));
-    let image = room.build_recipe(&recipe_dir.join("image.toml"), &contract, "o");
+    let contract = room.contract(tag, |c| as_oci(&without_sql_workload(&c), run_sha));
+    let image = room.build_recipe(&recipe_dir.join("image.toml"), &contract, tag);
+    room.provide(tag, data, &image);
+    image
+}
+
+#[test]
+fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
+    if !require_tools("cleanroom_oci", &TOOLS) {
+        return;
+    }
+    // The overlap program as the reference image packs it (static, for the guest).
+    let reference = reference_build();
+    let cpio = std::fs::read(reference.join("initrd.cpio")).unwrap();
+    let program = dcr_build::initrd::read_file(&cpio, "workloads/overlap")
+        .unwrap()
+        .expect("workloads/overlap in the reference initramfs");
+    let room = Room::new("oci");
+    let prog = room.dir.join("overlap");
+    std::fs::write(&prog, &program).unwrap();
+    let (app, pin, summary) = app_image(
+        &room,
+        "o",
+        &prog,
+        &[
+            "/dcr/input/publisher-segments",
+            "/dcr/input/advertiser-conversions",
+        ],
+    );
+    let run_sha = summary["run_document_sha256"].as_str().unwrap().to_string();
+    let root_hash = summary["root_hash"].as_str().unwrap().to_string();
+    let data_bytes = summary["data_bytes"].as_u64().unwrap();
+    let data = room.data("o", 2000, 5);
+    let image = build_oci(&room, "o", &app, &pin, &run_sha, &data);
     let device = image.join("rootfs-overlap.img");
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(image.join("measurements.json")).unwrap()).unwrap();
@@ -114,9 +146,6 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
         .unwrap()
         .ends_with(&pin));
     assert_eq!(m["inputs"]["workload:overlap"]["sha256"], run_sha.as_str());
-
-    let data = room.data("o", 2000, 5);
-    room.provide("o", &data, &image);
 
     // One byte of the root changed: power off before the network, with the reason.
     let good = std::fs::read(&device).unwrap();
@@ -134,6 +163,36 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
     assert!(!console.contains("dcr-init: network"), "{console}");
     assert!(room
         .result("overlap-result-o.sealed", "publisher")
+        .is_none());
+
+    // A program that calls ptrace(2): killed by the seccomp filter, the run powers off
+    // naming the call, nothing is uploaded.
+    let caller = room.dir.join("ptrace-caller");
+    let o = Command::new("python3")
+        .arg(workspace().join("tests/data/make-syscall-elf.py"))
+        .arg(libc_ptrace().to_string())
+        .arg(&caller)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (app_s, pin_s, summary_s) = app_image(&room, "s", &caller, &[]);
+    let image_s = build_oci(
+        &room,
+        "s",
+        &app_s,
+        &pin_s,
+        summary_s["run_document_sha256"].as_str().unwrap(),
+        &data,
+    );
+    let (code, console) = room.boot(&image_s);
+    assert_ne!(code, Some(0), "{console}");
+    let reason = power_off_reason(&console).unwrap_or_default();
+    assert!(
+        reason.contains("overlap was killed by the seccomp filter: ptrace (101) is denied"),
+        "{reason}\n{console}"
+    );
+    assert!(room
+        .result("overlap-result-s.sealed", "publisher")
         .is_none());
 
     // The untouched root: the clean room runs through.
@@ -158,5 +217,9 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
             "{party}"
         );
     }
-    assert!(Path::new(&device).exists());
+}
+
+/// ptrace's x86_64 system call number (arch/x86/entry/syscalls/syscall_64.tbl).
+fn libc_ptrace() -> u32 {
+    101
 }
