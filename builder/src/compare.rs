@@ -127,6 +127,62 @@ pub fn compare_file(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
         out.extend(compare_disk(name, a, b));
     } else if name.ends_with(".eif") {
         out.extend(compare_eif(name, a, b));
+    } else if name.starts_with("rootfs-") && name.ends_with(".img") {
+        out.extend(compare_rootfs(name, a, b));
+    }
+    out
+}
+
+/// An oci workload's root device: the EROFS files that differ (path, mode, owner, size,
+/// content), then whether the verity tree does (it always does when a file does).
+fn compare_rootfs(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
+    let ((la, ba), (lb, bb)) = match both(
+        name,
+        "cannot read the EROFS root",
+        crate::erofs::list(a),
+        crate::erofs::list(b),
+    ) {
+        Ok(pair) => pair,
+        Err(line) => return line,
+    };
+    let key = |e: &crate::erofs::Entry| {
+        format!(
+            "mode {:o} owner {}:{} nlink {} size {} sha256 {}",
+            e.mode,
+            e.uid,
+            e.gid,
+            e.nlink,
+            e.size,
+            &hex::encode(e.sha256)[..16]
+        )
+    };
+    let ma: BTreeMap<&str, String> = la.iter().map(|e| (e.path.as_str(), key(e))).collect();
+    let mb: BTreeMap<&str, String> = lb.iter().map(|e| (e.path.as_str(), key(e))).collect();
+    let mut out = Vec::new();
+    let paths: BTreeSet<&str> = ma.keys().chain(mb.keys()).copied().collect();
+    for p in paths {
+        match (ma.get(p), mb.get(p)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                // Directories change with their entries; name files and links only.
+                let dir = x.starts_with("mode 40") && y.starts_with("mode 40");
+                if !dir {
+                    out.push(format!("{name}: file /{p}: {x} → {y}"));
+                }
+            }
+            (Some(x), None) => out.push(format!("{name}: file /{p}: removed ({x})")),
+            (None, Some(y)) => out.push(format!("{name}: file /{p}: added ({y})")),
+            (None, None) => {}
+        }
+    }
+    let (ea, eb) = (ba as usize * 4096, bb as usize * 4096);
+    if a.get(ea..) != b.get(eb..) {
+        out.push(format!(
+            "{name}: the dm-verity superblock and hash tree differ (the root hash follows the data)"
+        ));
+    }
+    if out.is_empty() {
+        out.push(format!("{name}: same files, the EROFS layout differs"));
     }
     out
 }

@@ -39,6 +39,8 @@ pub enum ErofsError {
     TooLarge(&'static str),
     #[error("EROFS: a name of {0} bytes (at most 255)")]
     LongName(usize),
+    #[error("EROFS image: {0}")]
+    Corrupt(String),
 }
 
 /// `struct erofs_super_block` (128 bytes).
@@ -323,10 +325,204 @@ pub fn write(tree: &Tree, uuid: [u8; 16], volume: &str) -> Result<(Vec<u8>, Summ
     ))
 }
 
+/// One inode of an image as [`list`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Path from the root (`usr/bin/python3`); the root itself is `.`.
+    pub path: String,
+    /// `i_mode` (type and permission bits).
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    /// SHA-256 of the data (file contents, symlink target or directory blocks).
+    pub sha256: [u8; 32],
+    pub nid: u64,
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Read back an image of the kind [`write`] makes (uncompressed, flat data, 4096-byte
+/// blocks): every reachable inode with its path, depth first, names sorted. Bounds are
+/// checked everywhere: a damaged image gives an error, never a panic. For `dcr-build
+/// compare`, which names the files two roots differ in.
+pub fn list(img: &[u8]) -> Result<(Vec<Entry>, u32), ErofsError> {
+    use sha2::Digest;
+    let bad = |m: String| ErofsError::Corrupt(m);
+    if img.len() < SUPER_OFFSET + 128 || le32(img, SUPER_OFFSET) != MAGIC {
+        return Err(bad("no EROFS superblock at byte 1024".into()));
+    }
+    let sb = &img[SUPER_OFFSET..SUPER_OFFSET + 128];
+    if sb[12] != BLKSZBITS {
+        return Err(bad(format!("block size 2^{} (only 4096 is read)", sb[12])));
+    }
+    let root = le16(sb, 14) as u64;
+    let blocks = le32(sb, 36);
+    let meta = le32(sb, 40) as usize * BLOCK;
+    let span = |start: usize, len: usize, what: &str| -> Result<&[u8], ErofsError> {
+        start
+            .checked_add(len)
+            .filter(|end| *end <= img.len())
+            .map(|end| &img[start..end])
+            .ok_or_else(|| bad(format!("{what} at byte {start} (+{len}) is past the end")))
+    };
+    let inode = |nid: u64| -> Result<(u16, u32, u32, u32, u64, usize), ErofsError> {
+        let at = meta + (nid as usize) * 32;
+        let head = span(at, 32, "inode")?;
+        let format = le16(head, 0);
+        if (format >> 1) & 7 != 0 {
+            return Err(bad(format!(
+                "inode {nid}: data layout {} (only flat is read)",
+                (format >> 1) & 7
+            )));
+        }
+        if le16(head, 2) != 0 {
+            return Err(bad(format!("inode {nid}: extended attributes (not read)")));
+        }
+        if format & 1 == LAYOUT_EXTENDED {
+            let e = span(at, 64, "inode")?;
+            Ok((
+                le16(e, 4),
+                le32(e, 24),
+                le32(e, 28),
+                le32(e, 44),
+                le64(e, 8),
+                le32(e, 16) as usize,
+            ))
+        } else {
+            Ok((
+                le16(head, 4),
+                le16(head, 24) as u32,
+                le16(head, 26) as u32,
+                le16(head, 6) as u32,
+                le32(head, 8) as u64,
+                le32(head, 16) as usize,
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    let mut seen_dirs = std::collections::BTreeSet::new();
+    let mut stack = vec![(".".to_string(), root)];
+    while let Some((path, nid)) = stack.pop() {
+        let (mode, uid, gid, nlink, size, blkaddr) = inode(nid)?;
+        let data = if size == 0 {
+            &[][..]
+        } else {
+            span(blkaddr * BLOCK, size as usize, &format!("{path}: data"))?
+        };
+        out.push(Entry {
+            path: path.clone(),
+            mode,
+            uid,
+            gid,
+            nlink,
+            size,
+            sha256: sha2::Sha256::digest(data).into(),
+            nid,
+        });
+        if mode & 0o170000 != S_IFDIR {
+            continue;
+        }
+        if !seen_dirs.insert(nid) || seen_dirs.len() > 1 << 24 {
+            return Err(bad(format!("{path}: directory {nid} reached twice")));
+        }
+        let mut kids = Vec::new();
+        for chunk in data.chunks(BLOCK) {
+            if chunk.len() < 12 {
+                return Err(bad(format!(
+                    "{path}: a directory block of {} bytes",
+                    chunk.len()
+                )));
+            }
+            let n = le16(chunk, 8) as usize / 12;
+            if n == 0 || n * 12 > chunk.len() {
+                return Err(bad(format!("{path}: {n} entries in a directory block")));
+            }
+            for i in 0..n {
+                let d = &chunk[i * 12..i * 12 + 12];
+                let off = le16(d, 8) as usize;
+                let end = if i + 1 < n {
+                    le16(chunk, (i + 1) * 12 + 8) as usize
+                } else {
+                    chunk.len()
+                };
+                if off < n * 12 || off >= end || end > chunk.len() {
+                    return Err(bad(format!("{path}: entry {i} has a bad name offset")));
+                }
+                let mut name = &chunk[off..end];
+                while let [rest @ .., 0] = name {
+                    name = rest;
+                }
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let name = String::from_utf8_lossy(name);
+                let child = if path == "." {
+                    name.into_owned()
+                } else {
+                    format!("{path}/{name}")
+                };
+                kids.push((child, le64(d, 0)));
+            }
+        }
+        kids.sort();
+        stack.extend(kids.into_iter().rev());
+    }
+    Ok((out, blocks))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fstree::{Inode, Meta};
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let mut t = Tree::new();
+        for i in 0..300 {
+            t.put(
+                format!("d/f{i:03}").as_bytes(),
+                Inode {
+                    meta: Meta {
+                        perm: 0o640,
+                        uid: i,
+                        gid: 70000,
+                    },
+                    kind: Kind::File(vec![i as u8; i as usize * 50]),
+                },
+            )
+            .unwrap();
+        }
+        t.link(b"hard", b"d/f007").unwrap();
+        let (img, s) = write(&t, [0; 16], "t").unwrap();
+        let (entries, blocks) = list(&img).unwrap();
+        assert_eq!(blocks, s.blocks);
+        assert_eq!(
+            entries.len() as u64,
+            s.inodes + 1,
+            "the hard link listed twice"
+        );
+        let f = entries.iter().find(|e| e.path == "d/f123").unwrap();
+        assert_eq!((f.mode, f.uid, f.gid, f.size), (0o100640, 123, 70000, 6150));
+        let h = entries.iter().find(|e| e.path == "hard").unwrap();
+        assert_eq!(h.nlink, 2);
+        // Damage never panics.
+        for cut in [0, 1100, 5000, img.len() / 2] {
+            let _ = list(&img[..cut]);
+        }
+        let mut bad = img.clone();
+        bad[BLOCK + 16] = 0xff; // the root's block address
+        assert!(list(&bad).is_err());
+    }
 
     #[test]
     fn directory_blocks_split_before_overflowing() {

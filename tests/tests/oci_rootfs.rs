@@ -10,7 +10,7 @@
 //!   UUID, for trees of one to three levels; `veritysetup verify` accepts the device and
 //!   refuses it after one flipped data byte;
 //! - gzip, plain and zstd layers give the same tree; two builds are byte-identical; one byte
-//!   changed in one layer file changes the root hash;
+//!   changed in one layer file changes the root hash, and `dcr-build compare` names that file;
 //! - a wrong pin, a blob whose bytes do not match its digest, a wrong diff_id and a
 //!   directory without `oci-layout` are refused with one line naming the problem.
 
@@ -310,6 +310,30 @@ fn gzip_plain_and_zstd_layers_give_one_tree_and_builds_are_reproducible() {
     let pc = make_oci(&c, &["--flip-byte"]);
     let sc = rootfs(&c, &pc, &t.path().join("c.img"));
     assert_ne!(sc["root_hash"], sa["root_hash"]);
+
+    // `dcr-build compare` names the one file that differs, and the hash tree.
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    std::fs::create_dir_all(&x).unwrap();
+    std::fs::create_dir_all(&y).unwrap();
+    std::fs::copy(&da, x.join("rootfs-app.img")).unwrap();
+    std::fs::copy(t.path().join("c.img"), y.join("rootfs-app.img")).unwrap();
+    let o = run_dcr_build(&["compare", x.to_str().unwrap(), y.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines: Vec<String> = stdout(&o)
+        .lines()
+        .filter(|l| l.contains("rootfs-app.img: file "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stdout(&o));
+    assert!(
+        lines[0].contains("file /big.bin: mode 100600 owner 1000:1000 nlink 1 size 10000"),
+        "{}",
+        lines[0]
+    );
+    assert!(stdout(&o).contains("dm-verity superblock and hash tree differ"));
+    std::fs::copy(&da, y.join("rootfs-app.img")).unwrap();
+    let o = run_dcr_build(&["compare", x.to_str().unwrap(), y.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 }
 
 /// Our hash area against `veritysetup format` for one-, two- and three-level trees.
