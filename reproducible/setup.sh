@@ -115,9 +115,11 @@ packages=(qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools gnutls-bin tpm2-tool
   binutils git gcc libc6-dev musl-tools pkgconf python3 python3-venv ca-certificates openssl
   gdisk dosfstools mtools bsdextrautils mmdebstrap libssl-dev)
 # With --tests, the independent tools the OCI root tests compare with (tests/tests/oci_rootfs.rs):
-# umoci (layer application), erofs-utils (fsck.erofs), cryptsetup-bin (veritysetup), zstd.
+# umoci (layer application), erofs-utils (fsck.erofs), cryptsetup-bin (veritysetup), zstd; and
+# Debian's pandas and scikit-learn, which recompute the python-analytics model on the host
+# (tests/tests/cleanroom_python.rs).
 if [ "$test_tools" = 1 ]; then
-  packages+=(umoci erofs-utils cryptsetup-bin zstd)
+  packages+=(umoci erofs-utils cryptsetup-bin zstd python3-pandas python3-sklearn)
 fi
 # shellcheck disable=SC2206
 packages+=(${DCR_SETUP_EXTRA_PACKAGES:-})

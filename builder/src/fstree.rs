@@ -29,7 +29,7 @@ pub enum TreeError {
     NoTarget { path: String },
     #[error("{path}: hard link to a directory")]
     LinkToDirectory { path: String },
-    #[error("{path}: bad path ('..' or an empty name)")]
+    #[error("{path}: bad path ('..', a NUL byte or an empty name)")]
     BadPath { path: String },
 }
 
@@ -92,6 +92,7 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
         match part {
             b"" | b"." => {}
             b".." => return Err(TreeError::BadPath { path: show(path) }),
+            p if p.contains(&0) => return Err(TreeError::BadPath { path: show(path) }),
             p => out.push(p),
         }
     }
@@ -368,6 +369,10 @@ mod tests {
         ));
         assert!(matches!(
             t.put(b"a/../b", file(b"")),
+            Err(TreeError::BadPath { .. })
+        ));
+        assert!(matches!(
+            t.put(b"a/b\0c", file(b"")),
             Err(TreeError::BadPath { .. })
         ));
     }

@@ -3,7 +3,10 @@
 # python3-pandas, python3-sklearn) and analyze.py, with mmdebstrap: no container daemon, no
 # registry. Python's bytecode is compiled with --invalidation-mode unchecked-hash (the
 # image's mtimes do not survive dcr-build's normalisation, so mtime-checked .pyc files would
-# be recompiled at every import). SOURCE_DATE_EPOCH fixes every timestamp.
+# be recompiled at every import). SOURCE_DATE_EPOCH fixes every timestamp. Left out of the
+# image: documentation, manuals, locales, and the C/C++ headers and compiler that
+# python3-scipy's dependency on python3-pythran drags in (pythran compiles ahead of time; a
+# clean room never builds code): about 270 MB of 900.
 # usage: images/python-analytics/build-oci.sh OUTDIR   (prints the manifest digest last)
 # Environment: MIRROR (default: this machine's bookworm mirror), SOURCE_DATE_EPOCH.
 set -euo pipefail
@@ -25,6 +28,8 @@ mmdebstrap --quiet --variant=essential --include=python3,python3-pandas,python3-
   --aptopt="$work/apt.conf" \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+  --dpkgopt='path-exclude=/usr/include/*' --dpkgopt='path-exclude=/usr/lib/gcc/*' \
+  --dpkgopt='path-exclude=/usr/bin/x86_64-linux-gnu-lto-dump-*' \
   --customize-hook="mkdir -p \"\$1/opt/dcr\" && cp $here/analyze.py \"\$1/opt/dcr/analyze.py\"" \
   --customize-hook='find "$1/usr/lib/python3" "$1/usr/lib/python3.11" -name __pycache__ -type d -prune -exec rm -rf {} +' \
   --customize-hook='chroot "$1" python3 -m compileall -q -j 1 --invalidation-mode unchecked-hash /usr/lib/python3 /usr/lib/python3.11 /opt/dcr >/dev/null' \
@@ -33,6 +38,6 @@ mmdebstrap --quiet --variant=essential --include=python3,python3-pandas,python3-
   { tail -20 "$work/log" >&2; die "mmdebstrap failed (its last lines above)"; }
 mkdir -p "$out"
 python3 "$here/oci-from-tar.py" "$work/rootfs.tar" "$out" \
-  --entrypoint /usr/bin/python3 -I /opt/dcr/analyze.py \
+  --entrypoint '["/usr/bin/python3", "-I", "/opt/dcr/analyze.py"]' \
   --env PATH=/usr/local/bin:/usr/bin:/bin OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
         PYTHONDONTWRITEBYTECODE=1 HOME=/tmp

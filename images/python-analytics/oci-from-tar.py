@@ -3,7 +3,7 @@
 uncompressed layer and the given Entrypoint/Env/WorkingDir; no daemon, no registry. Same
 input bytes, same layout bytes (no timestamps but SOURCE_DATE_EPOCH's).
 
-usage: oci-from-tar.py ROOTFS.tar OUTDIR --entrypoint A [B …] [--env K=V …] [--workdir DIR]
+usage: oci-from-tar.py ROOTFS.tar OUTDIR --entrypoint JSON-ARRAY [--env K=V …] [--workdir DIR]
 prints the manifest digest.
 """
 import argparse
@@ -16,10 +16,13 @@ import shutil
 p = argparse.ArgumentParser()
 p.add_argument("tar")
 p.add_argument("out")
-p.add_argument("--entrypoint", nargs="+", required=True)
+p.add_argument("--entrypoint", required=True, help="a JSON array of strings")
 p.add_argument("--env", nargs="*", default=[])
 p.add_argument("--workdir", default="/")
 a = p.parse_args()
+entrypoint = json.loads(a.entrypoint)
+if not (isinstance(entrypoint, list) and entrypoint and all(isinstance(x, str) for x in entrypoint)):
+    p.error("--entrypoint: a non-empty JSON array of strings")
 os.makedirs(os.path.join(a.out, "blobs", "sha256"), exist_ok=True)
 
 
@@ -46,7 +49,7 @@ config = {
     "architecture": "amd64",
     "os": "linux",
     "created": created,
-    "config": {"Entrypoint": a.entrypoint, "Env": a.env, "WorkingDir": a.workdir},
+    "config": {"Entrypoint": entrypoint, "Env": a.env, "WorkingDir": a.workdir},
     "rootfs": {"type": "layers", "diff_ids": ["sha256:" + layer]},
     "history": [{"created": created, "created_by": "images/python-analytics/build-oci.sh (mmdebstrap)"}],
 }

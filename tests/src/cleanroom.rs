@@ -230,7 +230,18 @@ impl Room {
     /// The reference contract with this room's keys and service (through the proxy), a 20 s
     /// service deadline, key ids and blob names suffixed with `tag`, then `edit`.
     pub fn contract(&self, tag: &str, edit: impl Fn(String) -> String) -> PathBuf {
-        let text = std::fs::read_to_string(reference_recipe().join("contract.toml")).unwrap();
+        self.contract_from(&reference_recipe().join("contract.toml"), tag, edit)
+    }
+
+    /// [`Room::contract`] starting from another contract with the reference one's parties,
+    /// datasets, recipients and service.
+    pub fn contract_from(
+        &self,
+        template: &Path,
+        tag: &str,
+        edit: impl Fn(String) -> String,
+    ) -> PathBuf {
+        let text = std::fs::read_to_string(template).unwrap();
         let mut n = 0;
         let mut out = String::new();
         for l in text.lines() {

@@ -22,8 +22,9 @@ use sha2::{Digest, Sha256};
 
 use crate::fstree::{self, Inode, Kind, Meta, Tree};
 
-/// The most uncompressed bytes all layers of one image may hold (the tree is in memory).
-pub const MAX_UNCOMPRESSED: u64 = 8 << 30;
+/// The most uncompressed bytes all layers of one image may hold (the tree, the EROFS image
+/// and the verity device are all in memory while building).
+pub const MAX_UNCOMPRESSED: u64 = 4 << 30;
 
 /// Errors reading or flattening an image.
 #[derive(Debug, thiserror::Error)]
