@@ -74,7 +74,7 @@ if [ -n "$rebuild" ]; then
   # Varied against this checkout's build: TZ (a POSIX rule: the root has no tzdata), jobs;
   # the path (/work/main), mtimes and the whole root differ anyway.
   run_command="export TZ=\"<+1245>-12:45\" CARGO_BUILD_JOBS=3 && $readme_command"
-  run_command+=" && for r in images/*/image.toml; do r=\${r%/image.toml};"
+  run_command+=" && for r in \$(bash reproducible/recipes.sh); do"
   run_command+=" echo \"== fresh-machine: rebuilding \$r\";"
   run_command+=" target/release/dcr-build image \"\$r\" --out \"out/rebuild/\${r#images/}\" >/dev/null || exit 1; done"
 fi

@@ -23,7 +23,7 @@
 # this machine, and it saves CI a third cold guest build (~9 minutes on 2 cores).
 #
 # usage: reproducible/rebuild-and-compare.sh [--against DIR] [images/<name> ...]
-#        (default: every recipe)
+#        (default: every recipe reproducible/recipes.sh lists: those whose OCI images are built)
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,8 +40,8 @@ fi
 if [ "$#" -gt 0 ]; then
   recipes=("$@")
 else
-  recipes=()
-  for f in images/*/image.toml; do recipes+=("$(dirname "$f")"); done
+  # Every recipe whose inputs are present (reproducible/recipes.sh names what is left out).
+  mapfile -t recipes < <(bash reproducible/recipes.sh)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dcr-repro.XXXXXX")
