@@ -401,6 +401,11 @@ pub fn prepare(
         );
     }
 
+    if rec.platforms.contains(&Platform::Nitro) && !roots.is_empty() {
+        eprintln!(
+            "note: image.eif does not carry the oci workloads' roots (a Nitro enclave has no block device): in an enclave guest-init powers off at the rootfs step"
+        );
+    }
     if rec.platforms.contains(&Platform::Nitro) {
         let vsock_parent = matches!(
             parsed.network,

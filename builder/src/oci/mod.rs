@@ -403,8 +403,10 @@ enum ApplyError {
     Other(String),
 }
 
+/// An entry path for notes and errors, without the `./` archives often start with.
 fn show(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
+    let s = String::from_utf8_lossy(p);
+    s.strip_prefix("./").unwrap_or(&s).to_string()
 }
 
 const WHITEOUT: &[u8] = b".wh.";
