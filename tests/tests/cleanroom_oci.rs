@@ -147,6 +147,39 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
         .ends_with(&pin));
     assert_eq!(m["inputs"]["workload:overlap"]["sha256"], run_sha.as_str());
 
+    // One byte of one file in the image: another root hash, another run document, so another
+    // initramfs and predicted PCR 9, 11 and 23 (the good boot below checks the prediction against
+    // the live swtpm: the service releases keys only when the quoted PCRs equal it).
+    let mut flipped = program.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let prog_f = room.dir.join("overlap-flipped");
+    std::fs::write(&prog_f, &flipped).unwrap();
+    let (app_f, pin_f, summary_f) = app_image(
+        &room,
+        "f",
+        &prog_f,
+        &[
+            "/dcr/input/publisher-segments",
+            "/dcr/input/advertiser-conversions",
+        ],
+    );
+    assert_ne!(summary_f["root_hash"], summary["root_hash"]);
+    let image_f = build_oci(
+        &room,
+        "f",
+        &app_f,
+        &pin_f,
+        summary_f["run_document_sha256"].as_str().unwrap(),
+        &data,
+    );
+    let mf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image_f.join("measurements.json")).unwrap()).unwrap();
+    let pcr = |m: &serde_json::Value, i: &str| m["measurements"]["tpm"]["pcrs"][i].clone();
+    for i in ["9", "11", "23"] {
+        assert_ne!(pcr(&m, i), pcr(&mf, i), "PCR {i}");
+    }
+
     // One byte of the root changed: power off before the network, with the reason.
     let good = std::fs::read(&device).unwrap();
     let mut bad = good.clone();
