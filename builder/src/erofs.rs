@@ -19,6 +19,8 @@ const BLKSZBITS: u8 = 12;
 const BLOCK: usize = 1 << BLKSZBITS;
 const MAGIC: u32 = 0xE0F5_E1E2;
 const SUPER_OFFSET: usize = 1024;
+/// The largest image written (8 GiB): it is built in memory.
+pub const MAX_BLOCKS: u64 = (8 << 30) / BLOCK as u64;
 /// Metadata area start block.
 const META_BLKADDR: u32 = 1;
 /// `i_format`: bit 0 = extended inode; bits 1–3 = data layout (0 = FLAT_PLAIN).
@@ -242,6 +244,13 @@ pub fn write(tree: &Tree, uuid: [u8; 16], volume: &str) -> Result<(Vec<u8>, Summ
             next_block += len.div_ceil(BLOCK as u64);
         }
     }
+    // Every file takes whole blocks: many tiny files make an image far larger than their
+    // bytes. Refuse before allocating it.
+    if next_block > MAX_BLOCKS {
+        return Err(ErofsError::TooLarge(
+            "the image would be over 8 GiB (many small files each take a 4 KiB block)",
+        ));
+    }
     let blocks = u32::try_from(next_block).map_err(|_| ErofsError::TooLarge("over 2^32 blocks"))?;
     let mut img = vec![0u8; next_block as usize * BLOCK];
     let mut volume_name = [0u8; 16];
@@ -376,7 +385,11 @@ pub fn list(img: &[u8]) -> Result<(Vec<Entry>, u32), ErofsError> {
             .ok_or_else(|| bad(format!("{what} at byte {start} (+{len}) is past the end")))
     };
     let inode = |nid: u64| -> Result<(u16, u32, u32, u32, u64, usize), ErofsError> {
-        let at = meta + (nid as usize) * 32;
+        let at = usize::try_from(nid)
+            .ok()
+            .and_then(|n| n.checked_mul(32))
+            .and_then(|o| o.checked_add(meta))
+            .ok_or_else(|| bad(format!("inode {nid}: offset overflows")))?;
         let head = span(at, 32, "inode")?;
         let format = le16(head, 0);
         if (format >> 1) & 7 != 0 {
@@ -411,13 +424,27 @@ pub fn list(img: &[u8]) -> Result<(Vec<Entry>, u32), ErofsError> {
     };
     let mut out = Vec::new();
     let mut seen_dirs = std::collections::BTreeSet::new();
+    let mut hashed: std::collections::HashMap<u64, [u8; 32]> = std::collections::HashMap::new();
     let mut stack = vec![(".".to_string(), root)];
     while let Some((path, nid)) = stack.pop() {
         let (mode, uid, gid, nlink, size, blkaddr) = inode(nid)?;
         let data = if size == 0 {
             &[][..]
         } else {
-            span(blkaddr * BLOCK, size as usize, &format!("{path}: data"))?
+            let start = blkaddr
+                .checked_mul(BLOCK)
+                .ok_or_else(|| bad(format!("{path}: block address overflows")))?;
+            let len = usize::try_from(size).map_err(|_| bad(format!("{path}: size")))?;
+            span(start, len, &format!("{path}: data"))?
+        };
+        // Names of one inode (hard links) are hashed once.
+        let sha256 = match hashed.get(&nid) {
+            Some(h) => *h,
+            None => {
+                let h: [u8; 32] = sha2::Sha256::digest(data).into();
+                hashed.insert(nid, h);
+                h
+            }
         };
         out.push(Entry {
             path: path.clone(),
@@ -426,7 +453,7 @@ pub fn list(img: &[u8]) -> Result<(Vec<Entry>, u32), ErofsError> {
             gid,
             nlink,
             size,
-            sha256: sha2::Sha256::digest(data).into(),
+            sha256,
             nid,
         });
         if mode & 0o170000 != S_IFDIR {

@@ -84,9 +84,18 @@ fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
 }
 
+/// Longest entry path or symlink target taken (Linux's PATH_MAX): a longer one would only
+/// make resolution slow.
+pub const MAX_PATH: usize = 4096;
+
 /// Split a path of a layer entry into its names: leading `/` and `./` dropped, `.` parts
-/// skipped; `..` or an empty result refused.
+/// skipped; `..`, NUL, an empty result or more than [`MAX_PATH`] bytes refused.
 pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+    if path.len() > MAX_PATH {
+        return Err(TreeError::BadPath {
+            path: format!("{}…", show(&path[..64])),
+        });
+    }
     let mut out = Vec::new();
     for part in path.split(|b| *b == b'/') {
         match part {
@@ -253,8 +262,14 @@ impl Tree {
     }
 
     /// Put a file or symlink at `path`, replacing whatever had that name (other names of a
-    /// replaced hard-linked inode keep it).
+    /// replaced hard-linked inode keep it). A symlink target over [`MAX_PATH`] bytes or with
+    /// a NUL is refused.
     pub fn put(&mut self, path: &[u8], inode: Inode) -> Result<(), TreeError> {
+        if let Kind::Symlink(t) = &inode.kind {
+            if t.len() > MAX_PATH || t.contains(&0) {
+                return Err(TreeError::BadPath { path: show(path) });
+            }
+        }
         let Some((dir, name)) = self.parent_of(path, true)? else {
             return Err(TreeError::BadPath { path: show(path) });
         };

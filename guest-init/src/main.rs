@@ -158,6 +158,12 @@ fn clean_room(
     let started_at = unix_now();
     let tk = TeeKeys::generate();
     let keys = evidence::attest(c, digest, &client, tee, &tk)?;
+    // From here on plaintext exists: kernel messages a workload could steer stay off the
+    // operator's console.
+    step(
+        "inputs",
+        sys::quiet_console().map_err(|e| format!("/proc/sys/kernel/printk: {e}")),
+    )?;
     workload::mount_run_dir()?;
     let (inputs, input_receipts) = workload::fetch_inputs(c, digest, &keys, &client)?;
     let out = match (c.output_workload(), root) {

@@ -34,6 +34,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub struct Root {
     pub spec: RunSpec,
     pub mount: PathBuf,
+    /// Its device-mapper device (status checked after the run).
+    pub dm_name: String,
 }
 
 fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
@@ -194,7 +196,11 @@ pub fn open_root(c: &Contract) -> Result<Option<Root>, StepError> {
         v.root_hash,
         start.elapsed().as_secs_f64()
     ));
-    Ok(Some(Root { spec, mount }))
+    Ok(Some(Root {
+        spec,
+        mount,
+        dm_name,
+    }))
 }
 
 /// A directory of the root to mount over: a real directory all the way (never a symlink,
@@ -211,8 +217,10 @@ fn mount_point(root: &Path, rel: &str) -> Result<String, String> {
     Ok(p.display().to_string())
 }
 
-/// The mounts inside the root: /tmp and /dev (tmpfs), the inputs read-only.
-fn furnish(root: &Path) -> Result<(), String> {
+/// The mounts inside the root: /tmp and /dev (tmpfs), and at /dcr/input (a tmpfs of its
+/// own) exactly the workload's inputs, each bound read-only: the other datasets decrypted
+/// for the run stay out of its sight.
+fn furnish(root: &Path, inputs: &[&str]) -> Result<(), String> {
     use crate::sys::{mknod_char, mount, mount_data};
     let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
     let tmp = mount_point(root, "tmp")?;
@@ -238,13 +246,32 @@ fn furnish(root: &Path) -> Result<(), String> {
             .map_err(|e| format!("{dev}/{name}: {e}"))?;
     }
     let input = mount_point(root, INPUT_DIR.trim_start_matches('/'))?;
-    let src = format!("{RUN_DIR}/in");
-    mount(&src, &input, "", libc::MS_BIND).map_err(|e| format!("bind {input}: {e}"))?;
+    mount_data(
+        "tmpfs",
+        &input,
+        "tmpfs",
+        nosuid | nodev | noexec,
+        "size=64k,mode=0755",
+    )
+    .map_err(|e| format!("tmpfs {input}: {e}"))?;
+    for id in inputs {
+        let src = format!("{RUN_DIR}/in/{id}");
+        let dst = format!("{input}/{id}");
+        std::fs::write(&dst, b"").map_err(|e| format!("{dst}: {e}"))?;
+        mount(&src, &dst, "", libc::MS_BIND).map_err(|e| format!("bind {dst}: {e}"))?;
+        mount(
+            &src,
+            &dst,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nosuid | nodev | noexec,
+        )
+        .map_err(|e| format!("read-only {dst}: {e}"))?;
+    }
     mount(
-        &src,
+        "none",
         &input,
         "",
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | nosuid | nodev | noexec,
+        libc::MS_REMOUNT | libc::MS_RDONLY | nosuid | nodev | noexec,
     )
     .map_err(|e| format!("read-only {input}: {e}"))?;
     Ok(())
@@ -278,11 +305,12 @@ pub fn run(
     root: &Root,
     all_inputs: &[String],
 ) -> Result<Zeroizing<Vec<u8>>, StepError> {
-    step("workload", furnish(&root.mount))?;
-    let inputs: Vec<String> = inputs_of(c, w, all_inputs)
+    let ids: Vec<&str> = inputs_of(c, w, all_inputs)
         .into_iter()
-        .map(|(_, i)| format!("{INPUT_DIR}/{}", c.datasets[i].id))
+        .map(|(_, i)| c.datasets[i].id.as_str())
         .collect();
+    step("workload", furnish(&root.mount, &ids))?;
+    let inputs: Vec<String> = ids.iter().map(|id| format!("{INPUT_DIR}/{id}")).collect();
     let mut env: Vec<String> = root
         .spec
         .env
@@ -317,6 +345,21 @@ pub fn run(
         w.limits.timeout_secs,
         Some(&jail),
     )?;
+    // dm-verity answers a corrupt block with EIO, which a workload may catch and go on:
+    // any corruption seen during the run fails it (status `C`; `V` = all verified).
+    let status = step(
+        "rootfs",
+        crate::sys::dm_status(&root.dm_name).map_err(|e| format!("{}: status: {e}", root.dm_name)),
+    )?;
+    if status.trim() != "V" {
+        return fail(
+            "rootfs",
+            format!(
+                "workload {}: dm-verity saw a corrupt block of its root during the run (status {status:?}): the host changed the disk",
+                w.name
+            ),
+        );
+    }
     say(&format!(
         "workload {} (oci {}) exit={} output={} bytes time={:.1}s",
         w.name,

@@ -95,9 +95,11 @@ const IO_URING: [i64; 3] = [
     libc::SYS_io_uring_register,
 ];
 
-/// Why a workload of `uid` died of SIGSYS, from the kernel log's audit lines.
-pub fn reason(kernel_log: &str, uid: u32) -> String {
-    match killed_syscall(kernel_log.lines(), uid) {
+/// Why the workload process `pid` (running as `uid`) died of SIGSYS, from the kernel log's
+/// audit lines. Only a kill of that very process counts: a SIGSYS it sent itself after a child
+/// was killed names nothing.
+pub fn reason(kernel_log: &str, uid: u32, pid: u32) -> String {
+    match killed_syscall(kernel_log.lines(), uid, pid) {
         Some(nr) => format!(
             "{} ({nr}) is denied to workloads",
             denied_name(nr).unwrap_or("a system call")
@@ -199,13 +201,13 @@ pub fn filter() -> Vec<libc::sock_filter> {
     out
 }
 
-/// The system call number of the newest seccomp kill of a process of `uid` in the kernel
-/// log lines (`audit: type=1326 … uid=<uid> … syscall=<nr> …`).
-pub fn killed_syscall<'a>(lines: impl Iterator<Item = &'a str>, uid: u32) -> Option<i64> {
-    let want = format!(" uid={uid} ");
+/// The system call number of the newest seccomp kill of process `pid` running as `uid` in
+/// the kernel log lines (`audit: type=1326 … uid=<uid> … pid=<pid> … syscall=<nr> …`).
+pub fn killed_syscall<'a>(lines: impl Iterator<Item = &'a str>, uid: u32, pid: u32) -> Option<i64> {
+    let (want_uid, want_pid) = (format!(" uid={uid} "), format!(" pid={pid} "));
     let mut found = None;
     for l in lines {
-        if l.contains("type=1326") && l.contains(&want) {
+        if l.contains("type=1326") && l.contains(&want_uid) && l.contains(&want_pid) {
             found = l
                 .split(' ')
                 .find_map(|w| w.strip_prefix("syscall="))
@@ -245,8 +247,9 @@ mod tests {
     #[test]
     fn the_audit_line_names_the_call() {
         let log = "6,1,2,-;audit: type=1326 audit(1.2:3): auid=4294967295 uid=61000 gid=61000 ses=4294967295 pid=77 comm=\"x\" exe=\"/x\" sig=31 arch=c000003e syscall=101 compat=0 ip=0x1 code=0x80000000";
-        assert_eq!(killed_syscall(log.lines(), 61000), Some(101));
-        assert_eq!(killed_syscall(log.lines(), 61001), None);
+        assert_eq!(killed_syscall(log.lines(), 61000, 77), Some(101));
+        assert_eq!(killed_syscall(log.lines(), 61001, 77), None);
+        assert_eq!(killed_syscall(log.lines(), 61000, 78), None);
         assert_eq!(denied_name(101), Some("ptrace"));
     }
 }

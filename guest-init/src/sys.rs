@@ -370,10 +370,87 @@ pub fn dm_create(name: &str, target: &str, sectors: u64, params: &str) -> io::Re
     Ok(((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32)
 }
 
+const DM_TABLE_STATUS_CMD: u32 = 12;
+
+/// The status line of device-mapper device `name`'s (one) target (DM_TABLE_STATUS): for
+/// verity `V` (every block read so far verified) or `C` (a corrupt block was seen).
+pub fn dm_status(name: &str) -> io::Result<String> {
+    let ctl = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")?;
+    let mut b = dm_buffer(name)?;
+    b.hdr.data_size = std::mem::size_of::<DmBuffer>() as u32;
+    dm_call(&ctl, DM_TABLE_STATUS_CMD, &mut b)?;
+    if b.hdr.target_count != 1 {
+        return Err(io::Error::other(format!("{} targets", b.hdr.target_count)));
+    }
+    // The kernel wrote one dm_target_spec at data_start, its status string after it.
+    if b.hdr.data_start as usize != std::mem::size_of::<DmIoctl>() {
+        return Err(io::Error::other("unexpected data_start"));
+    }
+    let end = b
+        .params
+        .iter()
+        .position(|c| *c == 0)
+        .unwrap_or(b.params.len());
+    Ok(String::from_utf8_lossy(&b.params[..end]).into_owned())
+}
+
 /// SIGKILL a whole process group.
 pub fn kill_group(pgid: u32) {
     // SAFETY: kill(2) takes no pointers; a negative pid names the process group.
     unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+}
+
+/// SIGKILL every process running as `uid` — also those that left the workload's process
+/// group with setsid(2)/setpgid(2): a forked helper takes that uid and kills all it may
+/// signal (kill(-1)), then exits; the caller waits for it. Each workload has a uid of its own.
+pub fn kill_uid(uid: u32) -> io::Result<()> {
+    // SAFETY: fork(2) takes no pointers. The child only makes async-signal-safe system calls
+    // (setgid, setuid, kill, _exit) and never returns into Rust code, as fork in a
+    // multi-threaded process requires.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: as above; integer arguments only.
+        unsafe {
+            if libc::setgid(uid) == 0 && libc::setuid(uid) == 0 {
+                libc::kill(-1, libc::SIGKILL);
+                libc::_exit(0);
+            }
+            libc::_exit(1);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waitpid(2) writes the status into `status`, a live local.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "the kill helper could not take the workload's uid",
+        ))
+    }
+}
+
+/// Reap every exited child (PID 1 inherits a killed workload's orphans).
+pub fn reap_children() {
+    let mut status = 0;
+    // SAFETY: waitpid(-1, …, WNOHANG) writes into a live local and never blocks.
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+}
+
+/// Set the console log level (the first field of /proc/sys/kernel/printk): 1 keeps all but
+/// KERN_EMERG messages off the operator's console, where a workload could otherwise steer
+/// text (an OOM kill's process name, a fault's address).
+pub fn quiet_console() -> io::Result<()> {
+    std::fs::write("/proc/sys/kernel/printk", b"1")
 }
 
 /// SO_BINDTODEVICE: send and receive only through `ifname` (DHCP before the interface has an

@@ -272,7 +272,9 @@ pub fn run_confined(
             Ok(Some(s)) => break s,
             Ok(None) if start.elapsed() > timeout => {
                 crate::sys::kill_group(pgid);
+                let _ = crate::sys::kill_uid(uid);
                 let _ = child.wait();
+                crate::sys::reap_children();
                 return fail(
                     what,
                     format!("{} timed out after {timeout_secs} s (killed)", w.name),
@@ -283,13 +285,19 @@ pub fn run_confined(
         }
     };
     crate::sys::kill_group(pgid);
+    // Processes that left the group (setsid) die too; they would hold the pipe open.
+    step(
+        what,
+        crate::sys::kill_uid(uid).map_err(|e| format!("ending {}'s processes: {e}", w.name)),
+    )?;
+    crate::sys::reap_children();
     if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGSYS) {
         return fail(
             what,
             format!(
                 "{} was killed by the seccomp filter: {}",
                 w.name,
-                crate::seccomp::reason(&kernel_log(), uid)
+                crate::seccomp::reason(&kernel_log(), uid, pgid)
             ),
         );
     }

@@ -8,6 +8,8 @@
 //!   naming dm-verity and the workload; nothing is uploaded;
 //! - an image whose program calls ptrace(2) (a hand-assembled ELF) is killed by the seccomp
 //!   filter and the run powers off naming the call; nothing is uploaded;
+//! - a workload sees only the inputs its contract entry names, and a process it left behind
+//!   in a session of its own (setsid) is killed, not waited for;
 //! - the untouched root runs through: the result both recipients open equals the aggregates
 //!   computed here from the plaintext, independently of the workload.
 
@@ -83,6 +85,19 @@ fn build_oci(
     run_sha: &str,
     data: &Path,
 ) -> std::path::PathBuf {
+    build_oci_with(room, tag, app, pin, run_sha, data, |c| c)
+}
+
+/// [`build_oci`] with a further edit of the contract text.
+fn build_oci_with(
+    room: &Room,
+    tag: &str,
+    app: &Path,
+    pin: &str,
+    run_sha: &str,
+    data: &Path,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
     let recipe_dir = room.dir.join(format!("recipe-{tag}"));
     std::fs::create_dir_all(&recipe_dir).unwrap();
     let text = without_sql_workload(
@@ -100,7 +115,7 @@ fn build_oci(
         "reference recipe changed shape"
     );
     std::fs::write(recipe_dir.join("image.toml"), text).unwrap();
-    let contract = room.contract(tag, |c| as_oci(&without_sql_workload(&c), run_sha));
+    let contract = room.contract(tag, |c| edit(as_oci(&without_sql_workload(&c), run_sha)));
     let image = room.build_recipe(&recipe_dir.join("image.toml"), &contract, tag);
     room.provide(tag, data, &image);
     image
@@ -226,6 +241,46 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
     );
     assert!(room
         .result("overlap-result-s.sealed", "publisher")
+        .is_none());
+
+    // Only the inputs the contract gives the workload are in its /dcr/input, and a process
+    // that left the workload's group (setsid) does not outlive it: a hand-assembled program
+    // forks a child that calls setsid(2) and pauses holding stdout, then looks for the
+    // advertiser's dataset, which this contract does not give it (exit 7: not there). With the
+    // whole input directory visible it would exit 0; with the child alive the run would hang.
+    let probe = room.dir.join("probe");
+    let o = Command::new("python3")
+        .arg(workspace().join("tests/data/make-syscall-elf.py"))
+        .args(["--probe", "/dcr/input/advertiser-conversions"])
+        .arg(&probe)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (app_q, pin_q, summary_q) = app_image(&room, "q", &probe, &[]);
+    let image_q = build_oci_with(
+        &room,
+        "q",
+        &app_q,
+        &pin_q,
+        summary_q["run_document_sha256"].as_str().unwrap(),
+        &data,
+        |c| {
+            c.replacen(
+                "inputs = [\"publisher-segments\", \"advertiser-conversions\"]",
+                "inputs = [\"publisher-segments\"]",
+                1,
+            )
+        },
+    );
+    let (code, console) = room.boot(&image_q);
+    assert_ne!(code, Some(0), "{console}");
+    let reason = power_off_reason(&console).unwrap_or_default();
+    assert!(
+        reason.contains("overlap failed (exit status: 7)"),
+        "{reason}\n{console}"
+    );
+    assert!(room
+        .result("overlap-result-q.sealed", "publisher")
         .is_none());
 
     // The untouched root: the clean room runs through.

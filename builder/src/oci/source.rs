@@ -71,13 +71,30 @@ impl Blobs for Source {
         match self {
             Source::Dir(dir) => {
                 let p = dir.join(&rel);
-                match std::fs::read(&p) {
-                    Ok(b) => Ok(b),
+                let shown = p.display().to_string();
+                // A regular file of bounded size only (not a FIFO, not /dev/zero behind a
+                // symlink), read through a limit.
+                let meta = match std::fs::metadata(&p) {
+                    Ok(m) => m,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        Err(OciError::Missing(digest.to_string()))
+                        return Err(OciError::Missing(digest.to_string()))
                     }
-                    Err(e) => Err(io(p.display().to_string())(e)),
+                    Err(e) => return Err(io(shown)(e)),
+                };
+                if !meta.is_file() || meta.len() > super::MAX_UNCOMPRESSED {
+                    return Err(OciError::Unsupported(format!(
+                        "{shown}: not a regular file of at most {} bytes",
+                        super::MAX_UNCOMPRESSED
+                    )));
                 }
+                let mut b = Vec::with_capacity(meta.len() as usize);
+                File::open(&p)
+                    .and_then(|f| f.take(super::MAX_UNCOMPRESSED + 1).read_to_end(&mut b))
+                    .map_err(io(&shown))?;
+                if b.len() as u64 > super::MAX_UNCOMPRESSED {
+                    return Err(OciError::TooLarge);
+                }
+                Ok(b)
             }
             Source::Archive {
                 path,
@@ -87,6 +104,9 @@ impl Blobs for Source {
                 let Some(&(off, size)) = members.get(&rel) else {
                     return Err(OciError::Missing(digest.to_string()));
                 };
+                if size > super::MAX_UNCOMPRESSED {
+                    return Err(OciError::TooLarge);
+                }
                 let what = format!("{}: {rel}", path.display());
                 file.seek(SeekFrom::Start(off)).map_err(io(&what))?;
                 let mut b = Vec::with_capacity(size as usize);
