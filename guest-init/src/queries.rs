@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use crate::client::Client;
 use crate::console::say;
 use crate::release::{Keys, TeeKeys};
-use crate::workload::{checked_exe, inputs_of, run_confined, seal_sign, workload_uid, RUN_DIR};
+use crate::workload::{checked_exe, run_confined, seal_sign, workload_uid, RUN_DIR};
 use crate::{step, StepError, CONTRACT_PATH};
 
 /// The largest signed list accepted: 64 query documents of at most MAX_QUERY_JSON bytes (with
@@ -55,7 +55,7 @@ pub fn answer_queries(
     tk: &TeeKeys,
     keys: &Keys,
     client: &Client,
-    all_inputs: &[String],
+    _all_inputs: &[String],
 ) -> Result<Answers, StepError> {
     let mut out = Answers::default();
     let Some(w) = c.sql_workload() else {
@@ -82,7 +82,7 @@ pub fn answer_queries(
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())),
     )?;
     // The engine gets each table of its inputs as NAME=FILE.
-    let tables: Vec<String> = inputs_of(c, w, all_inputs)
+    let tables: Vec<String> = crate::workload::workload_inputs("queries", c, w)?
         .into_iter()
         .filter_map(|(path, i)| {
             c.datasets[i]

@@ -55,10 +55,16 @@ pub fn fetch_inputs(
     keys: &Keys,
     client: &Client,
 ) -> Result<(Vec<String>, Vec<ReceiptInput>), StepError> {
+    // Root only (0700): a workload reaches the inputs its contract entry names through its
+    // own directory (`workload_inputs`), never the others.
     let dir = Path::new(RUN_DIR).join("in");
     step(
         "inputs",
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display())),
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .map_err(|e| format!("{}: {e}", dir.display())),
     )?;
     let mut paths = Vec::new();
     let mut receipt = Vec::new();
@@ -169,6 +175,67 @@ pub fn inputs_of<'a>(
             (all_inputs[i].as_str(), i)
         })
         .collect()
+}
+
+/// The inputs of `w` as it may see them: `RUN_DIR/w/<name>/<dataset id>`, each bound
+/// read-only to the decrypted file, in a directory only its uid may enter (0500). Made once;
+/// (path, dataset index) in the order its contract entry names them.
+pub fn workload_inputs(
+    what: &'static str,
+    c: &Contract,
+    w: &Workload,
+) -> Result<Vec<(String, usize)>, StepError> {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = workload_uid(c, w);
+    let dir = Path::new(RUN_DIR).join("w").join(&w.name);
+    let idx: Vec<usize> = w
+        .inputs
+        .iter()
+        .map(|id| {
+            c.datasets
+                .iter()
+                .position(|d| d.id == *id)
+                .expect("validated")
+        })
+        .collect();
+    if !dir.exists() {
+        let e = |p: &Path| {
+            let p = p.display().to_string();
+            move |e: std::io::Error| format!("{p}: {e}")
+        };
+        step(what, std::fs::create_dir_all(&dir).map_err(e(&dir)))?;
+        let flags = libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC;
+        for &i in &idx {
+            let id = &c.datasets[i].id;
+            let src = format!("{RUN_DIR}/in/{id}");
+            let dst = dir.join(id);
+            let d = dst.display().to_string();
+            step(what, std::fs::write(&dst, b"").map_err(e(&dst)))?;
+            step(
+                what,
+                crate::sys::mount(&src, &d, "", libc::MS_BIND)
+                    .and_then(|()| crate::sys::mount(&src, &d, "", flags))
+                    .map_err(|err| format!("bind {d}: {err}")),
+            )?;
+        }
+        step(
+            what,
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
+                })
+                .map_err(e(&dir)),
+        )?;
+    }
+    Ok(idx
+        .iter()
+        .map(|&i| (dir.join(&c.datasets[i].id).display().to_string(), i))
+        .collect())
 }
 
 /// What a confined run gave back.
@@ -356,12 +423,12 @@ fn kernel_log() -> String {
 pub fn run_workload(
     c: &Contract,
     w: &Workload,
-    all_inputs: &[String],
+    _all_inputs: &[String],
 ) -> Result<Zeroizing<Vec<u8>>, StepError> {
     let exe = checked_exe("workload", w)?;
-    let args: Vec<String> = inputs_of(c, w, all_inputs)
+    let args: Vec<String> = workload_inputs("workload", c, w)?
         .into_iter()
-        .map(|(p, _)| p.to_string())
+        .map(|(p, _)| p)
         .collect();
     let ran = run_confined(
         "workload",
