@@ -5,7 +5,10 @@
 # kind = "oci" workloads) has not been built: images/python-analytics needs
 # `bash images/python-analytics/build-oci.sh out/python-analytics/oci` (mmdebstrap, root).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+top=$(cd "$(dirname "$0")/.." && pwd)
+DCR_TOP=$top
+. "$top/reproducible/lib.sh"
+cd "$top"
 for f in images/*/image.toml; do
   r=${f%/image.toml}
   missing=""

@@ -12,8 +12,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
+DCR_TOP=$top
+DCR_HINT="the image build stopped; fix the cause above and run bash images/python-analytics/build-oci.sh again"
+. "$top/reproducible/lib.sh"
 . "$top/reproducible/apt-sources.sh"
-die() { echo "build-oci.sh: $*" >&2; exit 1; }
 out=${1:-}
 [ -n "$out" ] || die "usage: build-oci.sh OUTDIR"
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap)"

@@ -21,6 +21,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 DCR_TOP=$top
 DCR_HINT="the python-analytics run stopped; fix the cause above and run bash images/python-analytics/run.sh again"
 . "$top/reproducible/lib.sh"
+. "$top/reproducible/room.sh"
 cd "$top"
 here="$top/images/python-analytics"
 rows=${ROWS:-10000}
@@ -63,39 +64,9 @@ echo "image $pin; run document sha256 $run_sha"
 cd "$work"
 
 step "manufacturing the vTPM: EK certificate from a private swtpm-localca"
-cat > localca.conf <<CONF
-statedir = $work/ca
-signingkey = $work/ca/signkey.pem
-issuercert = $work/ca/issuercert.pem
-certserial = $work/ca/certserial
-CONF
-cat > swtpm-setup.conf <<CONF
-create_certs_tool= /usr/bin/swtpm_localca
-create_certs_tool_config = $work/localca.conf
-create_certs_tool_options = /etc/swtpm-localca.options
-active_pcr_banks = sha256
-CONF
-swtpm_setup --tpm2 --create-ek-cert --overwrite --tpmstate "$work/tpm" --config "$work/swtpm-setup.conf" >/dev/null
-
+room_vtpm "$work"
 step "starting the key-release service on loopback"
-umask 077
-printf 'publisher:%s\nadvertiser:%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-  "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > tokens
-sed -n 's/^publisher://p' tokens > keys/publisher.token
-sed -n 's/^advertiser://p' tokens > keys/advertiser.token
-umask 022
-"$attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
-  --tokens tokens --tpm-ek-root ca/swtpm-localca-rootca-cert.pem --tpm-ek-intermediate ca/issuercert.pem \
-  > service.out 2> service.log &
-svc_pid=$!
-trap 'kill $svc_pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q '^listening on https' service.out 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^listening on \(http:.*\)/\1/p' service.out)
-party_url=$(sed -n 's/^listening on \(https:.*\)/\1/p' service.out)
-[ -n "$url" ] && [ -n "$party_url" ] ||
-  die "the key-release service did not start within 10 s: $(tr '\n' ' ' < service.log)"
-port=${url##*:}
-signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' service/service.pub.json)
+room_service "$attest" "$work"
 
 step "the parties' keys and the contract (the workload: the image's run document)"
 pub_key=$("$attest" keygen --out-dir keys --name publisher)

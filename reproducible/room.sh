@@ -1,0 +1,50 @@
+# Sourced by the clean rooms' run.sh (bash, after lib.sh, in the run's work directory): the
+# pieces every room needs before its own contract and image.
+#
+# room_vtpm WORK      a vTPM state in WORK/tpm with an EK certificate from a private
+#                     swtpm-localca (WORK/ca)
+# room_service ATTEST WORK
+#                     the parties' tokens (WORK/tokens, WORK/keys/<party>.token) and the
+#                     key-release service on loopback: plain HTTP for the TEE (everything it
+#                     exchanges is bound and signed) and TLS for the parties (their tokens and
+#                     blobs; they pin its certificate via service.pub.json). Sets svc_pid, url,
+#                     party_url, port, signing; an EXIT trap stops the service.
+
+room_vtpm() {
+  local work=$1
+  cat > "$work/localca.conf" <<CONF
+statedir = $work/ca
+signingkey = $work/ca/signkey.pem
+issuercert = $work/ca/issuercert.pem
+certserial = $work/ca/certserial
+CONF
+  cat > "$work/swtpm-setup.conf" <<CONF
+create_certs_tool= /usr/bin/swtpm_localca
+create_certs_tool_config = $work/localca.conf
+create_certs_tool_options = /etc/swtpm-localca.options
+active_pcr_banks = sha256
+CONF
+  swtpm_setup --tpm2 --create-ek-cert --overwrite --tpmstate "$work/tpm" --config "$work/swtpm-setup.conf" >/dev/null
+}
+
+room_service() {
+  local attest=$1 work=$2
+  umask 077
+  printf 'publisher:%s\nadvertiser:%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+    "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$work/tokens"
+  sed -n 's/^publisher://p' "$work/tokens" > "$work/keys/publisher.token"
+  sed -n 's/^advertiser://p' "$work/tokens" > "$work/keys/advertiser.token"
+  umask 022
+  "$attest" serve --data-dir "$work/service" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+    --tokens "$work/tokens" --tpm-ek-root "$work/ca/swtpm-localca-rootca-cert.pem" \
+    --tpm-ek-intermediate "$work/ca/issuercert.pem" > "$work/service.out" 2> "$work/service.log" &
+  svc_pid=$!
+  trap 'kill $svc_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do grep -q '^listening on https' "$work/service.out" 2>/dev/null && break; sleep 0.1; done
+  url=$(sed -n 's/^listening on \(http:.*\)/\1/p' "$work/service.out")
+  party_url=$(sed -n 's/^listening on \(https:.*\)/\1/p' "$work/service.out")
+  [ -n "$url" ] && [ -n "$party_url" ] ||
+    die "the key-release service did not start within 10 s: $(tr '\n' ' ' < "$work/service.log")"
+  port=${url##*:}
+  signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' "$work/service/service.pub.json")
+}
