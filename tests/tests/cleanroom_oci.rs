@@ -215,54 +215,23 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
 
     // A program that calls ptrace(2): killed by the seccomp filter, the run powers off
     // naming the call, nothing is uploaded.
-    let caller = room.dir.join("ptrace-caller");
-    let o = Command::new("python3")
-        .arg(workspace().join("tests/data/make-syscall-elf.py"))
-        .arg(libc_ptrace().to_string())
-        .arg(&caller)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (app_s, pin_s, summary_s) = app_image(&room, "s", &caller, &[]);
-    let image_s = build_oci(
+    let image_s = elf_image(&room, "s", &[&libc_ptrace().to_string()], &data, |c| c);
+    refused(
         &room,
+        &image_s,
         "s",
-        &app_s,
-        &pin_s,
-        summary_s["run_document_sha256"].as_str().unwrap(),
-        &data,
+        "overlap was killed by the seccomp filter: ptrace (101) is denied",
     );
-    let (code, console) = room.boot(&image_s);
-    assert_ne!(code, Some(0), "{console}");
-    let reason = power_off_reason(&console).unwrap_or_default();
-    assert!(
-        reason.contains("overlap was killed by the seccomp filter: ptrace (101) is denied"),
-        "{reason}\n{console}"
-    );
-    assert!(room
-        .result("overlap-result-s.sealed", "publisher")
-        .is_none());
 
     // Only the inputs the contract gives the workload are in its /dcr/input, and a process
     // that left the workload's group (setsid) does not outlive it: a hand-assembled program
     // forks a child that calls setsid(2) and pauses holding stdout, then looks for the
     // advertiser's dataset, which this contract does not give it (exit 7: not there). With the
     // whole input directory visible it would exit 0; with the child alive the run would hang.
-    let probe = room.dir.join("probe");
-    let o = Command::new("python3")
-        .arg(workspace().join("tests/data/make-syscall-elf.py"))
-        .args(["--probe", "/dcr/input/advertiser-conversions"])
-        .arg(&probe)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (app_q, pin_q, summary_q) = app_image(&room, "q", &probe, &[]);
-    let image_q = build_oci_with(
+    let image_q = elf_image(
         &room,
         "q",
-        &app_q,
-        &pin_q,
-        summary_q["run_document_sha256"].as_str().unwrap(),
+        &["--probe", "/dcr/input/advertiser-conversions"],
         &data,
         |c| {
             c.replacen(
@@ -272,16 +241,7 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
             )
         },
     );
-    let (code, console) = room.boot(&image_q);
-    assert_ne!(code, Some(0), "{console}");
-    let reason = power_off_reason(&console).unwrap_or_default();
-    assert!(
-        reason.contains("overlap failed (exit status: 7)"),
-        "{reason}\n{console}"
-    );
-    assert!(room
-        .result("overlap-result-q.sealed", "publisher")
-        .is_none());
+    refused(&room, &image_q, "q", "overlap failed (exit status: 7)");
 
     // The untouched root: the clean room runs through.
     std::fs::write(&device, &good).unwrap();
@@ -305,6 +265,46 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
             "{party}"
         );
     }
+}
+
+/// An image whose program is written by make-syscall-elf.py `args`, built as the room's
+/// contract `tag` (edited by `edit`) with its data provided.
+fn elf_image(
+    room: &Room,
+    tag: &str,
+    args: &[&str],
+    data: &Path,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
+    let program = room.dir.join(format!("elf-{tag}"));
+    let o = Command::new("python3")
+        .arg(workspace().join("tests/data/make-syscall-elf.py"))
+        .args(args)
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "make-syscall-elf.py: {}", stderr(&o));
+    let (app, pin, summary) = app_image(room, tag, &program, &[]);
+    build_oci_with(
+        room,
+        tag,
+        &app,
+        &pin,
+        summary["run_document_sha256"].as_str().unwrap(),
+        data,
+        edit,
+    )
+}
+
+/// Boot `image`: it must power off with `want` in its reason and upload no result.
+fn refused(room: &Room, image: &Path, tag: &str, want: &str) {
+    let (code, console) = room.boot(image);
+    assert_ne!(code, Some(0), "{console}");
+    let reason = power_off_reason(&console).unwrap_or_default();
+    assert!(reason.contains(want), "{reason}\n{console}");
+    assert!(room
+        .result(&format!("overlap-result-{tag}.sealed"), "publisher")
+        .is_none());
 }
 
 /// ptrace's x86_64 system call number (arch/x86/entry/syscalls/syscall_64.tbl).

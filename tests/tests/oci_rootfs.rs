@@ -41,32 +41,25 @@ fn make_oci(dir: &Path, flags: &[&str]) -> String {
     stdout(&o).trim().to_string()
 }
 
+/// `dcr-build rootfs` of `oci` pinned by `pin` into `out` (`--json` when asked).
+fn rootfs_run(oci: &Path, pin: &str, out: &Path, json: bool) -> std::process::Output {
+    let (oci, out) = (oci.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["rootfs", "--oci", oci, "--digest", pin, "--out", out];
+    if json {
+        args.push("--json");
+    }
+    run_dcr_build(&args)
+}
+
 /// `dcr-build rootfs --json`: the summary.
 fn rootfs(oci: &Path, pin: &str, out: &Path) -> serde_json::Value {
-    let o = run_dcr_build(&[
-        "rootfs",
-        "--oci",
-        oci.to_str().unwrap(),
-        "--digest",
-        pin,
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = rootfs_run(oci, pin, out, true);
     assert!(o.status.success(), "dcr-build rootfs: {}", stderr(&o));
     serde_json::from_str(&stdout(&o)).unwrap()
 }
 
 fn refused(oci: &Path, pin: &str, out: &Path, want: &str) {
-    let o = run_dcr_build(&[
-        "rootfs",
-        "--oci",
-        oci.to_str().unwrap(),
-        "--digest",
-        pin,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = rootfs_run(oci, pin, out, false);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     let e = stderr(&o);
     assert_eq!(e.trim().lines().count(), 1, "{e}");
