@@ -360,16 +360,5 @@ pub fn run(
             ),
         );
     }
-    say(&format!(
-        "workload {} (oci {}) exit={} output={} bytes time={:.1}s",
-        w.name,
-        root.spec.image,
-        ran.exit(),
-        ran.out.len(),
-        ran.secs
-    ));
-    if !ran.status.success() {
-        return fail("workload", format!("{} failed ({})", w.name, ran.status));
-    }
-    Ok(ran.out)
+    crate::workload::finish(w, &format!(" (oci {})", root.spec.image), ran)
 }

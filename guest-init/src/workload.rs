@@ -439,8 +439,14 @@ pub fn run_workload(
         w.limits.timeout_secs,
         None,
     )?;
+    finish(w, "", ran)
+}
+
+/// The console line of an output workload's run (`what` after the name, e.g. ` (oci …)`),
+/// then its stdout if it exited 0.
+pub fn finish(w: &Workload, what: &str, ran: Ran) -> Result<Zeroizing<Vec<u8>>, StepError> {
     say(&format!(
-        "workload {} exit={} output={} bytes time={:.1}s",
+        "workload {}{what} exit={} output={} bytes time={:.1}s",
         w.name,
         ran.exit(),
         ran.out.len(),
