@@ -9,6 +9,10 @@
 #                     exchanges is bound and signed) and TLS for the parties (their tokens and
 #                     blobs; they pin its certificate via service.pub.json). Sets svc_pid, url,
 #                     party_url, port, signing; an EXIT trap stops the service.
+# room_provide ATTEST each party seals data/<party>.csv (a fresh data key), registers the key
+#                     with the service for contract.toml on the reference values of
+#                     image/measurements.json (platform tpm) and uploads the sealed blob
+#                     (the reference contract's key ids and blob names); uses party_url
 
 room_vtpm() {
   local work=$1
@@ -47,4 +51,21 @@ room_service() {
     die "the key-release service did not start within 10 s: $(tr '\n' ' ' < "$work/service.log")"
   port=${url##*:}
   signing=$(sed -n 's/.*"signing_key": "\(.*\)".*/\1/p' "$work/service/service.pub.json")
+}
+
+room_provide() {
+  local attest=$1 party key_id blob
+  for party in publisher advertiser; do
+    case $party in
+      publisher) key_id=publisher-segments-1; blob=publisher-segments.sealed ;;
+      advertiser) key_id=advertiser-conversions-1; blob=advertiser-conversions.sealed ;;
+    esac
+    "$attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
+    "$attest" register --service "$party_url" --service-pub service/service.pub.json \
+      --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
+      --reference image/measurements.json --platform tpm
+    "$attest" put --service "$party_url" --service-pub service/service.pub.json \
+      --token-file "keys/$party.token" --contract contract.toml \
+      --name "$blob" --in "data/$party.sealed"
+  done
 }

@@ -11,7 +11,7 @@
 # - the packages below (derived by running the README's commands on a pristine
 #   `mmdebstrap --variant=apt` root: reproducible/fresh-machine.sh);
 # - the Rust toolchain of rust-toolchain.toml with the x86_64-unknown-linux-musl target
-#   (guest binaries are static musl executables);
+#   (guest binaries are static musl executables) and wasm32-wasip1 (kind = "wasm" workloads);
 # - sev-snp-measure 0.0.13 (PyPI) in a venv: the anchor the SNP measurement tests compare with;
 # - with --tests, vhost-device-vsock 0.3.0 (crates.io): the userspace vsock device of the vsock
 #   QEMU test.
@@ -140,15 +140,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-# 4. Rust: the pinned toolchain (rust-toolchain.toml) and the musl target.
+# 4. Rust: the pinned toolchain (rust-toolchain.toml), the musl and WASI targets.
 if ! command -v cargo >/dev/null 2>&1; then
   die "cargo not found; install Rust with rustup first (the toolchain is pinned in rust-toolchain.toml), or add ~/.cargo/bin to PATH"
 fi
 cd "$top"
-if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+installed_targets=$(rustup target list --installed 2>/dev/null || true)
+if ! grep -qx x86_64-unknown-linux-musl <<<"$installed_targets"; then
   say "adding the Rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl >/dev/null ||
     die "rustup could not add the target x86_64-unknown-linux-musl (the guest is a static musl binary)"
+fi
+if ! grep -qx wasm32-wasip1 <<<"$installed_targets"; then
+  say "adding the Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1 >/dev/null ||
+    die "rustup could not add the target wasm32-wasip1 (kind = \"wasm\" workloads are WASI preview 1 modules)"
 fi
 
 # 5. sev-snp-measure (PyPI), the anchor the SNP measurement tests run side by side with ours.

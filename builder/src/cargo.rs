@@ -181,7 +181,13 @@ pub fn build(
         .unwrap_or_else(|| workspace.join("target"));
     let mut out = BTreeMap::new();
     for p in packages {
-        let path = target_dir.join(target).join("guest").join(p);
+        // A WebAssembly target's executables end in .wasm.
+        let file = if target.starts_with("wasm32-") {
+            format!("{p}.wasm")
+        } else {
+            p.clone()
+        };
+        let path = target_dir.join(target).join("guest").join(file);
         let bytes = std::fs::read(&path).map_err(|source| CargoError::Output {
             package: p.clone(),
             path: path.clone(),

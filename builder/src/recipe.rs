@@ -145,14 +145,17 @@ impl FileDeb {
 pub struct WorkloadSpec {
     /// Name inside the image: `/workloads/<name>`.
     pub name: String,
-    /// Cargo package directory inside the recipe directory (a workspace member).
+    /// Cargo package directory inside the recipe directory (a workspace member); built for
+    /// the guest (`native`) or for `wasm32-wasip1` (`wasm`).
     #[serde(rename = "crate")]
     pub krate: Option<PathBuf>,
-    /// A prebuilt static binary, relative to the recipe directory.
+    /// A prebuilt static binary (`native`) or WebAssembly module (`wasm`), relative to the
+    /// recipe directory.
     pub file: Option<PathBuf>,
     /// Required with `file`.
     pub sha256: Option<HexSha256>,
-    /// `native` (default: `crate`, or `file` + `sha256`) or `oci` (`oci` + `digest`).
+    /// `native` (default: `crate`, or `file` + `sha256`), `wasm` (the same two ways to give a
+    /// WASI preview 1 module) or `oci` (`oci` + `digest`).
     #[serde(default)]
     pub kind: WorkloadKind,
     /// kind = "oci": an OCI image layout directory, or an archive holding one (`docker
@@ -171,7 +174,17 @@ pub enum WorkloadKind {
     Native,
     /// A container image, flattened into a dm-verity-protected EROFS root.
     Oci,
+    /// A WebAssembly module (WASI preview 1) run by the guest's wasmtime runner
+    /// (attest/wasm-runner): a crate built for `wasm32-wasip1`, or a pinned `.wasm` file.
+    Wasm,
 }
+
+/// The target `kind = "wasm"` crate workloads are built for.
+pub const WASM_TARGET: &str = "wasm32-wasip1";
+
+/// The guest's WebAssembly runner crate, relative to the workspace guest-init is built from;
+/// packed at [`WASM_RUNNER_PATH`] when a recipe has a wasm workload.
+pub const WASM_RUNNER_CRATE: &str = "attest/wasm-runner";
 
 /// Platforms whose launch measurements the build predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -568,6 +581,17 @@ fn validate(r: &Recipe, path: &Path) -> Result<(), RecipeError> {
         }
         if w.oci.is_some() || w.digest.is_some() {
             return Err(field(path, &f, "oci and digest need kind = \"oci\""));
+        }
+        if w.kind == WorkloadKind::Wasm
+            && w.file
+                .as_ref()
+                .is_some_and(|p| p.extension().and_then(|e| e.to_str()) != Some("wasm"))
+        {
+            return Err(field(
+                path,
+                &format!("{f}.file"),
+                "kind = \"wasm\" takes a WebAssembly module named *.wasm",
+            ));
         }
         match (&w.krate, &w.file, &w.sha256) {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}

@@ -173,6 +173,7 @@ fn clean_room(
         (Some(w), _) if w.kind == WorkloadKind::Oci => {
             return fail("workload", format!("{}: its root was not opened", w.name))
         }
+        (Some(w), _) if w.kind == WorkloadKind::Wasm => Some(workload::run_wasm(c, w)?),
         (Some(w), _) => Some(workload::run_workload(c, w, &inputs)?),
         (None, _) => None,
     };

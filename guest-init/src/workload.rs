@@ -250,11 +250,9 @@ impl Ran {
     /// `exit=<code>` or `signal<n>` for console lines.
     pub fn exit(&self) -> String {
         self.status.code().map_or_else(
-            || {
-                format!(
-                    "signal{:?}",
-                    std::os::unix::process::ExitStatusExt::signal(&self.status)
-                )
+            || match std::os::unix::process::ExitStatusExt::signal(&self.status) {
+                Some(n) => format!("signal{n}"),
+                None => "unknown".to_string(),
             },
             |c| c.to_string(),
         )
@@ -440,6 +438,63 @@ pub fn run_workload(
         None,
     )?;
     finish(w, "", ran)
+}
+
+/// Run the contract's wasm workload `w`: dcr's wasmtime runner ([`dcr_protocol::wasm`]) with
+/// the module at /workloads/<name> (its SHA-256 checked against the contract first), confined
+/// like a native workload. The module gets the inputs directory of `w` preopened read-only at
+/// /dcr/input, argv = [name, /dcr/input/<id>…] (contract order); the runner's limits are the
+/// contract's (memory, output, time). A runner failure is named on the console by its status.
+pub fn run_wasm(c: &Contract, w: &Workload) -> Result<Zeroizing<Vec<u8>>, StepError> {
+    use dcr_protocol::wasm::{runner_exit, INPUT_DIR, RUNNER_PATH};
+    let module = checked_exe("workload", w)?;
+    let runner = Path::new(RUNNER_PATH);
+    if !runner.is_file() {
+        return fail(
+            "workload",
+            format!("{}: {RUNNER_PATH} is missing from the image", w.name),
+        );
+    }
+    let inputs = workload_inputs("workload", c, w)?;
+    let dir = Path::new(RUN_DIR).join("w").join(&w.name);
+    let mut args = vec![
+        "--inputs".to_string(),
+        dir.display().to_string(),
+        "--memory-mib".into(),
+        w.limits.memory_mib.to_string(),
+        "--output-mib".into(),
+        w.limits.output_mib.to_string(),
+        "--timeout-secs".into(),
+        w.limits.timeout_secs.to_string(),
+        module.display().to_string(),
+        "--".into(),
+        w.name.clone(),
+    ];
+    for &(_, i) in &inputs {
+        args.push(format!("{INPUT_DIR}/{}", c.datasets[i].id));
+    }
+    // guest-init's own deadline a little later than the runner's epoch deadline, so that a
+    // module past its time is reported by the runner (status 123) rather than killed.
+    let ran = run_confined(
+        "workload",
+        w,
+        runner,
+        &args,
+        workload_uid(c, w),
+        w.limits.timeout_secs.saturating_add(5),
+        None,
+    )?;
+    if let Some(why) = ran.status.code().and_then(runner_exit) {
+        say(&format!(
+            "workload {} (wasm) exit={} output={} bytes time={:.1}s",
+            w.name,
+            ran.exit(),
+            ran.out.len(),
+            ran.secs
+        ));
+        return fail("workload", format!("{}: {why}", w.name));
+    }
+    finish(w, " (wasm)", ran)
 }
 
 /// The console line of an output workload's run (`what` after the name, e.g. ` (oci …)`),

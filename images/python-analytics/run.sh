@@ -84,19 +84,7 @@ step "dcr-build image (the recipe with this image) --contract contract.toml"
 
 step "generating $rows rows per party (seed $seed), sealing, registering, uploading"
 "$gen" --seed "$seed" --rows "$rows" --out-dir data
-for party in publisher advertiser; do
-  case $party in
-    publisher) key_id=publisher-segments-1; blob=publisher-segments.sealed ;;
-    advertiser) key_id=advertiser-conversions-1; blob=advertiser-conversions.sealed ;;
-  esac
-  "$attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
-  "$attest" register --service "$party_url" --service-pub service/service.pub.json \
-    --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
-    --reference image/measurements.json --platform tpm
-  "$attest" put --service "$party_url" --service-pub service/service.pub.json \
-    --token-file "keys/$party.token" --contract contract.toml \
-    --name "$blob" --in "data/$party.sealed"
-done
+room_provide "$attest"
 
 step "booting the clean room: UKI under OVMF + swtpm (QEMU TCG), the image's root on virtio-blk"
 "$builder" run image --mode uefi --net --tpm-state tpm --timeout "${TIMEOUT:-1200}" --memory "${MEMORY:-1024}" \

@@ -85,11 +85,13 @@ pub struct Workload {
     /// contract's output), `oci` (a container image whose entrypoint's stdout is the output;
     /// /workloads/<name> is then its run document, `dcr_protocol::oci::RunSpec`) or `sql`
     /// (the SQL engine: it answers the submitted queries of the contract's analyses, one
-    /// confined run per query).
+    /// confined run per query) or `wasm` (a WASI preview 1 module, run by the guest's wasmtime
+    /// runner; its stdout is the output).
     #[serde(default, skip_serializing_if = "WorkloadKind::is_native")]
     pub kind: WorkloadKind,
-    /// SHA-256 of what is packed at /workloads/<name> (the executable, or an oci workload's
-    /// run document, which names its root's dm-verity root hash).
+    /// SHA-256 of what is packed at /workloads/<name> (the executable, the WebAssembly
+    /// module, or an oci workload's run document, which names its root's dm-verity root
+    /// hash).
     pub sha256: String,
     /// Dataset ids, in the order the workload receives them.
     pub inputs: Vec<String>,
@@ -108,6 +110,9 @@ pub enum WorkloadKind {
     /// A container image (read-only root under dm-verity) whose entrypoint's stdout is the
     /// contract's output (held to `[output]`), like a native workload's.
     Oci,
+    /// A WebAssembly module (WASI preview 1) run by the guest's wasmtime runner
+    /// ([`crate::wasm`]); its stdout is the contract's output, like a native workload's.
+    Wasm,
 }
 
 impl WorkloadKind {
@@ -117,7 +122,10 @@ impl WorkloadKind {
 
     /// Does its stdout become the contract's output (native and oci workloads)?
     pub fn gives_output(&self) -> bool {
-        matches!(self, WorkloadKind::Native | WorkloadKind::Oci)
+        matches!(
+            self,
+            WorkloadKind::Native | WorkloadKind::Oci | WorkloadKind::Wasm
+        )
     }
 }
 
@@ -456,6 +464,16 @@ impl Contract {
                     ));
                 }
             }
+            if w.kind == WorkloadKind::Wasm && l.memory_mib < crate::wasm::MIN_MEMORY_MIB {
+                return Err(field(
+                    format!("workloads[{i}].limits.memory_mib"),
+                    format!(
+                        "{}: a wasm workload needs at least {} (the runtime keeps 64 MiB of it)",
+                        l.memory_mib,
+                        crate::wasm::MIN_MEMORY_MIB
+                    ),
+                ));
+            }
         }
         let natives: Vec<usize> = (0..self.workloads.len())
             .filter(|&i| self.workloads[i].kind.gives_output())
@@ -463,7 +481,7 @@ impl Contract {
         if natives.len() > 1 {
             return Err(field(
                 format!("workloads[{}].kind", natives[1]),
-                "at most one native or oci workload (its stdout is the output)",
+                "at most one native, oci or wasm workload (its stdout is the output)",
             ));
         }
         let sql: Vec<usize> = (0..self.workloads.len())
@@ -874,6 +892,26 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn a_wasm_workload_needs_room_for_the_runtime() {
+        let wasm = |mib: u64| {
+            good().replacen(
+                "limits = { timeout_secs = 60, cpu_secs = 60, memory_mib = 256, output_mib = 16 }",
+                &format!("kind = \"wasm\"\nlimits = {{ timeout_secs = 60, cpu_secs = 60, memory_mib = {mib}, output_mib = 16 }}"),
+                1,
+            )
+        };
+        let c = Contract::from_toml(&wasm(128)).unwrap();
+        assert_eq!(c.workloads[0].kind, WorkloadKind::Wasm);
+        assert!(c.output_workload().is_some());
+        match Contract::from_toml(&wasm(127)) {
+            Err(ContractError::Field { field, .. }) => {
+                assert_eq!(field, "workloads[0].limits.memory_mib")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

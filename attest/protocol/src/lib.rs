@@ -25,4 +25,5 @@ pub mod release;
 pub mod result;
 pub mod seal;
 pub mod time;
+pub mod wasm;
 pub mod wire;

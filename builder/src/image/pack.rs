@@ -22,6 +22,8 @@ pub struct PackInputs {
     pub cmdline: String,
     pub contract: Vec<u8>,
     pub guest_init: Vec<u8>,
+    /// The WebAssembly runner (attest/wasm-runner), when a workload is `kind = "wasm"`.
+    pub wasm_runner: Option<Vec<u8>>,
     pub workloads: Vec<(String, Vec<u8>)>,
     /// The Enclave Image File's settings, when one is built.
     pub nitro: Option<crate::recipe::NitroSpec>,
@@ -59,6 +61,10 @@ fn add_application(i: &PackInputs, t: &mut Tree) -> Result<(), InitrdError> {
     t.add_file(CONTRACT_PATH, i.contract.clone(), 0o644)?;
     for (name, bytes) in &i.workloads {
         t.add_file(&format!("{WORKLOAD_DIR}/{name}"), bytes.clone(), 0o755)?;
+    }
+    if let Some(runner) = &i.wasm_runner {
+        let path = dcr_protocol::wasm::RUNNER_PATH.trim_start_matches('/');
+        t.add_file(path, runner.clone(), 0o755)?;
     }
     Ok(())
 }

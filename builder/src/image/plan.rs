@@ -352,20 +352,52 @@ pub fn prepare(
         }
     };
     let mut packages = vec!["guest-init".to_string()];
+    let mut wasm_packages = Vec::new();
     let mut crate_workloads = Vec::new();
     for w in &rec.workloads {
         if let Some(dir) = &w.krate {
             let pkg = cargo::package_name(&r.resolve(dir))?;
             crate_workloads.push((w.name.clone(), pkg.clone(), dir.clone()));
-            packages.push(pkg);
+            if w.kind == recipe::WorkloadKind::Wasm {
+                wasm_packages.push(pkg);
+            } else {
+                packages.push(pkg);
+            }
         }
     }
     let mut built = cargo::build(&workspace, &packages, &opts.guest_target)?;
+    if !wasm_packages.is_empty() {
+        built.extend(cargo::build(
+            &workspace,
+            &wasm_packages,
+            recipe::WASM_TARGET,
+        )?);
+    }
     let guest_init = built.remove("guest-init").unwrap_or_default();
     inputs.insert(
         "guest-init".into(),
         input("crate:guest-init".into(), &guest_init),
     );
+    // The WebAssembly runner (wasmtime), from its own workspace beside guest-init's.
+    let wasm_runner = if rec
+        .workloads
+        .iter()
+        .any(|w| w.kind == recipe::WorkloadKind::Wasm)
+    {
+        let dir = workspace.join(recipe::WASM_RUNNER_CRATE);
+        let pkg = cargo::package_name(&dir)?;
+        let runner_ws = cargo::workspace_root(&dir)?;
+        let bytes = cargo::build(&runner_ws, std::slice::from_ref(&pkg), &opts.guest_target)?
+            .remove(&pkg)
+            .unwrap_or_default();
+        inputs.insert(
+            "wasm-runner".into(),
+            input(format!("crate:{}", recipe::WASM_RUNNER_CRATE), &bytes),
+        );
+        Some(bytes)
+    } else {
+        None
+    };
     let mut workloads = Vec::new();
     for w in &rec.workloads {
         if let Some((_, pkg, dir)) = crate_workloads.iter().find(|(n, _, _)| *n == w.name) {
@@ -383,6 +415,10 @@ pub fn prepare(
         }
     }
 
+    check_kinds(rec, &parsed, &workloads).map_err(|reason| ImageError::ContractWorkloads {
+        path: contract_path.clone(),
+        reason,
+    })?;
     check_contract_workloads(&parsed, &workloads).map_err(|reason| {
         ImageError::ContractWorkloads {
             path: contract_path.clone(),
@@ -431,6 +467,7 @@ pub fn prepare(
             cmdline: rec.cmdline.clone(),
             contract,
             guest_init,
+            wasm_runner,
             workloads,
             nitro: rec
                 .platforms
@@ -451,6 +488,54 @@ pub fn prepare(
         },
         roots,
     })
+}
+
+/// The first bytes of a WebAssembly core module, version 1 (WebAssembly Core Specification
+/// 2.0, 5.5.16 "Modules": magic `\0asm`, version 1); a component has another version/layer.
+const WASM_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
+
+/// Each recipe workload has the kind its contract entry says (a native recipe workload may be
+/// the contract's `sql` engine), and a wasm workload is a WebAssembly core module.
+fn check_kinds(
+    rec: &recipe::Recipe,
+    c: &dcr_protocol::contract::Contract,
+    built: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    use dcr_protocol::contract::WorkloadKind as C;
+    for w in &rec.workloads {
+        let Some((i, cw)) = c
+            .workloads
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.name == w.name)
+        else {
+            continue; // check_contract_workloads names it
+        };
+        let ok = match w.kind {
+            recipe::WorkloadKind::Native => matches!(cw.kind, C::Native | C::Sql),
+            recipe::WorkloadKind::Oci => cw.kind == C::Oci,
+            recipe::WorkloadKind::Wasm => cw.kind == C::Wasm,
+        };
+        if !ok {
+            return Err(format!(
+                "workloads[{i}] {:?} is kind {:?} but the recipe builds it as {:?}",
+                w.name, cw.kind, w.kind
+            ));
+        }
+        if w.kind == recipe::WorkloadKind::Wasm {
+            let bytes = built
+                .iter()
+                .find(|(n, _)| *n == w.name)
+                .map_or(&[][..], |(_, b)| &b[..]);
+            if !bytes.starts_with(&WASM_MODULE_HEADER) {
+                return Err(format!(
+                    "workload {}: not a WebAssembly core module (version 1); a component or another format cannot run under WASI preview 1",
+                    w.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The contract names exactly the recipe's workloads, each with the SHA-256 of the built bytes.
