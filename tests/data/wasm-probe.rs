@@ -66,6 +66,13 @@ fn main() {
             }
             println!("argc {}", args.len());
         }
+        // Blocked in a host call (poll_oneoff) past the deadline.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(100));
+            println!("slept");
+        }
+        // An exit status WASI does not allow (>= 126): not one of the runner's.
+        "exit200" => std::process::exit(200),
         // Resource limits.
         "spin" => {
             let mut x = 1u64;

@@ -9,9 +9,10 @@
 //! - a hostile module (tests/data/wasm-probe.rs) run by the same runner binary: the inputs are
 //!   readable and nothing can be written, created, removed or renamed; nothing outside the
 //!   inputs is reachable; no sockets; the wall clock reads 0 and the environment holds only
-//!   DCR_INPUTS; a module past its time, out of memory, over its output size, exiting non-zero
-//!   or trapping fails with the runner's status (dcr_protocol::wasm::RUNNER_EXITS) and passes
-//!   no output on; a module importing anything but WASI preview 1 is refused;
+//!   DCR_INPUTS; a module past its time (computing, or asleep in a host call), out of memory,
+//!   over its output size, exiting non-zero or with a status WASI forbids, or trapping fails
+//!   with the runner's status (dcr_protocol::wasm::RUNNER_EXITS) and passes no output on; a
+//!   module importing anything but WASI preview 1 is refused;
 //! - the clean room boots in QEMU (TCG, swtpm): keys are released only for the predicted PCRs,
 //!   the module runs under the guest's confinement, and the result both recipients open equals
 //!   the independent aggregates;
@@ -137,7 +138,7 @@ fn host_checks(runner_bin: &Path, module: &Path, data: &Path, dir: &Path) {
         .output()
         .unwrap();
     assert!(o.status.success(), "rustc probe: {}", stderr(&o));
-    let small = ["128", "1", "30"];
+    let small = ["130", "1", "30"];
     let probe_run = |limits: [&str; 3], args: &[&str]| {
         let mut argv = vec!["probe"];
         argv.extend_from_slice(args);
@@ -197,21 +198,31 @@ fn host_checks(runner_bin: &Path, module: &Path, data: &Path, dir: &Path) {
 
     let t = std::time::Instant::now();
     runner_failed(
-        &probe_run(["128", "1", "2"], &["spin"]),
-        123,
+        &probe_run(["130", "1", "2"], &["spin"]),
+        203,
         "timeout_secs",
     );
     eprintln!("spin stopped after {:.1} s", t.elapsed().as_secs_f64());
-    runner_failed(&probe_run(small, &["hog"]), 122, "trapped");
-    runner_failed(&probe_run(small, &["flood"]), 124, "output_mib");
-    runner_failed(&probe_run(small, &["trap"]), 122, "trapped");
+    // Blocked in a host call (a 100 s sleep) past the deadline: the runner ends itself.
+    let t = std::time::Instant::now();
+    runner_failed(
+        &probe_run(["130", "1", "2"], &["sleep"]),
+        203,
+        "timeout_secs",
+    );
+    assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
+    runner_failed(&probe_run(small, &["hog"]), 202, "trapped");
+    runner_failed(&probe_run(small, &["flood"]), 204, "output_mib");
+    runner_failed(&probe_run(small, &["trap"]), 202, "trapped");
+    // A status WASI does not allow cannot pose as one of the runner's.
+    runner_failed(&probe_run(small, &["exit200"]), 202, "trapped");
     let o = probe_run(small, &["exit7"]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     assert!(o.stdout.is_empty(), "a failed module's output passed on");
     let bad = dir.join("imports-env.wasm");
     std::fs::write(&bad, IMPORTS_ENV).unwrap();
     let o = runner(runner_bin, &inputs, small, &bad, &["m"]);
-    runner_failed(&o, 121, "WASI preview 1");
+    runner_failed(&o, 201, "WASI preview 1");
     assert!(
         stderr(&o).contains("env::foo") || stderr(&o).contains("foo"),
         "{}",
@@ -221,12 +232,12 @@ fn host_checks(runner_bin: &Path, module: &Path, data: &Path, dir: &Path) {
     std::fs::write(&not_wasm, b"#!/bin/sh\necho hi\n").unwrap();
     runner_failed(
         &runner(runner_bin, &inputs, small, &not_wasm, &["m"]),
-        121,
+        201,
         "WASI preview 1",
     );
     runner_failed(
         &runner(runner_bin, &dir.join("absent"), small, module, &argv),
-        120,
+        200,
         "could not start",
     );
 }
@@ -334,7 +345,7 @@ fn wasm_clean_room_matches_native_and_the_runner_confines_hostile_modules() {
         "{console}"
     );
     assert!(
-        console.contains("dcr-init: workload hog (wasm) exit=122"),
+        console.contains("dcr-init: workload hog (wasm) exit=202"),
         "{console}"
     );
     assert!(!room.blob_path("overlap-wasm-result-h.sealed").exists());

@@ -322,3 +322,57 @@ fn recipe_is_a_device() {
         "{err}"
     );
 }
+
+#[test]
+fn wasm_file_must_be_named_wasm() {
+    check(
+        &Case {
+            name: "wasm-not-named-wasm",
+            edit: |t| t.replacen("file = \"", "kind = \"wasm\"\nfile = \"", 1),
+            expect: &["image.toml", "workloads[0].file", "*.wasm"],
+        },
+        None,
+    );
+}
+
+/// A wasm workload whose contract entry is native, then one whose bytes are no WebAssembly
+/// module: each refused with one line naming it, nothing written.
+#[test]
+fn wasm_workload_kind_and_bytes_are_checked() {
+    let t = TempDir::new("wasm-kind");
+    let wf = t.path().join("overlap.wasm");
+    std::fs::write(&wf, b"workload").unwrap();
+    let text = portable_recipe(&wf, &sha256_hex(b"workload")).replacen(
+        "file = \"",
+        "kind = \"wasm\"\nfile = \"",
+        1,
+    );
+    std::fs::write(t.path().join("image.toml"), text).unwrap();
+    let out = t.path().join("out");
+    let build = || {
+        let o = run_dcr_build(&[
+            "image",
+            t.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(!out.join("initrd.cpio").exists());
+        stderr(&o).lines().last().unwrap_or("").to_string()
+    };
+    let last = build();
+    assert!(
+        last.contains("contract.toml")
+            && last.contains("is kind = \"native\" but the recipe builds it as kind = \"wasm\""),
+        "{last}"
+    );
+    let contract = t.path().join("contract.toml");
+    let c = std::fs::read_to_string(&contract).unwrap();
+    let c = c.replacen("\nsha256 = \"", "\nkind = \"wasm\"\nsha256 = \"", 1);
+    std::fs::write(&contract, c).unwrap();
+    let last = build();
+    assert!(
+        last.contains("workload overlap: not a WebAssembly core module"),
+        "{last}"
+    );
+}

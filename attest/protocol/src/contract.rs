@@ -464,13 +464,13 @@ impl Contract {
                     ));
                 }
             }
-            if w.kind == WorkloadKind::Wasm && l.memory_mib < crate::wasm::MIN_MEMORY_MIB {
+            let least = crate::wasm::min_memory_mib(l.output_mib);
+            if w.kind == WorkloadKind::Wasm && l.memory_mib < least {
                 return Err(field(
                     format!("workloads[{i}].limits.memory_mib"),
                     format!(
-                        "{}: a wasm workload needs at least {} (the runtime keeps 64 MiB of it)",
-                        l.memory_mib,
-                        crate::wasm::MIN_MEMORY_MIB
+                        "{}: a wasm workload with output_mib = {} needs at least {least} (64 MiB for the runtime, twice output_mib for its output, 64 MiB for the module)",
+                        l.memory_mib, l.output_mib
                     ),
                 ));
             }
@@ -904,10 +904,10 @@ mod tests {
                 1,
             )
         };
-        let c = Contract::from_toml(&wasm(128)).unwrap();
+        let c = Contract::from_toml(&wasm(160)).unwrap();
         assert_eq!(c.workloads[0].kind, WorkloadKind::Wasm);
         assert!(c.output_workload().is_some());
-        match Contract::from_toml(&wasm(127)) {
+        match Contract::from_toml(&wasm(159)) {
             Err(ContractError::Field { field, .. }) => {
                 assert_eq!(field, "workloads[0].limits.memory_mib")
             }

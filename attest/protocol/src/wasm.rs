@@ -6,26 +6,35 @@
 /// Where the runner is in the initramfs.
 pub const RUNNER_PATH: &str = "/usr/libexec/dcr-wasm-runner";
 
-/// The least `memory_mib` of a wasm workload: RLIMIT_AS covers the runtime (its code, heap,
-/// thread stacks, the compiler's work: 64 MiB kept) and the module's linear memory (the rest).
-pub const MIN_MEMORY_MIB: u64 = 128;
+/// The least `memory_mib` of a wasm workload with `output_mib`: RLIMIT_AS covers the runtime
+/// (its code, heap, thread stack, the compiler's work: 64 MiB kept), the captured output (a
+/// growing buffer: twice `output_mib`) and the module's linear memory (the rest, at least
+/// 64 MiB). attest/wasm-runner computes the same.
+pub fn min_memory_mib(output_mib: u64) -> u64 {
+    64u64
+        .saturating_add(output_mib.saturating_mul(2))
+        .saturating_add(64)
+}
 
 /// Where the module sees its inputs (`/dcr/input/<dataset id>`, preopened read-only).
 pub const INPUT_DIR: &str = "/dcr/input";
 
-/// The runner's own exit statuses (a module's `proc_exit` status is passed through; WASI
-/// statuses are below 126, so a module could end with one of these too: the run fails either
-/// way). attest/wasm-runner/src/main.rs `Fail::code` must match (dcr-tests checks the built
+/// The runner's own exit statuses. A module's `proc_exit` status is passed through, and WASI
+/// keeps those below 126 (wasmtime traps on larger ones), so a module cannot end with one of
+/// these. attest/wasm-runner/src/main.rs `Fail::code` must match (dcr-tests checks the built
 /// runner against this table).
 pub const RUNNER_EXITS: [(i32, &str); 5] = [
-    (120, "the runner could not start (arguments, module or inputs unreadable)"),
     (
-        121,
+        200,
+        "the runner could not start (arguments, module or inputs unreadable)",
+    ),
+    (
+        201,
         "the module could not be compiled, linked or instantiated (not a WASI preview 1 command, or it declares more memory than memory_mib leaves it)",
     ),
-    (122, "the module trapped"),
-    (123, "the module ran past timeout_secs"),
-    (124, "the module wrote more than output_mib to stdout"),
+    (202, "the module trapped"),
+    (203, "the module ran past timeout_secs"),
+    (204, "the module wrote more than output_mib to stdout"),
 ];
 
 /// The meaning of a runner exit status, if it is one of the runner's own.

@@ -14,18 +14,26 @@
 //!   `:`-separated (guest-init passes the input paths `/dcr/input/<id>` there, in contract
 //!   order);
 //! - no sockets (WASI preview 1 has none but preopened ones, and there are none);
-//! - a wall clock stopped at the Unix epoch (0): only the monotonic clock moves;
+//! - a wall clock stopped at the Unix epoch (0): only the monotonic clock moves (not hidden:
+//!   the times `fd_filestat_get` / `path_filestat_get` give for the inputs, which guest-init
+//!   writes at run time; their ctime tells the date of the run);
 //! - random bytes from the kernel (`random_get`: hash maps need them);
-//! - linear memory up to `--memory-mib` − 64 MiB (the runtime's own share of RLIMIT_AS;
-//!   `--memory-mib` must be at least 128), growing beyond fails (`memory.grow` returns -1);
-//! - CPU time: an epoch deadline of `--timeout-secs` (wall time since the start), a trap;
+//! - linear memory up to `--memory-mib` − 64 MiB − 2 × `--output-mib` (the runtime's own
+//!   share of RLIMIT_AS, and room for the captured output; at least 64 MiB must be left),
+//!   growing beyond fails (`memory.grow` returns -1); one table of at most 1,000,000
+//!   elements;
+//! - time: an epoch deadline of `--timeout-secs` from the runner's start (before the module is
+//!   compiled), a trap at the next function entry or loop back edge; a module blocked in a
+//!   host call past it (a long `poll_oneoff` sleep) is ended 1 s later by the runner itself,
+//!   with the timeout status;
 //! - stdout captured in memory up to `--output-mib`; a write beyond it fails (WASI errno) and
 //!   the run fails whatever the module does next. The output reaches the runner's stdout only
 //!   when the module ends with status 0: a failed run prints nothing.
 //!   stdin is empty, stderr is discarded.
 //!
-//! Exit status: the module's (0 when `_start` returns, else `proc_exit`'s code); the runner's
-//! own failures print one line on stderr and exit with [`Fail::code`] (120–124).
+//! Exit status: the module's (0 when `_start` returns, else `proc_exit`'s code, which WASI
+//! keeps below 126); the runner's own failures print one line on stderr and exit with
+//! [`Fail::code`] (200–204: no module can end with one of them).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -38,11 +46,17 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostWallClock, I32Exit, WasiCtxBuilder};
 
 /// The share of RLIMIT_AS (= `--memory-mib`) kept for the runtime itself: its code, heap,
-/// thread stacks and cranelift's work; the module's linear memory gets the rest.
+/// thread stacks and cranelift's work; besides it, 2 × `--output-mib` for the captured output
+/// (a growing buffer holds up to twice its contents); the module's linear memory gets the
+/// rest, at least [`MIN_MODULE_MIB`] (dcr_protocol::wasm::min_memory_mib says the same).
 const RUNTIME_MIB: u64 = 64;
 
-/// The least `--memory-mib` the runner takes (dcr_protocol::wasm::MIN_MEMORY_MIB).
-const MIN_MEMORY_MIB: u64 = 128;
+/// The least linear memory a module is given.
+const MIN_MODULE_MIB: u64 = 64;
+
+/// How long after the deadline a module blocked in a host call is given before the runner
+/// ends itself.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// Where the inputs directory appears inside the module.
 const GUEST_INPUTS: &str = "/dcr/input";
@@ -67,11 +81,11 @@ impl Fail {
     /// The runner's exit status for this failure (guest-init names them on the console).
     fn code(&self) -> u8 {
         match self {
-            Fail::Usage(_) => 120,
-            Fail::Module(_) => 121,
-            Fail::Trap(_) => 122,
-            Fail::Timeout(_) => 123,
-            Fail::Output(_) => 124,
+            Fail::Usage(_) => 200,
+            Fail::Module(_) => 201,
+            Fail::Trap(_) => 202,
+            Fail::Timeout(_) => 203,
+            Fail::Output(_) => 204,
         }
     }
 }
@@ -190,16 +204,32 @@ fn engine(memory_bytes: u64) -> Result<Engine, Fail> {
 }
 
 fn run(a: &Args) -> Result<(i32, Vec<u8>), Fail> {
-    if a.memory_mib < MIN_MEMORY_MIB {
+    let least = RUNTIME_MIB + 2 * a.output_mib + MIN_MODULE_MIB;
+    if a.memory_mib < least {
         return Err(Fail::Usage(format!(
-            "--memory-mib {} is below {MIN_MEMORY_MIB} (the runtime's own {RUNTIME_MIB} MiB and the module's memory)",
-            a.memory_mib
+            "--memory-mib {} is below {least} (the runtime's {RUNTIME_MIB} MiB, twice --output-mib {}, at least {MIN_MODULE_MIB} MiB for the module)",
+            a.memory_mib, a.output_mib
         )));
     }
-    let memory_bytes = (a.memory_mib - RUNTIME_MIB) << 20;
+    let memory_bytes = (a.memory_mib - RUNTIME_MIB - 2 * a.output_mib) << 20;
     let output_bytes = (a.output_mib << 20) as usize;
     let wasm = std::fs::read(&a.module).map_err(|e| Fail::Usage(format!("{}: {e}", a.module)))?;
     let engine = engine(memory_bytes)?;
+
+    // The deadline counts from here, before compilation and instantiation (a start function
+    // runs during instantiation): one epoch tick at timeout_secs traps the module at its next
+    // function entry or loop back edge; a module still running GRACE later is blocked in a
+    // host call, and the runner ends itself with the timeout status (nothing is printed).
+    let ticker = engine.clone();
+    let secs = a.timeout_secs;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        ticker.increment_epoch();
+        std::thread::sleep(GRACE);
+        eprintln!("dcr-wasm-runner: {}", Fail::Timeout(secs));
+        std::process::exit(i32::from(Fail::Timeout(secs).code()));
+    });
+
     let module = Module::new(&engine, &wasm).map_err(|e| Fail::Module(format!("{e:#}")))?;
 
     // One byte more than allowed: a module that ignores a failed write (WASI preview 1
@@ -222,7 +252,8 @@ fn run(a: &Args) -> Result<(i32, Vec<u8>), Fail> {
             .memory_size(memory_bytes as usize)
             .instances(1)
             .memories(1)
-            .tables(4)
+            .tables(1)
+            .table_elements(1_000_000)
             .build(),
     };
     let mut store = Store::new(&engine, state);
@@ -239,14 +270,6 @@ fn run(a: &Args) -> Result<(i32, Vec<u8>), Fail> {
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(|e| Fail::Module(format!("no _start command entry point: {e:#}")))?;
-
-    // The deadline: one epoch tick after timeout_secs.
-    let ticker = engine.clone();
-    let secs = a.timeout_secs;
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(secs));
-        ticker.increment_epoch();
-    });
 
     let status = match start.call(&mut store, ()) {
         Ok(()) => 0,
@@ -265,15 +288,23 @@ fn run(a: &Args) -> Result<(i32, Vec<u8>), Fail> {
             }
         }
     };
+    // The store held the other handle of the pipe: its buffer is taken, not copied.
     drop(store);
-    let out = stdout.contents();
+    let out = stdout
+        .try_into_inner()
+        .map(|b| b.to_vec())
+        .ok_or_else(|| Fail::Trap("the output buffer is still shared".into()))?;
     if out.len() > output_bytes {
         return Err(Fail::Output(a.output_mib));
     }
-    Ok((status, out.to_vec()))
+    Ok((status, out))
 }
 
 fn main() -> ExitCode {
+    // wasmtime-wasi runs its host calls on a multi-threaded tokio runtime of one worker per
+    // CPU by default; one is enough, and RLIMIT_NPROC / RLIMIT_AS stay independent of the
+    // VM's size.
+    std::env::set_var("TOKIO_WORKER_THREADS", "1");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = parse(&args).and_then(|a| run(&a));
     match result {
@@ -286,7 +317,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         // A failed module's output is not passed on. WASI exit codes are 0..=125 (proc_exit
-        // takes a u32; wasmtime refuses larger ones), so they fit.
+        // takes a u32; wasmtime traps on larger ones), so they fit.
         Ok((status, _)) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
         Err(f) => {
             eprintln!("dcr-wasm-runner: {f}");
@@ -309,7 +340,7 @@ mod tests {
             "--inputs",
             "/d",
             "--memory-mib",
-            "128",
+            "130",
             "--output-mib",
             "1",
             "--timeout-secs",
@@ -322,7 +353,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.module, "/m.wasm");
         assert_eq!(a.argv, s(&["m", "/dcr/input/a"]));
-        assert_eq!((a.memory_mib, a.output_mib, a.timeout_secs), (128, 1, 9));
+        assert_eq!((a.memory_mib, a.output_mib, a.timeout_secs), (130, 1, 9));
         for bad in [
             &["--inputs", "/d", "/m.wasm", "--", "m"][..],
             &[

@@ -517,9 +517,20 @@ fn check_kinds(
             recipe::WorkloadKind::Wasm => cw.kind == C::Wasm,
         };
         if !ok {
+            let contract_kind = match cw.kind {
+                C::Native => "native",
+                C::Sql => "sql",
+                C::Oci => "oci",
+                C::Wasm => "wasm",
+            };
+            let recipe_kind = match w.kind {
+                recipe::WorkloadKind::Native => "native",
+                recipe::WorkloadKind::Oci => "oci",
+                recipe::WorkloadKind::Wasm => "wasm",
+            };
             return Err(format!(
-                "workloads[{i}] {:?} is kind {:?} but the recipe builds it as {:?}",
-                w.name, cw.kind, w.kind
+                "workloads[{i}] {:?} is kind = \"{contract_kind}\" but the recipe builds it as kind = \"{recipe_kind}\"",
+                w.name
             ));
         }
         if w.kind == recipe::WorkloadKind::Wasm {
