@@ -1,6 +1,11 @@
-# Sourced by the clean rooms' run.sh (bash, after lib.sh, in the run's work directory): the
-# pieces every room needs before its own contract and image.
+# Sourced by the clean rooms' run.sh (bash, after lib.sh; they define `step MESSAGE`): the
+# pieces every room needs around its own contract and image.
 #
+# room_binaries TOP   sets builder, attest, gen: DCR_BUILD_BIN, DCR_ATTEST_BIN and
+#                     DCR_GEN_BIN when all three are set (the tests' builds), else a release
+#                     build of dcr-build, dcr-attest (without its local SQL engine: DataFusion
+#                     on the host is not needed, the guest's engine is built by dcr-build
+#                     image) and dcr-cleanroom-gen
 # room_vtpm WORK      a vTPM state in WORK/tpm with an EK certificate from a private
 #                     swtpm-localca (WORK/ca)
 # room_service ATTEST WORK
@@ -9,10 +14,46 @@
 #                     exchanges is bound and signed) and TLS for the parties (their tokens and
 #                     blobs; they pin its certificate via service.pub.json). Sets svc_pid, url,
 #                     party_url, port, signing; an EXIT trap stops the service.
+# room_contract ATTEST TEMPLATE [WORKLOAD_SHA256]
+#                     (in the work directory) the parties' recipient keys (keys/), and
+#                     contract.toml: TEMPLATE with their keys, the service's URL as the guest
+#                     reaches it and its signing key (and every sha256 = WORKLOAD_SHA256 when
+#                     given); prints its digest. Uses port, signing
 # room_provide ATTEST each party seals data/<party>.csv (a fresh data key), registers the key
 #                     with the service for contract.toml on the reference values of
 #                     image/measurements.json (platform tpm) and uploads the sealed blob
 #                     (the reference contract's key ids and blob names); uses party_url
+
+room_binaries() {
+  local top=$1
+  if [ -n "${DCR_BUILD_BIN:-}" ] && [ -n "${DCR_ATTEST_BIN:-}" ] && [ -n "${DCR_GEN_BIN:-}" ]; then
+    step "using DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN (not building)"
+    builder=$DCR_BUILD_BIN attest=$DCR_ATTEST_BIN gen=$DCR_GEN_BIN
+  else
+    step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
+    (cd "$top" && cargo build --locked --release --quiet --no-default-features \
+      -p dcr-build -p dcr-attest -p dcr-cleanroom-gen)
+    builder="$top/target/release/dcr-build" attest="$top/target/release/dcr-attest"
+    gen="$top/target/release/dcr-cleanroom-gen"
+  fi
+  local b
+  for b in "$builder" "$attest" "$gen"; do
+    [ -x "$b" ] || die "$b is not an executable (DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN)"
+  done
+}
+
+room_contract() {
+  local attest=$1 template=$2 workload_sha=${3:-} pub_key adv_key
+  pub_key=$("$attest" keygen --out-dir keys --name publisher)
+  adv_key=$("$attest" keygen --out-dir keys --name advertiser)
+  awk -v pk="$pub_key" -v ak="$adv_key" -v url="http://10.0.2.2:$port" -v sk="$signing" -v ws="$workload_sha" '
+    /^hpke_public_key = /   { n++; print "hpke_public_key = \"" (n == 1 ? pk : ak) "\""; next }
+    /^url = /               { print "url = \"" url "\""; next }
+    /^signing_key = /       { print "signing_key = \"" sk "\""; next }
+    /^sha256 = / && ws != "" { print "sha256 = \"" ws "\""; next }
+    { print }' "$template" > contract.toml
+  "$attest" contract --in contract.toml | sed 's/^/contract digest /'
+}
 
 room_vtpm() {
   local work=$1

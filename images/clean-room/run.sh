@@ -38,21 +38,8 @@ step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
 step "setup"
 bash reproducible/setup.sh
-if [ -n "${DCR_BUILD_BIN:-}" ] && [ -n "${DCR_ATTEST_BIN:-}" ] && [ -n "${DCR_GEN_BIN:-}" ]; then
-  # The tests (tests/run.sh) have built them already, with their own profile.
-  step "using DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN (not building)"
-  for b in "$DCR_BUILD_BIN" "$DCR_ATTEST_BIN" "$DCR_GEN_BIN"; do
-    [ -x "$b" ] || die "$b is not an executable (DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN)"
-  done
-  builder=$DCR_BUILD_BIN attest=$DCR_ATTEST_BIN gen=$DCR_GEN_BIN
-else
-  step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
-  # dcr-attest's default feature `sql` (query check / run-local: DataFusion on the host) is not
-  # used here and would double the build; the guest's engine is built by dcr-build image.
-  cargo build --locked --release --quiet --no-default-features -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
-  builder="$top/target/release/dcr-build" attest="$top/target/release/dcr-attest"
-  gen="$top/target/release/dcr-cleanroom-gen"
-fi
+# The tests (tests/run.sh) have built them already, with their own profile.
+room_binaries "$top"
 
 rm -rf "$work"
 mkdir -p "$work"/{ca,tpm,keys,data,image}
@@ -65,14 +52,7 @@ room_service "$attest" "$work"
 echo "service $url (TEE), $party_url (parties, pinned certificate), signing key $signing"
 
 step "the parties' keys and the contract"
-pub_key=$("$attest" keygen --out-dir keys --name publisher)
-adv_key=$("$attest" keygen --out-dir keys --name advertiser)
-awk -v pk="$pub_key" -v ak="$adv_key" -v url="http://10.0.2.2:$port" -v sk="$signing" '
-  /^hpke_public_key = / { n++; print "hpke_public_key = \"" (n == 1 ? pk : ak) "\""; next }
-  /^url = /             { print "url = \"" url "\""; next }
-  /^signing_key = /     { print "signing_key = \"" sk "\""; next }
-  { print }' "$top/images/clean-room/contract.toml" > contract.toml
-"$attest" contract --in contract.toml | sed 's/^/contract digest /'
+room_contract "$attest" "$top/images/clean-room/contract.toml"
 
 step "dcr-build image images/clean-room --contract contract.toml"
 "$builder" image "$top/images/clean-room" --contract contract.toml --out image

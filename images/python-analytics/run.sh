@@ -32,16 +32,7 @@ step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
 step "setup"
 bash reproducible/setup.sh
-if [ -n "${DCR_BUILD_BIN:-}" ] && [ -n "${DCR_ATTEST_BIN:-}" ] && [ -n "${DCR_GEN_BIN:-}" ]; then
-  step "using DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN (not building)"
-  builder=$DCR_BUILD_BIN attest=$DCR_ATTEST_BIN gen=$DCR_GEN_BIN
-else
-  step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
-  cargo build --locked --release --quiet --no-default-features -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
-  builder="$top/target/release/dcr-build" attest="$top/target/release/dcr-attest"
-  gen="$top/target/release/dcr-cleanroom-gen"
-fi
-for b in "$builder" "$attest" "$gen"; do [ -x "$b" ] || die "$b is not an executable"; done
+room_binaries "$top"
 
 oci="$top/out/python-analytics/oci"
 pinned=$(sed -n 's/^digest = "\(.*\)"$/\1/p' "$here/image.toml")
@@ -69,15 +60,7 @@ step "starting the key-release service on loopback"
 room_service "$attest" "$work"
 
 step "the parties' keys and the contract (the workload: the image's run document)"
-pub_key=$("$attest" keygen --out-dir keys --name publisher)
-adv_key=$("$attest" keygen --out-dir keys --name advertiser)
-awk -v pk="$pub_key" -v ak="$adv_key" -v url="http://10.0.2.2:$port" -v sk="$signing" -v rs="$run_sha" '
-  /^hpke_public_key = / { n++; print "hpke_public_key = \"" (n == 1 ? pk : ak) "\""; next }
-  /^url = /             { print "url = \"" url "\""; next }
-  /^signing_key = /     { print "signing_key = \"" sk "\""; next }
-  /^sha256 = /          { print "sha256 = \"" rs "\""; next }
-  { print }' "$here/contract.toml" > contract.toml
-"$attest" contract --in contract.toml | sed 's/^/contract digest /'
+room_contract "$attest" "$here/contract.toml" "$run_sha"
 
 step "dcr-build image (the recipe with this image) --contract contract.toml"
 "$builder" image recipe/image.toml --contract contract.toml --out image

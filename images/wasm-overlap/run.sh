@@ -29,16 +29,7 @@ step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
 step "setup"
 bash reproducible/setup.sh
-if [ -n "${DCR_BUILD_BIN:-}" ] && [ -n "${DCR_ATTEST_BIN:-}" ] && [ -n "${DCR_GEN_BIN:-}" ]; then
-  step "using DCR_BUILD_BIN, DCR_ATTEST_BIN, DCR_GEN_BIN (not building)"
-  builder=$DCR_BUILD_BIN attest=$DCR_ATTEST_BIN gen=$DCR_GEN_BIN
-else
-  step "building dcr-build, dcr-attest (without the local SQL engine), dcr-cleanroom-gen"
-  cargo build --locked --release --quiet --no-default-features -p dcr-build -p dcr-attest -p dcr-cleanroom-gen
-  builder="$top/target/release/dcr-build" attest="$top/target/release/dcr-attest"
-  gen="$top/target/release/dcr-cleanroom-gen"
-fi
-for b in "$builder" "$attest" "$gen"; do [ -x "$b" ] || die "$b is not an executable"; done
+room_binaries "$top"
 command -v sqlite3 >/dev/null 2>&1 || die "sqlite3 not found (apt-get install sqlite3): it checks the result"
 
 rm -rf "$work"
@@ -50,19 +41,14 @@ step "starting the key-release service on loopback"
 room_service "$attest" "$work"
 
 step "the parties' keys and the contract"
-pub_key=$("$attest" keygen --out-dir keys --name publisher)
-adv_key=$("$attest" keygen --out-dir keys --name advertiser)
-awk -v pk="$pub_key" -v ak="$adv_key" -v url="http://10.0.2.2:$port" -v sk="$signing" '
-  /^hpke_public_key = / { n++; print "hpke_public_key = \"" (n == 1 ? pk : ak) "\""; next }
-  /^url = /             { print "url = \"" url "\""; next }
-  /^signing_key = /     { print "signing_key = \"" sk "\""; next }
-  { print }' "$here/contract.toml" > contract.toml
-"$attest" contract --in contract.toml | sed 's/^/contract digest /'
+room_contract "$attest" "$here/contract.toml"
 
 step "dcr-build image images/wasm-overlap --contract contract.toml"
 "$builder" image "$here" --contract contract.toml --out image
 python3 -c 'import json,sys; i=json.load(open(sys.argv[1]))["inputs"]
-for k in ("workload:overlap", "wasm-runner"): print(f"  {k:17} sha256 {i[k]["sha256"]} ({i[k]["size"]} bytes, {i[k]["source"]})")' image/measurements.json
+for k in ("workload:overlap", "wasm-runner"):
+    v = i[k]
+    print("  %-17s sha256 %s (%d bytes, %s)" % (k, v["sha256"], v["size"], v["source"]))' image/measurements.json
 
 step "generating $rows rows per party (seed $seed), sealing, registering, uploading"
 "$gen" --seed "$seed" --rows "$rows" --out-dir data
