@@ -317,6 +317,31 @@ fn compare_disk(name: &str, a: &[u8], b: &[u8]) -> Vec<String> {
         format!("{:08X}", da.fat_serial),
         format!("{:08X}", db.fat_serial),
     );
+    // The oci roots' partitions (their contents are rootfs-<name>.img, compared file by file
+    // under that name).
+    let parts = |f: &crate::disk::DiskFacts| -> BTreeMap<String, String> {
+        f.partitions
+            .iter()
+            .map(|(n, first, last, h)| {
+                (
+                    n.clone(),
+                    format!("LBAs {first}..={last} sha256 {}", hex::encode(h)),
+                )
+            })
+            .collect()
+    };
+    let (pa, pb) = (parts(&da), parts(&db));
+    for n in pa
+        .keys()
+        .chain(pb.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        diff(
+            &format!("partition {n}"),
+            pa.get(n).cloned().unwrap_or_else(|| "absent".into()),
+            pb.get(n).cloned().unwrap_or_else(|| "absent".into()),
+        );
+    }
     diff(
         "VHD footer (creator, unique id, timestamp)",
         format!("{:?}", da.vhd),

@@ -50,13 +50,27 @@ fn find_device(spec: &RunSpec) -> Result<(String, String), String> {
         .ok_or_else(|| format!("verity.uuid {:?} is not a UUID", spec.verity.uuid))?;
     let need = (spec.verity.data_blocks + spec.verity.hash_blocks) * BLOCK;
     let mut found = Vec::new();
+    // Whole disks (a virtio-blk drive holding rootfs-<name>.img) and their partitions (a disk
+    // image carries each root as a partition after its ESP): /sys/block/<disk>/<partition>/
+    // has a `partition` file.
+    let mut candidates = Vec::new();
     let dir = std::fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {e}"))?;
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("dm-") || name.starts_with("loop") || name.starts_with("ram") {
             continue;
         }
-        let sectors: u64 = std::fs::read_to_string(e.path().join("size"))
+        if let Ok(parts) = std::fs::read_dir(e.path()) {
+            for p in parts.flatten() {
+                if p.path().join("partition").is_file() {
+                    candidates.push((p.file_name().to_string_lossy().into_owned(), p.path()));
+                }
+            }
+        }
+        candidates.push((name, e.path()));
+    }
+    for (name, sys) in candidates {
+        let sectors: u64 = std::fs::read_to_string(sys.join("size"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
@@ -74,8 +88,8 @@ fn find_device(spec: &RunSpec) -> Result<(String, String), String> {
             continue;
         }
         if &sb[..8] == b"verity\0\0" && sb[16..32] == want {
-            let dev = std::fs::read_to_string(e.path().join("dev"))
-                .map_err(|e| format!("/sys/block/{name}/dev: {e}"))?;
+            let dev = std::fs::read_to_string(sys.join("dev"))
+                .map_err(|e| format!("{}/dev: {e}", sys.display()))?;
             found.push((name, dev.trim().to_string()));
         }
     }

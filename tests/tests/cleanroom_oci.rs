@@ -10,8 +10,9 @@
 //!   filter and the run powers off naming the call; nothing is uploaded;
 //! - a workload sees only the inputs its contract entry names, and a process it left behind
 //!   in a session of its own (setsid) is killed, not waited for;
-//! - the untouched root runs through: the result both recipients open equals the aggregates
-//!   computed here from the plaintext, independently of the workload.
+//! - the untouched root runs through, booted from the disk image (disk.raw: the UKI's ESP and
+//!   the root as a second GPT partition, as on Azure): the result both recipients open equals
+//!   the aggregates computed here from the plaintext, independently of the workload.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +20,8 @@ use std::process::Command;
 use dcr_tests::cleanroom::*;
 use dcr_tests::*;
 
-const TOOLS: [&str; 6] = [
+const TOOLS: [&str; 7] = [
+    "sgdisk",
     "qemu-system-x86_64",
     "swtpm",
     "swtpm_setup",
@@ -243,9 +245,37 @@ fn an_oci_image_runs_the_clean_room_and_a_changed_root_powers_off() {
     );
     refused(&room, &image_q, "q", "overlap failed (exit status: 7)");
 
-    // The untouched root: the clean room runs through.
+    // The untouched root, from the disk image this time (Azure's path): disk.raw carries the
+    // root as its second partition, the same bytes as rootfs-overlap.img (sgdisk reads the
+    // table), and `run --mode raw` attaches no other drive; the clean room runs through.
     std::fs::write(&device, &good).unwrap();
-    let (code, console) = room.boot(&image);
+    let raw = image.join("disk.raw");
+    let o = Command::new("sgdisk")
+        .args(["-i", "2"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let info = stdout(&o);
+    assert!(
+        o.status.success()
+            && info.contains("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+            && info.contains("'rootfs-overlap'"),
+        "{info}{}",
+        stderr(&o)
+    );
+    let first: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{info}"));
+    let disk = std::fs::read(&raw).unwrap();
+    let at = (first * 512) as usize;
+    assert!(
+        disk[at..at + good.len()] == good[..],
+        "partition 2 is not the root"
+    );
+    let (code, console) = room.boot_mode(&image, "raw");
     assert_eq!(code, Some(0), "{console}");
     assert!(
         console.contains(&format!(

@@ -1,5 +1,5 @@
 //! The partition table: protective MBR (UEFI 2.10 §5.2.3) and GPT header and entries
-//! (UEFI 2.10 §5.3), with one partition, the EFI System Partition.
+//! (UEFI 2.10 §5.3): the EFI System Partition, then the oci workloads' root devices.
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -14,6 +14,20 @@ const ENTRY_SIZE: u32 = 128;
 const ENTRY_SECTORS: u64 = (ENTRIES as u64 * ENTRY_SIZE as u64) / SECTOR;
 /// EFI System Partition (UEFI 2.10 table 5.14).
 const ESP_TYPE: Guid = Guid::from_uuid(uuid::uuid!("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"));
+/// Linux filesystem data (the Discoverable Partitions Specification's generic Linux type): an
+/// oci workload's root device (EROFS + dm-verity), found by the guest by its verity UUID.
+pub(super) const LINUX_DATA_TYPE: Guid =
+    Guid::from_uuid(uuid::uuid!("0FC63DAF-8483-4772-8E79-3D69D8477DE4"));
+
+/// One partition entry to write.
+pub(super) struct Partition<'a> {
+    pub type_guid: Guid,
+    pub guid: Guid,
+    pub first: u64,
+    pub last: u64,
+    /// At most 36 UTF-16 code units are kept.
+    pub name: &'a str,
+}
 
 /// A GUID in its on-disk (mixed-endian) byte order: UEFI 2.10 appendix A, the first three
 /// fields little-endian (what [`Uuid::to_bytes_le`] gives).
@@ -97,26 +111,42 @@ struct MbrPartition {
 }
 const _: () = assert!(std::mem::size_of::<MbrPartition>() == 16);
 
+/// The ESP's entry.
+pub(super) fn esp(guid: Guid, first: u64, last: u64) -> Partition<'static> {
+    Partition {
+        type_guid: ESP_TYPE,
+        guid,
+        first,
+        last,
+        name: "EFI System Partition",
+    }
+}
+
 /// Write the protective MBR, both GPT headers and both entry arrays into `raw` (the whole
-/// disk): one partition, the ESP, over LBAs `first..=last`.
-pub(super) fn write(raw: &mut [u8], disk_guid: Guid, esp_guid: Guid, first: u64, last: u64) {
+/// disk): `parts` in order (at most 128; the ESP first).
+pub(super) fn write(raw: &mut [u8], disk_guid: Guid, parts: &[Partition<'_>]) {
     let total = raw.len() as u64 / SECTOR;
 
-    // Partition entries (one used, the rest zero) and both headers.
+    // Partition entries (the rest zero) and both headers.
     let mut entries = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
-    let mut name = [le::U16::ZERO; 36];
-    for (i, c) in "EFI System Partition".encode_utf16().enumerate() {
-        name[i] = le::U16::new(c);
+    for (slot, p) in entries
+        .chunks_exact_mut(ENTRY_SIZE as usize)
+        .zip(parts.iter())
+    {
+        let mut name = [le::U16::ZERO; 36];
+        for (i, c) in p.name.encode_utf16().take(36).enumerate() {
+            name[i] = le::U16::new(c);
+        }
+        let e = GptEntry {
+            partition_type_guid: p.type_guid,
+            unique_partition_guid: p.guid,
+            starting_lba: le::U64::new(p.first),
+            ending_lba: le::U64::new(p.last),
+            attributes: le::U64::ZERO,
+            partition_name: name,
+        };
+        slot.copy_from_slice(e.as_bytes());
     }
-    let e = GptEntry {
-        partition_type_guid: ESP_TYPE,
-        unique_partition_guid: esp_guid,
-        starting_lba: le::U64::new(first),
-        ending_lba: le::U64::new(last),
-        attributes: le::U64::ZERO,
-        partition_name: name,
-    };
-    entries[..ENTRY_SIZE as usize].copy_from_slice(e.as_bytes());
     let entries_crc = crc32fast::hash(&entries);
     let header = |my: u64, alt: u64, entry_lba: u64| -> Vec<u8> {
         let mut h = GptHeader {

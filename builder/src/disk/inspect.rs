@@ -1,5 +1,8 @@
 //! Reading a disk image back (for `dcr-build compare`): the GPT, the first partition's FAT32
-//! and every file on it; bounded by the image, for untrusted input.
+//! and every file on it, and the other partitions (oci roots) by name, place and SHA-256;
+//! bounded by the image, for untrusted input.
+
+use sha2::{Digest, Sha256};
 
 use super::fat32::{ATTR_DIRECTORY, ATTR_VOLUME_ID};
 use super::{DiskError, Guid, SECTOR};
@@ -17,6 +20,9 @@ pub struct DiskFacts {
     pub fat_serial: u32,
     /// Every file of the ESP: (path, bytes), depth-first.
     pub files: Vec<(String, Vec<u8>)>,
+    /// The partitions after the ESP (oci roots): (name, first LBA, last LBA, SHA-256 of the
+    /// partition's bytes).
+    pub partitions: Vec<(String, u64, u64, [u8; 32])>,
 }
 
 fn bad(what: &str) -> DiskError {
@@ -62,7 +68,8 @@ pub fn inspect(image: &[u8]) -> Result<DiskFacts, DiskError> {
     let u64at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
     let mut disk_guid = [0u8; 16];
     disk_guid.copy_from_slice(&h[56..72]);
-    let e = sec(u64at(h, 72), 128)?;
+    let entry_lba = u64at(h, 72);
+    let e = sec(entry_lba, 128)?;
     let mut esp_guid = [0u8; 16];
     esp_guid.copy_from_slice(&e[16..32]);
     let (first, last) = (u64at(e, 32), u64at(e, 40));
@@ -157,6 +164,44 @@ pub fn inspect(image: &[u8]) -> Result<DiskFacts, DiskError> {
         }
     }
     files.sort();
+    // The other entries, up to the first unused one (of at most 128: the header's count is
+    // not trusted beyond that).
+    let count = u32::from_le_bytes([h[80], h[81], h[82], h[83]]).min(128) as u64;
+    let mut partitions = Vec::new();
+    for i in 1..count {
+        let off = entry_lba
+            .checked_mul(SECTOR)
+            .and_then(|a| a.checked_add(i * 128))
+            .ok_or_else(|| bad("entry out of range"))?;
+        let off = usize::try_from(off).map_err(|_| bad("entry out of range"))?;
+        let ent = raw
+            .get(off..off.saturating_add(128))
+            .ok_or_else(|| bad("truncated entry array"))?;
+        if ent[..16] == [0u8; 16] {
+            break;
+        }
+        let (pf, pl) = (u64at(ent, 32), u64at(ent, 40));
+        if pl < pf {
+            return Err(bad("an empty partition"));
+        }
+        let len = (pl - pf)
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(SECTOR))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad("partition size"))?;
+        let bytes = sec(pf, len)?;
+        let units: Vec<u16> = ent[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|u| *u != 0)
+            .collect();
+        partitions.push((
+            String::from_utf16_lossy(&units),
+            pf,
+            pl,
+            Sha256::digest(bytes).into(),
+        ));
+    }
     Ok(DiskFacts {
         vhd,
         disk_guid: Guid(disk_guid),
@@ -165,5 +210,6 @@ pub fn inspect(image: &[u8]) -> Result<DiskFacts, DiskError> {
         esp_last_lba: last,
         fat_serial: serial,
         files,
+        partitions,
     })
 }

@@ -193,6 +193,11 @@ pub fn disk_image(p: &Prepared, packed: &Packed) -> Result<Option<(Disk, [u8; 51
         seed,
         epoch: u64::from(p.pack.mtime),
         size_mib: spec.size_mib,
+        roots: p
+            .roots
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect(),
     })
     .map_err(|e| ImageError::Input {
         input: "disk".into(),

@@ -395,6 +395,11 @@ fn qemu_args(out_dir: &Path, tmp: &Path, o: &RunOptions) -> Result<Vec<String>, 
         })
         .collect();
     roots.sort();
+    if matches!(o.mode, Mode::Vhd | Mode::Raw) {
+        // The disk image carries each root as a partition after its ESP (a second copy would
+        // leave the guest two devices with one verity UUID, which it refuses).
+        roots.clear();
+    }
     match o.mode {
         Mode::Direct => {
             let kernel = uki::section(&image, ".linux")?
