@@ -72,16 +72,20 @@ pub fn inspect(image: &[u8]) -> Result<DiskFacts, DiskError> {
     let e = sec(entry_lba, 128)?;
     let mut esp_guid = [0u8; 16];
     esp_guid.copy_from_slice(&e[16..32]);
-    let (first, last) = (u64at(e, 32), u64at(e, 40));
-    if last < first {
-        return Err(bad("partition 1 is empty"));
-    }
-    let esp_len = (last - first)
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(SECTOR))
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| bad("ESP size"))?;
-    let esp = sec(first, esp_len)?;
+    // A partition entry's (first LBA, last LBA, bytes), bounded by the image.
+    let partition = |ent: &[u8]| -> Result<(u64, u64, &[u8]), DiskError> {
+        let (first, last) = (u64at(ent, 32), u64at(ent, 40));
+        if last < first {
+            return Err(bad("an empty partition"));
+        }
+        let len = (last - first)
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(SECTOR))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad("partition size"))?;
+        Ok((first, last, sec(first, len)?))
+    };
+    let (first, last, esp) = partition(e)?;
     let u16at = |o: usize| u16::from_le_bytes([esp[o], esp[o + 1]]);
     let u32at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     if &esp[82..90] != b"FAT32   " || u16at(11) != 512 {
@@ -180,16 +184,7 @@ pub fn inspect(image: &[u8]) -> Result<DiskFacts, DiskError> {
         if ent[..16] == [0u8; 16] {
             break;
         }
-        let (pf, pl) = (u64at(ent, 32), u64at(ent, 40));
-        if pl < pf {
-            return Err(bad("an empty partition"));
-        }
-        let len = (pl - pf)
-            .checked_add(1)
-            .and_then(|n| n.checked_mul(SECTOR))
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| bad("partition size"))?;
-        let bytes = sec(pf, len)?;
+        let (pf, pl, bytes) = partition(ent)?;
         let units: Vec<u16> = ent[56..128]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
