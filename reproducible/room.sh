@@ -19,9 +19,10 @@
 #                     contract.toml: TEMPLATE with their keys, the service's URL as the guest
 #                     reaches it and its signing key (and every sha256 = WORKLOAD_SHA256 when
 #                     given); prints its digest. Uses port, signing
-# room_provide ATTEST each party seals data/<party>.csv (a fresh data key), registers the key
+# room_provide ATTEST [PLATFORM]
+#                     each party seals data/<party>.csv (a fresh data key), registers the key
 #                     with the service for contract.toml on the reference values of
-#                     image/measurements.json (platform tpm) and uploads the sealed blob
+#                     image/measurements.json (PLATFORM, default tpm) and uploads the sealed blob
 #                     (the reference contract's key ids and blob names); uses party_url
 
 room_binaries() {
@@ -95,7 +96,7 @@ room_service() {
 }
 
 room_provide() {
-  local attest=$1 party key_id blob
+  local attest=$1 platform=${2:-tpm} party key_id blob
   for party in publisher advertiser; do
     case $party in
       publisher) key_id=publisher-segments-1; blob=publisher-segments.sealed ;;
@@ -104,7 +105,7 @@ room_provide() {
     "$attest" seal --in "data/$party.csv" --out "data/$party.sealed" --key-id "$key_id" --dek-out "keys/$party.dek"
     "$attest" register --service "$party_url" --service-pub service/service.pub.json \
       --token-file "keys/$party.token" --dek "keys/$party.dek" --contract contract.toml \
-      --reference image/measurements.json --platform tpm
+      --reference image/measurements.json --platform "$platform"
     "$attest" put --service "$party_url" --service-pub service/service.pub.json \
       --token-file "keys/$party.token" --contract contract.toml \
       --name "$blob" --in "data/$party.sealed"

@@ -26,6 +26,18 @@ export DCR_BUILD_BIN="$bin/dcr-build" DCR_ATTEST_BIN="$bin/dcr-attest" \
   DCR_GEN_BIN="$bin/dcr-cleanroom-gen" DCR_SQL_ENGINE_BIN="$bin/dcr-sql-engine" \
   DCR_EIF_ORACLE_BIN="$top/target/eif-oracle/release/eif-oracle"
 cargo test --locked --profile ci --workspace 2>&1 | tee "${TMPDIR:-/tmp}/dcr-cargo-test.log"
+# The EIF as an enclave under QEMU's nitro-enclave machine: needs the Nitro kernel and a QEMU
+# with the machine, both built outside CI's time (nitro-kernel.sh: an hour or more on 2
+# cores; nitro-qemu.sh: about 5 minutes). Where they are built it runs (about a minute).
+cache="${DCR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dcr}"
+if [ -f "$cache/nitro-kernel-6.12.95-1~bpo12+1/vmlinuz-6.12.95-dcr-nitro" ] &&
+  [ -x "$cache/nitro-qemu-10.0.2/qemu-system-x86_64" ]; then
+  echo "== the EIF under QEMU's nitro-enclave machine (reproducible/nitro-enclave.sh)"
+  bash reproducible/nitro-enclave.sh
+else
+  echo "== NOT RUN: reproducible/nitro-enclave.sh (no Nitro kernel or nitro-enclave QEMU in $cache;"
+  echo "   bash reproducible/nitro-kernel.sh && bash reproducible/nitro-qemu.sh build them)"
+fi
 if [ "${DCR_REBUILD_IN_FRESH_ROOT:-}" = 1 ]; then
   # .ci/run: reproducible/fresh-machine.sh --rebuild builds b on a pristine root instead.
   echo "== reproducibility: build b comes from the fresh root (DCR_REBUILD_IN_FRESH_ROOT=1)"

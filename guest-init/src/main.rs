@@ -274,7 +274,12 @@ fn main() {
             reason: e.to_string(),
         }),
     }
-    let err = sys::power_off();
+    // A Nitro enclave (the NSM is its mark) ends by restarting; everything else powers off.
+    let err = if std::path::Path::new(evidence::NSM_DEV).exists() {
+        sys::restart()
+    } else {
+        sys::power_off()
+    };
     say(&format!("power-off failed: {err}"));
     sys::pause_forever();
 }

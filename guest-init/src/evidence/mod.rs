@@ -18,6 +18,7 @@ use crate::console::say;
 use crate::release::{Keys, TeeKeys};
 use crate::{fail, step, StepError};
 use azure::{hcl_report_type, HCL_NV_INDEX, HCL_REPORT_SNP, HCL_REPORT_TDX};
+pub use nitro::NSM_DEV;
 
 /// What the machine offers, checked explicitly; printed whatever is chosen.
 pub struct Detected {

@@ -181,6 +181,44 @@ pub fn call(r: &Request) -> Result<Response, String> {
 }
 
 /// Nitro evidence: a document binding the TEE's keys, the contract digest and the nonce.
+/// The `pcrs` of an attestation document (COSE_Sign1, tagged 18 or not, whose payload is the
+/// AWS attestation map), index order. Only for display: nothing here is verified.
+pub fn document_pcrs(document: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let mut r = document;
+    let v: Value = ciborium::from_reader(&mut r).map_err(|e| format!("not CBOR: {e}"))?;
+    let v = match v {
+        Value::Tag(18, inner) => *inner,
+        v => v,
+    };
+    let Value::Array(parts) = v else {
+        return Err("not a COSE_Sign1 array".into());
+    };
+    let payload = match parts.get(2) {
+        Some(Value::Bytes(b)) if parts.len() == 4 => b,
+        _ => return Err("not a COSE_Sign1 array of four with a payload".into()),
+    };
+    let mut r = payload.as_slice();
+    let Value::Map(m) =
+        ciborium::from_reader::<Value, _>(&mut r).map_err(|e| format!("payload: {e}"))?
+    else {
+        return Err("payload is not a map".into());
+    };
+    let Value::Map(pcrs) = field(&m, "pcrs")? else {
+        return Err("pcrs is not a map".into());
+    };
+    let mut out = Vec::with_capacity(pcrs.len());
+    for (k, v) in pcrs {
+        let i = k
+            .as_integer()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or("a pcr index is not an unsigned integer")?;
+        let b = v.as_bytes().ok_or("a pcr value is not a byte string")?;
+        out.push((i, b.clone()));
+    }
+    out.sort();
+    Ok(out)
+}
+
 pub fn attest_nitro(
     c: &Contract,
     digest: &[u8; 32],
@@ -213,8 +251,18 @@ pub fn attest_nitro(
         Response::Error(e) => return crate::fail("evidence", format!("NSM refused: {e}")),
         other => return crate::fail("evidence", format!("NSM answered {other:?}")),
     };
+    // The PCRs as the NSM measured them, for an operator comparing with measurements.json
+    // `nitro.pcrs` (the service decides on the signed document, not on this line).
+    let shown = match document_pcrs(&document) {
+        Ok(p) => p
+            .iter()
+            .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 8))
+            .map(|(i, v)| format!(" pcr{i}={}", hex::encode(v)))
+            .collect::<String>(),
+        Err(e) => format!(" (its payload did not decode: {e})"),
+    };
     say(&format!(
-        "evidence tee=nitro document={} bytes",
+        "evidence tee=nitro document={} bytes{shown}",
         document.len()
     ));
     let evidence = Evidence::Nitro(NitroEvidence {
@@ -322,6 +370,46 @@ mod tests {
         assert!(decode(&[]).unwrap_err().starts_with("not CBOR"));
         let b = serde_cbor::to_vec(&aws::Response::ExtendPCR { data: vec![0; 48] }).unwrap();
         assert_eq!(decode(&b).unwrap_err(), "unexpected response \"ExtendPCR\"");
+    }
+
+    #[test]
+    fn pcrs_of_the_real_documents_equal_the_aws_crates_reading() {
+        // The genuine documents of ../shared/fixtures/attest/nitro (DCR_FIXTURES overrides);
+        // AWS's AttestationDoc::from_binary reads each payload independently.
+        let dir = std::env::var_os("DCR_FIXTURES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+            })
+            .join("attest/nitro");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().and_then(|x| x.to_str()) != Some("cbor") {
+                continue;
+            }
+            let doc = std::fs::read(&path).unwrap();
+            let ours = document_pcrs(&doc).unwrap();
+            let v: Value = ciborium::from_reader(doc.as_slice()).unwrap();
+            let v = match v {
+                Value::Tag(_, inner) => *inner,
+                v => v,
+            };
+            let payload = v.as_array().unwrap()[2].as_bytes().unwrap().clone();
+            let theirs = aws::AttestationDoc::from_binary(&payload).unwrap();
+            let theirs: Vec<(u64, Vec<u8>)> = theirs
+                .pcrs
+                .iter()
+                .map(|(i, b)| (*i as u64, b.to_vec()))
+                .collect();
+            assert_eq!(ours, theirs, "{}", path.display());
+            assert!(ours.iter().any(|(i, v)| *i == 0 && v.len() == 48));
+            seen += 1;
+        }
+        assert!(seen >= 4, "{seen} documents in {}", dir.display());
+        // Not a document: named, never a panic.
+        assert!(document_pcrs(&[0x80]).unwrap_err().contains("four"));
+        assert!(document_pcrs(&[]).unwrap_err().starts_with("not CBOR"));
     }
 
     #[test]
