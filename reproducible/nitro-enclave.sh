@@ -5,15 +5,17 @@
 # kernel ([nitro.kernel]) and a vsock contract (the parent, CID 3, port 8000), boots under
 # QEMU's nitro-enclave machine (reproducible/nitro-qemu.sh), under TCG:
 #
-#   enclave VM (CID 4)  ──vsock──  parent VM (CID 3)  ──vsock──  host (CID 2)
-#   QEMU -M nitro-enclave          QEMU -M microvm               dcr-attest vsock-proxy
-#   -kernel image.eif              the Nitro kernel +             --unix …_8000 → the
-#   guest-init, /dev/nsm           parent-relay.c: heartbeat      key-release service
-#                                  (port 9000), relay port 8000
+#   enclave VM (CID 4)  ──vsock──  parent VM (CID 3)  ──user-mode NIC──  host
+#   QEMU -M nitro-enclave          QEMU -M microvm, the Nitro kernel,      the key-release
+#   -kernel image.eif              /init = parent-init.c: heartbeat        service on
+#   guest-init, /dev/nsm           (port 9000) + this machine's            loopback
+#                                  dcr-attest vsock-proxy --port 8000
 #
 # Both VMs share one vhost-device-vsock, whose sibling routing carries CID 4 ↔ CID 3 (its
-# Unix-socket backend reaches only CID 2 otherwise, and the enclave's heartbeat must go to 3).
-# The enclave reaches the service only through the parent; it has no NIC.
+# Unix-socket backend reaches only CID 2 otherwise, and the enclave's heartbeat must go to 3;
+# this host has no vsock loopback). The parent runs dcr's parent-side proxy itself, listening
+# on AF_VSOCK as on an EC2 parent; the enclave has no NIC and reaches the service only
+# through it.
 #
 # What must happen, and is checked:
 #   1. QEMU loads the EIF (its own EIF reader and CRC check) and boots dcr's Nitro kernel;
@@ -109,47 +111,59 @@ step "data generated (${ROWS:-2000} rows), sealed, registered for the EIF's PCRs
 "$gen" --seed 1 --rows "${ROWS:-2000}" --out-dir data
 room_provide "$attest" nitro
 
-step "the parent: vhost-device-vsock (CID 4 enclave, CID 3 parent), vsock-proxy, the parent VM"
+step "the parent: vhost-device-vsock (CID 4 enclave, CID 3 parent) and the parent VM running dcr-attest vsock-proxy --port 8000"
 "$vhu" --vm "guest-cid=4,socket=$work/vsock/enclave.sock,uds-path=$work/vsock/enclave" \
   --vm "guest-cid=3,socket=$work/vsock/parent.sock,uds-path=$work/vsock/parent" \
   >vsock/vhost-device-vsock.log 2>&1 &
 pids+=("$!")
-"$attest" vsock-proxy --unix "$work/vsock/parent_8000" --to "$url" >vsock/proxy.log 2>&1 &
-pids+=("$!")
-for _ in $(seq 100); do
-  [ -S vsock/enclave.sock ] && [ -S vsock/parent.sock ] && [ -S vsock/parent_8000 ] && break
-  sleep 0.1
-done
+for _ in $(seq 100); do [ -S vsock/enclave.sock ] && [ -S vsock/parent.sock ] && break; sleep 0.1; done
 [ -S vsock/enclave.sock ] && [ -S vsock/parent.sock ] ||
   die "vhost-device-vsock did not listen: $(tail -3 vsock/vhost-device-vsock.log | tr '\n' ' ')"
-[ -S vsock/parent_8000 ] || die "vsock-proxy did not listen: $(tail -3 vsock/proxy.log | tr '\n' ' ')"
-mkdir -p parent
+# The parent's initramfs: /init (parent-init.c) and this machine's dcr-attest (stripped) with
+# the shared libraries ldd names, at their own paths.
+mkdir -p parent/root
 musl-gcc -static -O2 -Wall -Werror -idirafter /usr/include -idirafter /usr/include/x86_64-linux-gnu \
-  -o parent/init "$top/reproducible/nitro-kernel/parent-relay.c" || die "musl-gcc could not build the relay"
-python3 - parent/init parent/relay.cpio <<'PY'
-import sys
-# One-file newc archive: /init (mode 0755).
-data = open(sys.argv[1], "rb").read()
+  -o parent/root/init "$top/reproducible/nitro-kernel/parent-init.c" || die "musl-gcc could not build parent-init"
+strip -o parent/root/dcr-attest "$attest" || die "strip $attest failed"
+libs=$(ldd "$attest" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+[ -n "$libs" ] || die "ldd $attest named no libraries"
+for l in $libs; do mkdir -p "parent/root$(dirname "$l")"; cp -L "$l" "parent/root$l"; done
+python3 - parent/root parent/parent.cpio <<'PY'
+import os, sys
+# newc archive of a directory: directories 0755, /init and /dcr-attest 0755, the rest 0644.
+root, out = sys.argv[1], sys.argv[2]
 def entry(name, mode, body, ino):
     name = name.encode() + b"\0"
     hdr = b"070701" + b"".join(b"%08X" % v for v in (ino, mode, 0, 0, 1, 0, len(body), 0, 0, 0, 0, len(name), 0))
-    out = hdr + name
-    out += b"\0" * (-len(out) % 4) + body
-    return out + b"\0" * (-len(out) % 4)
-arc = entry("init", 0o100755, data, 1) + entry("TRAILER!!!", 0, b"", 0)
-open(sys.argv[2], "wb").write(arc + b"\0" * (-len(arc) % 512))
+    o = hdr + name
+    o += b"\0" * (-len(o) % 4) + body
+    return o + b"\0" * (-len(o) % 4)
+arc, ino = b"", 1
+for d, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    rel = os.path.relpath(d, root)
+    if rel != ".":
+        arc += entry(rel, 0o040755, b"", ino); ino += 1
+    for f in sorted(files):
+        p = os.path.join(d, f)
+        arc += entry(os.path.normpath(os.path.join(rel, f)), 0o100755, open(p, "rb").read(), ino); ino += 1
+arc += entry("TRAILER!!!", 0, b"", 0)
+open(out, "wb").write(arc + b"\0" * (-len(arc) % 512))
 PY
-qemu-system-x86_64 -M microvm,acpi=off,memory-backend=mem0 -m 256M \
-  -object memory-backend-memfd,id=mem0,size=256M,share=on -accel tcg -cpu max \
+# The parent reaches the service over a user-mode NIC: 10.0.2.2 is this host's loopback.
+qemu-system-x86_64 -M microvm,acpi=off,memory-backend=mem0 -m 1G \
+  -object memory-backend-memfd,id=mem0,size=1G,share=on -accel tcg -cpu max -smp 1 \
   -nodefaults -no-user-config -display none -no-reboot -serial "file:$work/parent/console.log" \
-  -kernel "$kernel" -initrd parent/relay.cpio -append "console=ttyS0 panic=-1 relay.port=8000" \
+  -kernel "$kernel" -initrd parent/parent.cpio \
+  -append "console=ttyS0 panic=-1 ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off parent.port=8000 parent.to=http://10.0.2.2:$port" \
+  -netdev user,id=n0 -device virtio-net-device,netdev=n0 \
   -chardev "socket,id=vsk,path=$work/vsock/parent.sock" -device vhost-user-vsock-device,chardev=vsk \
   >parent/qemu.log 2>&1 &
 pids+=("$!")
-for _ in $(seq 600); do grep -q '^parent-relay: listening' parent/console.log 2>/dev/null && break; sleep 0.1; done
-grep -q '^parent-relay: listening' parent/console.log 2>/dev/null ||
-  die "the parent VM did not come up: $(tail -3 parent/console.log parent/qemu.log 2>/dev/null | tr '\n' ' ')"
-grep '^parent-relay:' parent/console.log
+for _ in $(seq 1200); do grep -q '^vsock-proxy: vsock port 8000' parent/console.log 2>/dev/null && break; sleep 0.1; done
+grep -q '^vsock-proxy: vsock port 8000' parent/console.log 2>/dev/null ||
+  die "the parent VM's vsock-proxy did not start: $(grep -E 'parent-init|vsock-proxy|Kernel panic' parent/console.log 2>/dev/null | tail -3 | tr '\n' ' ') $(tail -2 parent/qemu.log 2>/dev/null | tr '\n' ' ')"
+grep -E '^(parent-init|vsock-proxy):' parent/console.log
 
 step "the enclave: $(basename "$qemu") -M nitro-enclave -kernel image/image.eif (TCG)"
 # -L: the build tree's QEMU finds Debian's firmware (qboot.rom, linuxboot_dma.bin) only so.
@@ -161,12 +175,12 @@ timeout "${TIMEOUT:-600}" "$qemu" -L /usr/share/qemu -L /usr/share/seabios \
   >qemu.log 2>&1 || rc=$?
 grep -E '^(dcr-init|run):' console.log | sed -e 's/base64=.*/base64=…/' -e 's/ pcr[0-9]*=[0-9a-f]*//g'
 [ "$rc" -eq 0 ] || die "the enclave's QEMU ended with $rc (124: timed out): $(tail -3 qemu.log | tr '\n' ' '); console: $(tail -2 console.log | tr '\n' ' ')"
-grep '^parent-relay:' parent/console.log | tail -n +2
+grep -E '^(parent-init|vsock-proxy):' parent/console.log | tail -n +4
 
 step "checks"
 grep -q 'dcr-init: platform detected .*nsm=yes' console.log || die "console.log: guest-init did not find /dev/nsm"
 grep -q 'dcr-init: heartbeat sent to 3:9000 and echoed' console.log || die "console.log: no heartbeat"
-grep -q '^parent-relay: heartbeat from cid 4 echoed' parent/console.log ||
+grep -q '^parent-init: heartbeat from cid 4 echoed' parent/console.log ||
   die "parent/console.log: the parent did not echo the enclave's heartbeat"
 line=$(grep -m1 'dcr-init: evidence tee=nitro document=' console.log) ||
   die "console.log: no attestation document"
