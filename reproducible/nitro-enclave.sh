@@ -128,28 +128,7 @@ strip -o parent/root/dcr-attest "$attest" || die "strip $attest failed"
 libs=$(ldd "$attest" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
 [ -n "$libs" ] || die "ldd $attest named no libraries"
 for l in $libs; do mkdir -p "parent/root$(dirname "$l")"; cp -L "$l" "parent/root$l"; done
-python3 - parent/root parent/parent.cpio <<'PY'
-import os, sys
-# newc archive of a directory: directories 0755, /init and /dcr-attest 0755, the rest 0644.
-root, out = sys.argv[1], sys.argv[2]
-def entry(name, mode, body, ino):
-    name = name.encode() + b"\0"
-    hdr = b"070701" + b"".join(b"%08X" % v for v in (ino, mode, 0, 0, 1, 0, len(body), 0, 0, 0, 0, len(name), 0))
-    o = hdr + name
-    o += b"\0" * (-len(o) % 4) + body
-    return o + b"\0" * (-len(o) % 4)
-arc, ino = b"", 1
-for d, dirs, files in sorted(os.walk(root)):
-    dirs.sort()
-    rel = os.path.relpath(d, root)
-    if rel != ".":
-        arc += entry(rel, 0o040755, b"", ino); ino += 1
-    for f in sorted(files):
-        p = os.path.join(d, f)
-        arc += entry(os.path.normpath(os.path.join(rel, f)), 0o100755, open(p, "rb").read(), ino); ino += 1
-arc += entry("TRAILER!!!", 0, b"", 0)
-open(out, "wb").write(arc + b"\0" * (-len(arc) % 512))
-PY
+python3 "$top/reproducible/newc.py" parent/root parent/parent.cpio
 # The parent reaches the service over a user-mode NIC: 10.0.2.2 is this host's loopback.
 qemu-system-x86_64 -M microvm,acpi=off,memory-backend=mem0 -m 1G \
   -object memory-backend-memfd,id=mem0,size=1G,share=on -accel tcg -cpu max -smp 1 \

@@ -76,19 +76,7 @@ if [ -n "$check" ]; then
   # musl's headers first; the kernel's uapi headers (linux/vm_sockets.h) after them.
   musl-gcc -static -O2 -Wall -Werror -idirafter /usr/include -idirafter /usr/include/x86_64-linux-gnu \
     -o "$t/root/init" "$top/reproducible/nitro-kernel/vsock-probe.c" || die "musl-gcc could not build the probe"
-  python3 - "$t/root/init" "$t/probe.cpio" <<'PY'
-import os, sys
-# One-file newc archive: /init (mode 0755).
-data = open(sys.argv[1], "rb").read()
-def entry(name, mode, body, ino):
-    name = name.encode() + b"\0"
-    hdr = b"070701" + b"".join(b"%08X" % v for v in (ino, mode, 0, 0, 1, 0, len(body), 0, 0, 0, 0, len(name), 0))
-    out = hdr + name
-    out += b"\0" * (-len(out) % 4) + body
-    return out + b"\0" * (-len(out) % 4)
-arc = entry("init", 0o100755, data, 1) + entry("TRAILER!!!", 0, b"", 0)
-open(sys.argv[2], "wb").write(arc + b"\0" * (-len(arc) % 512))
-PY
+  python3 "$top/reproducible/newc.py" "$t/root" "$t/probe.cpio"
   port=5005
   python3 - "$t/vsock_$port" "$t/listener.txt" <<'PY' &
 import socket, sys
