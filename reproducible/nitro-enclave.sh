@@ -27,8 +27,9 @@
 #      independent reading of dcr's prediction, from a booted enclave;
 #   4. the service, holding keys registered for exactly those PCRs (`--platform nitro`),
 #      refuses the document: QEMU's NSM does not sign (COSE alg -1, no AWS chain). No key is
-#      released (the audit log has no release), and guest-init ends with power-off
-#      status=error, by restarting (how an enclave ends), which ends QEMU (-no-reboot).
+#      released (the audit log has exactly one release decision: that refusal), and guest-init
+#      ends with power-off status=error, then restarts (the kernel's "Restarting system"; no
+#      panic), which ends QEMU (-no-reboot); AWS's enclave init ends the same way.
 # Not checked here, for want of AWS: a signed document, a real enclave's PCRs, the release.
 #
 # Needs: the kernel (bash reproducible/nitro-kernel.sh), the QEMU (bash
@@ -53,7 +54,8 @@ qemu=${DCR_NITRO_QEMU:-$cache/nitro-qemu-10.0.2/qemu-system-x86_64}
 vhu=${DCR_VHOST_DEVICE_VSOCK:-$cache/vhost-device-vsock-0.3.0/bin/vhost-device-vsock}
 [ -f "$kernel" ] || die "no Nitro kernel at $kernel (bash reproducible/nitro-kernel.sh builds it)"
 [ -x "$qemu" ] || die "no nitro-enclave QEMU at $qemu (bash reproducible/nitro-qemu.sh builds it)"
-"$qemu" -M help | grep -q '^nitro-enclave ' || die "$qemu has no nitro-enclave machine"
+machines=$("$qemu" -M help) || die "$qemu -M help failed"
+grep -q '^nitro-enclave ' <<<"$machines" || die "$qemu has no nitro-enclave machine"
 [ -x "$vhu" ] || die "vhost-device-vsock not at $vhu (bash reproducible/setup.sh --tests installs it)"
 for tool in musl-gcc qemu-system-x86_64 python3 swtpm_setup; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (bash reproducible/setup.sh installs it)"
@@ -87,6 +89,7 @@ printf '\n[nitro]\nmemory_mib = 1024\ncpus = 2\n\n[nitro.kernel]\nvmlinuz = "vml
 step "the key-release service on loopback (the vTPM CA only because serve wants one)"
 room_vtpm "$work"
 room_service "$attest" "$work"
+trap cleanup EXIT # room_service set its own (the service only); ours stops the VMs too
 step "the parties' keys and the contract: platforms = [nitro], network = vsock to the parent (CID 3), port 8000"
 awk '/^platforms = / { print "platforms = [\"nitro\"]"; next }
      /^\[network\]/ { print "[network]\nmode = \"vsock\"\ncid = 3\nport = 8000"; skip = 1; next }
@@ -152,7 +155,7 @@ timeout "${TIMEOUT:-600}" "$qemu" -L /usr/share/qemu -L /usr/share/seabios \
   -accel tcg -cpu max -display none -no-reboot -serial "file:$work/console.log" \
   -kernel image/image.eif -chardev "socket,id=vsk,path=$work/vsock/enclave.sock" \
   >qemu.log 2>&1 || rc=$?
-grep -E '^(dcr-init|run):' console.log | sed -e 's/base64=.*/base64=…/' -e 's/ pcr[0-9]*=[0-9a-f]*//g'
+{ grep -E '^(dcr-init|run):' console.log || true; } | sed -e 's/base64=.*/base64=…/' -e 's/ pcr[0-9]*=[0-9a-f]*//g'
 [ "$rc" -eq 0 ] || die "the enclave's QEMU ended with $rc (124: timed out): $(tail -3 qemu.log | tr '\n' ' '); console: $(tail -2 console.log | tr '\n' ' ')"
 grep -E '^(parent-init|vsock-proxy):' parent/console.log | tail -n +4
 
@@ -172,7 +175,7 @@ for i in ("0", "1", "2"):
     print("  pcr%s booted %s %s" % (i, got.get(i, "(none)"), "= predicted" if i not in bad else "!= predicted " + want[i]))
 sys.exit(1 if bad else 0)
 PY
-python3 - service/audit.log <<'PY' || die "service/audit.log: releases other than refusals of the unsigned document"
+python3 - service/audit.log <<'PY' || die "service/audit.log: not exactly one release decision, a refusal of the unsigned document"
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rel = [r for r in recs if r.get("kind") == "release"]
@@ -180,9 +183,15 @@ refused = [r for r in rel if r.get("decision") == "refuse"]
 for r in rel:
     print("  the service's release decision: %s (%s: %s)" % (r.get("decision"), r.get("code"), r.get("message")))
 # QEMU's NSM writes alg -1 ("we don't actually sign"), which no COSE algorithm is.
-ok = rel and len(refused) == len(rel) and all(
+ok = len(rel) == 1 and len(refused) == 1 and all(
     r.get("code") == "evidence_invalid" and "COSE_Sign1" in r.get("message", "") for r in refused)
 sys.exit(0 if ok else 1)
 PY
 grep -q 'dcr-init: power-off status=error' console.log || die "console.log: no power-off line"
+# The end is guest-init's restart (not a panic or a triple fault, which -no-reboot also ends),
+# and nothing of guest-init's comes after its last line.
+[ "$(grep 'dcr-init:' console.log | tail -1 | grep -c 'power-off status=')" = 1 ] ||
+  die "console.log: guest-init printed after its power-off line"
+grep -q 'reboot: Restarting system' console.log || die "console.log: the enclave did not end by restarting"
+! grep -q 'Kernel panic' console.log || die "console.log: the enclave's kernel panicked"
 echo "nitro-enclave check: passed (EIF booted under QEMU nitro-enclave; PCR 0/1/2 as predicted; heartbeat and service through the parent; unsigned document refused, no key released; $(( $(date +%s) - t0 )) s)"

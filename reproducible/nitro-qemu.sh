@@ -60,8 +60,9 @@ meson_version=$(meson --version 2>/dev/null) || die "meson not found after setup
   die "meson $meson_version is older than 1.5.0 (QEMU $version needs it): install meson from bookworm-backports"
 [ -x /usr/bin/python3 ] || die "/usr/bin/python3 not found (QEMU's configure runs meson with Debian's python3)"
 
+# (-M help is captured, not piped into grep -q: an early grep exit would SIGPIPE QEMU.)
 if [ -z "$rebuild" ] && [ -x "$out/qemu-system-x86_64" ] &&
-  "$out/qemu-system-x86_64" -M help 2>/dev/null | grep -q '^nitro-enclave '; then
+  grep -q '^nitro-enclave ' <<<"$("$out/qemu-system-x86_64" -M help 2>/dev/null)"; then
   echo "nitro-qemu: $out/qemu-system-x86_64 is built ($("$out/qemu-system-x86_64" --version | head -1)); --rebuild builds it again"
   exit 0
 fi
@@ -107,6 +108,6 @@ start=$(date +%s)
 (cd "$src/build" && nice -n 5 ninja -j"$jobs" qemu-system-x86_64) >"$out/build.log" 2>&1 ||
   die "the build failed: $(grep -m3 -E 'error|FAILED' "$out/build.log" | tr '\n' ' ')"
 ln -sf "$src/build/qemu-system-x86_64" "$out/qemu-system-x86_64"
-"$out/qemu-system-x86_64" -M help | grep -q '^nitro-enclave ' ||
+grep -q '^nitro-enclave ' <<<"$("$out/qemu-system-x86_64" -M help)" ||
   die "$out/qemu-system-x86_64 has no nitro-enclave machine"
 echo "nitro-qemu: $out/qemu-system-x86_64 ($("$out/qemu-system-x86_64" --version | head -1); built in $(( $(date +%s) - start )) s)"

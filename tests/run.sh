@@ -29,14 +29,18 @@ cargo test --locked --profile ci --workspace 2>&1 | tee "${TMPDIR:-/tmp}/dcr-car
 # The EIF as an enclave under QEMU's nitro-enclave machine: needs the Nitro kernel and a QEMU
 # with the machine, both built outside CI's time (nitro-kernel.sh: an hour or more on 2
 # cores; nitro-qemu.sh: about 5 minutes). Where they are built it runs (about a minute).
+# (The paths are nitro-enclave.sh's defaults and overrides; setup.sh --tests above installed
+# vhost-device-vsock.)
 cache="${DCR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dcr}"
-if [ -f "$cache/nitro-kernel-6.12.95-1~bpo12+1/vmlinuz-6.12.95-dcr-nitro" ] &&
-  [ -x "$cache/nitro-qemu-10.0.2/qemu-system-x86_64" ]; then
+nitro_kernel=${DCR_NITRO_KERNEL:-$cache/nitro-kernel-6.12.95-1~bpo12+1/vmlinuz-6.12.95-dcr-nitro}
+nitro_qemu=${DCR_NITRO_QEMU:-$cache/nitro-qemu-10.0.2/qemu-system-x86_64}
+if [ -f "$nitro_kernel" ] && [ -x "$nitro_qemu" ]; then
   echo "== the EIF under QEMU's nitro-enclave machine (reproducible/nitro-enclave.sh)"
   bash reproducible/nitro-enclave.sh
 else
-  echo "== NOT RUN: reproducible/nitro-enclave.sh (no Nitro kernel or nitro-enclave QEMU in $cache;"
-  echo "   bash reproducible/nitro-kernel.sh && bash reproducible/nitro-qemu.sh build them)"
+  echo "== NOT RUN: reproducible/nitro-enclave.sh (no Nitro kernel at $nitro_kernel or no"
+  echo "   nitro-enclave QEMU at $nitro_qemu; bash reproducible/nitro-kernel.sh and"
+  echo "   bash reproducible/nitro-qemu.sh build them)"
 fi
 if [ "${DCR_REBUILD_IN_FRESH_ROOT:-}" = 1 ]; then
   # .ci/run: reproducible/fresh-machine.sh --rebuild builds b on a pristine root instead.

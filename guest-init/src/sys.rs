@@ -61,8 +61,9 @@ pub fn power_off() -> io::Error {
 
 /// Flush file systems and restart: how a Nitro enclave ends. It has no ACPI, so a power-off
 /// would only halt the kernel and leave the enclave running until the parent's
-/// `nitro-cli terminate-enclave`; the Nitro hypervisor ends an enclave whose kernel restarts
-/// (AWS's own enclave init ends with `reboot(RB_AUTOBOOT)`), as QEMU `-no-reboot` does.
+/// `nitro-cli terminate-enclave`. AWS's own enclave init ends with `reboot(RB_AUTOBOOT)`,
+/// which ends an enclave on Nitro (AWS's behaviour, untested here); QEMU's nitro-enclave
+/// machine ends on it under `-no-reboot` (reproducible/nitro-enclave.sh).
 /// Returns only if the kernel refused.
 pub fn restart() -> io::Error {
     // SAFETY: sync(2) takes no arguments and cannot fail.

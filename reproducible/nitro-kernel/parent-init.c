@@ -19,6 +19,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define HEARTBEAT_PORT 9000
@@ -29,9 +30,11 @@ static void die(const char *what) {
     for (;;) pause();
 }
 
-/* The value of KEY=... on the command line, up to the next space. */
+/* The value of KEY=... on the command line (KEY at its start or after a space), up to the
+ * next space. */
 static char *arg(const char *cmdline, const char *key) {
-    const char *p = strstr(cmdline, key);
+    const char *p = cmdline;
+    while ((p = strstr(p, key)) && p != cmdline && p[-1] != ' ') p++;
     if (!p) { errno = EINVAL; die(key); }
     p += strlen(key);
     size_t n = strcspn(p, " \n");
@@ -72,6 +75,9 @@ int main(void) {
     pid_t pid = fork();
     if (pid < 0) die("fork");
     if (pid == 0) {
+        /* The proxy starts with default dispositions, as on a real parent. */
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGPIPE, SIG_DFL);
         char *argv[] = {"/dcr-attest", "vsock-proxy", "--port", port, "--to", to, NULL};
         char *envp[] = {"PATH=/", NULL};
         printf("parent-init: exec /dcr-attest vsock-proxy --port %s --to %s\n", port, to);
@@ -83,7 +89,14 @@ int main(void) {
         struct sockaddr_vm peer;
         socklen_t len = sizeof peer;
         int c = accept4(hb, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC);
-        if (c < 0) continue;
+        if (c < 0) {
+            if (errno != EINTR) { printf("parent-init: accept: %s\n", strerror(errno)); sleep(1); }
+            continue;
+        }
+        /* A peer that connects and says nothing holds the next heartbeat 5 s at most. */
+        struct timeval tv = {5, 0};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         unsigned char b = 0;
         if (read(c, &b, 1) == 1 && b == HEARTBEAT && write(c, &b, 1) == 1)
             printf("parent-init: heartbeat from cid %u echoed\n", peer.svm_cid);

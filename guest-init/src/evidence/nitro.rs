@@ -180,7 +180,6 @@ pub fn call(r: &Request) -> Result<Response, String> {
     decode(&resp[..n.min(resp.len())]).map_err(|e| format!("NSM response: {e}"))
 }
 
-/// Nitro evidence: a document binding the TEE's keys, the contract digest and the nonce.
 /// The `pcrs` of an attestation document (COSE_Sign1, tagged 18 or not, whose payload is the
 /// AWS attestation map), index order. Only for display: nothing here is verified.
 pub fn document_pcrs(document: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
@@ -219,6 +218,7 @@ pub fn document_pcrs(document: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
     Ok(out)
 }
 
+/// Nitro evidence: a document binding the TEE's keys, the contract digest and the nonce.
 pub fn attest_nitro(
     c: &Contract,
     digest: &[u8; 32],
