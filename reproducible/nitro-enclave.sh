@@ -67,13 +67,6 @@ work=${WORK:-$top/out/nitro-enclave-run}
 rm -rf "$work"
 mkdir -p "$work"/{ca,tpm,keys,data,image,recipe,vsock}
 cd "$work"
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  kill "${svc_pid:-}" 2>/dev/null || true
-}
-trap cleanup EXIT
 
 step "the recipe: images/clean-room with [nitro.kernel] = $(basename "$kernel") ($kernel_sha)"
 cp "$kernel" recipe/vmlinuz-nitro
@@ -89,7 +82,6 @@ printf '\n[nitro]\nmemory_mib = 1024\ncpus = 2\n\n[nitro.kernel]\nvmlinuz = "vml
 step "the key-release service on loopback (the vTPM CA only because serve wants one)"
 room_vtpm "$work"
 room_service "$attest" "$work"
-trap cleanup EXIT # room_service set its own (the service only); ours stops the VMs too
 step "the parties' keys and the contract: platforms = [nitro], network = vsock to the parent (CID 3), port 8000"
 awk '/^platforms = / { print "platforms = [\"nitro\"]"; next }
      /^\[network\]/ { print "[network]\nmode = \"vsock\"\ncid = 3\nport = 8000"; skip = 1; next }
@@ -118,7 +110,7 @@ step "the parent: vhost-device-vsock (CID 4 enclave, CID 3 parent) and the paren
 "$vhu" --vm "guest-cid=4,socket=$work/vsock/enclave.sock,uds-path=$work/vsock/enclave" \
   --vm "guest-cid=3,socket=$work/vsock/parent.sock,uds-path=$work/vsock/parent" \
   >vsock/vhost-device-vsock.log 2>&1 &
-pids+=("$!")
+room_track "$!"
 for _ in $(seq 100); do [ -S vsock/enclave.sock ] && [ -S vsock/parent.sock ] && break; sleep 0.1; done
 [ -S vsock/enclave.sock ] && [ -S vsock/parent.sock ] ||
   die "vhost-device-vsock did not listen: $(tail -3 vsock/vhost-device-vsock.log | tr '\n' ' ')"
@@ -141,7 +133,7 @@ qemu-system-x86_64 -M microvm,acpi=off,memory-backend=mem0 -m 1G \
   -netdev user,id=n0 -device virtio-net-device,netdev=n0 \
   -chardev "socket,id=vsk,path=$work/vsock/parent.sock" -device vhost-user-vsock-device,chardev=vsk \
   >parent/qemu.log 2>&1 &
-pids+=("$!")
+room_track "$!"
 for _ in $(seq 1200); do grep -q '^vsock-proxy: vsock port 8000' parent/console.log 2>/dev/null && break; sleep 0.1; done
 grep -q '^vsock-proxy: vsock port 8000' parent/console.log 2>/dev/null ||
   die "the parent VM's vsock-proxy did not start: $(grep -E 'parent-init|vsock-proxy|Kernel panic' parent/console.log 2>/dev/null | tail -3 | tr '\n' ' ') $(tail -2 parent/qemu.log 2>/dev/null | tr '\n' ' ')"

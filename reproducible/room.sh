@@ -13,7 +13,7 @@
 #                     key-release service on loopback: plain HTTP for the TEE (everything it
 #                     exchanges is bound and signed) and TLS for the parties (their tokens and
 #                     blobs; they pin its certificate via service.pub.json). Sets svc_pid, url,
-#                     party_url, port, signing; an EXIT trap stops the service.
+#                     party_url, port, signing; room_track stops the service at exit.
 # room_contract ATTEST TEMPLATE [WORKLOAD_SHA256]
 #                     (in the work directory) the parties' recipient keys (keys/), and
 #                     contract.toml: TEMPLATE with their keys, the service's URL as the guest
@@ -24,6 +24,18 @@
 #                     with the service for contract.toml on the reference values of
 #                     image/measurements.json (PLATFORM, default tpm) and uploads the sealed blob
 #                     (the reference contract's key ids and blob names); uses party_url
+
+# room_track PID      stop PID when the script exits (one EXIT trap for every background
+#                     process of a room: the service and whatever the script starts)
+room_pids=()
+room_stop() {
+  local p
+  for p in "${room_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+room_track() {
+  room_pids+=("$1")
+  trap room_stop EXIT
+}
 
 room_binaries() {
   local top=$1
@@ -85,7 +97,7 @@ room_service() {
     --tokens "$work/tokens" --tpm-ek-root "$work/ca/swtpm-localca-rootca-cert.pem" \
     --tpm-ek-intermediate "$work/ca/issuercert.pem" > "$work/service.out" 2> "$work/service.log" &
   svc_pid=$!
-  trap 'kill $svc_pid 2>/dev/null || true' EXIT
+  room_track "$svc_pid"
   for _ in $(seq 100); do grep -q '^listening on https' "$work/service.out" 2>/dev/null && break; sleep 0.1; done
   url=$(sed -n 's/^listening on \(http:.*\)/\1/p' "$work/service.out")
   party_url=$(sed -n 's/^listening on \(https:.*\)/\1/p' "$work/service.out")
